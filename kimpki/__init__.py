@@ -1,0 +1,3 @@
+"""kimpki: a PKI and certificate manager for Istio ingress gateways."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Istio's credential and gateway contract as pure data transforms (dicts in, dicts out)."""

@@ -1,0 +1,1 @@
+"""kimpki.kube"""
