@@ -1,0 +1,3 @@
+from kimpki.cli.main import main
+
+main()

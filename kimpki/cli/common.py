@@ -1,0 +1,64 @@
+"""Pieces every command shares: the --json flag, output rendering, the store handle."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, Callable
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+def home_of(ctx: click.Context) -> str | None:
+    root = ctx.find_root()
+    return (root.obj or {}).get("home")
+
+
+def open_store(ctx: click.Context):
+    from kimpki.store import Store
+
+    return Store.open(home_of(ctx))
+
+
+def _default(o: Any):
+    if isinstance(o, datetime):
+        return o.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:
+    """Print ``data`` as JSON, or as human text rendered by ``text``."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=_default))
+        return
+    if text is None:
+        return
+    out = text(data) if callable(text) else text
+    if out:
+        click.echo(out)
+
+
+def note(message: str) -> None:
+    """A remark for humans on stderr, so stdout stays clean for --json and pipes."""
+    click.echo(message, err=True)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(str(c))) for w, c in zip(widths, r)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*headers).rstrip()]
+    lines += [fmt.format(*[str(c) for c in r]).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def days_left(not_after: datetime, now: datetime) -> int:
+    return int((not_after - now).total_seconds() // 86400)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,71 @@
+"""The ``kimpki`` entry point: global options, lazily loaded commands, error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kimpki import __version__
+from kimpki.cli.lazy import LazyGroup
+from kimpki.errors import KimpkiError
+
+COMMANDS = {
+    "ca": ("kimpki.cli.ca:group", "Create, import, list and rotate certificate authorities."),
+    "issue": ("kimpki.cli.issue:command", "Issue a server (default) or client certificate."),
+    "sign": ("kimpki.cli.sign:command", "Sign an external certificate signing request (CSR)."),
+    "inspect": ("kimpki.cli.inspect:command", "Show what a certificate file holds; optionally check its chain."),
+    "list": ("kimpki.cli.listing:command", "List issued certificates with their state."),
+}
+
+EPILOG = """\b
+Examples:
+  kimpki ca init example.com --org "example Inc."
+  kimpki issue kim.example.com --org "kim organization" --out ./certs
+  kimpki issue --client kim-client.example.com
+  kimpki inspect ./certs/kim.example.com.crt --ca example.com
+
+\b
+Exit codes: 0 success, 1 operation failed, 2 usage error or bad input.
+Home: --home, else $KIMPKI_HOME, else $XDG_DATA_HOME/kimpki (~/.local/share/kimpki).
+"""
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", type=click.Path(file_okay=False), envvar="KIMPKI_HOME",
+              help="kimpki's home directory (the local store). Env: KIMPKI_HOME.")
+@click.version_option(__version__, prog_name="kimpki")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """kimpki: certificates and credentials for Istio ingress gateways.
+
+    Replaces hand-typed openssl and kubectl steps with certificates every modern
+    client accepts (X.509 v3, random serials, subjectAltNames) and a local store.
+    """
+    ctx.obj = {"home": home}
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="kimpki", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("kimpki: aborted", err=True)
+        sys.exit(1)
+    except click.exceptions.ClickException as e:
+        # Usage errors (exit 2) keep click's helpful "Try 'kimpki X -h'" hint.
+        e.show()
+        sys.exit(e.exit_code)
+    except KimpkiError as e:
+        click.echo(f"kimpki: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("kimpki: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
