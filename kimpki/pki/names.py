@@ -1,0 +1,107 @@
+"""Host names as they may appear in a certificate: DNS names (IDNA → A-labels), wildcards, IPs.
+
+Rules (each pinned by a test): labels 1-63 characters of letters, digits and hyphens, no hyphen
+at either end; a name at most 253 characters; a wildcard only as the whole left-most label and
+never as the only label before a single remaining label (``*.com``); IPv4/IPv6 literals become
+IP SANs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import idna
+
+from kimpki.errors import UsageError
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class HostName:
+    """One validated name: ``value`` is the canonical form written into the certificate."""
+
+    value: str
+    is_ip: bool
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _bad(raw: str, why: str) -> UsageError:
+    return UsageError(f"invalid host name {raw!r}: {why}")
+
+
+def _ascii_label(raw: str, label: str) -> str:
+    if label == "":
+        raise _bad(raw, "empty label")
+    if label.isascii():
+        out = label.lower()
+    else:
+        try:
+            out = idna.alabel(label).decode("ascii")
+        except idna.IDNAError as e:
+            raise _bad(raw, f"not a valid internationalised label ({e})") from None
+    if len(out) > 63:
+        raise _bad(raw, f"label {out[:20]}... is longer than 63 characters")
+    if out.startswith("-") or out.endswith("-"):
+        raise _bad(raw, f"label {out!r} starts or ends with a hyphen")
+    if not _LABEL.match(out):
+        raise _bad(raw, f"label {out!r} may hold only letters, digits and hyphens")
+    return out
+
+
+def parse_host(raw: str) -> HostName:
+    """Validate and canonicalise one host (DNS name, wildcard or IP literal)."""
+    if raw is None or raw.strip() == "":
+        raise UsageError("invalid host name '': empty name")
+    if raw != raw.strip() or any(c.isspace() for c in raw):
+        raise _bad(raw, "contains white space")
+    text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return HostName(str(ipaddress.ip_address(text)), True)
+    except ValueError:
+        pass
+    if "/" in raw:
+        raise _bad(raw, "contains '/'")
+    name = raw[:-1] if raw.endswith(".") else raw  # a fully qualified trailing dot is fine
+    labels = name.split(".")
+    wildcard = False
+    if labels[0] == "*":
+        wildcard = True
+        labels = labels[1:]
+        if not labels or labels == [""]:
+            raise _bad(raw, "a bare '*' matches nothing")
+        if len(labels) < 2:
+            raise _bad(raw, "a wildcard needs at least two labels after '*.'")
+    for label in labels:
+        if "*" in label:
+            raise _bad(raw, "a wildcard may only be the whole left-most label ('*.example.com')")
+    ascii_labels = [_ascii_label(raw, label) for label in labels]
+    if all(label.isdigit() for label in ascii_labels[-1:]):
+        raise _bad(raw, "the last label is all digits (not an IP address nor a DNS name)")
+    value = ".".join((["*"] if wildcard else []) + ascii_labels)
+    if len(value) > 253:
+        raise _bad(raw, "longer than 253 characters")
+    return HostName(value, False)
+
+
+def parse_hosts(raws: list[str] | tuple[str, ...]) -> list[HostName]:
+    """Validate many hosts; keep order, drop exact duplicates."""
+    out: list[HostName] = []
+    for raw in raws:
+        h = parse_host(raw)
+        if h not in out:
+            out.append(h)
+    return out
+
+
+def safe_store_name(raw: str) -> str:
+    """A name used as a directory in the store: never escapes it, never hidden."""
+    if not raw or raw in (".", "..") or raw.startswith(".") or len(raw) > 200:
+        raise UsageError(f"invalid name {raw!r}: use letters, digits, '.', '-', '_' and '*'")
+    if not re.fullmatch(r"[A-Za-z0-9*_.-]+", raw) or ".." in raw:
+        raise UsageError(f"invalid name {raw!r}: use letters, digits, '.', '-', '_' and '*'")
+    return raw.replace("*", "_wildcard_") if raw.startswith("*") else raw

@@ -1,0 +1,109 @@
+"""Reading certificates (PEM with several blocks, or DER) and describing them as plain values."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from kimpki.errors import UsageError
+from kimpki.pki.keys import describe_public_key
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def load_certificates(data: bytes, source: str = "input") -> list[x509.Certificate]:
+    """Every certificate in ``data``: one or more PEM blocks, or a single DER certificate."""
+    blocks = _PEM_CERT.findall(data)
+    try:
+        if blocks:
+            return [x509.load_pem_x509_certificate(b) for b in blocks]
+        if b"-----BEGIN" in data:
+            raise UsageError(f"{source}: no CERTIFICATE block in this PEM file")
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise UsageError(f"{source}: not a readable certificate ({e})") from None
+
+
+def certs_to_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def sans_of(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """(dns_names, ip_addresses) from the subjectAltName; empty lists when there is none."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return san.get_values_for_type(x509.DNSName), [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        # A v1 self-signed certificate is treated as a CA by OpenSSL (legacy roots).
+        return cert.version is x509.Version.v1 and cert.issuer == cert.subject
+
+
+def extended_key_usages(cert: x509.Certificate) -> list[str]:
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return []
+    names = {"serverAuth": "server_auth", "clientAuth": "client_auth"}
+    return [names.get(o._name, o.dotted_string) for o in eku]
+
+
+def rfc3339(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def describe(cert: x509.Certificate, now: datetime) -> dict:
+    """The facts ``kimpki inspect`` shows, with stable snake_case keys."""
+    dns, ips = sans_of(cert)
+    na = cert.not_valid_after_utc
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": serial_hex(cert),
+        "version": cert.version.name,
+        "dns_names": dns,
+        "ip_addresses": ips,
+        "not_before": rfc3339(cert.not_valid_before_utc),
+        "not_after": rfc3339(na),
+        "days_left": int((na - now).total_seconds() // 86400),
+        "expired": now > na,
+        "key": describe_public_key(cert.public_key()),
+        "is_ca": is_ca(cert),
+        "self_signed": cert.issuer == cert.subject,
+        "extended_key_usage": extended_key_usages(cert),
+        "signature_hash": cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else None,
+        "sha256_fingerprint": fingerprint_sha256(cert),
+    }
+
+
+def profile_warnings(cert: x509.Certificate) -> list[str]:
+    """What modern clients object to in a CA certificate (used by ``ca import``)."""
+    out = []
+    if cert.version is not x509.Version.v3:
+        out.append("it is an X.509 v1 certificate (no extensions); strict clients reject v1 CAs")
+    exts = {type(e.value) for e in cert.extensions}
+    if x509.BasicConstraints not in exts:
+        out.append("it has no basicConstraints extension")
+    if x509.KeyUsage not in exts:
+        out.append("it has no keyUsage extension (pkilint: pkix.ca_certificate_no_ku_extension; "
+                   "Python 3.13+ strict verification rejects it)")
+    if cert.serial_number <= 0:
+        out.append("its serial number is not a positive integer")
+    return out
