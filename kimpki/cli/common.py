@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any, Callable
@@ -62,3 +63,46 @@ def days_left(not_after: datetime, now: datetime) -> int:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+PASSPHRASE_ENV = "KIMPKI_CA_PASSPHRASE"
+
+passphrase_file_option = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False),
+    help=f"File whose first line is the CA key's passphrase. Env: {PASSPHRASE_ENV}. "
+         "Never given as a plain command-line value.")
+
+
+def read_passphrase_file(path: str | None) -> bytes | None:
+    """The passphrase from --passphrase-file, else $KIMPKI_CA_PASSPHRASE, else None."""
+    from kimpki.errors import UsageError
+
+    if path:
+        try:
+            with open(path, "rb") as f:
+                first = f.read().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read --passphrase-file {path}: {e.strerror}") from None
+        if not first or not first[0]:
+            raise UsageError(f"--passphrase-file {path} is empty")
+        return first[0]
+    env = os.environ.get(PASSPHRASE_ENV)
+    return env.encode() if env else None
+
+
+def passphrase_source(path: str | None):
+    """A PassphraseSource for signing: file or env first, then a prompt on a terminal."""
+
+    def source(ca_name: str) -> bytes | None:
+        pw = read_passphrase_file(path)
+        if pw is None and sys.stdin.isatty():
+            pw = click.prompt(f"Passphrase for CA {ca_name!r}", hide_input=True, err=True).encode()
+        return pw
+
+    return source
+
+
+def now_utc():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

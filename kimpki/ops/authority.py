@@ -1,0 +1,169 @@
+"""CA use cases: init (root or intermediate), import, list, and loading a CA to sign with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cryptography import x509
+
+from kimpki.errors import OperationError, UsageError
+from kimpki.pki import keys, parse, profiles
+from kimpki.pki.names import safe_store_name
+from kimpki.store import CaRecord, Store
+
+PassphraseSource = Callable[[str], bytes | None]
+"""Called with the CA's name when its key is encrypted; returns the passphrase or None."""
+
+DEFAULT_CA_NAME = "kimpki-ca"
+DEFAULT_CA_DAYS = 3650
+
+
+def no_passphrase(_name: str) -> bytes | None:
+    return None
+
+
+@dataclass
+class CaResult:
+    record: CaRecord
+    cert: x509.Certificate
+    warnings: list[str]
+
+    def to_dict(self, now) -> dict:
+        info = parse.describe(self.cert, now)
+        return {
+            "name": self.record.name,
+            "kind": "intermediate" if self.record.parent else "root",
+            "parent": self.record.parent,
+            "default": self.record.is_default,
+            "cert": str(self.record.cert_path),
+            "key": str(self.record.key_path),
+            "encrypted": self.record.encrypted,
+            "imported": self.record.imported,
+            "serial": info["serial"],
+            "subject": info["subject"],
+            "not_before": info["not_before"],
+            "not_after": info["not_after"],
+            "days_left": info["days_left"],
+            "key_type": info["key"],
+            "warnings": self.warnings,
+        }
+
+
+def read_ca_cert(ca: CaRecord) -> x509.Certificate:
+    return parse.load_certificates(ca.cert_path.read_bytes(), str(ca.cert_path))[0]
+
+
+def load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> profiles.Issuer:
+    """Everything needed to sign under ``ca``: its certificate, key, intermediates and root."""
+    cert = read_ca_cert(ca)
+    pem = ca.key_path.read_bytes()
+    pw = passphrase(ca.name) if keys.key_is_encrypted(pem) else None
+    key = keys.load_key(pem, pw, what=f"key of CA {ca.name!r}")
+    chain: list[x509.Certificate] = []
+    root = cert
+    parent = ca.parent
+    while parent is not None:
+        p = store.get_ca(parent)
+        pcert = read_ca_cert(p)
+        if p.parent is not None:
+            chain.append(pcert)
+        root = pcert
+        parent = p.parent
+    return profiles.Issuer(cert=cert, key=key, chain=tuple(chain), root=root)
+
+
+def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None,
+            key_type: keys.KeyType, days: int, passphrase: bytes | None,
+            parent: str | None, parent_passphrase: PassphraseSource, now) -> CaResult:
+    name = safe_store_name(name)
+    key = keys.generate_key(key_type)  # outside the lock: RSA-4096 can take a second
+    with store.locked():
+        if store.find_ca(name) is not None:
+            raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
+        not_before, not_after = profiles.validity(now, days)
+        chain_pem = None
+        if parent is None:
+            cert = profiles.make_root(key, common_name or name, org, not_before, not_after)
+        else:
+            issuer = load_issuer(store, store.get_ca(parent), parent_passphrase)
+            if not_after > issuer.cert.not_valid_after_utc:
+                not_after = issuer.cert.not_valid_after_utc  # an intermediate never outlives its parent
+            serial = fresh_serial(store, parent)
+            cert = profiles.make_intermediate(key.public_key(), common_name or name, org, issuer,
+                                              not_before, not_after, serial)
+            above = issuer.chain_below_root
+            chain_pem = parse.certs_to_pem(above) if above else None
+        rec = store.add_ca(name, parent=parent, cert_pem=parse.certs_to_pem([cert]),
+                           key_pem=keys.key_to_pem(key, passphrase), chain_pem=chain_pem,
+                           serial=parse.serial_hex(cert), subject=cert.subject.rfc4514_string(),
+                           not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                           key_type=key_type.value, encrypted=bool(passphrase), imported=False, now=now)
+    return CaResult(rec, cert, [])
+
+
+def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
+              key_passphrase: bytes | None, passphrase: bytes | None, now) -> CaResult:
+    """Adopt an existing CA (such as the seed's ``openssl req -x509`` root)."""
+    name = safe_store_name(name)
+    try:
+        cert_data, key_data = cert_file.read_bytes(), key_file.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {e.filename}: {e.strerror}") from None
+    certs = parse.load_certificates(cert_data, str(cert_file))
+    cert = certs[0]
+    key = keys.load_key(key_data, key_passphrase, what=f"key in {key_file}")
+    if not keys.key_matches(key, cert.public_key()):
+        raise OperationError(f"the key in {key_file} does not belong to the certificate in {cert_file}")
+    if not parse.is_ca(cert):
+        raise OperationError(f"{cert_file} is not a CA certificate (basicConstraints CA:FALSE)")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_cert_sign:
+            raise OperationError(f"{cert_file} may not sign certificates (keyUsage lacks keyCertSign)")
+    except x509.ExtensionNotFound:
+        pass
+    if cert.issuer != cert.subject:
+        raise OperationError(f"{cert_file} is not self-signed; import its root first "
+                             "(importing intermediates is not supported yet)")
+    if now > cert.not_valid_after_utc:
+        raise OperationError(f"{cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    warnings = parse.profile_warnings(cert)
+    kt = keys.key_type_of(key)
+    with store.locked():
+        rec = store.add_ca(name, parent=None, cert_pem=parse.certs_to_pem([cert]),
+                           key_pem=keys.key_to_pem(key, passphrase), chain_pem=None,
+                           serial=parse.serial_hex(cert), subject=cert.subject.rfc4514_string(),
+                           not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                           key_type=kt.value if kt else None, encrypted=bool(passphrase),
+                           imported=True, now=now)
+    return CaResult(rec, cert, warnings)
+
+
+def list_cas(store: Store) -> list[CaResult]:
+    return [CaResult(ca, read_ca_cert(ca), []) for ca in store.list_cas()]
+
+
+def ensure_default_ca(store: Store, now) -> CaRecord | None:
+    """Create a default CA when none exists at all (as mkcert does); returns it if created."""
+    if store.list_cas():
+        return None
+    try:
+        res = init_ca(store, DEFAULT_CA_NAME, org="kimpki", common_name="kimpki default CA",
+                      key_type=keys.DEFAULT_KEY_TYPE, days=DEFAULT_CA_DAYS, passphrase=None,
+                      parent=None, parent_passphrase=no_passphrase, now=now)
+    except OperationError:
+        # Another process created it first: fine.
+        return None
+    return res.record
+
+
+def fresh_serial(store: Store, ca_name: str) -> int:
+    for _ in range(8):
+        serial = profiles.random_serial()
+        if not store.serial_used(ca_name, format(serial, "x")):
+            return serial
+    raise OperationError("could not draw an unused serial number")  # 2^-159 per draw: never
+
+

@@ -1,0 +1,68 @@
+"""``inspect`` and ``list``: describe certificate files and the inventory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from kimpki.errors import OperationError, UsageError
+from kimpki.ops.authority import read_ca_cert
+from kimpki.pki import chain, parse
+from kimpki.pki.renewal import lifecycle_state, renewal_time
+from kimpki.store import Store
+
+
+def _ca_certs(ca_ref: str, open_store: Callable[[], Store]) -> tuple[list, list, str]:
+    """(roots, intermediates, label) for --ca: a file of certificates, or a CA in the store."""
+    p = Path(ca_ref)
+    if p.is_file():
+        certs = parse.load_certificates(p.read_bytes(), ca_ref)
+        roots = [c for c in certs if c.issuer == c.subject] or certs
+        return roots, [c for c in certs if c not in roots], ca_ref
+    store = open_store()
+    ca = store.get_ca(ca_ref)
+    certs = []
+    while ca is not None:
+        certs.append(read_ca_cert(ca))
+        ca = store.get_ca(ca.parent) if ca.parent else None
+    return [certs[-1]], certs[:-1], f"CA {ca_ref}"
+
+
+def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store], now: datetime) -> dict:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    certs = parse.load_certificates(data, path)
+    out = {"file": str(Path(path).resolve()), "certificates": [parse.describe(c, now) for c in certs]}
+    if ca_ref:
+        roots, inter, label = _ca_certs(ca_ref, open_store)
+        try:
+            built = chain.build_path(certs[0], certs[1:] + inter, roots, now)
+            out["chain"] = {"ok": True, "against": label,
+                            "path": [c.subject.rfc4514_string() for c in built], "error": None}
+        except OperationError as e:
+            out["chain"] = {"ok": False, "against": label, "path": [], "error": str(e)}
+    return out
+
+
+def inventory(store: Store, now: datetime, include_history: bool = False) -> list[dict]:
+    rows = []
+    for r in store.list_certs(include_history=include_history):
+        rows.append({
+            "name": r.name,
+            "kind": r.kind,
+            "hosts": r.hosts,
+            "serial": r.serial,
+            "ca": r.ca,
+            "not_after": parse.rfc3339(r.not_after),
+            "days_left": int((r.not_after - now).total_seconds() // 86400),
+            "renewal_due": parse.rfc3339(renewal_time(r.not_before, r.not_after)),
+            "state": lifecycle_state(r.not_before, r.not_after, now),
+            "version": r.state,
+            "cert": str(r.cert_path),
+            "key": str(r.key_path) if r.has_key else None,
+            "deployed_to": r.deployed_to,
+        })
+    return rows

@@ -1,0 +1,380 @@
+"""The local store (an embedded default: no server needed).
+
+Layout under the home directory (every directory 0700, every key 0600)::
+
+    inventory.db                      SQLite inventory: CAs, every issuance, settings
+    .lock                             held by every mutation (file lock)
+    cas/<name>/ca.crt                 the CA certificate
+    cas/<name>/ca.key                 its key (PKCS#8 PEM, encrypted when a passphrase was given)
+    cas/<name>/chain.crt              intermediate CAs only: the CAs above it, below the root
+    certs/<name>/versions/<serial>/   one directory per issuance, never rewritten:
+        cert.crt                      leaf + intermediates (what a server presents)
+        cert.key                      the leaf's private key (absent for signed CSRs)
+        ca.crt                        the issuing root (what clients trust)
+    certs/<name>/current -> versions/<serial>   switched atomically on (re)issue
+
+Re-issuing a name adds a version and moves ``current``; older versions stay for rollback.
+A version can be ``pending`` (issued, not yet deployed: rotation resumes from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import filelock
+
+from kimpki.errors import NotFoundError, OperationError
+from kimpki.store.fs import (PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, point_symlink,
+                             write_atomic, write_new)
+
+LOCK_TIMEOUT = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cas (
+    name TEXT PRIMARY KEY,
+    parent TEXT,
+    serial TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    not_before TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    key_type TEXT,
+    encrypted INTEGER NOT NULL DEFAULT 0,
+    imported INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ca TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    dns_names TEXT NOT NULL,
+    ip_addresses TEXT NOT NULL,
+    not_before TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    key_type TEXT,
+    key_fingerprint TEXT,
+    has_key INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    deployed_to TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS certificates_name ON certificates(name);
+-- Every serial a CA has signed (leaves and intermediates): the uniqueness guarantee.
+CREATE TABLE IF NOT EXISTS serials (
+    ca TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    PRIMARY KEY (ca, serial)
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "kimpki"
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _dt(s: str) -> datetime:
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+@dataclass
+class CaRecord:
+    name: str
+    parent: str | None
+    serial: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    key_type: str | None
+    encrypted: bool
+    imported: bool
+    is_default: bool
+    dir: Path
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def chain_path(self) -> Path:
+        return self.dir / "chain.crt"
+
+
+@dataclass
+class CertRecord:
+    id: int
+    name: str
+    kind: str
+    ca: str
+    serial: str
+    subject: str
+    dns_names: list[str]
+    ip_addresses: list[str]
+    not_before: datetime
+    not_after: datetime
+    key_type: str | None
+    key_fingerprint: str | None
+    has_key: bool
+    state: str
+    created_at: datetime
+    deployed_to: list[dict] = field(default_factory=list)
+    dir: Path = Path()
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "cert.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "cert.key"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def hosts(self) -> list[str]:
+        return self.dns_names + self.ip_addresses
+
+
+class Store:
+    def __init__(self, home: Path):
+        self.home = home
+        self._db: sqlite3.Connection | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, home: str | os.PathLike | None = None) -> "Store":
+        path = Path(home).expanduser() if home else default_home()
+        if path.exists() and not path.is_dir():
+            raise OperationError(f"the kimpki home {path} is not a directory")
+        try:
+            ensure_private_dir(path)
+        except OSError as e:
+            raise OperationError(f"cannot create the kimpki home {path}: {e.strerror}") from None
+        return cls(path.resolve())
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db_path = self.home / "inventory.db"
+            new = not db_path.exists()
+            if new:
+                # Create it 0600 before SQLite opens it.
+                os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
+            self._db = sqlite3.connect(db_path, timeout=LOCK_TIMEOUT, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def locked(self) -> Iterator["Store"]:
+        """Hold the home's lock and one SQLite transaction: all or nothing, one writer at a time."""
+        lock = filelock.FileLock(str(self.home / ".lock"), timeout=LOCK_TIMEOUT, mode=PRIVATE_FILE)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise OperationError(f"another kimpki process holds {self.home / '.lock'}; try again") from None
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            lock.release()
+
+    # -- settings ----------------------------------------------------------------------------
+    def get_setting(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    # -- CAs ---------------------------------------------------------------------------------
+    def ca_dir(self, name: str) -> Path:
+        return self.home / "cas" / name
+
+    def _ca_from_row(self, row: sqlite3.Row, default: str | None) -> CaRecord:
+        return CaRecord(name=row["name"], parent=row["parent"], serial=row["serial"], subject=row["subject"],
+                        not_before=_dt(row["not_before"]), not_after=_dt(row["not_after"]),
+                        key_type=row["key_type"], encrypted=bool(row["encrypted"]),
+                        imported=bool(row["imported"]), is_default=row["name"] == default,
+                        dir=self.ca_dir(row["name"]))
+
+    def list_cas(self) -> list[CaRecord]:
+        default = self.get_setting("default_ca")
+        rows = self.db.execute("SELECT * FROM cas ORDER BY created_at, name").fetchall()
+        return [self._ca_from_row(r, default) for r in rows]
+
+    def find_ca(self, name: str) -> CaRecord | None:
+        row = self.db.execute("SELECT * FROM cas WHERE name=?", (name,)).fetchone()
+        return self._ca_from_row(row, self.get_setting("default_ca")) if row else None
+
+    def get_ca(self, name: str | None = None) -> CaRecord:
+        """The CA called ``name``, or the default CA when ``name`` is None."""
+        if name is None:
+            name = self.get_setting("default_ca")
+            if name is None:
+                raise NotFoundError("no CA exists yet: run 'kimpki ca init NAME' first")
+        ca = self.find_ca(name)
+        if ca is None:
+            known = ", ".join(c.name for c in self.list_cas()) or "none"
+            raise NotFoundError(f"no CA named {name!r} (known: {known})")
+        return ca
+
+    def add_ca(self, name: str, *, parent: str | None, cert_pem: bytes, key_pem: bytes,
+               chain_pem: bytes | None, serial: str, subject: str, not_before: datetime,
+               not_after: datetime, key_type: str | None, encrypted: bool, imported: bool,
+               now: datetime) -> CaRecord:
+        """Record a new CA and write its files. Call inside ``locked()``."""
+        if self.find_ca(name) is not None:
+            raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
+        d = self.ca_dir(name)
+        if d.exists() and any(d.iterdir()):
+            raise OperationError(f"{d} exists but is not in the inventory; move it away first")
+        ensure_private_dir(d)
+        write_new(d / "ca.key", key_pem, PRIVATE_FILE)
+        write_atomic(d / "ca.crt", cert_pem, PUBLIC_FILE)
+        if chain_pem:
+            write_atomic(d / "chain.crt", chain_pem, PUBLIC_FILE)
+        self.db.execute(
+            "INSERT INTO cas(name, parent, serial, subject, not_before, not_after, key_type, encrypted,"
+            " imported, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (name, parent, serial, subject, _ts(not_before), _ts(not_after), key_type, int(encrypted),
+             int(imported), _ts(now)))
+        if parent is not None:
+            self.record_serial(parent, serial)
+        if self.get_setting("default_ca") is None:
+            self.set_setting("default_ca", name)
+        return self.get_ca(name)
+
+    def record_serial(self, ca: str, serial: str) -> None:
+        try:
+            self.db.execute("INSERT INTO serials(ca, serial) VALUES(?, ?)", (ca, serial))
+        except sqlite3.IntegrityError:
+            raise OperationError(f"serial {serial} was already issued by CA {ca!r}") from None
+
+    def serial_used(self, ca: str, serial: str) -> bool:
+        return self.db.execute("SELECT 1 FROM serials WHERE ca=? AND serial=?", (ca, serial)).fetchone() is not None
+
+    # -- certificates ------------------------------------------------------------------------
+    def cert_dir(self, name: str) -> Path:
+        return self.home / "certs" / name
+
+    def _cert_from_row(self, row: sqlite3.Row) -> CertRecord:
+        return CertRecord(
+            id=row["id"], name=row["name"], kind=row["kind"], ca=row["ca"], serial=row["serial"],
+            subject=row["subject"], dns_names=json.loads(row["dns_names"]),
+            ip_addresses=json.loads(row["ip_addresses"]), not_before=_dt(row["not_before"]),
+            not_after=_dt(row["not_after"]), key_type=row["key_type"],
+            key_fingerprint=row["key_fingerprint"], has_key=bool(row["has_key"]), state=row["state"],
+            created_at=_dt(row["created_at"]), deployed_to=json.loads(row["deployed_to"]),
+            dir=self.cert_dir(row["name"]) / "versions" / row["serial"])
+
+    def add_cert(self, name: str, *, kind: str, ca: str, serial: str, subject: str,
+                 dns_names: list[str], ip_addresses: list[str], not_before: datetime,
+                 not_after: datetime, key_type: str | None, key_fingerprint: str | None,
+                 chain_pem: bytes, key_pem: bytes | None, ca_pem: bytes, now: datetime,
+                 state: str = "current") -> tuple[CertRecord, CertRecord | None]:
+        """Record an issuance and write its version directory. Call inside ``locked()``.
+
+        With ``state="current"`` the name's ``current`` link moves to it and the previous
+        current version (returned second) becomes ``previous``; ``"pending"`` leaves it alone.
+        """
+        self.record_serial(ca, serial)
+        base = ensure_private_dir(self.cert_dir(name))
+        vdir = ensure_private_dir(base / "versions")
+        vdir = vdir / serial
+        if vdir.exists():
+            raise OperationError(f"{vdir} already exists; refusing to overwrite it")
+        ensure_private_dir(vdir)
+        if key_pem is not None:
+            write_new(vdir / "cert.key", key_pem, PRIVATE_FILE)
+        write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE)
+        write_atomic(vdir / "ca.crt", ca_pem, PUBLIC_FILE)
+        cur = self.db.execute(
+            "INSERT INTO certificates(name, kind, ca, serial, subject, dns_names, ip_addresses, not_before,"
+            " not_after, key_type, key_fingerprint, has_key, state, created_at) VALUES"
+            " (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (name, kind, ca, serial, subject, json.dumps(dns_names), json.dumps(ip_addresses),
+             _ts(not_before), _ts(not_after), key_type, key_fingerprint, int(key_pem is not None),
+             "pending", _ts(now)))
+        record_id = cur.lastrowid
+        previous = None
+        if state == "current":
+            previous = self.make_current(record_id)
+        return self.get_cert_by_id(record_id), previous
+
+    def make_current(self, record_id: int) -> CertRecord | None:
+        """Promote a version to current (after its deployment); returns the version it replaced."""
+        rec = self.get_cert_by_id(record_id)
+        previous = self.find_cert(rec.name)
+        if previous is not None and previous.id != rec.id:
+            self.db.execute("UPDATE certificates SET state='previous' WHERE id=?", (previous.id,))
+        self.db.execute("UPDATE certificates SET state='current' WHERE id=?", (rec.id,))
+        point_symlink(self.cert_dir(rec.name) / "current", f"versions/{rec.serial}")
+        return previous if previous is not None and previous.id != rec.id else None
+
+    def get_cert_by_id(self, record_id: int) -> CertRecord:
+        row = self.db.execute("SELECT * FROM certificates WHERE id=?", (record_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no inventory row {record_id}")
+        return self._cert_from_row(row)
+
+    def find_cert(self, name: str, state: str = "current") -> CertRecord | None:
+        row = self.db.execute("SELECT * FROM certificates WHERE name=? AND state=? ORDER BY id DESC LIMIT 1",
+                              (name, state)).fetchone()
+        return self._cert_from_row(row) if row else None
+
+    def get_cert(self, name: str) -> CertRecord:
+        rec = self.find_cert(name)
+        if rec is None:
+            raise NotFoundError(f"no certificate named {name!r} in the store (see 'kimpki list')")
+        return rec
+
+    def list_certs(self, include_history: bool = False) -> list[CertRecord]:
+        q = "SELECT * FROM certificates"
+        if not include_history:
+            q += " WHERE state='current'"
+        return [self._cert_from_row(r) for r in self.db.execute(q + " ORDER BY name, id").fetchall()]
+
+    def current_for_host(self, host: str) -> CertRecord | None:
+        """The newest current server certificate whose SANs name ``host`` exactly."""
+        for rec in reversed(self.list_certs()):
+            if rec.kind == "server" and host in rec.hosts:
+                return rec
+        return None
+
+    def record_deployment(self, record_id: int, where: dict) -> None:
+        rec = self.get_cert_by_id(record_id)
+        places = [p for p in rec.deployed_to if p != where] + [where]
+        self.db.execute("UPDATE certificates SET deployed_to=? WHERE id=?", (json.dumps(places), record_id))
