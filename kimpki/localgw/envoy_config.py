@@ -1,0 +1,287 @@
+"""Pure: server plans → Envoy's bootstrap, its listeners (LDS) and its secrets (SDS), as dicts.
+
+Shape of what Envoy 1.40 is given (all JSON files, written by :mod:`kimpki.localgw.runner`):
+
+* ``bootstrap.json``: ``node`` (Envoy requires ``id`` and ``cluster`` for any file-based xDS), an
+  admin interface on 127.0.0.1, and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
+  with ``watched_directory: lds/``. Listeners come from a file so that new servers and ports are
+  picked up without restarting Envoy (a moved-in file makes Envoy re-read it).
+* ``lds/lds.json``: a ``DiscoveryResponse``-shaped document, one Listener per Gateway port
+  number (all Gateways merged, like Istio), a TLS inspector, one filter chain per server matched
+  on SNI ``server_names`` (host ``*`` → no match = the default chain), each with an HTTP
+  connection manager (codec AUTO, ALPN h2 + http/1.1) answering ``/health`` itself.
+* ``sds/<resource>/sds.json``: one ``DiscoveryResponse`` per secret, referenced as
+  ``sds_config: {path_config_source: {path, watched_directory}}``. Each secret has its own
+  directory, so replacing one file makes Envoy re-read that secret only.
+
+Routes: ``/health`` → 200 ``{"status":"UP"}`` (application/json); every other path → 404 with a
+JSON body saying that the local gateway routes nothing else (there are no upstreams: it checks
+certificates, it is not a proxy). Every response carries ``x-kimpki-gateway:
+<gateway-name>/<server-port-name>`` so a client can tell which filter chain answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from kimpki.localgw.manifests import ServerPlan
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+CONNECTIONS_MONITOR_TYPE = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig")
+
+HEALTH_PATH = "/health"
+HEALTH_BODY = '{"status":"UP"}'
+NOT_FOUND_BODY = '{"status":"NOT_FOUND","detail":"the local kimpki gateway answers only /health"}'
+GATEWAY_HEADER = "x-kimpki-gateway"
+ALPN = ("h2", "http/1.1")
+
+# Istio's spelling → Envoy's.
+TLS_VERSIONS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_1",
+                "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
+
+
+@dataclass(frozen=True)
+class SdsFile:
+    """Where one secret lives: Envoy watches ``directory`` and re-reads ``path``."""
+
+    path: str
+    directory: str
+
+
+def listener_name(port: int) -> str:
+    """The Envoy listener for a Gateway port number (the local port may differ)."""
+    return f"gateway_{port}"
+
+
+def sds_dir_name(resource_name: str) -> str:
+    """A file-system-safe, unique directory name for an SDS resource name."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resource_name).strip("-.")[:60] or "secret"
+    return f"{slug}-{hashlib.sha256(resource_name.encode()).hexdigest()[:10]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports
+# ---------------------------------------------------------------------------------------------
+
+def map_ports(gateway_ports: Iterable[int], port_map: dict[int, int]) -> tuple[dict[int, int], list[str]]:
+    """Gateway port → local port. Unmapped ports ≥ 1024 keep their number; lower ones are skipped.
+
+    Port 0 asks the kernel for a free port (the runner reads the real one back from Envoy).
+    """
+    out: dict[int, int] = {}
+    warnings: list[str] = []
+    used: dict[int, int] = {}
+    for gp in sorted(set(gateway_ports)):
+        lp = port_map.get(gp)
+        if lp is None:
+            if gp < 1024:
+                warnings.append(f"Gateway port {gp} not served: map it to a local port (e.g. --map {gp}:{gp + 8000})")
+                continue
+            lp = gp
+        if lp != 0 and lp in used:
+            warnings.append(f"Gateway port {gp} not served: local port {lp} already serves Gateway port {used[lp]}")
+            continue
+        used[lp] = gp
+        out[gp] = lp
+    return out, warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# SDS
+# ---------------------------------------------------------------------------------------------
+
+def secret_resources(plans: Iterable[ServerPlan]) -> dict[str, dict]:
+    """Every SDS ``Secret`` resource the plans need, by resource name (shared names once)."""
+    out: dict[str, dict] = {}
+    for p in plans:
+        for cert in p.certificates:
+            out[cert.resource_name] = {
+                "@type": SECRET_TYPE,
+                "name": cert.resource_name,
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": cert.cert_pem},
+                    "private_key": {"inline_string": cert.key_pem},
+                },
+            }
+        if p.ca is not None:
+            vc: dict = {"trusted_ca": {"inline_string": p.ca.ca_pem}}
+            if p.ca.crl_pem:
+                vc["crl"] = {"inline_string": p.ca.crl_pem}
+            out[p.ca.resource_name] = {"@type": SECRET_TYPE, "name": p.ca.resource_name, "validation_context": vc}
+    return out
+
+
+def discovery_response(resources: list[dict]) -> dict:
+    """The file shape Envoy's path-based xDS reads; ``version_info`` is a content hash."""
+    digest = hashlib.sha256(json.dumps(resources, sort_keys=True).encode()).hexdigest()[:16]
+    return {"version_info": digest, "resources": resources}
+
+
+def sds_config(name: str, where: SdsFile) -> dict:
+    return {
+        "name": name,
+        "sds_config": {
+            "path_config_source": {"path": where.path, "watched_directory": {"path": where.directory}},
+            "resource_api_version": "V3",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# LDS
+# ---------------------------------------------------------------------------------------------
+
+def listeners(plans: Iterable[ServerPlan], local_ports: dict[int, int], address: str,
+              sds_file: Callable[[str], SdsFile]) -> list[dict]:
+    """One Listener per served Gateway port.
+
+    TLS ports get a TLS inspector and one filter chain per server, matched on SNI. Plain-HTTP
+    ports get one filter chain whose virtual hosts are the servers (matched on Host).
+    """
+    by_port: dict[int, list[ServerPlan]] = {}
+    for p in plans:
+        if p.port in local_ports:
+            by_port.setdefault(p.port, []).append(p)
+    out = []
+    for port in sorted(by_port):
+        group = by_port[port]
+        listener: dict = {
+            "@type": LISTENER_TYPE,
+            "name": listener_name(port),
+            "address": {"socket_address": {"address": address, "port_value": local_ports[port]}},
+        }
+        if group[0].is_tls:
+            listener["listener_filters"] = [{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+            }]
+            listener["filter_chains"] = [_tls_filter_chain(p, sds_file, local_ports) for p in group]
+        else:
+            listener["filter_chains"] = [{
+                "name": f"{listener_name(port)}/http",
+                "filters": [_http_connection_manager(group, listener_name(port), local_ports, by_host=True)],
+            }]
+        out.append(listener)
+    return out
+
+
+def _tls_filter_chain(p: ServerPlan, sds_file: Callable[[str], SdsFile], local_ports: dict[int, int]) -> dict:
+    chain: dict = {
+        "name": f"{p.gateway}/servers/{p.index}",
+        "filters": [_http_connection_manager([p], f"{listener_name(p.port)}_{p.index}", local_ports, by_host=False)],
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": _tls_context(p, sds_file)},
+    }
+    if p.server_names:
+        chain["filter_chain_match"] = {"server_names": list(p.server_names)}
+    return chain
+
+
+def _tls_context(p: ServerPlan, sds_file: Callable[[str], SdsFile]) -> dict:
+    common: dict = {
+        "alpn_protocols": list(ALPN),
+        "tls_certificate_sds_secret_configs": [sds_config(c.resource_name, sds_file(c.resource_name))
+                                               for c in p.certificates],
+    }
+    params = {}
+    if p.tls.min_version in TLS_VERSIONS:
+        params["tls_minimum_protocol_version"] = TLS_VERSIONS[p.tls.min_version]
+    if p.tls.max_version in TLS_VERSIONS:
+        params["tls_maximum_protocol_version"] = TLS_VERSIONS[p.tls.max_version]
+    if p.tls.cipher_suites:
+        params["cipher_suites"] = list(p.tls.cipher_suites)
+    if params:
+        common["tls_params"] = params
+    if p.ca is not None:
+        ca_sds = sds_config(p.ca.resource_name, sds_file(p.ca.resource_name))
+        default: dict = {}
+        if p.tls.subject_alt_names:
+            default["match_typed_subject_alt_names"] = [
+                {"san_type": t, "matcher": {"exact": n}}
+                for n in p.tls.subject_alt_names for t in ("DNS", "URI", "EMAIL", "IP_ADDRESS")]
+        if p.tls.spki:
+            default["verify_certificate_spki"] = list(p.tls.spki)
+        if p.tls.hashes:
+            default["verify_certificate_hash"] = list(p.tls.hashes)
+        if default:
+            common["combined_validation_context"] = {"default_validation_context": default,
+                                                     "validation_context_sds_secret_config": ca_sds}
+        else:
+            common["validation_context_sds_secret_config"] = ca_sds
+    ctx: dict = {"@type": TLS_CONTEXT_TYPE, "common_tls_context": common}
+    if p.mode == "MUTUAL":
+        ctx["require_client_certificate"] = True
+    return ctx
+
+
+def _routes(p: ServerPlan, local_ports: dict[int, int]) -> list[dict]:
+    json_type = [{"header": {"key": "content-type", "value": "application/json"},
+                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    if p.https_redirect:
+        redirect: dict = {"https_redirect": True}
+        if local_ports.get(443):
+            redirect["port_redirect"] = local_ports[443]
+        return [{"name": "https-redirect", "match": {"prefix": "/"}, "redirect": redirect}]
+    return [
+        {"name": "health", "match": {"path": HEALTH_PATH},
+         "direct_response": {"status": 200, "body": {"inline_string": HEALTH_BODY}},
+         "response_headers_to_add": json_type},
+        {"name": "not-found", "match": {"prefix": "/"},
+         "direct_response": {"status": 404, "body": {"inline_string": NOT_FOUND_BODY}},
+         "response_headers_to_add": json_type},
+    ]
+
+
+def _http_connection_manager(group: list[ServerPlan], stat_prefix: str, local_ports: dict[int, int],
+                             by_host: bool) -> dict:
+    virtual_hosts = [{
+        "name": f"{p.gateway}/servers/{p.index}",
+        "domains": (list(p.server_names) or ["*"]) if by_host else ["*"],
+        "routes": _routes(p, local_ports),
+        "response_headers_to_add": [{"header": {"key": GATEWAY_HEADER, "value": p.label},
+                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+    } for p in group]
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "server_name": "istio-envoy",
+            "strip_any_host_port": True,
+            "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap
+# ---------------------------------------------------------------------------------------------
+
+def bootstrap(lds: SdsFile, admin_port: int = 0, node_id: str = "kimpki-localgw",
+              cluster: str = "istio-ingressgateway", max_connections: int = 10000) -> dict:
+    """Envoy's bootstrap: node (required for file-based xDS), admin on 127.0.0.1, listeners by LDS."""
+    return {
+        "node": {"id": node_id, "cluster": cluster},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            "lds_config": {
+                "path_config_source": {"path": lds.path, "watched_directory": {"path": lds.directory}},
+                "resource_api_version": "V3",
+            },
+        },
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {"@type": CONNECTIONS_MONITOR_TYPE, "max_active_downstream_connections": max_connections},
+        }]},
+    }

