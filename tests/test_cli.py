@@ -1,0 +1,161 @@
+"""The CLI as a user meets it: JSON contracts, inspect, sign, list, errors, start-up imports."""
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import assert_one_line_error, openssl
+
+ISSUE_KEYS = {"name", "cert", "key", "ca", "serial", "not_before", "not_after", "dns_names", "ip_addresses",
+              "subject", "issuer"}
+
+
+def test_issue_json_contract(kimpki):
+    d = kimpki.json("issue", "kim.example.com", "10.0.0.7", "::1", "--org", "kim organization")
+    assert ISSUE_KEYS <= set(d)
+    for k in ("cert", "key", "ca"):
+        assert Path(d[k]).is_absolute() and Path(d[k]).exists()
+    assert d["dns_names"] == ["kim.example.com"] and d["ip_addresses"] == ["10.0.0.7", "::1"]
+    int(d["serial"], 16)
+    for k in ("not_before", "not_after"):
+        assert d[k].endswith("Z")
+        datetime.fromisoformat(d[k].replace("Z", "+00:00"))
+    assert d["subject"] == "CN=kim.example.com,O=kim organization"
+    assert d["issuer"] == "CN=kimpki default CA,O=kimpki"
+
+
+def test_first_issue_creates_a_default_ca_and_says_so(kimpki):
+    res = kimpki("issue", "kim.example.com")
+    assert res.code == 0 and "created the default CA 'kimpki-ca'" in res.err
+    assert "created the default CA" not in kimpki("issue", "b.example.com").err
+
+
+def test_client_certificate(kimpki):
+    d = kimpki.json("issue", "--client", "kim-client.example.com")
+    cert = x509.load_pem_x509_certificate(Path(d["cert"]).read_bytes())
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert [o._name for o in eku] == ["clientAuth"]
+    assert d["kind"] == "client"
+
+
+def test_ca_list_and_default(kimpki):
+    kimpki.ok("ca", "init", "example.com", "--org", "example Inc.")
+    kimpki.ok("ca", "init", "second")
+    kimpki.ok("ca", "init", "inter", "--parent", "second")
+    cas = kimpki.json("ca", "list")
+    assert [(c["name"], c["default"], c["kind"], c["parent"]) for c in cas] == [
+        ("example.com", True, "root", None), ("second", False, "root", None), ("inter", False, "intermediate", "second")]
+    text = kimpki.ok("ca", "list").out
+    assert "* example.com" in text
+    d = kimpki.json("issue", "kim.example.com")
+    assert d["ca_name"] == "example.com"
+
+
+def test_unknown_ca_is_one_line_exit_1(kimpki):
+    kimpki.ok("ca", "init", "root")
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--ca", "nope"), 1, "no CA named 'nope'", "root")
+
+
+def test_inspect_pem_chain_der_and_chain_check(kimpki, tmp_path):
+    kimpki.ok("ca", "init", "root")
+    kimpki.ok("ca", "init", "inter", "--parent", "root")
+    d = kimpki.json("issue", "kim.example.com", "--ca", "inter")
+    info = kimpki.json("inspect", d["cert"], "--ca", "root")
+    assert len(info["certificates"]) == 2
+    leaf = info["certificates"][0]
+    assert leaf["serial"] == d["serial"] and leaf["dns_names"] == ["kim.example.com"]
+    assert leaf["key"] == "EC P-256" and leaf["is_ca"] is False and 88 <= leaf["days_left"] <= 90
+    assert len(leaf["sha256_fingerprint"]) == 64
+    assert info["chain"]["ok"] and len(info["chain"]["path"]) == 3
+    # DER input.
+    der = tmp_path / "leaf.der"
+    der.write_bytes(x509.load_pem_x509_certificate(Path(d["cert"]).read_bytes()).public_bytes(serialization.Encoding.DER))
+    assert kimpki.json("inspect", der)["certificates"][0]["serial"] == d["serial"]
+    # A chain check against an unrelated CA fails with exit 1 and says where.
+    kimpki.ok("ca", "init", "other")
+    res = kimpki("inspect", d["cert"], "--ca", "other")
+    assert_one_line_error(res, 1, "does not chain")
+    # Against a CA file too.
+    assert kimpki.json("inspect", d["cert"], "--ca", kimpki.home / "cas/root/ca.crt")["chain"]["ok"]
+    text = kimpki.ok("inspect", d["cert"]).out
+    assert "SANs:        DNS:kim.example.com" in text and "SHA-256" in text
+
+
+def test_inspect_bad_input(kimpki, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert_one_line_error(kimpki("inspect", junk), 2, "not a readable certificate")
+    assert_one_line_error(kimpki("inspect", tmp_path / "missing.pem"), 2, "cannot read")
+
+
+def test_sign_csr_adds_sans_and_refuses_a_bad_signature(kimpki, tmp_path):
+    kimpki.ok("ca", "init", "root")
+    openssl("req", "-out", "b.csr", "-newkey", "rsa:2048", "-nodes", "-keyout", "b.key",
+            "-subj", "/CN=bookinfo.com/O=bookinfo organization", cwd=tmp_path)
+    d = kimpki.json("sign", tmp_path / "b.csr", "--san", "www.bookinfo.com", "--out", tmp_path / "b.crt")
+    assert d["dns_names"] == ["bookinfo.com", "www.bookinfo.com"]
+    assert d["subject"] == "CN=bookinfo.com,O=bookinfo organization"
+    assert (tmp_path / "b.crt").read_bytes() == Path(d["cert"]).read_bytes()
+    # The certificate matches the requester's key.
+    assert openssl("x509", "-in", tmp_path / "b.crt", "-noout", "-pubkey").stdout == \
+        openssl("pkey", "-in", tmp_path / "b.key", "-pubout").stdout
+    # Tamper with the CSR's signature: refused.
+    csr = x509.load_pem_x509_csr((tmp_path / "b.csr").read_bytes())
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0xFF
+    (tmp_path / "bad.csr").write_bytes(bytes(der))
+    assert_one_line_error(kimpki("sign", tmp_path / "bad.csr"), 2, "signature does not verify")
+
+
+def test_list_states(kimpki):
+    kimpki.ok("ca", "init", "root")
+    kimpki.ok("issue", "fresh.example.com", "--days", "90")
+    kimpki.ok("issue", "soon.example.com", "--days", "0.5")
+    rows = {r["name"]: r for r in kimpki.json("list")}
+    assert rows["fresh.example.com"]["state"] == "valid"
+    assert rows["soon.example.com"]["state"] == "valid"  # 12h lifetime, renew in the last 4h
+    assert set(rows["fresh.example.com"]) >= {"name", "hosts", "serial", "ca", "not_after", "days_left", "state"}
+    out = kimpki.ok("list").out
+    assert out.splitlines()[0].split()[:3] == ["NAME", "KIND", "HOSTS"]
+
+
+def test_import_refuses_a_mismatched_key(kimpki, tmp_path):
+    openssl("req", "-x509", "-nodes", "-newkey", "rsa:2048", "-subj", "/CN=a", "-keyout", "a.key", "-out", "a.crt",
+            cwd=tmp_path)
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "b.key", cwd=tmp_path)
+    assert_one_line_error(kimpki("ca", "import", "a", "--cert", tmp_path / "a.crt", "--key", tmp_path / "b.key"),
+                          1, "does not belong")
+
+
+def test_usage_errors_exit_2(kimpki):
+    assert kimpki("issue").code == 2
+    assert kimpki("issue", "kim.example.com", "--key-type", "dsa").code == 2
+    assert kimpki("issue", "kim.example.com", "--days", "banana").code == 2
+    assert kimpki("nonsense").code == 2
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--days", "-3"), 2, "positive")
+
+
+def test_help_teaches(kimpki):
+    out = kimpki.ok("issue", "--help").out
+    assert "kimpki issue kim.example.com --org" in out and "--client" in out
+    assert "openssl req -x509" in kimpki.ok("ca", "--help").out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["issue", "kim.example.com"], ["list"], ["inspect", "--help"],
+                                  ["ca", "list"]])
+def test_local_commands_never_import_kubernetes(kimpki, args):
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['kimpki', *{args!r}]\n"
+            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3', 'yaml'))\n"
+            "print('IMPORTED', bad)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=kimpki.env, capture_output=True, text=True,
+                          cwd=kimpki.cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED []" in proc.stdout, proc.stdout

@@ -1,0 +1,138 @@
+"""The local store: permissions, atomic versions, locking, passphrases, nothing lost."""
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import assert_one_line_error
+
+
+def mode(p) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def test_keys_are_0600_and_directories_0700(kimpki):
+    kimpki.ok("ca", "init", "root")
+    d = kimpki.json("issue", "kim.example.com")
+    for root, dirs, files in os.walk(kimpki.home):
+        for name in dirs:
+            if (Path(root) / name).is_symlink():  # the `current` link; its target is checked itself
+                continue
+            assert mode(Path(root) / name) == 0o700, Path(root) / name
+        for name in files:
+            if name.endswith(".key") or name in ("inventory.db", ".lock"):
+                assert mode(Path(root) / name) == 0o600, Path(root) / name
+    assert mode(d["key"]) == 0o600
+    assert mode(kimpki.home / "cas/root/ca.key") == 0o600
+
+
+def test_out_dir_uses_the_seeds_file_names(kimpki):
+    out = kimpki.cwd / "certs"
+    d = kimpki.json("issue", "kim.example.com", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "kim.example.com.crt", "kim.example.com.key"]
+    assert mode(out / "kim.example.com.key") == 0o600
+    assert (out / "kim.example.com.crt").read_bytes() == Path(d["cert"]).read_bytes()
+
+
+def test_reissue_keeps_the_previous_version_and_its_key(kimpki):
+    first = kimpki.json("issue", "kim.example.com")
+    key_before = Path(first["key"]).read_bytes()
+    res = kimpki("issue", "kim.example.com", "--json")
+    second = res.json
+    assert "re-issued" in res.err and first["serial"] in res.err
+    assert second["previous_serial"] == first["serial"]
+    assert Path(first["key"]).read_bytes() == key_before  # the old key is untouched
+    assert Path(second["key"]).read_bytes() != key_before
+    current = kimpki.home / "certs/kim.example.com/current"
+    assert os.readlink(current) == f"versions/{second['serial']}"
+    rows = kimpki.json("list", "--all")
+    assert [r["version"] for r in rows] == ["previous", "current"]
+    assert [r["serial"] for r in kimpki.json("list")] == [second["serial"]]
+
+
+def test_four_concurrent_issues_all_succeed_with_distinct_serials(kimpki):
+    kimpki.ok("ca", "init", "root")
+    procs = [subprocess.Popen([sys.executable, "-m", "kimpki", "issue", f"h{i}.example.com", "--json"],
+                              env=kimpki.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1] for o in outs]
+    rows = kimpki.json("list")
+    assert sorted(r["name"] for r in rows) == [f"h{i}.example.com" for i in range(4)]
+    assert len({r["serial"] for r in rows}) == 4
+    db = sqlite3.connect(kimpki.home / "inventory.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_concurrent_first_use_creates_exactly_one_default_ca(kimpki):
+    procs = [subprocess.Popen([sys.executable, "-m", "kimpki", "issue", f"h{i}.example.com"],
+                              env=kimpki.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+    assert [c["name"] for c in kimpki.json("ca", "list")] == ["kimpki-ca"]
+
+
+def test_passphrase_protected_ca(kimpki, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    d = kimpki.json("ca", "init", "locked", "--passphrase-file", pw)
+    assert d["encrypted"] is True
+    key_file = kimpki.home / "cas/locked/ca.key"
+    assert b"ENCRYPTED" in key_file.read_bytes()
+    before = key_file.read_bytes()
+    # No passphrase and no terminal: a clear exit 1.
+    assert_one_line_error(kimpki("issue", "kim.example.com"), 1, "encrypted")
+    # Wrong passphrase: exit 1, key untouched, nothing issued.
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--passphrase-file", bad), 1, "wrong passphrase")
+    assert key_file.read_bytes() == before
+    assert kimpki.json("list") == []
+    # Right passphrase, from the file or from the environment.
+    assert kimpki("issue", "kim.example.com", "--passphrase-file", pw).code == 0
+    assert kimpki("issue", "b.example.com", env={"KIMPKI_CA_PASSPHRASE": "correct horse"}).code == 0
+    assert key_file.read_bytes() == before
+
+
+def test_a_ca_is_never_overwritten(kimpki):
+    kimpki.ok("ca", "init", "root")
+    key = (kimpki.home / "cas/root/ca.key").read_bytes()
+    assert_one_line_error(kimpki("ca", "init", "root"), 1, "already exists")
+    assert (kimpki.home / "cas/root/ca.key").read_bytes() == key
+
+
+def test_a_kill_during_issue_leaves_the_store_readable(kimpki):
+    kimpki.ok("ca", "init", "root")
+    first = kimpki.json("issue", "kim.example.com")
+    # Kill many issuing processes at random points; every survivor state must stay consistent.
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.3):
+        p = subprocess.Popen([sys.executable, "-m", "kimpki", "issue", "kim.example.com", "--key-type", "rsa-4096"],
+                             env=kimpki.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    rows = kimpki.json("list", "--all")
+    assert first["serial"] in [r["serial"] for r in rows]
+    assert Path(first["key"]).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    cur = kimpki.json("list")
+    assert len(cur) == 1
+    target = kimpki.home / "certs/kim.example.com/current"
+    assert (target / "cert.crt").exists() and (target / "cert.key").exists()
+    # And the store keeps working.
+    assert kimpki("issue", "kim.example.com").code == 0
+
+
+def test_home_from_option_env_and_xdg(kimpki, tmp_path):
+    explicit = tmp_path / "explicit"
+    kimpki.ok("--home", explicit, "ca", "init", "root")
+    assert (explicit / "cas/root/ca.crt").exists()
+    env = {k: v for k, v in kimpki.env.items() if k != "KIMPKI_HOME"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    proc = subprocess.run([sys.executable, "-m", "kimpki", "ca", "init", "root"], env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "xdg/kimpki/cas/root/ca.crt").exists()
