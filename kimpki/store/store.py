@@ -28,9 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-import filelock
-
 from kimpki.errors import NotFoundError, OperationError
+from kimpki.store.lock import file_lock
 from kimpki.store.fs import (PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, point_symlink,
                              write_atomic, write_new)
 
@@ -194,12 +193,7 @@ class Store:
     @contextmanager
     def locked(self) -> Iterator["Store"]:
         """Hold the home's lock and one SQLite transaction: all or nothing, one writer at a time."""
-        lock = filelock.FileLock(str(self.home / ".lock"), timeout=LOCK_TIMEOUT, mode=PRIVATE_FILE)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise OperationError(f"another kimpki process holds {self.home / '.lock'}; try again") from None
-        try:
+        with file_lock(self.home / ".lock", LOCK_TIMEOUT):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self
@@ -207,8 +201,6 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-        finally:
-            lock.release()
 
     # -- settings ----------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
