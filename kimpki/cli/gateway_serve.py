@@ -54,12 +54,15 @@ def command(paths: tuple[str, ...], port: int, maps: tuple[str, ...], address: s
 
     gw = LocalGateway(paths, address=address, port_map=_port_mapping(port, maps), admin_port=admin_port,
                       log=lambda line: note(f"kimpki: {line}"))
-    gw.start()
-    for line in gw.serving_lines():
-        click.echo(line)
-    note(f"kimpki: ready in {gw.startup_seconds:.2f} s (Envoy pid {gw.pid}, admin {gw.admin_url}); "
-         f"watching the manifests; Ctrl-C to stop")
-    signum = gw.serve_forever()
+
+    def ready(gw: LocalGateway) -> None:
+        for line in gw.serving_lines():
+            click.echo(line)
+        note(f"kimpki: ready in {gw.startup_seconds:.2f} s (Envoy pid {gw.pid}, admin {gw.admin_url}); "
+             f"watching the manifests; Ctrl-C to stop")
+
+    # Signal handlers go in before Envoy starts: SIGTERM during start-up still stops Envoy.
+    signum = gw.serve_forever(on_ready=ready)
     note("kimpki: stopped" + (f" on signal {signum}" if signum else ""))
 
 

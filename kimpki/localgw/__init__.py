@@ -1,1 +1,8 @@
-"""kimpki.localgw"""
+"""kimpki.localgw: a real local Istio-style ingress gateway, Envoy configured from manifests.
+
+* :mod:`~kimpki.localgw.manifests`: YAML → Secrets, Gateways, mounts; Istio's credential rules →
+  :class:`~kimpki.localgw.manifests.ServerPlan` values and warnings (pure).
+* :mod:`~kimpki.localgw.envoy_config`: plans → Envoy bootstrap, listeners (LDS), secrets (SDS) (pure).
+* :mod:`~kimpki.localgw.runner`: :class:`~kimpki.localgw.runner.LocalGateway` writes the files,
+  runs Envoy, waits until it serves, and reloads changed manifests without restarting it.
+"""

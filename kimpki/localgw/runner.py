@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -37,8 +38,9 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -112,6 +114,7 @@ class ReloadResult:
     listeners_changed: bool = False
     warnings: tuple[str, ...] = ()
     error: str | None = None  # the manifests could not be read; the old configuration stays
+    listeners_rejected: str | None = None  # why Envoy refused the new listeners (it keeps the old)
 
     @property
     def changed(self) -> bool:
@@ -133,6 +136,11 @@ class LocalGateway:
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise UsageError("give at least one manifest file or folder")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise UsageError(f"the listen address must be an IP address (Envoy does not resolve names), "
+                             f"not {address!r}") from None
         self.address = address
         self.port_map = dict(DEFAULT_PORT_MAP if port_map is None else port_map)
         for gp, lp in self.port_map.items():
@@ -157,6 +165,8 @@ class LocalGateway:
         self._local_ports: dict[int, int] = {}  # what the LDS file asks for (0 stays 0)
         self._written: dict[str, bytes] = {}  # SDS resource name → file content
         self._lds_written: bytes | None = None
+        self._lds_version: str | None = None  # version_info of the LDS file last written
+        self._lds_rejected = 0  # Envoy's listener_manager.lds.update_rejected when it was written
         self._fingerprint_seen: tuple | None = None
         self._log_offset = 0
         self._warned: set[str] = set()
@@ -199,18 +209,27 @@ class LocalGateway:
 
     def reload(self) -> ReloadResult:
         """Re-read the manifests; rewrite only the SDS/LDS files whose content changed."""
+        if self.workdir is None:
+            raise OperationError("the local gateway is not running: start() it first")
         with self._lock:
             try:
                 resolution = resolve(load_manifests(self.paths))
             except UsageError as e:
                 self._log(f"warning: {e}; keeping the current configuration")
                 return ReloadResult(error=str(e))
+            try:
+                rejected = self._lds_state()[1]
+            except (OSError, urllib.error.URLError, ValueError):
+                rejected = self._lds_rejected
             result = self._apply(resolution)
             if result.listeners_changed and self._proc is not None:
+                self._lds_rejected = rejected
                 try:
                     self._wait_listeners(5.0)
                 except OperationError as e:
-                    self._log(f"warning: {e}")
+                    self._lds_written = None  # write it again on the next change
+                    self._log(f"warning: {e}; Envoy keeps serving the previous listeners")
+                    result = replace(result, listeners_rejected=str(e))
             return result
 
     def poll_once(self) -> ReloadResult | None:
@@ -226,10 +245,13 @@ class LocalGateway:
         self._forward_envoy_log()
         return result
 
-    def serve_forever(self, interval: float = POLL_INTERVAL, stop: threading.Event | None = None) -> int | None:
-        """Poll the manifests until SIGINT/SIGTERM (or ``stop`` is set), then stop Envoy.
+    def serve_forever(self, interval: float = POLL_INTERVAL, stop: threading.Event | None = None,
+                      on_ready: Callable[["LocalGateway"], None] | None = None) -> int | None:
+        """Start (unless started), then poll the manifests until SIGINT/SIGTERM or ``stop``; stop Envoy.
 
-        Returns the signal number that ended the loop, if any.
+        The signal handlers are in place before Envoy starts, so a signal during start-up also
+        ends in a clean stop. ``on_ready`` is called once Envoy serves. Returns the signal number
+        that ended the loop, if any. (Handlers are installed only from the main thread.)
         """
         stop = stop or threading.Event()
         got: list[int] = []
@@ -245,6 +267,8 @@ class LocalGateway:
         try:
             if self._proc is None:
                 self.start()
+            if on_ready is not None and not stop.is_set():
+                on_ready(self)
             while not stop.wait(interval):
                 self.poll_once()
         finally:
@@ -313,11 +337,13 @@ class LocalGateway:
             self._written[name] = content
             updated.append(name)
 
-        lds = _dump(ec.discovery_response(ec.listeners(plans, local_ports, self.address, self._sds_file)))
+        lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address, self._sds_file))
+        lds = _dump(lds_doc)
         listeners_changed = lds != self._lds_written
         if listeners_changed:
             write_atomic(self.workdir / "lds" / "lds.json", lds)
             self._lds_written = lds
+            self._lds_version = lds_doc["version_info"]
 
         removed = sorted(set(self._written) - set(wanted))
         for name in removed:  # after the listeners no longer refer to them
@@ -387,11 +413,10 @@ class LocalGateway:
         while True:
             self._check_alive()
             if self.admin_address is None and addr_file.exists():
-                text = addr_file.read_text().strip()
-                self.admin_address = text or None
+                self.admin_address = addr_file.read_text().strip() or None
             if self.admin_address:
                 try:
-                    if self._admin_get("/ready").strip() == "LIVE" and self._listeners_bound():
+                    if self._admin_get("/ready").strip() == "LIVE" and self._lds_taken():
                         break
                 except (OSError, urllib.error.URLError, ValueError):
                     pass
@@ -403,11 +428,42 @@ class LocalGateway:
 
     def _wait_listeners(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self._listeners_bound():
+        while True:
             self._check_alive()
+            try:
+                if self._lds_taken():
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
             if time.monotonic() > deadline:
-                raise OperationError(f"Envoy did not bind the new listeners within {timeout:g} s{self._log_hint()}")
-            time.sleep(0.05)
+                raise OperationError(f"Envoy did not apply the new listeners within {timeout:g} s{self._log_hint()}")
+            time.sleep(0.02)
+
+    def _lds_state(self) -> tuple[str, int]:
+        """Envoy's view of the LDS file: (version_info it accepted last, rejections so far)."""
+        pattern = urllib.parse.quote(r"^listener_manager\.lds\.(version_text|update_rejected)$")
+        text = self._admin_get(f"/stats?filter={pattern}")
+        version, rejected = "", 0
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if name.endswith("version_text"):
+                version = value.strip().strip('"')
+            elif name.endswith("update_rejected"):
+                rejected = int(value)
+        return version, rejected
+
+    def _lds_taken(self) -> bool:
+        """True once Envoy runs the LDS file last written and its listeners accept connections.
+
+        Raises :class:`OperationError` at once when Envoy rejected that file (e.g. a port in use).
+        """
+        version, rejected = self._lds_state()
+        if version != self._lds_version:
+            if rejected > self._lds_rejected:
+                self._lds_rejected = rejected
+                raise OperationError(f"Envoy rejected the listener configuration{self._log_hint()}")
+            return False
+        return self._listeners_bound()
 
     def _listeners_bound(self) -> bool:
         """True when every listener is bound and accepts connections; fills :attr:`ports`."""
@@ -501,6 +557,8 @@ def _describe_reload(r: ReloadResult) -> str:
         parts.append("updated " + ", ".join(r.secrets_updated))
     if r.secrets_removed:
         parts.append("removed " + ", ".join(r.secrets_removed))
-    if r.listeners_changed:
+    if r.listeners_rejected:
+        parts.append("new listeners rejected")
+    elif r.listeners_changed:
         parts.append("listeners updated")
     return "reloaded: " + "; ".join(parts)
