@@ -1,0 +1,145 @@
+"""``kimpki verify``: prove a gateway's SIMPLE or MUTUAL TLS with real handshakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kimpki.cli.common import emit, json_option, open_store
+from kimpki.errors import NotFoundError, OperationError, UsageError
+
+EPILOG = """\b
+Examples:
+  # SIMPLE gateway; like: curl -v --resolve kim.example.com:443:127.0.0.1 \\
+  #   --cacert example.com.crt https://kim.example.com/health
+  kimpki verify kim.example.com --connect 127.0.0.1 --cacert example.com.crt --http-path /health
+\b
+  # MUTUAL gateway; like the curl line plus --cert client.crt --key client.key.
+  # Also proves that a client WITHOUT a certificate is refused.
+  kimpki verify kim.example.com --connect 127.0.0.1 --cacert example.com.crt \\
+      --cert client.crt --key client.key --http-path /health
+\b
+  # the same with certificates from the kimpki store, a local gateway on port 8443
+  kimpki verify kim.example.com --connect 127.0.0.1:8443 --ca example.com \
+      --client kim-client.example.com
+  kimpki verify kim.example.com --connect '[::1]:8443' --ca example.com --json
+\b
+Checks, in order: connect, trust (chain verifies against the CA), hostname (HOST is in the
+served certificate's subjectAltNames; the CN is never used), expiry, accepted (the server's
+verdict on this client: with TLS 1.3 a refusal arrives after the handshake, so kimpki reads
+until it sees a session ticket or an alert), MUTUAL: client_certificate_accepted and
+client_certificate_demanded (a second connection without a certificate must be refused),
+and with --http-path: http (GET over HTTP/1.1 answers 2xx).
+\b
+Failure reasons (JSON "reason"): trust, hostname, expiry, client_certificate_not_demanded,
+client_certificate_refused, http_status, connection_refused, timeout, tls_error.
+\b
+Exit codes: 0 every check passed, 1 a check failed (the failed check on stderr, the
+report on stdout), 2 usage error or unreadable CA/certificate/key file.
+"""
+
+
+def _ca_file(ctx: click.Context, ca_ref: str | None, cacert: str | None) -> tuple[str | None, str | None]:
+    """(PEM file, label) for the trust anchor: --cacert FILE, or --ca NAME|FILE (store), or None."""
+    if ca_ref and cacert:
+        raise UsageError("give --ca NAME or --cacert FILE, not both")
+    if cacert:
+        return cacert, None
+    if not ca_ref:
+        return None, None
+    if Path(ca_ref).is_file():
+        return ca_ref, None
+    try:
+        ca = open_store(ctx).get_ca(ca_ref)
+    except NotFoundError as e:
+        raise UsageError(f"--ca {ca_ref}: {e}") from None
+    return str(ca.cert_path), f"CA {ca.name}"
+
+
+def _client_files(ctx: click.Context, client: str | None, cert: str | None,
+                  key: str | None) -> tuple[str | None, str | None, str | None]:
+    """(cert file, key file, label) for the client certificate: --cert/--key or --client NAME."""
+    if client is None:
+        return cert, key, None
+    if cert or key:
+        raise UsageError("give --client NAME or --cert FILE --key FILE, not both")
+    try:
+        rec = open_store(ctx).get_cert(client)
+    except NotFoundError as e:
+        raise UsageError(f"--client {client}: {e}") from None
+    if not rec.has_key:
+        raise UsageError(f"--client {client}: the store has no private key for it (signed from a CSR); "
+                         f"use --cert FILE --key FILE")
+    return str(rec.cert_path), str(rec.key_path), f"{client} (serial {rec.serial})"
+
+
+def resolve_target(ctx: click.Context, host: str, *, connect: str | None, ca_ref: str | None,
+                   cacert: str | None, client: str | None, cert: str | None, key: str | None,
+                   mode: str | None, http_path: str | None, timeout: float):
+    """Options to a ``Target``: files given directly, or looked up in the store by name."""
+    from kimpki.verify import make_target
+
+    ca_file, ca_label = _ca_file(ctx, ca_ref, cacert)
+    cert, key, client_label = _client_files(ctx, client, cert, key)
+    return make_target(host, connect=connect, ca_file=ca_file, client_cert=cert, client_key=key, mode=mode,
+                       http_path=http_path, timeout=timeout, ca_label=ca_label, client_label=client_label)
+
+
+def render(d: dict) -> str:
+    """A short transcript: one line per check, then what was served."""
+    head = f"{d['host']} at {d['address']}:{d['port']}" if ":" not in d["address"] else \
+        f"{d['host']} at [{d['address']}]:{d['port']}"
+    lines = [f"{head} ({d['mode'].upper()}, trusting {d['ca']})"]
+    width = max((len(c["name"]) for c in d["checks"]), default=0)
+    for c in d["checks"]:
+        lines.append(f"  {'ok' if c['ok'] else 'FAIL':<4}  {c['name']:<{width}}  {c['detail']}")
+    if d["tls_version"]:
+        lines.append(f"tls: {d['tls_version']} {d['cipher']}, alpn {d['alpn'] or 'none'}")
+    for i, c in enumerate(d["served_chain"]):
+        sans = ", ".join([f"DNS:{x}" for x in c["dns_names"]] + [f"IP:{x}" for x in c["ip_addresses"]]) or "none"
+        left = f"{c['days_left']} days left" if c["days_left"] >= 0 else "EXPIRED"
+        lines.append(f"served[{i}]: {c['subject']} (issuer {c['issuer']}, serial {c['serial']})")
+        lines.append(f"           SANs {sans}; not after {c['not_after']} ({left})")
+    lines.append("PASS" if d["ok"] else f"FAIL ({d['reason']})")
+    return "\n".join(lines)
+
+
+@click.command("verify", epilog=EPILOG)
+@click.argument("host")
+@click.option("--connect", metavar="ADDR[:PORT]",
+              help="Connect here instead of resolving HOST, like curl --resolve; default port 443; "
+                   "IPv6 as [::1]:8443; ':8443' keeps HOST's address.")
+@click.option("--ca", "ca_ref", metavar="NAME|FILE", help="Trust this CA from the kimpki store (or a PEM file).")
+@click.option("--cacert", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Trust the certificates in this PEM file, like curl --cacert. "
+                   "Without --ca/--cacert: the system trust store.")
+@click.option("--client", metavar="NAME", help="Show this client certificate from the kimpki store.")
+@click.option("--cert", type=click.Path(dir_okay=False), metavar="FILE", help="Client certificate (PEM), with --key.")
+@click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The client certificate's private key (PEM).")
+@click.option("--mode", type=click.Choice(["simple", "mutual"], case_sensitive=False), default=None,
+              help="What the gateway should do; default: mutual with a client certificate, else simple.")
+@click.option("--http-path", metavar="PATH", help="Also GET this path over HTTP/1.1 and expect 2xx, e.g. /health.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
+              help="Give up on the whole check after this long.")
+@json_option
+@click.pass_context
+def command(ctx, host, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, as_json):
+    """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
+    the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
+
+    HOST is the name clients use: it is sent as SNI and must be in the served certificate's
+    subjectAltNames.
+    """
+    from kimpki.verify import Reason, check_endpoint
+
+    target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
+                            key=key, mode=mode, http_path=http_path, timeout=timeout)
+    report = check_endpoint(target)
+    if report.reason is Reason.BAD_INPUT:
+        raise UsageError(report.message.split(": ", 1)[-1])
+    emit(report.to_dict(), as_json, render)
+    if not report.ok:
+        raise OperationError(report.message)
+    return 0
