@@ -16,6 +16,7 @@ COMMANDS = {
     "sign": ("kimpki.cli.sign:command", "Sign an external certificate signing request (CSR)."),
     "inspect": ("kimpki.cli.inspect:command", "Show what a certificate file holds; optionally check its chain."),
     "list": ("kimpki.cli.listing:command", "List issued certificates with their state."),
+    "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
 }
 
 EPILOG = """\b

@@ -105,8 +105,34 @@ def render(d: dict) -> str:
     return "\n".join(lines)
 
 
+def _existing_store(ctx: click.Context):
+    """The store if the home already has one: verify never creates a home as a side effect."""
+    from kimpki.cli.common import home_of
+    from kimpki.store import Store, default_home
+
+    home = home_of(ctx)
+    root = Path(home).expanduser() if home else default_home()
+    return Store.open(root) if (root / "inventory.db").exists() else None
+
+
+def render_all(rows: list[dict]) -> str:
+    from kimpki.cli.common import table
+
+    if not rows:
+        return "no server certificates in the store: nothing to verify"
+    body = table([[r["host"], f"{r['address']}:{r['port']}", "PASS" if r["ok"] else "FAIL",
+                   (r["served_chain"][0]["serial"][:16] if r["served_chain"] else "-"),
+                   r["message"] or "ok"] for r in rows],
+                 ["HOST", "ADDRESS", "RESULT", "SERIAL", "DETAIL"])
+    failed = sum(1 for r in rows if not r["ok"])
+    return body + f"\n{len(rows) - failed} passed, {failed} failed"
+
+
 @click.command("verify", epilog=EPILOG)
-@click.argument("host")
+@click.argument("host", required=False)
+@click.option("--all", "check_all", is_flag=True,
+              help="Check every current server certificate in the store concurrently (SIMPLE; "
+                   "use --connect to point them all at one gateway).")
 @click.option("--connect", metavar="ADDR[:PORT]",
               help="Connect here instead of resolving HOST, like curl --resolve; default port 443; "
                    "IPv6 as [::1]:8443; ':8443' keeps HOST's address.")
@@ -125,20 +151,37 @@ def render(d: dict) -> str:
               help="Give up on the whole check after this long.")
 @json_option
 @click.pass_context
-def command(ctx, host, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, as_json):
+def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, as_json):
     """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
     the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
 
     HOST is the name clients use: it is sent as SNI and must be in the served certificate's
     subjectAltNames.
     """
+    from kimpki.ops.verifying import compare_with_store, current_for, verify_all
     from kimpki.verify import Reason, check_endpoint
 
+    if check_all:
+        if host or ca_ref or cacert or client or cert or key or mode:
+            raise UsageError("--all checks the store's own certificates: give no HOST, --ca, --cacert, "
+                             "--client, --cert, --key or --mode with it")
+        store = _existing_store(ctx)
+        reports = verify_all(store, connect=connect, http_path=http_path, timeout=timeout) if store else []
+        rows = [r.to_dict() for r in reports]
+        emit(rows, as_json, render_all)
+        failed = [r for r in reports if not r.ok]
+        if failed:
+            raise OperationError(f"{len(failed)} of {len(reports)} checks failed; first: "
+                                 f"{failed[0].host}: {failed[0].message}")
+        return 0
+    if not host:
+        raise UsageError("give HOST (the name clients use), or --all")
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
                             key=key, mode=mode, http_path=http_path, timeout=timeout)
     report = check_endpoint(target)
     if report.reason is Reason.BAD_INPUT:
         raise UsageError(report.message.split(": ", 1)[-1])
+    compare_with_store(report, current_for(_existing_store(ctx), target.host))
     emit(report.to_dict(), as_json, render)
     if not report.ok:
         raise OperationError(report.message)

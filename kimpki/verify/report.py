@@ -29,6 +29,7 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"                # the check did not finish within the timeout
     TLS_ERROR = "tls_error"            # any other TLS failure (no shared cipher, unknown SNI, not TLS)
     BAD_INPUT = "bad_input"            # unreadable CA, certificate or key file (a usage error)
+    NOT_CURRENT = "not_current"        # served certificate is not the one the store says is current
 
     def __str__(self) -> str:
         return self.value
