@@ -62,14 +62,15 @@ def make_leaf(directory: Path, ca: Pair, host: str, *, client: bool = False, tag
     return Pair(cert, key)
 
 
-def _b64(path: Path) -> str:
+def b64(path: Path) -> str:
+    """A file's content as base64, the way Secret ``data`` holds it."""
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def generic_secret_yaml(name: str, files: dict[str, Path], namespace: str | None = None) -> str:
     """``kubectl create secret generic NAME --from-file=KEY=PATH ... --dry-run=client -o yaml``."""
     lines = ["apiVersion: v1", "data:"]
-    lines += [f"  {k}: {_b64(files[k])}" for k in sorted(files)]
+    lines += [f"  {k}: {b64(files[k])}" for k in sorted(files)]
     lines += ["kind: Secret", "metadata:", "  creationTimestamp: null", f"  name: {name}"]
     if namespace:
         lines.append(f"  namespace: {namespace}")
@@ -78,7 +79,7 @@ def generic_secret_yaml(name: str, files: dict[str, Path], namespace: str | None
 
 def tls_secret_yaml(name: str, pair: Pair, namespace: str | None = None) -> str:
     """``kubectl create secret tls NAME --cert=... --key=... --dry-run=client -o yaml``."""
-    lines = ["apiVersion: v1", "data:", f"  tls.crt: {_b64(pair.cert)}", f"  tls.key: {_b64(pair.key)}",
+    lines = ["apiVersion: v1", "data:", f"  tls.crt: {b64(pair.cert)}", f"  tls.key: {b64(pair.key)}",
              "kind: Secret", "metadata:", "  creationTimestamp: null", f"  name: {name}"]
     if namespace:
         lines.append(f"  namespace: {namespace}")

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from kimpki.errors import OperationError
 from kimpki.localgw.runner import ENVOY_MISSING, LocalGateway, find_envoy
-from tests.localgw_pki import (Pair, deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
+from tests.localgw_pki import (b64, deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
                                make_ca, make_leaf, tls_secret_yaml)
 
 BOOKINFO_MOUNT = "/etc/istio/ingressgateway-bookinfo-certs"
@@ -50,7 +50,7 @@ def write_manifests(folder: Path, pki: dict) -> Path:
     # MUTUAL: the CA that signs clients lives in kim-new-credential-cacert; a decoy ca.crt in the
     # credential itself must be ignored (Istio looks at the -cacert Secret first).
     new_secret = tls_secret_yaml("kim-new-credential", new).replace(
-        "kind: Secret", f"  ca.crt: {_b64(pki['decoy_ca'].cert)}\nkind: Secret")
+        "kind: Secret", f"  ca.crt: {b64(pki['decoy_ca'].cert)}\nkind: Secret")
     (folder / "kim-new-credential.yaml").write_text(
         new_secret + "---\n" + generic_secret_yaml("kim-new-credential-cacert", {"cacert": pki["client_ca"].cert}))
     (folder / "bookinfo-certs.yaml").write_text(tls_secret_yaml("istio-ingressgateway-bookinfo-certs", book))
@@ -71,11 +71,6 @@ def write_manifests(folder: Path, pki: dict) -> Path:
     ]))
     return folder
 
-
-def _b64(path: Path) -> str:
-    import base64
-
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 from kimpki.localgw import envoy_config as ec
 from kimpki.localgw.manifests import DEFAULT_MOUNTS, load_manifests, mount_for, parse_manifests, resolve
-from tests.localgw_pki import (deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
+from tests.localgw_pki import (b64, deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
                                make_ca, make_leaf, tls_secret_yaml)
 
 
@@ -140,7 +140,7 @@ def test_cacert_secret_without_ca_keys_does_not_fall_back(pki):
 def test_cacert_key_preferred_over_ca_crt_and_ca_crt_used_alone(pki):
     kim, ca, other = pki["kim"], pki["ca"], pki["other_ca"]
     both = generic_secret_yaml("both", {"key": kim.key, "cert": kim.cert, "cacert": ca.cert, "ca.crt": other.cert})
-    only = tls_secret_yaml("only", kim).replace("kind: Secret", f"  ca.crt: {_b64(other.cert)}\nkind: Secret")
+    only = tls_secret_yaml("only", kim).replace("kind: Secret", f"  ca.crt: {b64(other.cert)}\nkind: Secret")
     plans, warnings = plans_of(both, only, gw(
         https_server("a.example.com", "https-a", "MUTUAL", "both"),
         https_server("b.example.com", "https-b", "OPTIONAL_MUTUAL", "only")))
@@ -159,11 +159,6 @@ def test_mutual_without_any_ca_is_unserved_and_simple_ignores_ca(pki):
     plans, warnings = plans_of(cred, broken_ca, gw(https_server("kim.example.com", "https", "SIMPLE", "kim-credential")))
     assert warnings == [] and plans["kim.example.com"].ca is None
 
-
-def _b64(path: Path) -> str:
-    import base64
-
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 # -- file-mounted servers --------------------------------------------------------------------
