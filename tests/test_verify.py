@@ -357,7 +357,7 @@ def test_help_teaches():
 # --------------------------------------------------------------------------- usage errors
 
 USAGE_CASES = {
-    "no host": ([], "Missing argument 'HOST'"),
+    "no host": ([], "give HOST"),
     "cert without key": ([HOST, "--cert", "{client_cert}"], "--cert needs --key"),
     "key without cert": ([HOST, "--key", "{client_key}"], "--key needs --cert"),
     "mutual without cert": ([HOST, "--mode", "mutual"], "mode mutual needs a client certificate"),
