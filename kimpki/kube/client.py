@@ -1,0 +1,275 @@
+"""``Cluster``: the few Kubernetes API calls kimpki makes, returning plain dicts.
+
+Every call goes through the official client's ``ApiClient`` (its configuration loading, TLS,
+auth and connection pool) as raw JSON: no model classes, so Istio custom resources and
+built-ins look the same and ``data`` values stay base64 strings, exactly as ``kubectl get -o
+json`` shows them. Errors become one-line :class:`kimpki.kube.errors.KubeError` values.
+
+Writes are create-or-update *in place* guarded by ``metadata.resourceVersion``, never delete
+and re-create: istiod would otherwise see the credential vanish, and the gateway's listeners
+would stop serving until it came back.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from kimpki.errors import UsageError
+from kimpki.istio import contract as c
+from kimpki.kube import errors as kerr
+from kimpki.kube import objects
+from kimpki.kube.config import load, timeout_from_env
+from kimpki.kube.kinds import Kind, kind_of, kind_of_object, path, version_for
+
+JSON = "application/json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass
+class UpsertResult:
+    """``action`` is "created", "updated" or "unchanged"; ``object`` what the server holds now
+    (or would hold, for a dry run); ``previous`` what it held before (None when created)."""
+
+    action: str
+    object: dict
+    previous: dict | None
+    attempts: int = 1
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
+
+
+class Cluster:
+    """A connection to one cluster. Build it with :meth:`connect`."""
+
+    def __init__(self, api_client: Any, server: str, *, timeout: float = 10.0, source: str = "",
+                 context: str | None = None):
+        self._api = api_client
+        self.server = server
+        self.timeout = timeout
+        self.source = source
+        self.context = context
+        self.requests = 0  # how many HTTP requests this Cluster sent
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None, *,
+                timeout: float | None = None) -> "Cluster":
+        """Load ``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config`` (``--context``), else the
+        in-cluster service account. ``timeout`` (seconds, for connecting and for each answer)
+        defaults to ``$KIMPKI_KUBE_TIMEOUT`` or 10. Nothing is sent yet."""
+        t = timeout_from_env(timeout)
+        api, server, source = load(kubeconfig, context)
+        return cls(api, server, timeout=t, source=str(source), context=context)
+
+    def close(self) -> None:
+        try:
+            self._api.close()
+        except Exception:  # noqa: BLE001 - closing must never fail a command
+            pass
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cluster({self.server!r}, {self.source})"
+
+    # ------------------------------------------------------------------ the one request path
+    def _call(self, method: str, k: Kind, version: str, namespace: str | None, name: str | None = None, *,
+              query: list[tuple[str, str]] | None = None, body: Any = None, content_type: str = JSON,
+              subresource: str | None = None, named: str | None = None) -> dict:
+        """One request. ``named``: the object's name for messages when it is not in the URL (POST)."""
+        if k.namespaced and not namespace and (name or method != "GET"):
+            raise UsageError(f"{k.kind} {name or ''} needs a namespace".replace("  ", " "))
+        call = kerr.Call(method, k, version, namespace if k.namespaced else None, name or named, self.server,
+                         subresource)
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            req = self._api.param_serialize(method=method, resource_path=path(k, version, namespace, name, subresource),
+                                            query_params=list(query or []), header_params=headers,
+                                            body=body, auth_settings=["BearerToken"])
+        except Exception as e:  # noqa: BLE001 - the auth refresh hook (exec plugin, token file) failed
+            raise kerr.ConfigError(f"cannot get credentials for the Kubernetes API at {self.server}: "
+                                   f"{kerr.one_line(str(e), 200)}") from None
+        self.requests += 1
+        try:
+            resp = self._api.call_api(*req, _request_timeout=(self.timeout, self.timeout))
+            data = resp.read()
+        except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
+            raise kerr.from_transport(call, e, self.timeout) from None
+        if not 200 <= resp.status < 300:
+            raise kerr.from_response(call, resp.status, data)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise kerr.KubeError(f"the Kubernetes API at {self.server} answered {call.verb} {call.what} "
+                                 f"with something that is not JSON") from None
+
+    @staticmethod
+    def _dry(dry_run: bool) -> list[tuple[str, str]]:
+        return [("dryRun", "All")] if dry_run else []
+
+    @staticmethod
+    def _target(obj: dict) -> tuple[Kind, str, str | None, str]:
+        k, version = kind_of_object(obj)
+        m = obj.get("metadata") or {}
+        name = m.get("name")
+        if not name:
+            raise UsageError(f"{k.kind} has no metadata.name")
+        ns = m.get("namespace") if k.namespaced else None
+        if k.namespaced and not ns:
+            raise UsageError(f"{k.kind} {name} has no metadata.namespace")
+        return k, version, ns, name
+
+    @staticmethod
+    def _typed(k: Kind, version: str, obj: dict) -> dict:
+        # items of built-in lists come without kind/apiVersion; put them back (kubectl does too)
+        if "kind" not in obj or "apiVersion" not in obj:
+            obj = {"apiVersion": k.api_version(version), "kind": k.kind, **obj}
+        return obj
+
+    # ------------------------------------------------------------------ verbs
+    def get(self, kind: str, namespace: str | None, name: str, *, api_version: str | None = None) -> dict | None:
+        """The object, or None when it does not exist. A missing namespace is also None (the
+        API server answers a GET there with the object's 404); a kind the server does not serve
+        raises :class:`~kimpki.kube.errors.NotServed`."""
+        k = kind_of(kind)
+        version = version_for(k, api_version)
+        try:
+            return self._call("GET", k, version, namespace, name)
+        except kerr.NamespaceNotFound:
+            return None
+        except kerr.NotServed:
+            raise
+        except kerr.NotFound:
+            return None
+
+    def create(self, obj: dict, *, dry_run: bool = False) -> dict:
+        """POST ``obj`` (server-owned metadata such as resourceVersion and uid is dropped)."""
+        k, version, ns, name = self._target(obj)
+        body = objects.for_create(obj)
+        body["apiVersion"], body["kind"] = k.api_version(version), k.kind
+        return self._call("POST", k, version, ns, None, body=body, query=self._dry(dry_run), named=name)
+
+    def replace(self, obj: dict, *, dry_run: bool = False) -> dict:
+        """PUT ``obj``; its ``metadata.resourceVersion`` makes the server refuse (409) when the
+        object changed since it was read."""
+        k, version, ns, name = self._target(obj)
+        body = dict(obj)
+        body["apiVersion"], body["kind"] = k.api_version(version), k.kind
+        return self._call("PUT", k, version, ns, name, body=body, query=self._dry(dry_run))
+
+    def json_patch(self, kind: str, namespace: str | None, name: str, ops: list[dict], *,
+                   dry_run: bool = False, api_version: str | None = None) -> dict:
+        """RFC 6902 JSON patch (``application/json-patch+json``); add a ``test`` op to guard."""
+        if not isinstance(ops, list) or not all(isinstance(o, dict) and o.get("op") for o in ops):
+            raise UsageError("a JSON patch is a list of operations like {'op': 'add', 'path': ..., 'value': ...}")
+        k = kind_of(kind)
+        return self._call("PATCH", k, version_for(k, api_version), namespace, name, body=ops,
+                          content_type=JSON_PATCH, query=self._dry(dry_run))
+
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None, page_size: int = 500, *,
+             api_version: str | None = None, field_selector: str | None = None) -> Iterator[dict]:
+        """Every object of ``kind`` in ``namespace`` (None: all namespaces), fetched ``page_size``
+        at a time, following ``continue`` tokens. A generator: requests go out as you iterate."""
+        k = kind_of(kind)
+        version = version_for(k, api_version)
+        if page_size <= 0:
+            raise UsageError("page_size must be positive")
+        token = None
+        while True:
+            query = [("limit", str(page_size))]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if field_selector:
+                query.append(("fieldSelector", field_selector))
+            if token:
+                query.append(("continue", token))
+            page = self._call("GET", k, version, namespace if k.namespaced else None, None, query=query)
+            for item in page.get("items") or []:
+                yield self._typed(k, version, item)
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    # ------------------------------------------------------------------ create-or-update
+    def _backoff(self, attempt: int) -> None:
+        # client-go's retry.DefaultRetry is 10 ms steps with jitter; a little more each time here
+        time.sleep(min(0.01 * attempt, 0.1) * (1 + random.random() * 0.5))
+
+    def upsert_secret(self, secret: dict, *, force: bool = False, dry_run: bool = False,
+                      retries: int = 5) -> UpsertResult:
+        """Create the Secret, or update it in place when kimpki manages it (or ``force``).
+
+        Nothing is written when data, type, labels and annotations already match. A 409
+        (someone wrote in between) re-reads and tries again, at most ``retries`` more times.
+        A Secret not labelled ``app.kubernetes.io/managed-by=kimpki`` is refused unless
+        ``force``; a ``type`` change is refused (the API server cannot change it in place)."""
+        desired = objects.normalize_secret(secret)
+        m = desired["metadata"]
+        ns, name = m["namespace"], m["name"]
+        attempt = 0
+        while True:
+            attempt += 1
+            current = self.get("Secret", ns, name)
+            try:
+                if current is None:
+                    created = self.create(desired, dry_run=dry_run)
+                    return UpsertResult("created", created, None, attempt)
+                if not force and not objects.is_managed(current):
+                    raise kerr.Unmanaged(
+                        f"Secret {ns}/{name} exists and kimpki does not manage it (no label "
+                        f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}): give --force to update it in place")
+                old_type = current.get("type") or c.SECRET_TYPE_OPAQUE
+                if old_type != desired["type"]:
+                    raise kerr.ImmutableSecretType(kerr.secret_type_message(ns, name, old_type, desired["type"]),
+                                                   code=422, reason="Invalid")
+                new = objects.merge_secret(current, desired)
+                if objects.secret_unchanged(current, new):
+                    return UpsertResult("unchanged", current, current, attempt)
+                updated = self.replace(new, dry_run=dry_run)
+                return UpsertResult("updated", updated, current, attempt)
+            except (kerr.Conflict, kerr.AlreadyExists) as e:
+                if attempt > retries:
+                    raise kerr.Conflict(f"Secret {ns}/{name} kept changing while kimpki wrote it: gave up after "
+                                        f"{attempt} attempts ({e})", code=409, reason=e.reason) from None
+                self._backoff(attempt)
+
+    def apply(self, obj: dict, *, dry_run: bool = False, retries: int = 5) -> UpsertResult:
+        """Create ``obj`` or replace the existing object's content with it, in place, guarded by
+        the resourceVersion just read (bounded retry on 409). Labels and annotations are merged
+        (``obj``'s win), the rest of the content is ``obj``'s. "unchanged" when nothing differs,
+        or when the server found the update to be a no-op."""
+        k, version, ns, name = self._target(obj)
+        attempt = 0
+        while True:
+            attempt += 1
+            current = self.get(k.kind, ns, name, api_version=k.api_version(version))
+            try:
+                if current is None:
+                    return UpsertResult("created", self.create(obj, dry_run=dry_run), None, attempt)
+                if objects.object_unchanged(current, obj):
+                    return UpsertResult("unchanged", current, current, attempt)
+                new = objects.merge_object(current, obj)
+                new["apiVersion"], new["kind"] = k.api_version(version), k.kind
+                updated = self.replace(new, dry_run=dry_run)
+                rv_before = (current.get("metadata") or {}).get("resourceVersion")
+                rv_after = (updated.get("metadata") or {}).get("resourceVersion")
+                action = "unchanged" if (not dry_run and rv_before == rv_after) else "updated"
+                return UpsertResult(action, updated, current, attempt)
+            except (kerr.Conflict, kerr.AlreadyExists) as e:
+                if attempt > retries:
+                    raise kerr.Conflict(f"{k.kind} {ns + '/' if ns else ''}{name} kept changing while kimpki "
+                                        f"wrote it: gave up after {attempt} attempts ({e})",
+                                        code=409, reason=e.reason) from None
+                self._backoff(attempt)
