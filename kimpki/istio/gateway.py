@@ -1,0 +1,267 @@
+"""Gateway and VirtualService manifests for an Istio ingress gateway, and Istio's Gateway rules (pure).
+
+:func:`render_gateway` builds one ``networking.istio.io`` Gateway with one HTTPS server per
+credential on port 443 (``selector: {istio: ingressgateway}``, as in the seed), and
+:func:`render_virtual_service` routes the servers' hosts through it to a Service
+(``kim-gateway-service:8080`` by default). A server gets its certificate either from a Secret
+through SDS (``credentialName``) or from files mounted into the gateway pod
+(``serverCertificate``/``privateKey``/``caCertificates``, the legacy way).
+
+:func:`validate_gateway` checks what Istio's own validation (pilot/pkg/config/validation) would
+refuse or silently mis-serve, in plain words: every server has hosts and a port with a unique
+name; an HTTPS or TLS port has a ``tls`` block; a terminating server has exactly one certificate
+source (``credentialName``/``credentialNames``/``tlsCertificates`` or file paths, not both, not
+none); file-based servers name both the certificate and the key, and file-based MUTUAL needs
+``caCertificates``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kimpki.errors import UsageError
+from kimpki.istio import contract as c
+
+GROUP = "networking.istio.io"
+API_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # what Istio 1.32's CRDs serve; v1 is stored
+DEFAULT_API_VERSION = "v1"
+MODES = ("SIMPLE", "MUTUAL")
+ALL_TLS_MODES = ("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+DEFAULT_SERVICE = "kim-gateway-service"
+DEFAULT_SERVICE_PORT = 8080
+DEFAULT_SERVICE_NAMESPACE = "default"
+HTTPS_PORT = 443
+
+TLS_FILE_CERT = c.TLS_CERT  # file names inside a mounted kubernetes.io/tls Secret
+TLS_FILE_KEY = c.TLS_KEY
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One HTTPS server: its hosts, TLS mode, and where the certificate comes from."""
+
+    hosts: tuple[str, ...]
+    mode: str = "SIMPLE"
+    credential_name: str | None = None  # SDS
+    server_certificate: str | None = None  # file-mounted
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    port_name: str | None = None  # default: derived, see port_names()
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise UsageError("a Gateway server needs at least one --host")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown TLS mode {self.mode!r}: choose SIMPLE or MUTUAL")
+
+    @classmethod
+    def sds(cls, hosts, credential_name: str, mode: str = "SIMPLE") -> "ServerSpec":
+        return cls(tuple(hosts), mode.upper(), credential_name=credential_name)
+
+    @classmethod
+    def file_mounted(cls, hosts, mode: str = "SIMPLE", mount_path: str = c.FILE_MOUNTED_CERTS_PATH,
+                     ca_file_name: str | None = None, ca_mount_path: str = c.FILE_MOUNTED_CA_PATH) -> "ServerSpec":
+        """Files of a mounted ``kubernetes.io/tls`` Secret: ``<mount_path>/tls.crt`` and ``tls.key``;
+        for MUTUAL the CA file ``<ca_mount_path>/<ca_file_name>`` (``example.com.crt`` in the seed)."""
+        mode = mode.upper()
+        mount_path = mount_path.rstrip("/") or "/"
+        ca = None
+        if mode == "MUTUAL":
+            if not ca_file_name:
+                raise UsageError("a file-mounted MUTUAL server needs the CA file's name (--ca-file-name, "
+                                 f"e.g. example.com.crt under {c.FILE_MOUNTED_CA_PATH})")
+            ca = ca_file_name if ca_file_name.startswith("/") else f"{ca_mount_path.rstrip('/')}/{ca_file_name}"
+        return cls(tuple(hosts), mode, server_certificate=f"{mount_path}/{TLS_FILE_CERT}",
+                   private_key=f"{mount_path}/{TLS_FILE_KEY}", ca_certificates=ca)
+
+    def tls(self) -> dict:
+        out: dict = {"mode": self.mode}
+        if self.credential_name:
+            out["credentialName"] = self.credential_name
+        else:
+            out["serverCertificate"] = self.server_certificate
+            out["privateKey"] = self.private_key
+            if self.ca_certificates:
+                out["caCertificates"] = self.ca_certificates
+        return out
+
+
+def _label_of(host: str) -> str:
+    first = host.split(".", 1)[0]
+    if first == "*":
+        first = "wildcard"
+    return re.sub(r"[^a-z0-9-]", "-", first.lower()).strip("-") or "host"
+
+
+def port_names(servers: list[ServerSpec] | tuple[ServerSpec, ...]) -> list[str]:
+    """Unique port names: ``https`` for a single server, else ``https-<first label of its first host>``
+    (the seed's ``https-kim`` and ``https-kim-new``), numbered when labels repeat."""
+    names: list[str] = []
+    for s in servers:
+        if s.port_name:
+            base = s.port_name
+        elif len(servers) == 1:
+            base = "https"
+        else:
+            base = f"https-{_label_of(s.hosts[0])}"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def default_gateway_name(hosts: list[str] | tuple[str, ...]) -> str:
+    """``kim.example.com`` → ``kim-gateway``; ``bookinfo.com`` → ``bookinfo-gateway`` (the seed's names)."""
+    return f"{_label_of(hosts[0])}-gateway"
+
+
+def _api_version(version: str) -> str:
+    if version not in API_VERSIONS:
+        raise UsageError(f"unknown Istio API version {version!r}: choose {', '.join(API_VERSIONS)}")
+    return f"{GROUP}/{version}"
+
+
+def _meta(name: str, namespace: str | None) -> dict:
+    meta = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def render_gateway(name: str, servers: list[ServerSpec] | tuple[ServerSpec, ...], *,
+                   namespace: str | None = c.DEFAULT_NAMESPACE, api_version: str = DEFAULT_API_VERSION,
+                   selector: dict | None = None, port: int = HTTPS_PORT) -> dict:
+    """A Gateway with one HTTPS server per :class:`ServerSpec`, all on ``port``."""
+    if not servers:
+        raise UsageError("a Gateway needs at least one server")
+    out_servers = []
+    for spec, pname in zip(servers, port_names(servers)):
+        out_servers.append({
+            "port": {"number": port, "name": pname, "protocol": "HTTPS"},
+            "tls": spec.tls(),
+            "hosts": list(spec.hosts),
+        })
+    return {
+        "apiVersion": _api_version(api_version),
+        "kind": "Gateway",
+        "metadata": _meta(name, namespace),
+        "spec": {"selector": dict(selector or c.GATEWAY_SELECTOR), "servers": out_servers},
+    }
+
+
+def parse_service(text: str) -> tuple[str, int]:
+    """``SVC:PORT`` → (SVC, PORT); a UsageError for anything else."""
+    svc, sep, port = text.rpartition(":")
+    if not sep or not svc or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--to-service wants SERVICE:PORT (e.g. {DEFAULT_SERVICE}:{DEFAULT_SERVICE_PORT}), not {text!r}")
+    return svc, int(port)
+
+
+def destination_host(service: str, vs_namespace: str | None, service_namespace: str = DEFAULT_SERVICE_NAMESPACE) -> str:
+    """Istio reads a short host name relative to the VirtualService's namespace; when the
+    VirtualService lives elsewhere (istio-system), qualify a short name with the Service's namespace."""
+    if "." in service or not vs_namespace or vs_namespace == service_namespace:
+        return service
+    return f"{service}.{service_namespace}.svc.cluster.local"
+
+
+def render_virtual_service(name: str, hosts: list[str] | tuple[str, ...], gateway: str, *,
+                           namespace: str | None = c.DEFAULT_NAMESPACE, service: str = DEFAULT_SERVICE,
+                           service_port: int = DEFAULT_SERVICE_PORT,
+                           service_namespace: str = DEFAULT_SERVICE_NAMESPACE,
+                           api_version: str = DEFAULT_API_VERSION) -> dict:
+    """A VirtualService that sends every request for ``hosts`` arriving through ``gateway`` to a Service."""
+    return {
+        "apiVersion": _api_version(api_version),
+        "kind": "VirtualService",
+        "metadata": _meta(name, namespace),
+        "spec": {
+            "hosts": list(dict.fromkeys(hosts)),
+            "gateways": [gateway],
+            "http": [{"route": [{"destination": {
+                "host": destination_host(service, namespace, service_namespace),
+                "port": {"number": service_port}}}]}],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+CREDENTIAL_FIELDS = ("credentialName", "credentialNames", "tlsCertificates")
+FILE_FIELDS = ("serverCertificate", "privateKey")
+TERMINATING = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def validate_gateway(obj: dict) -> list[str]:
+    """Problems Istio would have with this Gateway, one line each; ``[]`` when there are none."""
+    problems: list[str] = []
+    if not isinstance(obj, dict) or obj.get("kind") != "Gateway":
+        return ["not a Gateway"]
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return ["Gateway has no spec"]
+    servers = spec.get("servers")
+    if not isinstance(servers, list) or not servers:
+        return ["Gateway has no servers"]
+    seen_names: dict[str, int] = {}
+    for i, server in enumerate(servers):
+        where = f"servers[{i}]"
+        if not isinstance(server, dict):
+            problems.append(f"{where}: not an object")
+            continue
+        port = server.get("port")
+        if not isinstance(port, dict):
+            problems.append(f"{where}: has no port")
+            port = {}
+        pname = port.get("name")
+        if pname:
+            where = f"servers[{i}] (port {pname})"
+        protocol = str(port.get("protocol") or "").upper()
+        if not pname:
+            problems.append(f"{where}: port has no name")
+        elif pname in seen_names:
+            problems.append(f"{where}: port name {pname!r} is already used by servers[{seen_names[pname]}]; "
+                            f"port names must be unique")
+        else:
+            seen_names[pname] = i
+        if not isinstance(port.get("number"), int) or not 0 < port["number"] < 65536:
+            problems.append(f"{where}: port number must be 1..65535")
+        if not protocol:
+            problems.append(f"{where}: port has no protocol")
+        hosts = server.get("hosts")
+        if not isinstance(hosts, list) or not hosts:
+            problems.append(f"{where}: has no hosts")
+        tls = server.get("tls")
+        if protocol in ("HTTPS", "TLS") and not isinstance(tls, dict):
+            problems.append(f"{where}: a {protocol} port needs a tls block")
+            continue
+        if not isinstance(tls, dict):
+            continue
+        mode = str(tls.get("mode") or "PASSTHROUGH")
+        if mode not in ALL_TLS_MODES:
+            problems.append(f"{where}: unknown tls.mode {mode!r}")
+            continue
+        creds = [f for f in CREDENTIAL_FIELDS if tls.get(f)]
+        files = [f for f in FILE_FIELDS + ("caCertificates",) if tls.get(f)]
+        if len(creds) > 1:
+            problems.append(f"{where}: only one of {', '.join(creds)} may be set")
+        if creds and files:
+            problems.append(f"{where}: one certificate source per server: {creds[0]} and "
+                            f"{', '.join(files)} are both set")
+        if mode not in TERMINATING or creds:
+            continue
+        if not files:
+            problems.append(f"{where}: {mode} needs a certificate: credentialName, or serverCertificate "
+                            f"and privateKey")
+            continue
+        for f in FILE_FIELDS:
+            if not tls.get(f):
+                problems.append(f"{where}: file-based {mode} needs {f}")
+        if mode in ("MUTUAL", "OPTIONAL_MUTUAL") and not tls.get("caCertificates") and not tls.get("caCertCredentialName"):
+            problems.append(f"{where}: file-based {mode} needs caCertificates (the CA that client "
+                            f"certificates are checked against)")
+    return problems
