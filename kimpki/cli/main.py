@@ -16,6 +16,8 @@ COMMANDS = {
     "sign": ("kimpki.cli.sign:command", "Sign an external certificate signing request (CSR)."),
     "inspect": ("kimpki.cli.inspect:command", "Show what a certificate file holds; optionally check its chain."),
     "list": ("kimpki.cli.listing:command", "List issued certificates with their state."),
+    "secret": ("kimpki.cli.secret:group", "Create gateway credential Secrets (SDS or file-mounted) from the store."),
+    "gateway": ("kimpki.cli.gateway:group", "Render, apply and mount Istio Gateways; serve them locally."),
     "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
 }
 

@@ -1,0 +1,96 @@
+"""``kimpki gateway``: render, mount, unmount, apply, serve (each loaded only when invoked)."""
+
+from __future__ import annotations
+
+import click
+
+from kimpki.cli.lazy import LazyGroup
+
+GATEWAY_COMMANDS = {
+    "render": ("kimpki.cli.gateway_render:command", "Print a Gateway and VirtualService for hosts and credentials."),
+    "apply": ("kimpki.cli.gateway_apply:command", "Create or update Gateways and VirtualServices in the cluster."),
+    "mount": ("kimpki.cli.gateway_mount:mount", "Mount a certificate Secret into the ingress gateway (file-mounted)."),
+    "unmount": ("kimpki.cli.gateway_mount:unmount", "Remove a Secret volume mounted by 'gateway mount'."),
+    "serve": ("kimpki.cli.gateway_serve:command", "Serve Gateway manifests locally with Envoy, for testing."),
+}
+
+EPILOG = """\b
+Examples (the seed's steps):
+  kimpki gateway render --host kim.example.com --credential kim-credential --mode SIMPLE
+  kimpki gateway render --host kim.example.com --file-mounted --mode MUTUAL --ca-file-name example.com.crt
+  kimpki gateway mount --secret istio-ingressgateway-bookinfo-certs \\
+      --mount-path /etc/istio/ingressgateway-bookinfo-certs
+  kimpki gateway render --host kim.example.com --credential kim-credential -o yaml > gw.yaml
+  kimpki gateway apply -f gw.yaml
+  kimpki gateway serve -f gw.yaml -f secret.yaml
+"""
+
+
+@click.group("gateway", cls=LazyGroup, lazy_commands=GATEWAY_COMMANDS, epilog=EPILOG)
+def group():
+    """Istio Gateway and VirtualService manifests, and the ingress gateway's Secret volumes."""
+
+
+def render_objects(objs: list[dict], fmt: str) -> str:
+    """Objects as ``kubectl apply -f -`` takes them: one JSON document (a ``kind: List`` when
+    there are several), or YAML documents separated by ``---``."""
+    import json
+
+    if fmt == "json":
+        doc = objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}
+        return json.dumps(doc, indent=2)
+    import yaml
+
+    return "---\n".join(yaml.safe_dump(o, sort_keys=False, default_flow_style=False, width=1 << 16)
+                        for o in objs).rstrip("\n")
+
+
+def cluster_options(f):
+    """--kubeconfig and --context, as kubectl spells them."""
+    f = click.option("--context", metavar="NAME", help="kubeconfig context to use (default: the current one).")(f)
+    f = click.option("--kubeconfig", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster).")(f)
+    return f
+
+
+def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
+    """``(source, object)`` for every document in ``paths`` (files, folders, ``-`` for stdin);
+    ``kind: List`` documents are unpacked. Malformed input is a UsageError."""
+    import sys
+
+    import yaml
+
+    from kimpki.errors import UsageError
+    from kimpki.localgw.manifests import manifest_files
+
+    texts: list[tuple[str, str]] = []
+    for p in paths:
+        if p == "-":
+            texts.append(("<stdin>", sys.stdin.read()))
+            continue
+        for f in manifest_files([p]):
+            try:
+                texts.append((str(f), f.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read {f}: {e}") from None
+    out: list[tuple[str, dict]] = []
+
+    def add(source: str, doc) -> None:
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            raise UsageError(f"{source}: a document is not a mapping")
+        if str(doc.get("kind") or "").endswith("List") and isinstance(doc.get("items"), list):
+            for item in doc["items"]:
+                add(source, item)
+            return
+        out.append((source, doc))
+
+    for source, text in texts:
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as e:
+            raise UsageError(f"{source}: not valid YAML or JSON: {' '.join(str(e).split())}") from None
+        for d in docs:
+            add(source, d)
+    return out

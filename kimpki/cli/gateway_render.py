@@ -1,0 +1,153 @@
+"""``kimpki gateway render``: a Gateway and a VirtualService for hosts and their credentials."""
+
+from __future__ import annotations
+
+import click
+
+from kimpki.cli.common import note
+from kimpki.errors import UsageError
+from kimpki.istio import contract as c
+
+EPILOG = """\b
+The seed's four Gateways:
+  # file-mounted SIMPLE (istio-ingressgateway-certs at /etc/istio/ingressgateway-certs)
+  kimpki gateway render --host kim.example.com --file-mounted --mode SIMPLE
+  # file-mounted MUTUAL (CA file example.com.crt from istio-ingressgateway-ca-certs)
+  kimpki gateway render --host kim.example.com --file-mounted --mode MUTUAL --ca-file-name example.com.crt
+  # SDS SIMPLE
+  kimpki gateway render --host kim.example.com --credential kim-credential --mode SIMPLE
+  # two SDS servers, the second MUTUAL (the n-th --host goes with the n-th --credential and --mode)
+  kimpki gateway render --name kim-gateway \\
+      --host kim.example.com --credential kim-credential --mode SIMPLE \\
+      --host kim-new.example.com --credential kim-new-credential --mode MUTUAL
+\b
+More:
+  kimpki gateway render --host bookinfo.com --file-mounted \\
+      --mount-path /etc/istio/ingressgateway-bookinfo-certs --to-service productpage:9080
+  kimpki gateway render --host 'kim.example.com,www.kim.example.com' --credential kim-credential -o json
+  kimpki gateway render ... | kimpki gateway apply -f -
+
+\b
+One HTTPS server per credential on port 443, selector istio=ingressgateway. A --host value may
+list several hosts separated by commas (one server). Port names are 'https' for one server, else
+https-<first label of the host>. The VirtualService sends all hosts to --to-service; a short
+service name is qualified with --service-namespace when the objects live in another namespace.
+"""
+
+
+def _split_hosts(values: tuple[str, ...]) -> list[tuple[str, ...]]:
+    out = []
+    for v in values:
+        hosts = tuple(h.strip() for h in v.split(",") if h.strip())
+        if not hosts:
+            raise UsageError("--host must not be empty")
+        out.append(hosts)
+    return out
+
+
+def _per_server(values: tuple[str, ...], n: int, option: str, default: str | None = None) -> list[str | None]:
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return [values[0]] * n
+    if len(values) != n:
+        raise UsageError(f"give {option} once, or once per server ({n}), not {len(values)} times")
+    return list(values)
+
+
+def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bool, mount_paths: tuple[str, ...],
+          modes: tuple[str, ...], ca_file_name: str | None) -> list:
+    """The ServerSpecs the options describe (pairing the n-th --host, --credential, --mode, --mount-path)."""
+    from kimpki.istio.gateway import ServerSpec
+
+    if bool(credentials) == bool(file_mounted):
+        raise UsageError("choose where certificates come from: --credential SECRET (SDS) or --file-mounted")
+    if mount_paths and not file_mounted:
+        raise UsageError("--mount-path is for --file-mounted servers")
+    if ca_file_name and not file_mounted:
+        raise UsageError("--ca-file-name is for --file-mounted MUTUAL servers (SDS reads the CA from the Secret)")
+    groups = _split_hosts(hosts)
+    if credentials:
+        if len(credentials) == 1:
+            groups = [tuple(dict.fromkeys(h for g in groups for h in g))]
+        elif len(credentials) != len(groups):
+            raise UsageError(f"give one --host per --credential ({len(credentials)} credentials, "
+                             f"{len(groups)} --host values), or a single --credential for all hosts")
+    elif len(mount_paths) > 1:
+        if len(mount_paths) != len(groups):
+            raise UsageError("give --mount-path once, or once per --host")
+    else:
+        groups = [tuple(dict.fromkeys(h for g in groups for h in g))]
+    n = len(groups)
+    mode_list = [m.upper() for m in _per_server(modes, n, "--mode", "SIMPLE")]
+    if credentials:
+        return [ServerSpec.sds(g, cred, m) for g, cred, m in zip(groups, credentials, mode_list)]
+    paths = _per_server(mount_paths, n, "--mount-path", c.FILE_MOUNTED_CERTS_PATH)
+    return [ServerSpec.file_mounted(g, m, p, ca_file_name=ca_file_name) for g, m, p in zip(groups, mode_list, paths)]
+
+
+@click.command("render", epilog=EPILOG)
+@click.option("--host", "hosts", multiple=True, required=True, metavar="HOST[,HOST]",
+              help="Host(s) of one server. Repeat for more servers.")
+@click.option("--credential", "credentials", multiple=True, metavar="SECRET",
+              help="SDS: the credential Secret's name (tls.credentialName). Repeat: one per --host.")
+@click.option("--file-mounted", is_flag=True, help="Legacy: read the certificate from files mounted into the gateway.")
+@click.option("--mount-path", "mount_paths", multiple=True, metavar="PATH",
+              help=f"With --file-mounted: where the Secret is mounted (default {c.FILE_MOUNTED_CERTS_PATH}).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["SIMPLE", "MUTUAL"], case_sensitive=False),
+              help="TLS mode; once for all servers or once per server. Default SIMPLE.")
+@click.option("--ca-file-name", metavar="FILE",
+              help=f"File-mounted MUTUAL: the CA file in {c.FILE_MOUNTED_CA_PATH}, e.g. example.com.crt.")
+@click.option("--to-service", default="kim-gateway-service:8080", show_default=True, metavar="SVC:PORT",
+              help="Where the VirtualService routes the hosts.")
+@click.option("--service-namespace", default="default", show_default=True,
+              help="The namespace of a short --to-service name.")
+@click.option("--name", help="Gateway name (default: <first label of the first host>-gateway, e.g. kim-gateway). "
+                             "The VirtualService is NAME-service.")
+@click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
+              help="Namespace of the Gateway and VirtualService.")
+@click.option("--api-version", type=click.Choice(["v1", "v1beta1", "v1alpha3"]), default="v1", show_default=True,
+              help="networking.istio.io version to write (the seed used v1alpha3).")
+@click.option("--no-virtual-service", is_flag=True, help="Print only the Gateway.")
+@click.option("--validate", is_flag=True,
+              help="Also check the output against Istio's CRD schemas (needs the jsonschema package).")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, to_service, service_namespace,
+            name, namespace, api_version, no_virtual_service, validate, output):
+    """Print a Gateway (and a VirtualService routing its hosts) for kubectl or 'gateway apply'.
+
+    Nothing is read from the store or the cluster: the output only names Secrets or file
+    paths. The Gateway is checked by Istio's rules (one certificate source per server, a CA for
+    file-based MUTUAL, unique port names) before it is printed.
+    """
+    from kimpki.cli.gateway import render_objects
+    from kimpki.istio import gateway as g
+
+    servers = build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name)
+    svc, port = g.parse_service(to_service)
+    all_hosts = [h for s in servers for h in s.hosts]
+    gw_name = name or g.default_gateway_name(all_hosts)
+    gw = g.render_gateway(gw_name, servers, namespace=namespace, api_version=api_version)
+    problems = g.validate_gateway(gw)
+    if problems:
+        raise UsageError(f"the Gateway would be invalid: {problems[0]}"
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    objs = [gw]
+    if not no_virtual_service:
+        objs.append(g.render_virtual_service(f"{gw_name}-service", all_hosts, gw_name, namespace=namespace,
+                                             service=svc, service_port=port, service_namespace=service_namespace,
+                                             api_version=api_version))
+    if validate:
+        from kimpki.istio import schema
+
+        if not schema.available():
+            note("kimpki: note: schema validation skipped: the jsonschema package is not installed "
+                 "(pip install jsonschema)")
+        else:
+            for o in objs:
+                errs = schema.validate(o)
+                if errs:
+                    raise UsageError(f"{o['kind']} {o['metadata']['name']} does not match Istio's "
+                                     f"{o['apiVersion']} schema: {errs[0]}")
+            note(f"kimpki: valid against Istio's {objs[0]['apiVersion']} schemas")
+    click.echo(render_objects(objs, output))

@@ -1,0 +1,185 @@
+"""``kimpki secret create``: a gateway credential Secret from a certificate in the store."""
+
+from __future__ import annotations
+
+import click
+
+from kimpki.cli.common import emit, json_option, note, now_utc, open_store
+from kimpki.cli.gateway import cluster_options, render_objects
+from kimpki.errors import UsageError
+from kimpki.istio import contract as c
+
+EPILOG = """\b
+The seed's kubectl steps and kimpki's equivalents:
+  kubectl create -n istio-system secret generic kim-credential \\
+      --from-file=key=kim.example.com.key --from-file=cert=kim.example.com.crt
+    kimpki secret create kim-credential --cert kim.example.com
+  kubectl create -n istio-system secret generic kim-new-credential --from-file=key=... \\
+      --from-file=cert=... --from-file=cacert=example.com.crt
+    kimpki secret create kim-new-credential --cert kim-new.example.com --mutual
+  kubectl create -n istio-system secret tls istio-ingressgateway-certs --key ... --cert ...
+  kubectl create -n istio-system secret generic istio-ingressgateway-ca-certs --from-file=example.com.crt
+    kimpki secret create --file-mounted --cert kim.example.com --mutual
+\b
+More examples:
+  kimpki secret create kim-credential --cert kim.example.com --format tls --dry-run -o yaml
+  kimpki secret create kim-credential --cert kim.example.com --mutual --ca-secret   # + kim-credential-cacert
+  kimpki secret create istio-ingressgateway-bookinfo-certs --file-mounted --cert bookinfo.com
+
+\b
+An existing Secret is updated in place (never deleted and re-created, so the gateway keeps
+serving); one kimpki did not create is refused unless --force. Certificates that are expired,
+not yet valid, do not match their key or do not chain to the CA are refused before anything
+is written.
+"""
+
+
+def _summary_text(d: dict) -> str:
+    mode = "MUTUAL" if d["mode"] == "mutual" else "SIMPLE"
+    how = "file-mounted" if d["delivery"] == "file-mounted" else "SDS"
+    lines = []
+    for s in d["secrets"]:
+        verb = s["action"] + (" (dry run)" if d["dry_run"] else "")
+        lines.append(f"secret/{s['name']} {verb} in namespace {d['namespace']}")
+    lines.append(f"  certificate: {d['certificate']} (serial {d['serial']}, valid until {d['not_after']})")
+    lines.append(f"  hosts:       {', '.join(d['hosts'])}")
+    lines.append(f"  form:        {d['format']}, {mode}, {how}" + (f", CA {d['ca']}" if d["mode"] == "mutual" else ""))
+    return "\n".join(lines)
+
+
+@click.group("secret")
+def group():
+    """Credential Secrets for Istio ingress gateways."""
+
+
+@group.command("create", epilog=EPILOG)
+@click.argument("name", required=False)
+@click.option("--cert", "cert_name", required=True, metavar="CERT",
+              help="The certificate's name in the store (see 'kimpki list'), or a host it was issued for.")
+@click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
+              help="The gateway's namespace (where Istio looks for credentials).")
+@click.option("--format", "fmt", type=click.Choice(["generic", "tls"]),
+              help="Key set: generic (key/cert/cacert) or tls (tls.crt/tls.key/ca.crt). "
+                   "Default: generic; tls with --file-mounted.")
+@click.option("--mutual", is_flag=True, help="Include the CA that client certificates are checked against (MUTUAL).")
+@click.option("--ca-secret", is_flag=True, help="With --mutual: put the CA in a separate Secret NAME-cacert.")
+@click.option("--ca", "ca_name", metavar="CA",
+              help="With --mutual: the store CA to publish. Default: the root that issued the certificate.")
+@click.option("--file-mounted", is_flag=True,
+              help=f"Legacy file-mounted gateway: TLS form, NAME defaults to {c.FILE_MOUNTED_CERTS_SECRET}; "
+                   f"with --mutual the CA goes to {c.FILE_MOUNTED_CA_SECRET}.")
+@click.option("--ca-file-name", metavar="FILE",
+              help="With --file-mounted --mutual: the CA's file name (default <CA name>.crt, e.g. example.com.crt).")
+@click.option("--dry-run", is_flag=True, help="Print the Secret(s) instead of writing them; no cluster needed.")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]),
+              help="Print the Secret(s) in this format (with --dry-run: what would be written; default yaml).")
+@click.option("--force", is_flag=True, help="Update an existing Secret that kimpki does not manage.")
+@cluster_options
+@json_option
+@click.pass_context
+def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, file_mounted, ca_file_name,
+           dry_run, output, force, kubeconfig, context, as_json):
+    """Create or update the credential Secret NAME from certificate CERT in the store.
+
+    The Secret holds the certificate chain (leaf and intermediates, never the root) and its
+    key; with --mutual also the CA bundle. It is labelled app.kubernetes.io/managed-by=kimpki
+    and annotated (kimpki.io/*) with the store name, hosts, CA, serial and expiry.
+    """
+    from kimpki.istio.credential import CredentialSpec
+    from kimpki.ops import credentials
+    from kimpki.pki.parse import rfc3339
+
+    if output and as_json:
+        raise UsageError("give either -o/--output (the Secrets) or --json (a summary), not both")
+    if ca_name and not mutual:
+        raise UsageError("--ca chooses the CA published for MUTUAL: add --mutual")
+    spec = CredentialSpec(name=name, namespace=namespace, format=fmt or ("tls" if file_mounted else "generic"),
+                          mutual=mutual, ca_secret=ca_secret, file_mounted=file_mounted, ca_file_name=ca_file_name)
+    store = open_store(ctx)
+    prepared = credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name)
+    secrets = list(prepared.secrets)
+    rec = prepared.record
+
+    if dry_run:
+        results = [{"name": s["metadata"]["name"], "action": "would write", "object": s} for s in secrets]
+    else:
+        results = _write(store, prepared, secrets, force=force, kubeconfig=kubeconfig, context=context)
+
+    if file_mounted:
+        note("kimpki: note: older gateways read mounted certificate files only at start-up; if the new "
+             f"certificate is not served, restart the gateway pods: kubectl -n {namespace} rollout restart "
+             f"deployment {c.GATEWAY_DEPLOYMENT}")
+        if spec.secret_name != c.FILE_MOUNTED_CERTS_SECRET:
+            note(f"kimpki: note: mount it into the gateway with: kimpki gateway mount --secret {spec.secret_name} "
+                 f"--mount-path /etc/istio/{spec.secret_name.removeprefix('istio-')}")
+
+    if output or (dry_run and not as_json):
+        click.echo(render_objects([r["object"] for r in results], output or "yaml"))
+        return
+    summary = {
+        "namespace": namespace,
+        "secrets": [{"name": r["name"], "action": r["action"],
+                     "uid": (r["object"].get("metadata") or {}).get("uid"),
+                     "resource_version": (r["object"].get("metadata") or {}).get("resourceVersion")}
+                    for r in results],
+        "certificate": rec.name,
+        "serial": rec.serial,
+        "hosts": rec.hosts,
+        "not_after": rfc3339(rec.not_after),
+        "ca": prepared.ca_name,
+        "format": spec.format,
+        "mode": spec.mode,
+        "delivery": spec.delivery,
+        "dry_run": dry_run,
+    }
+    emit(summary, as_json, _summary_text)
+
+
+def _write(store, prepared, secrets: list[dict], *, force: bool, kubeconfig: str | None,
+           context: str | None) -> list[dict]:
+    """Upsert the Secrets (CA Secret first, so a MUTUAL credential never appears without its CA)
+    and remember in the store where they went."""
+    from kimpki.errors import KimpkiError
+    from kimpki.istio.credential import ANN_ROLE, ROLE_CA
+    from kimpki.kube import Cluster
+    from kimpki.ops.credentials import deployment_record
+
+    ordered = sorted(secrets, key=lambda s: 0 if s["metadata"]["annotations"].get(ANN_ROLE) == ROLE_CA else 1)
+    done: list[dict] = []
+    with Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
+        for s in ordered:
+            meta = s["metadata"]
+            if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
+                s = _keep_other_ca_files(cluster, s)
+            try:
+                res = cluster.upsert_secret(s, force=force)
+            except KimpkiError:
+                if done:
+                    note("kimpki: already written: " + ", ".join(f"secret/{d['name']} ({d['action']})" for d in done))
+                raise
+            done.append({"name": meta["name"], "action": res.action, "object": res.object})
+        spec = prepared.credential.spec
+        if spec.mutual and not spec.ca_secret and not spec.file_mounted:
+            stale = c.cacert_secret_name(spec.secret_name)
+            if cluster.get("Secret", spec.namespace, stale) is not None:
+                note(f"kimpki: warning: Secret {stale} exists, and Istio reads a MUTUAL server's CA from it "
+                     f"rather than from {spec.secret_name}; update it with --ca-secret, or delete it")
+    with store.locked():
+        for s in secrets:
+            store.record_deployment(prepared.record.id,
+                                    deployment_record(s, context=context, kubeconfig=kubeconfig))
+    # Results in the order the Secrets were built (credential first).
+    by_name = {d["name"]: d for d in done}
+    return [by_name[s["metadata"]["name"]] for s in secrets]
+
+
+def _keep_other_ca_files(cluster, secret: dict) -> dict:
+    """istio-ingressgateway-ca-certs may hold several CA files (one per MUTUAL host): keep the
+    others, replace only ours."""
+    meta = secret["metadata"]
+    current = cluster.get("Secret", meta["namespace"], meta["name"])
+    if not current or not current.get("data"):
+        return secret
+    merged = dict(secret)
+    merged["data"] = {**current["data"], **secret["data"]}
+    return merged

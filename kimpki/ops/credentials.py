@@ -1,0 +1,125 @@
+"""From a certificate in the store to the credential Secret(s) an Istio gateway reads.
+
+istiod pushes whatever a Secret holds, even an expired certificate or a key that does not fit,
+and the gateway then fails every handshake for that host. So before anything is written, the
+material is checked here, and refused with a one-line :class:`OperationError` when:
+
+* it is a client certificate (extendedKeyUsage clientAuth only): not a server credential;
+* the store has no private key for it (a signed CSR: the requester kept the key);
+* the certificate is expired or not yet valid;
+* the private key does not match the certificate;
+* the chain (leaf + intermediates) does not lead to the CA being published (MUTUAL) or, for
+  SIMPLE, to the root it was issued under.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from kimpki.errors import KimpkiError, NotFoundError, OperationError
+from kimpki.istio import contract as c
+from kimpki.istio.credential import (CredentialMaterial, CredentialSpec, Provenance, SdsCredential,
+                                     build_credential)
+from kimpki.pki import chain, keys, parse
+from kimpki.store import CertRecord, Store
+
+
+@dataclass(frozen=True)
+class PreparedCredential:
+    record: CertRecord
+    ca_name: str  # the store CA whose certificate is published (or that issued the leaf, for SIMPLE)
+    credential: SdsCredential
+
+    @property
+    def secrets(self) -> tuple[dict, ...]:
+        return self.credential.secrets
+
+
+def find_certificate(store: Store, name: str) -> CertRecord:
+    """The current certificate stored as ``name``, else the current server certificate for host ``name``."""
+    rec = store.find_cert(name)
+    if rec is None:
+        rec = store.current_for_host(name)
+    if rec is None:
+        raise NotFoundError(f"no certificate named {name!r} in the store (see 'kimpki list')")
+    return rec
+
+
+def _read(path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise OperationError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+def check_server_material(rec: CertRecord, chain_pem: bytes, key_pem: bytes, ca_pem: bytes, ca_label: str,
+                          now: datetime) -> None:
+    """Raise a one-line OperationError unless the material is fit to serve (see the module doc)."""
+    name = rec.name
+    try:
+        certs = parse.load_certificates(chain_pem, str(rec.cert_path))
+    except KimpkiError as e:  # a UsageError from the parser: the store file is damaged
+        raise OperationError(f"{name}: the stored certificate chain is unreadable ({e})") from None
+    leaf = certs[0]
+    ekus = parse.extended_key_usages(leaf)
+    if rec.kind == "client" or (ekus and "server_auth" not in ekus):
+        raise OperationError(f"{name} is a client certificate (extendedKeyUsage {', '.join(ekus) or 'clientAuth'}), "
+                             f"not a server credential: issue one with 'kimpki issue {rec.hosts[0] if rec.hosts else 'HOST'}'")
+    if now < leaf.not_valid_before_utc:
+        raise OperationError(f"{name} (serial {parse.serial_hex(leaf)}) is not valid yet: it starts "
+                             f"{parse.rfc3339(leaf.not_valid_before_utc)}; refusing to publish it")
+    if now > leaf.not_valid_after_utc:
+        raise OperationError(f"{name} (serial {parse.serial_hex(leaf)}) expired on "
+                             f"{parse.rfc3339(leaf.not_valid_after_utc)}; renew it with 'kimpki issue' first")
+    key = keys.load_key(key_pem, what=f"private key of {name}")
+    if not keys.key_matches(key, leaf.public_key()):
+        raise OperationError(f"{name}: the private key in {rec.key_path} does not match the certificate "
+                             f"(serial {parse.serial_hex(leaf)}); refusing to publish a credential that cannot "
+                             f"complete a handshake")
+    try:
+        roots = parse.load_certificates(ca_pem, ca_label)
+    except KimpkiError as e:
+        raise OperationError(f"cannot read the CA certificate {ca_label}: {e}") from None
+    try:
+        chain.build_path(leaf, certs[1:], roots, now)
+    except chain.ChainError as e:
+        raise OperationError(f"{name} does not chain to CA {ca_label}: {e}") from None
+
+
+def prepare(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime,
+            ca_name: str | None = None) -> PreparedCredential:
+    """Check the stored certificate ``cert_name`` and build the Secret dict(s) for ``spec``.
+
+    ``ca_name`` chooses the store CA whose certificate is published for MUTUAL (the one client
+    certificates are checked against); by default the root the certificate was issued under.
+    """
+    rec = find_certificate(store, cert_name)
+    if not rec.has_key:
+        raise OperationError(f"{rec.name} has no private key in the store (it was signed from a CSR; "
+                             f"the requester kept the key), so kimpki cannot build its credential")
+    chain_pem = _read(rec.cert_path, "certificate chain")
+    key_pem = _read(rec.key_path, "private key")
+    if ca_name is not None:
+        ca = store.get_ca(ca_name)
+        ca_pem = _read(ca.cert_path, "CA certificate")
+        published_ca, ca_label = ca.name, f"{ca.name!r}"
+    else:
+        ca_pem = _read(rec.ca_path, "CA certificate")
+        published_ca, ca_label = rec.ca, f"{rec.ca!r}"
+    check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
+    material = CredentialMaterial(chain_pem, key_pem, ca_pem if spec.mutual else None)
+    prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
+                      not_after=parse.rfc3339(rec.not_after))
+    return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))
+
+
+def deployment_record(secret: dict, *, context: str | None, kubeconfig: str | None) -> dict:
+    """What the store remembers about where a Secret went (stable keys: re-runs replace, not add)."""
+    meta = secret["metadata"]
+    where = {"kind": "Secret", "namespace": meta.get("namespace") or c.DEFAULT_NAMESPACE, "name": meta["name"]}
+    if context:
+        where["context"] = context
+    if kubeconfig:
+        where["kubeconfig"] = kubeconfig
+    return where
