@@ -18,6 +18,7 @@ COMMANDS = {
     "list": ("kimpki.cli.listing:command", "List issued certificates with their state."),
     "secret": ("kimpki.cli.secret:group", "Create gateway credential Secrets (SDS or file-mounted) from the store."),
     "gateway": ("kimpki.cli.gateway:group", "Render, apply and mount Istio Gateways; serve them locally."),
+    "check": ("kimpki.cli.check:command", "Analyse gateway credentials: missing, invalid, expired, mismatched."),
     "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
 }
 

@@ -1,0 +1,130 @@
+"""``kimpki check``: analyse gateway credentials in a cluster (or in manifest files)."""
+
+from __future__ import annotations
+
+import click
+
+from kimpki.cli.common import emit, json_option, note, now_utc, table
+from kimpki.istio import contract as c
+
+GATEWAY_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+
+
+def _list_gateways(cluster, namespace: str | None) -> list[dict]:
+    """Gateways in ``namespace`` (None: all), in the newest networking.istio.io version served."""
+    from kimpki.kube import NotServed
+
+    last = None
+    for v in GATEWAY_VERSIONS:
+        try:
+            return list(cluster.list("Gateway", namespace, api_version=f"networking.istio.io/{v}"))
+        except NotServed as e:
+            last = e
+    raise last  # type: ignore[misc]
+
+
+def _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, now):
+    from kimpki.kube import Cluster, Forbidden, KubeError
+    from kimpki.ops import check
+
+    notes = []
+    with Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
+        try:
+            gateway_objs = _list_gateways(cluster, gateway_namespace)
+        except Forbidden as e:
+            if gateway_namespace is not None:
+                raise
+            note(f"kimpki: cannot list Gateways in all namespaces ({e}); checking namespace {namespace} only")
+            notes.append(f"Gateways listed in namespace {namespace} only (listing all namespaces is forbidden)")
+            gateway_objs = _list_gateways(cluster, namespace)
+        gateways = [check.gateway_from_api(g) for g in gateway_objs]
+        mounts = check.DEFAULT_MOUNTS
+        if check.uses_file_mounts(gateways):
+            try:
+                mounts = check.mounts_from_deployment(cluster.get("Deployment", namespace, c.GATEWAY_DEPLOYMENT))
+            except KubeError as e:
+                notes.append(f"Deployment {namespace}/{c.GATEWAY_DEPLOYMENT} not read ({e}); "
+                             "assuming the legacy certificate mounts only")
+        try:
+            secret_objs = list(cluster.list("Secret", namespace)) if gateways else []
+        except Forbidden:
+            # A Role may allow get on named Secrets without list: fetch the referenced ones.
+            secret_objs = [s for n in check.referenced_secret_names(gateways, mounts)
+                           if (s := cluster.get("Secret", namespace, n)) is not None]
+        secrets = [check.secret_from_api(s) for s in secret_objs]
+    return check.analyse(gateways, secrets, namespace=namespace, mounts=mounts, now=now, warn_days=warn_days,
+                         notes=notes)
+
+
+def _from_files(files, namespace, namespace_given, warn_days, now):
+    from kimpki.localgw.manifests import load_manifests
+    from kimpki.ops import check
+
+    m = load_manifests(files)
+    ns = namespace if namespace_given or not m.namespace else m.namespace
+    return check.analyse(m.gateways, m.secrets, namespace=ns, mounts=m.mounts, now=now, warn_days=warn_days,
+                         notes=m.warnings)
+
+
+def _text(report) -> str:
+    from kimpki.ops import check
+
+    lines = []
+    if report.findings:
+        lines.append(table(check.rows(report), check.HEADERS))
+        lines.append("")
+    lines += [f"note: {n}" for n in report.notes]
+    lines.append(check.summary_line(report))
+    return "\n".join(lines)
+
+
+@click.command("check")
+@click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
+              help="Namespace of the gateway pods: where Istio reads credential Secrets.")
+@click.option("--gateway-namespace", metavar="NS",
+              help="Only Gateways in NS. Default: Gateways in all namespaces.")
+@click.option("--kubeconfig", metavar="FILE", help="kubeconfig file. Default: $KUBECONFIG, else ~/.kube/config, "
+                                                   "else the in-cluster service account.")
+@click.option("--context", metavar="NAME", help="kubeconfig context. Default: its current-context.")
+@click.option("-f", "--filename", "files", multiple=True, metavar="PATH",
+              help="Analyse manifest files or folders (Gateways, Secrets, the gateway Deployment) offline "
+                   "instead of a cluster. Repeatable.")
+@click.option("--warn-days", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Warn when a certificate has fewer days left.")
+@json_option
+@click.pass_context
+def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_days, as_json):
+    """Check the credentials of every TLS server of the Istio Gateways.
+
+    \b
+    What `istioctl analyze` checks for gateways:
+      IST0101  the credential Secret does not exist
+      IST0161  the credential is invalid (keys, PEM) or expired
+    and what it does not:
+      KIM0001  the private key does not match the certificate
+      KIM0002  a server host is not covered by the certificate's DNS names
+      KIM0003  a MUTUAL server has no CA (Secret X-cacert, else key cacert or ca.crt in X)
+      KIM0004  the certificate expires within --warn-days (a warning)
+      KIM0005  the server's tls settings name no credential
+      KIM0006  the certificate breaks RFC 5280, e.g. serial 0 (a warning)
+    \b
+    Credentials are read from --namespace (the gateway pods' namespace), as Istio does; file-
+    mounted servers (serverCertificate) are mapped to Secrets through the gateway Deployment's
+    volumes. Exit 0 when nothing is wrong (warnings allowed), 1 otherwise.
+
+    \b
+    Examples:
+      kimpki check
+      kimpki check --kubeconfig ~/.kube/prod --context prod --json
+      kimpki check -f gateway-sds.yaml -f secrets/
+    """
+    now = now_utc()
+    if files:
+        if kubeconfig or context:
+            raise click.UsageError("-f analyses files offline; it does not go with --kubeconfig/--context")
+        given = ctx.get_parameter_source("namespace") is not click.core.ParameterSource.DEFAULT
+        report = _from_files(list(files), namespace, given, warn_days, now)
+    else:
+        report = _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, now)
+    emit(report.to_dict(), as_json, lambda _d: _text(report))
+    return 0 if report.ok else 1

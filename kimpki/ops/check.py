@@ -1,0 +1,521 @@
+"""``kimpki check``: what is wrong with the credentials behind Istio Gateway servers. Pure.
+
+Input: Gateways and Secrets (from a cluster, or from manifest files through
+:mod:`kimpki.localgw.manifests`), the gateway pod's namespace, the gateway's Secret mounts, a
+time. Output: a :class:`Report` of :class:`Finding` values, one per check per credential (and
+per host for coverage). The credential rules are Istio's (see :mod:`kimpki.istio.contract`), as
+the local gateway applies them.
+
+Codes: what ``istioctl analyze`` reports for gateways, plus what it does not check.
+
+* ``IST0101`` ReferencedResourceNotFound: the credential Secret does not exist.
+* ``IST0161`` InvalidGatewayCredential: no cert/key keys, unreadable PEM, expired or not yet valid.
+* ``KIM0001`` CredentialKeyMismatch: the private key is not the certificate's.
+* ``KIM0002`` HostNotCovered: a server host is not among the certificate's DNS names.
+* ``KIM0003`` MutualWithoutCa: a MUTUAL server has no usable CA (``X-cacert``, ``cacert``, ``ca.crt``).
+* ``KIM0004`` CertificateExpiringSoon: fewer than ``warn_days`` left (a warning).
+* ``KIM0005`` TlsSettingsIncomplete: the server's ``tls`` names no credential kimpki can find.
+* ``KIM0006`` NonCompliantCertificate: served, but breaks RFC 5280 (a zero serial): a warning.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from kimpki.istio import contract as c
+from kimpki.localgw.manifests import (DEFAULT_MOUNTS, SDS_PREFIX, GatewayDoc, Mount, SecretDoc, mount_for,
+                                      parse_manifests)
+
+CODES = {
+    "IST0101": "ReferencedResourceNotFound",
+    "IST0161": "InvalidGatewayCredential",
+    "KIM0001": "CredentialKeyMismatch",
+    "KIM0002": "HostNotCovered",
+    "KIM0003": "MutualWithoutCa",
+    "KIM0004": "CertificateExpiringSoon",
+    "KIM0005": "TlsSettingsIncomplete",
+    "KIM0006": "NonCompliantCertificate",
+}
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+TERMINATING_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
+TLS_PROTOCOLS = ("HTTPS", "TLS")
+
+# check names (stable; the JSON "check" key)
+FOUND, VALID, KEY, EXPIRY, HOST, CA, TLS = ("credential_found", "credential_valid", "key_matches", "expiry",
+                                            "host_covered", "ca_present", "tls_settings")
+
+
+@dataclass(frozen=True)
+class Finding:
+    gateway: str  # "namespace/name"
+    server: str  # the port name ("https-kim"), else "#<index>"
+    port: int | None
+    host: str  # one host for host_covered, else the server's hosts joined with ", "
+    credential: str  # "kim-credential", "kim-new-credential-cacert", "istio-ingressgateway-certs (mounted)"
+    check: str
+    status: str  # ok | warning | error
+    code: str | None
+    detail: str
+    not_after: str | None = None
+    days_left: int | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return CODES.get(self.code) if self.code else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["reason"] = self.reason
+        return d
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: tuple[Finding, ...]
+    gateways: int
+    servers: int  # TLS-terminating servers checked
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def errors(self) -> int:
+        return sum(f.status == ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.status == WARNING for f in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "summary": {"gateways": self.gateways, "servers": self.servers, "errors": self.errors,
+                        "warnings": self.warnings, "checks": len(self.findings)},
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+
+def secret_from_api(obj: dict, source: str = "cluster") -> SecretDoc:
+    """An API Secret dict (base64 ``data``) → a :class:`SecretDoc` (bytes). Undecodable values
+    become empty (and are then reported as missing keys)."""
+    meta = obj.get("metadata") or {}
+    data: dict[str, bytes] = {}
+    for k, v in (obj.get("data") or {}).items():
+        try:
+            data[str(k)] = base64.b64decode(str(v or ""), validate=True)
+        except (binascii.Error, ValueError):
+            data[str(k)] = b""
+    for k, v in (obj.get("stringData") or {}).items():
+        data[str(k)] = str(v).encode()
+    return SecretDoc(str(meta.get("name")), meta.get("namespace"), data, source)
+
+
+def gateway_from_api(obj: dict, source: str = "cluster") -> GatewayDoc:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    servers = spec.get("servers") if isinstance(spec.get("servers"), list) else []
+    return GatewayDoc(str(meta.get("name") or "gateway"), meta.get("namespace"),
+                      tuple(s for s in servers if isinstance(s, dict)), source)
+
+
+def mounts_from_deployment(deployment: dict | None) -> tuple[Mount, ...]:
+    """The Secret mounts of the gateway Deployment's istio-proxy container (plus the two legacy
+    mounts), read by the same rules as manifest files."""
+    if not deployment:
+        return DEFAULT_MOUNTS
+    return parse_manifests([("Deployment", json.dumps(deployment))]).mounts
+
+
+class SecretIndex:
+    """Secrets by name: the one in the gateway's namespace wins, then one without a namespace
+    (``kubectl create secret --dry-run=client -o yaml``), then any other (as the local gateway)."""
+
+    def __init__(self, secrets: Iterable[SecretDoc], namespace: str):
+        self.namespace = namespace
+        self.by_name: dict[str, list[SecretDoc]] = {}
+        for s in secrets:
+            self.by_name.setdefault(s.name, []).append(s)
+
+    def get(self, name: str) -> SecretDoc | None:
+        found = self.by_name.get(name) or []
+        for want in (lambda s: s.namespace == self.namespace, lambda s: s.namespace is None, lambda s: True):
+            matching = [s for s in found if want(s)]
+            if matching:
+                return matching[-1]
+        return None
+
+
+def referenced_secret_names(gateways: Iterable[GatewayDoc], mounts: Sequence[Mount] = DEFAULT_MOUNTS) -> list[str]:
+    """Every Secret name the TLS servers of ``gateways`` would read (for fetching by name)."""
+    names: list[str] = []
+    for gw in gateways:
+        for server in gw.servers:
+            tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
+            for n in credential_names(tls):
+                names += [n, c.cacert_secret_name(n)]
+            for key in ("serverCertificate", "privateKey", "caCertificates"):
+                if tls.get(key):
+                    try:
+                        names.append(mount_for(str(tls[key]), tuple(mounts))[0])
+                    except LookupError:
+                        pass
+    return list(dict.fromkeys(names))
+
+
+def uses_file_mounts(gateways: Iterable[GatewayDoc]) -> bool:
+    return any(isinstance(s.get("tls"), dict) and s["tls"].get("serverCertificate") and not credential_names(s["tls"])
+               for gw in gateways for s in gw.servers)
+
+
+def credential_names(tls: dict) -> tuple[str, ...]:
+    names: list[str] = []
+    if tls.get("credentialName"):
+        names.append(str(tls["credentialName"]))
+    elif isinstance(tls.get("credentialNames"), list):
+        names.extend(str(n) for n in tls["credentialNames"] if n)
+    return tuple(n[len(SDS_PREFIX):] if n.startswith(SDS_PREFIX) else n for n in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# host names
+# ---------------------------------------------------------------------------------------------
+
+def _canonical(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    if name.isascii():
+        return name
+    try:
+        from kimpki.pki.names import parse_host
+
+        return parse_host(name).value
+    except Exception:  # noqa: BLE001 - an odd host simply won't match
+        return name
+
+
+def name_covers(san: str, host: str) -> bool:
+    """Does certificate name ``san`` cover server host ``host``? A wildcard SAN covers exactly
+    one left-most label (``*.example.com`` covers ``a.example.com``, not ``a.b.example.com`` nor
+    ``example.com``); a wildcard host is covered only by the same wildcard."""
+    san, host = _canonical(san), _canonical(host)
+    if san == host:
+        return True
+    if san.startswith("*.") and not host.startswith("*."):
+        suffix = san[1:]
+        label = host[: -len(suffix)] if host.endswith(suffix) else ""
+        return bool(label) and "." not in label and "*" not in label
+    return False
+
+
+def _strip_ns(host) -> str:
+    host = str(host)
+    return host.split("/", 1)[1] if "/" in host else host
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis
+# ---------------------------------------------------------------------------------------------
+
+def _rfc3339(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _days(t: datetime, now: datetime) -> int:
+    return int((t - now).total_seconds() // 86400)
+
+
+@dataclass
+class _Server:
+    gateway: str
+    server: str
+    port: int | None
+    hosts: tuple[str, ...]
+    mode: str
+    out: list
+
+    def add(self, credential: str, check: str, status: str, detail: str, code: str | None = None,
+            host: str | None = None, not_after: datetime | None = None, now: datetime | None = None) -> None:
+        self.out.append(Finding(self.gateway, self.server, self.port,
+                                host if host is not None else ", ".join(self.hosts), credential, check, status,
+                                code if status != OK else None, detail,
+                                _rfc3339(not_after) if not_after else None,
+                                _days(not_after, now) if not_after and now else None))
+
+
+def _load_chain(raw: bytes, notes: list[str] | None = None) -> list[x509.Certificate]:
+    """Certificates in ``raw``; library warnings (a zero serial, as the seed's ``-set_serial 0``
+    makes) are collected into ``notes`` instead of being printed."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            chain = x509.load_pem_x509_certificates(raw)
+        except ValueError:
+            return []
+    if notes is not None:
+        for w in caught:
+            text = str(w.message)
+            if "serial number" in text:
+                notes.append("its serial number is not positive (RFC 5280 forbids it; some clients reject it)")
+            else:
+                notes.append(" ".join(text.split()))
+    return chain
+
+
+def _load_key(raw: bytes):
+    try:
+        return serialization.load_pem_private_key(raw, password=None), None
+    except TypeError:
+        return None, "is an encrypted private key (Istio needs it unencrypted)"
+    except (ValueError, UnsupportedAlgorithm):
+        return None, "holds no PEM private key"
+
+
+def _spki(pub) -> bytes:
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _keys(sec: SecretDoc) -> str:
+    return ", ".join(sorted(sec.data)) or "no data"
+
+
+def _check_pair(s: _Server, label: str, cert_raw: bytes, key_raw: bytes, cert_where: str, key_where: str,
+                now: datetime, warn_days: int) -> None:
+    """credential_valid, key_matches, expiry and host_covered for one certificate and key."""
+    notes: list[str] = []
+    chain = _load_chain(cert_raw, notes)
+    key, key_problem = _load_key(key_raw)
+    if not chain or key_problem:
+        why = f"{cert_where} holds no PEM certificate" if not chain else f"{key_where} {key_problem}"
+        s.add(label, VALID, ERROR, why, "IST0161")
+        return
+    leaf = chain[0]
+    what = (f"{cert_where}: {leaf.subject.rfc4514_string() or '(empty subject)'}, "
+            f"issuer {leaf.issuer.rfc4514_string() or '(empty)'}")
+    if notes:
+        s.add(label, VALID, WARNING, f"{what}; " + "; ".join(dict.fromkeys(notes)), "KIM0006")
+    else:
+        s.add(label, VALID, OK, what)
+    if _spki(key.public_key()) == _spki(leaf.public_key()):
+        s.add(label, KEY, OK, f"{key_where} matches the certificate")
+    else:
+        s.add(label, KEY, ERROR, f"{key_where} is not the key of the certificate in {cert_where}", "KIM0001")
+    nb, na = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    days = _days(na, now)
+    if now > na:
+        ago = _days(now, na)
+        s.add(label, EXPIRY, ERROR, f"certificate expired on {_rfc3339(na)} ({ago} day{'s' * (ago != 1)} ago)",
+              "IST0161", not_after=na, now=now)
+    elif now < nb:
+        s.add(label, EXPIRY, ERROR, f"certificate is not valid before {_rfc3339(nb)}", "IST0161",
+              not_after=na, now=now)
+    elif days < warn_days:
+        s.add(label, EXPIRY, WARNING, f"certificate expires in {days} day{'s' * (days != 1)} on {_rfc3339(na)} "
+                                      f"(under --warn-days {warn_days})", "KIM0004", not_after=na, now=now)
+    else:
+        s.add(label, EXPIRY, OK, f"valid until {_rfc3339(na)} ({days} days left)", not_after=na, now=now)
+    dns = []
+    try:
+        dns = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        pass
+    cns = [a.value for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    for host in s.hosts:
+        if host == "*":
+            continue  # any SNI name: nothing to compare
+        covering = [n for n in dns if name_covers(n, host)]
+        if covering:
+            s.add(label, HOST, OK, f"covered by DNS name {covering[0]}", host=host)
+        elif not dns:
+            cn = f" (only the subject CN {cns[0]}, which clients ignore)" if cns else ""
+            s.add(label, HOST, ERROR, f"the certificate has no DNS subjectAltName{cn}", "KIM0002", host=host)
+        else:
+            s.add(label, HOST, ERROR, f"not among the certificate's DNS names: {', '.join(dns)}", "KIM0002",
+                  host=host)
+
+
+def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> None:
+    cas = _load_chain(raw)
+    if not cas:
+        s.add(label, CA, ERROR, f"{where} holds no PEM certificate", "KIM0003")
+        return
+    valid = [ca for ca in cas if ca.not_valid_before_utc <= now <= ca.not_valid_after_utc]
+    if not valid:
+        na = max(ca.not_valid_after_utc for ca in cas)
+        s.add(label, CA, ERROR, f"{where}: every CA certificate has expired (last on {_rfc3339(na)})", "KIM0003")
+        return
+    names = "; ".join(ca.subject.rfc4514_string() for ca in cas[:3]) + (" ..." if len(cas) > 3 else "")
+    s.add(label, CA, OK, f"{where}: {names}")
+
+
+def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: datetime, warn_days: int) -> None:
+    for name in names:
+        sec = secrets.get(name)
+        if sec is None:
+            s.add(name, FOUND, ERROR, f"Secret {name} not found in namespace {secrets.namespace}", "IST0101")
+            continue
+        s.add(name, FOUND, OK, f"Secret {name} in namespace {sec.namespace or secrets.namespace}")
+        if sec.data.get(c.GENERIC_CERT) and sec.data.get(c.GENERIC_KEY):
+            ck, kk = c.GENERIC_CERT, c.GENERIC_KEY
+        elif sec.data.get(c.TLS_CERT) and sec.data.get(c.TLS_KEY):
+            ck, kk = c.TLS_CERT, c.TLS_KEY
+        else:
+            s.add(name, VALID, ERROR, f"Secret {name} has neither keys {c.GENERIC_CERT} and {c.GENERIC_KEY} nor "
+                                      f"{c.TLS_CERT} and {c.TLS_KEY} (it has: {_keys(sec)})", "IST0161")
+            continue
+        _check_pair(s, name, sec.data[ck], sec.data[kk], f"{name}[{ck}]", f"{name}[{kk}]",
+                    now, warn_days)
+    if s.mode == "SIMPLE" or not names:
+        return
+    # MUTUAL / OPTIONAL_MUTUAL: Istio's CA precedence (first credential name only).
+    name = names[0]
+    ca_name = c.cacert_secret_name(name)
+    ca_sec = secrets.get(ca_name)
+    if ca_sec is not None:
+        key = next((k for k in (c.GENERIC_CA, c.TLS_CA) if ca_sec.data.get(k)), None)
+        if key is None:
+            s.add(ca_name, CA, ERROR, f"Secret {ca_name} exists but has neither {c.GENERIC_CA} nor {c.TLS_CA} "
+                                      f"(it has: {_keys(ca_sec)}); Istio does not fall back to Secret {name}",
+                  "KIM0003")
+            return
+        _check_ca(s, ca_name, ca_sec.data[key], f"{ca_name}[{key}]", now)
+        return
+    sec = secrets.get(name)
+    if sec is None:
+        s.add(ca_name, CA, ERROR, f"a {s.mode} server needs a CA: there is neither Secret {ca_name} nor "
+                                  f"Secret {name}", "KIM0003")
+        return
+    key = next((k for k in (c.GENERIC_CA, c.TLS_CA) if sec.data.get(k)), None)
+    if key is None:
+        s.add(name, CA, ERROR, f"a {s.mode} server needs a CA: there is no Secret {ca_name} and Secret {name} "
+                               f"has neither {c.GENERIC_CA} nor {c.TLS_CA}", "KIM0003")
+        return
+    _check_ca(s, name, sec.data[key], f"{name}[{key}]", now)
+
+
+def _mounted(path: str, secrets: SecretIndex, mounts: tuple[Mount, ...]):
+    """``(raw bytes, where, secret name, problem (check, code, detail) or None)``."""
+    try:
+        secret_name, key = mount_for(path, mounts)
+    except LookupError as e:
+        return None, path, "", (TLS, "KIM0005", str(e))
+    sec = secrets.get(secret_name)
+    where = f"{secret_name}[{key}]"
+    if sec is None:
+        return None, where, secret_name, (FOUND, "IST0101", f"Secret {secret_name} not found in namespace "
+                                                            f"{secrets.namespace}")
+    if not sec.data.get(key):
+        return None, where, secret_name, (VALID, "IST0161", f"{path}: Secret {secret_name} has no key {key} "
+                                                            f"(it has: {_keys(sec)})")
+    return sec.data[key], where, secret_name, None
+
+
+def _check_files(s: _Server, tls: dict, secrets: SecretIndex, mounts: tuple[Mount, ...], now: datetime,
+                 warn_days: int) -> None:
+    cert_path, key_path = tls.get("serverCertificate"), tls.get("privateKey")
+    if not cert_path or not key_path:
+        s.add("(none)", TLS, ERROR, "tls needs credentialName, or serverCertificate and privateKey", "KIM0005")
+        return
+    cert_raw, cert_where, cert_secret, p1 = _mounted(str(cert_path), secrets, mounts)
+    key_raw, key_where, key_secret, p2 = _mounted(str(key_path), secrets, mounts)
+    secret_names = sorted({n for n in (cert_secret, key_secret) if n})
+    label = ", ".join(secret_names) + " (mounted)" if secret_names else str(cert_path)
+    problems = [p for p in (p1, p2) if p]
+    for check, code, detail in dict.fromkeys(problems):
+        s.add(label, check, ERROR, detail, code)
+    if not problems:
+        s.add(label, FOUND, OK, f"{cert_where}, {key_where} mounted as {cert_path}, {key_path}")
+        _check_pair(s, label, cert_raw, key_raw, cert_where, key_where, now, warn_days)
+    if s.mode == "SIMPLE":
+        return
+    ca_path = tls.get("caCertificates")
+    if not ca_path:
+        s.add(label, CA, ERROR, f"a {s.mode} server needs caCertificates (or credentialName with a CA)", "KIM0003")
+        return
+    raw, where, ca_secret, p = _mounted(str(ca_path), secrets, mounts)
+    ca_label = f"{ca_secret} (mounted)" if ca_secret else str(ca_path)
+    if p:
+        s.add(ca_label, CA, ERROR, p[2], "KIM0003" if p[1] != "IST0101" else "IST0101")
+        return
+    _check_ca(s, ca_label, raw, where, now)
+
+
+def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, namespace: str = c.DEFAULT_NAMESPACE,
+            mounts: Sequence[Mount] = DEFAULT_MOUNTS, now: datetime, warn_days: int = 30,
+            notes: Sequence[str] = ()) -> Report:
+    """Every TLS-terminating server of ``gateways`` (protocol HTTPS/TLS, tls.mode SIMPLE, MUTUAL
+    or OPTIONAL_MUTUAL), its credentials looked up among ``secrets`` in ``namespace``."""
+    index = SecretIndex(secrets, namespace)
+    mounts = tuple(mounts)
+    findings: list[Finding] = []
+    servers = 0
+    for gw in gateways:
+        gw_label = f"{gw.namespace}/{gw.name}" if gw.namespace else gw.name
+        for i, server in enumerate(gw.servers):
+            port = server.get("port") if isinstance(server.get("port"), dict) else {}
+            protocol = str(port.get("protocol") or "").upper()
+            tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
+            mode = str(tls.get("mode") or "PASSTHROUGH").upper()
+            if protocol not in TLS_PROTOCOLS or mode not in TERMINATING_MODES:
+                continue  # plain HTTP, passthrough, ISTIO_MUTUAL: no credential of ours
+            servers += 1
+            try:
+                number = int(port.get("number"))
+            except (TypeError, ValueError):
+                number = None
+            hosts = tuple(dict.fromkeys(_strip_ns(h).lower() for h in server.get("hosts") or []))
+            s = _Server(gw_label, str(port.get("name") or f"#{i}"), number, hosts, mode, findings)
+            names = credential_names(tls)
+            if names:
+                _check_sds(s, names, index, now, warn_days)
+            else:
+                _check_files(s, tls, index, mounts, now, warn_days)
+    return Report(tuple(findings), len(gateways), servers, tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering helpers (plain text; the CLI adds nothing but printing)
+# ---------------------------------------------------------------------------------------------
+
+HEADERS = ["GATEWAY", "SERVER", "HOST", "CREDENTIAL", "CHECK", "STATUS", "DETAIL"]
+
+
+def rows(report: Report, only_problems: bool = False) -> list[list[str]]:
+    out = []
+    for f in report.findings:
+        if only_problems and f.status == OK:
+            continue
+        status = f.status.upper() if f.status != OK else "ok"
+        if f.code:
+            status += f" {f.code}"
+        server = f"{f.server}:{f.port}" if f.port is not None else f.server
+        out.append([f.gateway, server, f.host or "-", f.credential, f.check, status, f.detail])
+    return out
+
+
+def summary_line(report: Report) -> str:
+    if not report.servers:
+        return f"no TLS-terminating Gateway servers found ({report.gateways} Gateway{'s' * (report.gateways != 1)} read)"
+    e, w = report.errors, report.warnings
+    verdict = "all credentials OK" if e == 0 and w == 0 else (
+        f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}")
+    return (f"{verdict} ({report.servers} TLS server{'s' * (report.servers != 1)} in "
+            f"{report.gateways} Gateway{'s' * (report.gateways != 1)}, {len(report.findings)} checks)")
