@@ -261,6 +261,20 @@ def test_gateway_namespace_and_forbidden_cluster_wide_list(kube_api, capsys, pki
     assert res.json["notes"]
 
 
+def test_older_istio_versions_and_no_istio_at_all(kube_api, capsys, pki):
+    seed(kube_api, good_secrets(pki))
+    # an Istio that serves only v1beta1/v1alpha3: the v1 list is a plain 404
+    kube_api.fail("GET", "gateways", status=404, times=1)
+    res = run_check(kube_api, capsys, "--json")
+    assert res.code == 0 and res.json["summary"]["servers"] == 3
+    assert [r.path for r in kube_api.requests if "gateways" in r.path][-2:] == [
+        "/apis/networking.istio.io/v1/gateways", "/apis/networking.istio.io/v1beta1/gateways"]
+    kube_api.fail("GET", "gateways", status=404, times=3)
+    res = run_check(kube_api, capsys)
+    assert_one_line_error(res, 1, f"the Kubernetes API at {kube_api.url} serves no Istio Gateways",
+                          "is Istio installed?")
+
+
 def test_secrets_fetched_by_name_when_list_is_forbidden(kube_api, capsys, pki):
     seed(kube_api, good_secrets(pki))
     kube_api.deny("list", "secrets")

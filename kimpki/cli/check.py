@@ -14,13 +14,13 @@ def _list_gateways(cluster, namespace: str | None) -> list[dict]:
     """Gateways in ``namespace`` (None: all), in the newest networking.istio.io version served."""
     from kimpki.kube import NotServed
 
-    last = None
     for v in GATEWAY_VERSIONS:
         try:
             return list(cluster.list("Gateway", namespace, api_version=f"networking.istio.io/{v}"))
-        except NotServed as e:
-            last = e
-    raise last  # type: ignore[misc]
+        except NotServed:
+            continue
+    raise NotServed(f"the Kubernetes API at {cluster.server} serves no Istio Gateways (networking.istio.io "
+                    f"{', '.join(GATEWAY_VERSIONS)}): is Istio installed?")
 
 
 def _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, now):
