@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,7 +59,7 @@ def cluster(kube_api):
 
 
 def kubeconfig_variant(srv, tmp_path, name="kubeconfig", *, token=None, server=None, drop_ca=False) -> str:
-    cfg = yaml.safe_load(open(srv.kubeconfig_path))
+    cfg = yaml.safe_load(Path(srv.kubeconfig_path).read_text())
     if token is not None:
         cfg["users"][0]["user"]["token"] = token
     if server is not None:
