@@ -1,20 +1,23 @@
 """Replay the operator notes' secure-gateway story with kimpki and print a short transcript.
 
-Every step runs the real `kimpki` CLI against a throw-away home; handshakes are real TLS on
-loopback. Exits non-zero as soon as a step fails.
+Every step runs the real `kimpki` CLI against a throw-away home; the gateway is the real Envoy
+proxy (`kimpki gateway serve`) fed by file-based SDS; handshakes are checked by `kimpki verify`.
+Exits non-zero as soon as a step fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
+import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 KIMPKI = [sys.executable, "-m", "kimpki"]
@@ -37,79 +40,145 @@ def kimpki(home: Path, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def serve_once(cert: str, key: str, client_ca: str | None) -> int:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(client_ca)
-    sock = socket.create_server(("127.0.0.1", 0))
+def kimpki_text(home: Path, *args: str, out: Path | None = None, expect: int = 0) -> str:
+    """Run kimpki for its text output (or into a manifest file); check the exit code."""
+    print("$ kimpki " + " ".join(a if " " not in a else repr(a) for a in args) + (f" > {out.name}" if out else ""))
+    proc = subprocess.run([*KIMPKI, "--home", str(home), *args], capture_output=True, text=True)
+    if proc.returncode != expect:
+        raise DemoFailed(f"kimpki {' '.join(args)} exited {proc.returncode} (expected {expect}): "
+                         f"{proc.stderr.strip() or proc.stdout.strip()}")
+    if out is not None:
+        out.write_text(proc.stdout)
+    return proc.stdout + proc.stderr
 
-    def run():
-        with sock:
-            conn, _ = sock.accept()
+
+def verify(home: Path, port: int, host: str, *extra: str, expect: int = 0) -> dict:
+    args = ["verify", host, "--connect", f"127.0.0.1:{port}", *extra, "--json"]
+    print("$ kimpki " + " ".join(args[:-1]))
+    proc = subprocess.run([*KIMPKI, "--home", str(home), *args], capture_output=True, text=True)
+    if proc.returncode != expect:
+        raise DemoFailed(f"verify {host} exited {proc.returncode}, expected {expect}: {proc.stderr.strip()}")
+    d = json.loads(proc.stdout)
+    leaf = d["served_chain"][0] if d["served_chain"] else {}
+    verdict = "PASS" if d["ok"] else f"refused as expected ({d['reason']}: {d['message']})"
+    print(f"   {verdict}; {d['tls_version']}, ALPN {d['alpn']}, serial {leaf.get('serial', '-')[:16]}")
+    return d
+
+
+class Gateway:
+    """`kimpki gateway serve` in the background: real Envoy fed by file-based SDS."""
+
+    def __init__(self, home: Path, manifests: Path):
+        self.port = free_port()
+        cmd = [*KIMPKI, "--home", str(home), "gateway", "serve", "-f", str(manifests), "--port", str(self.port)]
+        print(f"$ kimpki gateway serve -f {manifests.name} --port {self.port} &")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.envoy_pid = None
+        deadline = time.monotonic() + 30
+        for line in self.proc.stdout:
+            print("   " + line.rstrip())
+            m = re.search(r"Envoy pid (\d+)", line)
+            if m:
+                self.envoy_pid = int(m.group(1))
+                break
+            if time.monotonic() > deadline:
+                break
+        if self.envoy_pid is None:
+            self.stop()
+            raise DemoFailed("the local gateway did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                with ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1024)
-                    tls.sendall(b'HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n{"status":"UP"}')
-            except (ssl.SSLError, OSError):
-                pass
-
-    threading.Thread(target=run, daemon=True).start()
-    return sock.getsockname()[1]
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
-def handshake(port: int, host: str, ca: str, cert: str | None = None, key: str | None = None) -> str:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.hostname_checks_common_name = False  # SANs only, like Go, Chrome and curl
-    ctx.load_verify_locations(ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
-            reply = tls.recv(1024)  # with TLS 1.3 a refused client certificate surfaces here
-            if not reply:
-                raise ssl.SSLError("connection closed by the server")
-            status = reply.split(b"\r\n")[0].decode()
-            body = reply.split(b"\r\n\r\n")[-1].decode()
-            return f"{tls.version()}, {status}, body {body}"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_serial(home: Path, port: int, host: str, serial: str, *extra: str) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        proc = subprocess.run([*KIMPKI, "--home", str(home), "verify", host, "--connect", f"127.0.0.1:{port}",
+                               *extra, "--json"], capture_output=True, text=True)
+        chain = json.loads(proc.stdout)["served_chain"] if proc.stdout.strip() else []
+        if chain and chain[0]["serial"] == serial:
+            return
+        time.sleep(0.2)
+    raise DemoFailed(f"the gateway did not start serving serial {serial[:16]} for {host} within 5 s")
 
 
 def run(home: Path) -> None:
+    work = home.parent / "manifests"
+    work.mkdir(parents=True, exist_ok=True)
+
     step("1. A root CA (replaces: openssl req -x509 ... -subj '/O=example Inc./CN=example.com')")
     ca = kimpki(home, "ca", "init", "example.com", "--org", "example Inc.")
     print(f"   root {ca['subject']}, serial {ca['serial'][:16]}..., key {ca['key_type']}, 0600 at {ca['key']}")
 
-    step("2. Server certificates (replaces: openssl req + openssl x509 -req -set_serial 0)")
-    certs = {}
+    step("2. Server and client certificates (replaces: openssl req + openssl x509 -req -set_serial 0)")
     for host, org in [("kim.example.com", "kim organization"), ("kim-new.example.com", "kim organization"),
                       ("bookinfo.com", "bookinfo organization")]:
-        certs[host] = kimpki(home, "issue", host, "--org", org)
-        d = certs[host]
+        d = kimpki(home, "issue", host, "--org", org)
         print(f"   {host}: v3, SAN DNS:{','.join(d['dns_names'])}, serial {d['serial'][:16]}..., until {d['not_after']}")
-
-    step("3. A client certificate for MUTUAL TLS")
     client = kimpki(home, "issue", "--client", "kim-client.example.com")
     print(f"   kim-client.example.com: clientAuth, serial {client['serial'][:16]}...")
 
-    step("4. SIMPLE TLS: kim.example.com on loopback, client trusts only the example.com root")
-    s = certs["kim.example.com"]
-    port = serve_once(s["cert"], s["key"], None)
-    print(f"   OK: {handshake(port, 'kim.example.com', s['ca'])}")
+    step("3. Credential Secrets, Gateways and the volume patch, as manifests (no cluster needed)")
+    kimpki_text(home, "secret", "create", "kim-credential", "--cert", "kim.example.com", "--dry-run", "-o", "yaml",
+                out=work / "kim-credential.yaml")
+    kimpki_text(home, "secret", "create", "kim-new-credential", "--cert", "kim-new.example.com", "--mutual",
+                "--dry-run", "-o", "yaml", out=work / "kim-new-credential.yaml")
+    kimpki_text(home, "secret", "create", "istio-ingressgateway-bookinfo-certs", "--file-mounted", "--cert",
+                "bookinfo.com", "--dry-run", "-o", "yaml", out=work / "bookinfo-certs.yaml")
+    kimpki_text(home, "gateway", "render", "--name", "kim-gateway", "--host", "kim.example.com", "--credential",
+                "kim-credential", "--host", "kim-new.example.com", "--credential", "kim-new-credential",
+                "--mode", "simple", "--mode", "mutual", "-o", "yaml", out=work / "kim-gateway.yaml")
+    kimpki_text(home, "gateway", "render", "--name", "bookinfo-gateway", "--host", "bookinfo.com", "--file-mounted",
+                "--mount-path", "/etc/istio/ingressgateway-bookinfo-certs", "-o", "yaml",
+                out=work / "bookinfo-gateway.yaml")
+    reference = Path(__file__).resolve().parent / "data" / "istio-ingressgateway-deployment.yaml"
+    kimpki_text(home, "gateway", "mount", "--local", "-f", str(reference), "--secret",
+                "istio-ingressgateway-bookinfo-certs", "--mount-path", "/etc/istio/ingressgateway-bookinfo-certs",
+                "-o", "yaml", out=work / "ingressgateway-deployment.yaml")
 
-    step("5. MUTUAL TLS: kim-new.example.com demands a client certificate")
-    m = certs["kim-new.example.com"]
-    port = serve_once(m["cert"], m["key"], m["ca"])
+    step("4. A real local ingress gateway (Envoy) from those manifests")
+    gw = Gateway(home, work)
     try:
-        handshake(port, "kim-new.example.com", m["ca"])
-        raise DemoFailed("the MUTUAL server accepted a client without a certificate")
-    except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
-        print(f"   refused without a client certificate, as it should be ({getattr(e, 'reason', None) or e})")
-    port = serve_once(m["cert"], m["key"], m["ca"])
-    print(f"   OK with kim-client.example.com: {handshake(port, 'kim-new.example.com', m['ca'], client['cert'], client['key'])}")
+        step("5. SIMPLE: kim.example.com (replaces: curl -v --resolve ... --cacert example.com.crt)")
+        verify(home, gw.port, "kim.example.com", "--ca", "example.com", "--http-path", "/health")
 
-    step("6. The inventory")
+        step("6. MUTUAL: kim-new.example.com refuses a client without a certificate, accepts kim-client")
+        verify(home, gw.port, "kim-new.example.com", "--ca", "example.com", "--client", "kim-client.example.com",
+               "--mode", "mutual", "--http-path", "/health")
+
+        step("7. bookinfo.com on the same port, picked by SNI (file-mounted Secret + volume patch)")
+        verify(home, gw.port, "bookinfo.com", "--ca", "example.com", "--http-path", "/health")
+
+        step("8. Rotation to a new CA without restarting the gateway")
+        kimpki(home, "ca", "init", "example-2026", "--org", "example Inc.")
+        new_server = kimpki(home, "issue", "kim-new.example.com", "--ca", "example-2026")
+        kimpki(home, "issue", "--client", "kim-client-2026.example.com", "--ca", "example-2026")
+        kimpki_text(home, "secret", "create", "kim-new-credential", "--cert", "kim-new.example.com", "--mutual",
+                    "--dry-run", "-o", "yaml", out=work / "kim-new-credential.yaml")
+        wait_for_serial(home, gw.port, "kim-new.example.com", new_server["serial"], "--ca", "example-2026",
+                        "--client", "kim-client-2026.example.com")
+        verify(home, gw.port, "kim-new.example.com", "--ca", "example-2026", "--client", "kim-client-2026.example.com",
+               "--mode", "mutual")
+        verify(home, gw.port, "kim-new.example.com", "--ca", "example-2026", "--client", "kim-client.example.com",
+               "--mode", "mutual", expect=1)
+        os.kill(gw.envoy_pid, 0)  # raises if Envoy was restarted or died
+        print(f"   Envoy pid {gw.envoy_pid} unchanged: the new certificate and CA arrived through file-based SDS")
+    finally:
+        gw.stop()
+
+    step("9. The inventory")
     subprocess.run([*KIMPKI, "--home", str(home), "list"], check=True)
 
 
