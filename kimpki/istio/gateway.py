@@ -237,7 +237,7 @@ def validate_gateway(obj: dict) -> list[str]:
             problems.append(f"{where}: has no hosts")
         tls = server.get("tls")
         if protocol in ("HTTPS", "TLS") and not isinstance(tls, dict):
-            problems.append(f"{where}: a {protocol} port needs a tls block")
+            problems.append(f"{where}: an {protocol} port needs a tls block")
             continue
         if not isinstance(tls, dict):
             continue
