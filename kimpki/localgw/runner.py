@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+from kimpki.store import fs
 from kimpki.errors import OperationError, UsageError
 from kimpki.localgw import envoy_config as ec
 from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, manifest_files, resolve
@@ -79,26 +80,8 @@ def find_envoy(explicit: str | os.PathLike | None = None) -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Atomic write (temp file, fsync, rename): the store's implementation, private by default."""
+    fs.write_atomic(path, data, mode)
 
 
 def _dump(obj: dict) -> bytes:
