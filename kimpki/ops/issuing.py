@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography import x509
 
 from kimpki.errors import UsageError
+from kimpki.ops import constraints
 from kimpki.ops.authority import PassphraseSource, fresh_serial, load_issuer
 from kimpki.pki import csr as csrmod
 from kimpki.pki import keys, parse, profiles
@@ -55,9 +56,10 @@ def _sign_and_store(store: Store, *, name: str, hosts: list[HostName], kind: pro
                     not_after: datetime | None = None) -> IssueResult:
     with store.locked():
         ca = store.get_ca(ca_name)
-        issuer = load_issuer(store, ca, passphrase)
         if not_before is None or not_after is None:
             not_before, not_after = profiles.validity(now, days)
+        constraints.enforce(store, ca, hosts, not_after, now)  # before asking for a passphrase
+        issuer = load_issuer(store, ca, passphrase)
         cert = profiles.issue_leaf(public_key, hosts, kind, issuer, not_before, not_after, org=org,
                                    serial=fresh_serial(store, ca.name))
         chain_pem = parse.certs_to_pem([cert, *issuer.chain_below_root])
