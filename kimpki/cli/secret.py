@@ -103,7 +103,7 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     if dry_run:
         results = [{"name": s["metadata"]["name"], "action": "would write", "object": s} for s in secrets]
     else:
-        results = _write(store, prepared, secrets, force=force, kubeconfig=kubeconfig, context=context)
+        results = _write(store, prepared, force=force, kubeconfig=kubeconfig, context=context)
 
     if file_mounted:
         note("kimpki: note: older gateways read mounted certificate files only at start-up; if the new "
@@ -135,51 +135,17 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     emit(summary, as_json, _summary_text)
 
 
-def _write(store, prepared, secrets: list[dict], *, force: bool, kubeconfig: str | None,
-           context: str | None) -> list[dict]:
-    """Upsert the Secrets (CA Secret first, so a MUTUAL credential never appears without its CA)
-    and remember in the store where they went."""
-    from kimpki.errors import KimpkiError
-    from kimpki.istio.credential import ANN_ROLE, ROLE_CA
-    from kimpki.kube import Cluster
-    from kimpki.ops.credentials import deployment_record
+def _write(store, prepared, *, force: bool, kubeconfig: str | None, context: str | None) -> list[dict]:
+    """Write the Secrets in place and remember in the store where they went."""
+    from kimpki.ops.credentials import deployment_record, publish
+    from kimpki.ops.places import ClusterPlace
 
-    ordered = sorted(secrets, key=lambda s: 0 if s["metadata"]["annotations"].get(ANN_ROLE) == ROLE_CA else 1)
-    done: list[dict] = []
-    with Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
-        for s in ordered:
-            meta = s["metadata"]
-            if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
-                s = _keep_other_ca_files(cluster, s)
-            try:
-                res = cluster.upsert_secret(s, force=force)
-            except KimpkiError:
-                if done:
-                    note("kimpki: already written: " + ", ".join(f"secret/{d['name']} ({d['action']})" for d in done))
-                raise
-            done.append({"name": meta["name"], "action": res.action, "object": res.object})
-        spec = prepared.credential.spec
-        if spec.mutual and not spec.ca_secret and not spec.file_mounted:
-            stale = c.cacert_secret_name(spec.secret_name)
-            if cluster.get("Secret", spec.namespace, stale) is not None:
-                note(f"kimpki: warning: Secret {stale} exists, and Istio reads a MUTUAL server's CA from it "
-                     f"rather than from {spec.secret_name}; update it with --ca-secret, or delete it")
+    with ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
+        results, warnings = publish(place, prepared, force=force)
+    for w in warnings:
+        note(f"kimpki: warning: {w}")
     with store.locked():
-        for s in secrets:
+        for s in prepared.secrets:
             store.record_deployment(prepared.record.id,
                                     deployment_record(s, context=context, kubeconfig=kubeconfig))
-    # Results in the order the Secrets were built (credential first).
-    by_name = {d["name"]: d for d in done}
-    return [by_name[s["metadata"]["name"]] for s in secrets]
-
-
-def _keep_other_ca_files(cluster, secret: dict) -> dict:
-    """istio-ingressgateway-ca-certs may hold several CA files (one per MUTUAL host): keep the
-    others, replace only ours."""
-    meta = secret["metadata"]
-    current = cluster.get("Secret", meta["namespace"], meta["name"])
-    if not current or not current.get("data"):
-        return secret
-    merged = dict(secret)
-    merged["data"] = {**current["data"], **secret["data"]}
-    return merged
+    return results

@@ -230,3 +230,16 @@ def read_provenance(obj: dict) -> dict[str, str | list[str]]:
 def as_list(objs: list[dict] | tuple[dict, ...]) -> dict:
     """Several objects as one ``kind: List`` document (what ``kubectl apply -f -`` takes as JSON)."""
     return {"apiVersion": "v1", "kind": "List", "items": list(objs)}
+
+
+def served_certificate_pem(secret: dict) -> bytes | None:
+    """The certificate chain PEM a gateway would serve from this Secret, by Istio's rule: the
+    generic ``cert`` (with ``key``) wins over ``tls.crt``. None when neither is there."""
+    data = secret.get("data") or {}
+    for cert_key, key_key in ((c.GENERIC_CERT, c.GENERIC_KEY), (c.TLS_CERT, c.TLS_KEY)):
+        if data.get(cert_key) and data.get(key_key):
+            try:
+                return base64.b64decode(data[cert_key], validate=True)
+            except ValueError:
+                return None
+    return None

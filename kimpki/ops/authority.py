@@ -159,6 +159,13 @@ def ensure_default_ca(store: Store, now) -> CaRecord | None:
     return res.record
 
 
+def trust_bundle(store: Store, ca_name: str, ca_pem: bytes) -> bytes:
+    """The CA bundle a MUTUAL credential of CA ``ca_name`` publishes: ``ca_pem`` (the CA's
+    certificate, or the root it chains to). The one place that decides what clients are
+    checked against, so that a CA rotation can widen it to old + new during the overlap."""
+    return ca_pem
+
+
 def fresh_serial(store: Store, ca_name: str) -> int:
     for _ in range(8):
         serial = profiles.random_serial()

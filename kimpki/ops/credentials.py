@@ -17,10 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
 from kimpki.errors import KimpkiError, NotFoundError, OperationError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import (CredentialMaterial, CredentialSpec, Provenance, SdsCredential,
-                                     build_credential)
+from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, CredentialSpec, Provenance,
+                                     SdsCredential, build_credential, is_managed, read_provenance,
+                                     served_certificate_pem)
+from kimpki.ops.authority import trust_bundle
+from kimpki.ops.places import SecretPlace
 from kimpki.pki import chain, keys, parse
 from kimpki.store import CertRecord, Store
 
@@ -94,7 +99,12 @@ def prepare(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime
     ``ca_name`` chooses the store CA whose certificate is published for MUTUAL (the one client
     certificates are checked against); by default the root the certificate was issued under.
     """
-    rec = find_certificate(store, cert_name)
+    return prepare_record(store, find_certificate(store, cert_name), spec, now=now, ca_name=ca_name)
+
+
+def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: datetime,
+                   ca_name: str | None = None) -> PreparedCredential:
+    """:func:`prepare` for one given version (current or pending) of a certificate."""
     if not rec.has_key:
         raise OperationError(f"{rec.name} has no private key in the store (it was signed from a CSR; "
                              f"the requester kept the key), so kimpki cannot build its credential")
@@ -108,18 +118,128 @@ def prepare(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime
         ca_pem = _read(rec.ca_path, "CA certificate")
         published_ca, ca_label = rec.ca, f"{rec.ca!r}"
     check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
-    material = CredentialMaterial(chain_pem, key_pem, ca_pem if spec.mutual else None)
+    bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
+    material = CredentialMaterial(chain_pem, key_pem, bundle)
     prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
                       not_after=parse.rfc3339(rec.not_after))
     return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))
 
 
-def deployment_record(secret: dict, *, context: str | None, kubeconfig: str | None) -> dict:
+def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = False,
+            dry_run: bool = False) -> tuple[list[dict], list[str]]:
+    """Write the credential's Secrets to ``place``, in place, CA Secret first (a MUTUAL credential
+    never appears without its CA). Returns ``[{name, action, object}]`` in build order (credential
+    first) and warning lines. A failure names what was already written."""
+    spec = prepared.credential.spec
+    secrets = list(prepared.secrets)
+    ordered = sorted(secrets, key=lambda s: 0 if s["metadata"]["annotations"].get(ANN_ROLE) == ROLE_CA else 1)
+    done: list[dict] = []
+    warnings: list[str] = []
+    for s in ordered:
+        meta = s["metadata"]
+        if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
+            s = _keep_other_ca_files(place, s)
+        try:
+            res = place.write(s, force=force, dry_run=dry_run)
+        except KimpkiError as e:
+            if done:
+                written = ", ".join(f"secret/{d['name']} ({d['action']})" for d in done)
+                raise type(e)(f"{e} (already written: {written})") from None
+            raise
+        done.append({"name": meta["name"], "action": res.action, "object": res.object})
+    if spec.mutual and not spec.ca_secret and not spec.file_mounted:
+        stale = c.cacert_secret_name(spec.secret_name)
+        if place.get(spec.namespace, stale) is not None:
+            warnings.append(f"Secret {stale} exists, and Istio reads a MUTUAL server's CA from it rather than "
+                            f"from {spec.secret_name}; update it with --ca-secret, or delete it")
+    by_name = {d["name"]: d for d in done}
+    return [by_name[s["metadata"]["name"]] for s in secrets], warnings
+
+
+def _keep_other_ca_files(place: SecretPlace, secret: dict) -> dict:
+    """istio-ingressgateway-ca-certs may hold several CA files (one per MUTUAL host): keep the
+    others, replace only ours."""
+    meta = secret["metadata"]
+    current = place.get(meta["namespace"], meta["name"])
+    if not current or not current.get("data"):
+        return secret
+    merged = dict(secret)
+    merged["data"] = {**current["data"], **secret["data"]}
+    return merged
+
+
+def deployment_record(secret: dict, *, context: str | None, kubeconfig: str | None,
+                      manifests: str | None = None) -> dict:
     """What the store remembers about where a Secret went (stable keys: re-runs replace, not add)."""
     meta = secret["metadata"]
     where = {"kind": "Secret", "namespace": meta.get("namespace") or c.DEFAULT_NAMESPACE, "name": meta["name"]}
+    if manifests:
+        where["manifests"] = manifests
     if context:
         where["context"] = context
     if kubeconfig:
         where["kubeconfig"] = kubeconfig
     return where
+
+
+@dataclass(frozen=True)
+class ManagedCredential:
+    """What a managed credential Secret says about itself: its kimpki.io/* annotations (how to
+    rebuild it) and the certificate it actually serves (what is due, what rotation replaces)."""
+
+    secret: dict
+    store_name: str
+    hosts: tuple[str, ...]
+    ca: str
+    spec: CredentialSpec
+    served: x509.Certificate | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.secret_name
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def served_serial(self) -> str | None:
+        return parse.serial_hex(self.served) if self.served is not None else None
+
+
+def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMESPACE,
+                       ca_secret: bool = False) -> ManagedCredential:
+    """Read a credential Secret kimpki wrote. One-line OperationError when it cannot be rebuilt
+    from its annotations (not kimpki's, a CA-only Secret, annotations edited away)."""
+    meta = secret.get("metadata") or {}
+    name = meta.get("name") or "?"
+    namespace = meta.get("namespace") or default_namespace
+    prov = read_provenance(secret)
+    if not is_managed(secret) or not prov:
+        raise OperationError(f"Secret {namespace}/{name} was not written by kimpki (no {c.MANAGED_BY_LABEL}="
+                             f"{c.MANAGED_BY_VALUE} label or kimpki.io/* annotations): nothing to rebuild it from")
+    if prov.get("role") == ROLE_CA:
+        owner = prov.get("credential") or "its credential"
+        raise OperationError(f"Secret {namespace}/{name} holds only the CA bundle of {owner}; rotate {owner}")
+    missing = [k for k in ("store_name", "hosts", "ca") if not prov.get(k)]
+    if missing:
+        raise OperationError(f"Secret {namespace}/{name} lacks the annotation(s) "
+                             f"{', '.join(c.ANNOTATION_PREFIX + m.replace('_', '-') for m in missing)}; "
+                             f"re-create it with 'kimpki secret create'")
+    delivery = str(prov.get("delivery") or "sds")
+    mutual = prov.get("mode") == "mutual"
+    file_mounted = delivery == "file-mounted"
+    try:
+        spec = CredentialSpec(name=name, namespace=namespace, format=str(prov.get("format") or "generic"),
+                              mutual=mutual, ca_secret=ca_secret and mutual and not file_mounted,
+                              file_mounted=file_mounted)
+    except KimpkiError as e:
+        raise OperationError(f"Secret {namespace}/{name}: its kimpki.io annotations do not make sense: {e}") from None
+    served = None
+    pem = served_certificate_pem(secret)
+    if pem:
+        try:
+            served = parse.load_certificates(pem, f"Secret {namespace}/{name}")[0]
+        except KimpkiError:
+            served = None
+    return ManagedCredential(secret, str(prov["store_name"]), tuple(prov["hosts"]), str(prov["ca"]), spec, served)
