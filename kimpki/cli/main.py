@@ -20,6 +20,7 @@ COMMANDS = {
     "gateway": ("kimpki.cli.gateway:group", "Render, apply and mount Istio Gateways; serve them locally."),
     "check": ("kimpki.cli.check:command", "Analyse gateway credentials: missing, invalid, expired, mismatched."),
     "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
+    "rotate": ("kimpki.cli.rotate:command", "Give a credential Secret a new key and certificate, in place."),
 }
 
 EPILOG = """\b
