@@ -316,7 +316,7 @@ def resolve(manifests: Manifests) -> Resolution:
     """Pure: every Gateway server → a :class:`ServerPlan` or a warning line naming it and why."""
     warnings = list(manifests.warnings)
     plans: list[ServerPlan] = []
-    secrets = _SecretIndex(manifests.secrets, manifests.namespace or c.DEFAULT_NAMESPACE)
+    secrets = SecretIndex(manifests.secrets, manifests.namespace or c.DEFAULT_NAMESPACE)
     claimed: dict[int, dict[str, str]] = {}  # port -> SNI name ("" = default) -> who has it
     port_kind: dict[int, tuple[bool, str]] = {}  # port -> (is_tls, who decided)
     for gw in manifests.gateways:
@@ -367,7 +367,7 @@ def _strip_ns(host: Any) -> str:
     return host.split("/", 1)[1] if "/" in host else host
 
 
-def _plan(gw: GatewayDoc, i: int, server: dict, secrets: "_SecretIndex", mounts: tuple[Mount, ...]) -> ServerPlan:
+def _plan(gw: GatewayDoc, i: int, server: dict, secrets: SecretIndex, mounts: tuple[Mount, ...]) -> ServerPlan:
     port = server.get("port") if isinstance(server.get("port"), dict) else {}
     try:
         number = int(port.get("number"))
@@ -394,7 +394,7 @@ def _plan(gw: GatewayDoc, i: int, server: dict, secrets: "_SecretIndex", mounts:
         raise _Unserved(f"tls.mode {mode}{default} is not supported by the local gateway "
                         f"(SIMPLE, MUTUAL, OPTIONAL_MUTUAL are)")
     options = _tls_options(tls)
-    names = _credential_names(tls)
+    names = credential_names(tls)
     if names:
         certs = tuple(_sds_certificate(n, secrets) for n in names)
         ca = _sds_ca(names[0], secrets) if mode != "SIMPLE" else None
@@ -404,8 +404,10 @@ def _plan(gw: GatewayDoc, i: int, server: dict, secrets: "_SecretIndex", mounts:
     return ServerPlan(**base, mode=mode, credential=credential, certificates=certs, ca=ca, tls=options)
 
 
-def _credential_names(tls: dict) -> tuple[str, ...]:
-    names = []
+def credential_names(tls: dict) -> tuple[str, ...]:
+    """The Secret names a server's ``tls`` reads (``credentialName`` wins over ``credentialNames``),
+    without the ``kubernetes://`` prefix."""
+    names: list[str] = []
     if tls.get("credentialName"):
         names.append(str(tls["credentialName"]))
     elif isinstance(tls.get("credentialNames"), list):
@@ -428,7 +430,10 @@ def _tls_options(tls: dict) -> TlsOptions:
     )
 
 
-class _SecretIndex:
+class SecretIndex:
+    """Secrets by name: the one in the gateway's namespace wins, then one without a namespace
+    (``kubectl create secret --dry-run=client -o yaml``), then any other."""
+
     def __init__(self, secrets: Iterable[SecretDoc], namespace: str):
         self.namespace = namespace
         self.by_name: dict[str, list[SecretDoc]] = {}
@@ -448,7 +453,7 @@ def _has(data: dict[str, bytes], *keys: str) -> bool:
     return all(data.get(k) for k in keys)
 
 
-def _sds_certificate(name: str, secrets: _SecretIndex) -> CertificateCredential:
+def _sds_certificate(name: str, secrets: SecretIndex) -> CertificateCredential:
     sec = secrets.get(name)
     if sec is None:
         raise _Unserved(f"Secret {name} not found")
@@ -465,7 +470,7 @@ def _sds_certificate(name: str, secrets: _SecretIndex) -> CertificateCredential:
     return CertificateCredential(SDS_PREFIX + name, cert_pem, key_pem, f"{where} ({cert_key}, {key_key})")
 
 
-def _sds_ca(name: str, secrets: _SecretIndex) -> CaCredential:
+def _sds_ca(name: str, secrets: SecretIndex) -> CaCredential:
     ca_name = c.cacert_secret_name(name)
     sec = secrets.get(ca_name)
     if sec is not None:
@@ -499,7 +504,7 @@ def _keys(sec: SecretDoc) -> str:
     return ", ".join(sorted(sec.data)) or "no data"
 
 
-def _file_mounted(tls: dict, mode: str, secrets: _SecretIndex, mounts: tuple[Mount, ...]):
+def _file_mounted(tls: dict, mode: str, secrets: SecretIndex, mounts: tuple[Mount, ...]):
     cert_path, key_path = tls.get("serverCertificate"), tls.get("privateKey")
     if not cert_path or not key_path:
         raise _Unserved("tls needs credentialName, or serverCertificate and privateKey")
@@ -555,7 +560,7 @@ def _key_for(m: Mount, rel: str) -> str | None:
     return None
 
 
-def _mounted_file(path: str, secrets: _SecretIndex, mounts: tuple[Mount, ...]) -> tuple[bytes, str]:
+def _mounted_file(path: str, secrets: SecretIndex, mounts: tuple[Mount, ...]) -> tuple[bytes, str]:
     m, rel = _mount_for(path, mounts)
     key = _key_for(m, rel)
     if key is None:

@@ -32,8 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from kimpki.istio import contract as c
-from kimpki.localgw.manifests import (DEFAULT_MOUNTS, SDS_PREFIX, GatewayDoc, Mount, SecretDoc, mount_for,
-                                      parse_manifests)
+from kimpki.localgw.manifests import (DEFAULT_MOUNTS, GatewayDoc, Mount, SecretDoc, SecretIndex, credential_names,
+                                      mount_for, parse_manifests)
 
 CODES = {
     "IST0101": "ReferencedResourceNotFound",
@@ -143,25 +143,6 @@ def mounts_from_deployment(deployment: dict | None) -> tuple[Mount, ...]:
     return parse_manifests([("Deployment", json.dumps(deployment))]).mounts
 
 
-class SecretIndex:
-    """Secrets by name: the one in the gateway's namespace wins, then one without a namespace
-    (``kubectl create secret --dry-run=client -o yaml``), then any other (as the local gateway)."""
-
-    def __init__(self, secrets: Iterable[SecretDoc], namespace: str):
-        self.namespace = namespace
-        self.by_name: dict[str, list[SecretDoc]] = {}
-        for s in secrets:
-            self.by_name.setdefault(s.name, []).append(s)
-
-    def get(self, name: str) -> SecretDoc | None:
-        found = self.by_name.get(name) or []
-        for want in (lambda s: s.namespace == self.namespace, lambda s: s.namespace is None, lambda s: True):
-            matching = [s for s in found if want(s)]
-            if matching:
-                return matching[-1]
-        return None
-
-
 def referenced_secret_names(gateways: Iterable[GatewayDoc], mounts: Sequence[Mount] = DEFAULT_MOUNTS) -> list[str]:
     """Every Secret name the TLS servers of ``gateways`` would read (for fetching by name)."""
     names: list[str] = []
@@ -182,15 +163,6 @@ def referenced_secret_names(gateways: Iterable[GatewayDoc], mounts: Sequence[Mou
 def uses_file_mounts(gateways: Iterable[GatewayDoc]) -> bool:
     return any(isinstance(s.get("tls"), dict) and s["tls"].get("serverCertificate") and not credential_names(s["tls"])
                for gw in gateways for s in gw.servers)
-
-
-def credential_names(tls: dict) -> tuple[str, ...]:
-    names: list[str] = []
-    if tls.get("credentialName"):
-        names.append(str(tls["credentialName"]))
-    elif isinstance(tls.get("credentialNames"), list):
-        names.extend(str(n) for n in tls["credentialNames"] if n)
-    return tuple(n[len(SDS_PREFIX):] if n.startswith(SDS_PREFIX) else n for n in names)
 
 
 # ---------------------------------------------------------------------------------------------
