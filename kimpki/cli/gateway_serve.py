@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from kimpki.cli.common import note
-from kimpki.errors import KimpkiError, UsageError
+from kimpki.errors import UsageError
 
 EPILOG = """\b
 Examples:
@@ -64,22 +63,3 @@ def command(paths: tuple[str, ...], port: int, maps: tuple[str, ...], address: s
     # Signal handlers go in before Envoy starts: SIGTERM during start-up still stops Envoy.
     signum = gw.serve_forever(on_ready=ready)
     note("kimpki: stopped" + (f" on signal {signum}" if signum else ""))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the command on its own (``python -m kimpki.cli.gateway_serve``), with kimpki's exit codes."""
-    try:
-        command.main(args=argv, prog_name="kimpki gateway serve", standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except KimpkiError as e:
-        click.echo(f"kimpki: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
