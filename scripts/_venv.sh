@@ -26,3 +26,7 @@ if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   echo "$want" >> "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
+# Byte-compile kimpki's own modules, as a wheel install does: with PYTHONDONTWRITEBYTECODE set
+# (as on CI) every command would otherwise recompile them, ~30 ms per process. Only changed files
+# are recompiled; stale .pyc files are ignored by Python anyway (their source mtime differs).
+"$VENV/bin/python" -m compileall -q "$ROOT/kimpki" >/dev/null 2>&1 || true
