@@ -926,6 +926,8 @@ class KubeApiServer:
         _meta(obj)
         if ctx.rt.kind == "Secret" and not ctx.subresource:
             validation.normalize_secret(obj, ctx.version)
+        elif ctx.rt.kind == "Lease":
+            validation.normalize_lease(obj, ctx.version)
         return obj
 
     # -- shared write logic
@@ -963,6 +965,8 @@ class KubeApiServer:
                     else validation.validate_deployment(obj))
         elif rt.kind == "Namespace":
             errs = validation.validate_object_meta(obj["metadata"], label_names=True)
+        elif rt.kind == "Lease":
+            errs = validation.validate_lease(obj)
         else:
             errs = validation.validate_object_meta(obj["metadata"])
         if old is not None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import re
 from typing import Any
 
-from .errors import ApiError, FieldError, GoLiteral, bad_request
+from .errors import ApiError, FieldError, GoLiteral, bad_request, go_quote
 
 MAX_SECRET_SIZE = 1024 * 1024  # core.MaxSecretSize
 DNS1123_SUBDOMAIN_MAX = 253
@@ -359,6 +360,124 @@ def validate_deployment_update(new: dict, old: dict) -> list[FieldError]:
     return errs
 
 
+# --------------------------------------------------------------------------- Lease
+# metav1.RFC3339Micro: MicroTime fields (renewTime, acquireTime) are parsed with Go's
+# time.Parse against this layout, which needs exactly six fractional digits.
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+_MICRO_TIME_FIELDS = ("acquireTime", "renewTime")
+_DAYS_IN = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class GoTimeParseError(ValueError):
+    """``time.ParseError``'s text."""
+
+    def __init__(self, value: str, layout_elem: str = "", value_elem: str = "", message: str = ""):
+        if message:
+            text = f"parsing time {go_quote(value)}{message}"
+        else:
+            text = (f"parsing time {go_quote(value)} as {go_quote(RFC3339_MICRO)}: "
+                    f"cannot parse {go_quote(value_elem)} as {go_quote(layout_elem)}")
+        super().__init__(text)
+
+
+def parse_micro_time(value: str) -> dt.datetime:
+    """``time.Parse(RFC3339Micro, value)`` as Go does it, step by step through the layout, with
+    Go's error texts (a literal or number that does not fit, a value out of range, extra text)."""
+    rest = value
+    fields: dict[str, int] = {}
+    # (layout element, field name, digits) for numbers; (literal, None, 0) for separators
+    steps = [("2006", "year", 4), ("-", None, 0), ("01", "month", 2), ("-", None, 0), ("02", "day", 2),
+             ("T", None, 0), ("15", "hour", 2), (":", None, 0), ("04", "minute", 2), (":", None, 0),
+             ("05", "second", 2)]
+    limits = {"month": (1, 12), "day": (0, 31), "hour": (0, 23), "minute": (0, 59), "second": (0, 59)}
+    for elem, name, digits in steps:
+        if name is None:
+            if not rest.startswith(elem):
+                raise GoTimeParseError(value, elem, rest)
+            rest = rest[len(elem):]
+            continue
+        if len(rest) < digits or not rest[:digits].isdigit() or not rest[:digits].isascii():
+            raise GoTimeParseError(value, elem, rest)
+        fields[name], rest = int(rest[:digits]), rest[digits:]
+        lo, hi = limits.get(name, (0, 9999))
+        if not lo <= fields[name] <= hi:  # Go checks each range as soon as the number is read
+            raise GoTimeParseError(value, message=f": {name} out of range")
+    # ".000000": exactly six digits after a '.' (or ',')
+    frac = rest[:7]
+    if len(rest) < 7 or frac[0] not in ".," or not frac[1:].isdigit() or not frac[1:].isascii():
+        raise GoTimeParseError(value, ".000000", rest)
+    micro, rest = int(frac[1:]), rest[7:]
+    # "Z07:00": Z, or ±hh:mm
+    if rest.startswith("Z"):
+        offset, rest = dt.timedelta(0), rest[1:]
+    else:
+        m = re.match(r"([+-])(\d\d):(\d\d)", rest)
+        if not m:
+            raise GoTimeParseError(value, "Z07:00", rest)
+        hours, minutes = int(m.group(2)), int(m.group(3))
+        if hours > 24 or minutes > 60:  # Go's test is ">": offsets of 24 h or 60 min are accepted
+            which = "minute" if minutes > 60 else "hour"
+            raise GoTimeParseError(value, message=f": time zone offset {which} out of range")
+        sign = -1 if m.group(1) == "-" else 1
+        offset, rest = sign * dt.timedelta(hours=hours, minutes=minutes), rest[6:]
+    if rest:
+        raise GoTimeParseError(value, message=f": extra text: {go_quote(rest)}")
+    y, mo, d = fields["year"], fields["month"], fields["day"]
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if d < 1 or d > _DAYS_IN[mo - 1] + (1 if mo == 2 and leap else 0):
+        raise GoTimeParseError(value, message=": day out of range")
+    local = dt.datetime(y, mo, d, fields["hour"], fields["minute"], fields["second"], micro)
+    # Python's timezone() refuses a 24 h offset that Go accepts: convert to UTC by hand
+    return (local - offset).replace(tzinfo=dt.timezone.utc)
+
+
+def format_micro_time(t: dt.datetime) -> str:
+    """``MicroTime.MarshalJSON``: UTC, RFC3339Micro."""
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalize_lease(obj: dict, api_version: str = "v1") -> None:
+    """Decode the wire form like the real decoder: the MicroTime fields must parse as
+    RFC3339Micro (else 400 ``Lease in version "v1" cannot be handled as a Lease: parsing time
+    ...``) and are stored re-encoded in UTC; ``null`` leaves the field unset."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    for key in _MICRO_TIME_FIELDS:
+        if key not in spec:
+            continue
+        value = spec[key]
+        if value is None:
+            del spec[key]
+            continue
+        if not isinstance(value, str):
+            got = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+                "bool" if isinstance(value, bool) else "object" if isinstance(value, dict) else "array")
+            raise bad_request(f'Lease in version "{api_version}" cannot be handled as a Lease: '
+                              f"json: cannot unmarshal {got} into Go value of type string")
+        try:
+            spec[key] = format_micro_time(parse_micro_time(value))
+        except GoTimeParseError as e:
+            raise bad_request(f'Lease in version "{api_version}" cannot be handled as a Lease: {e}') from None
+
+
+def validate_lease(obj: dict) -> list[FieldError]:
+    """``ValidateLease``/``ValidateLeaseUpdate`` (pkg/apis/coordination/validation)."""
+    errs = validate_object_meta(obj.get("metadata") or {})
+    spec = obj.get("spec") or {}
+    duration = spec.get("leaseDurationSeconds")
+    if isinstance(duration, int) and duration <= 0:
+        errs.append(FieldError("FieldValueInvalid", "spec.leaseDurationSeconds", duration, "must be greater than 0"))
+    transitions = spec.get("leaseTransitions")
+    if isinstance(transitions, int) and transitions < 0:
+        errs.append(FieldError("FieldValueInvalid", "spec.leaseTransitions", transitions,
+                               "must be greater than or equal to 0"))
+    if spec.get("preferredHolder") and not spec.get("strategy"):
+        errs.append(FieldError("FieldValueForbidden", "spec.preferredHolder", None,
+                               "may only be specified if `strategy` is defined"))
+    return errs
+
+
 def raise_if(errs: list[FieldError], kind: str, group: str, name: str) -> None:
     if errs:
         from .errors import invalid
@@ -370,4 +489,5 @@ __all__ = [
     "ApiError", "normalize_secret", "validate_secret", "validate_secret_update",
     "validate_configmap", "validate_configmap_update", "default_deployment",
     "validate_deployment", "validate_deployment_update", "validate_object_meta", "raise_if",
+    "normalize_lease", "validate_lease", "parse_micro_time", "format_micro_time",
 ]
