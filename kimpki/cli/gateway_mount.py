@@ -8,7 +8,7 @@ import click
 
 from kimpki.cli.common import emit, json_option, note
 from kimpki.cli.gateway import cluster_options, load_objects, render_objects
-from kimpki.errors import KimpkiError, OperationError, UsageError
+from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 MOUNT_EPILOG = """\b
@@ -100,33 +100,15 @@ def _run(*, action: str, compute, deployment: str, namespace: str, container: st
         return
 
     from kimpki.kube import Cluster
+    from kimpki.ops.deployment_patch import patch_deployment
 
     with Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
-        for attempt in range(1, RETRIES + 1):
-            obj = cluster.get("Deployment", namespace, deployment)
-            if obj is None:
-                raise OperationError(f"no Deployment {deployment} in namespace {namespace}")
-            ops = compute(obj)
-            summary.update(ops=ops)
-            if not ops:
-                summary["action"] = "unchanged"
-                patched = obj
-                break
-            if dry_run:
-                summary["action"] = f"would be {action}"
-                patched = apply_json_patch(obj, ops)
-                break
-            try:
-                patched = cluster.json_patch("Deployment", namespace, deployment, ops)
-                summary["action"] = action
-                break
-            except KimpkiError as e:
-                # A failed 'test' means the Deployment changed under us: read it again and recompute.
-                again = cluster.get("Deployment", namespace, deployment)
-                rv = lambda o: ((o or {}).get("metadata") or {}).get("resourceVersion")  # noqa: E731
-                if attempt == RETRIES or again is None or rv(again) == rv(obj):
-                    raise
-                note(f"kimpki: deployment/{deployment} changed while patching ({e}); retrying")
+        outcome = patch_deployment(
+            cluster, namespace, deployment, compute, dry_run=dry_run, retries=RETRIES,
+            on_retry=lambda e: note(f"kimpki: deployment/{deployment} changed while patching ({e}); retrying"))
+    ops, patched = outcome.ops, outcome.object
+    summary["ops"] = ops
+    summary["action"] = {"unchanged": "unchanged", "patched": action, "would patch": f"would be {action}"}[outcome.action]
     summary["resource_version"] = (patched.get("metadata") or {}).get("resourceVersion")
     unchanged = summary["action"] == "unchanged"
     if unchanged and (as_json or output):
