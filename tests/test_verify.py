@@ -25,16 +25,12 @@ TLS12 = ssl.TLSVersion.TLSv1_2
 
 # ``verify`` is registered in kimpki.cli.main by the integrator; until then, register it here so
 # the real entry point (its error-to-exit-code mapping included) runs in a real process.
-BOOT = ("from kimpki.cli import main as m; "
-        "m.cli.lazy_commands.setdefault('verify', ('kimpki.cli.verify:command', 'Check a gateway')); m.main()")
-
-
 def verify_cli(*args, env: dict | None = None, timeout: float = 60) -> Result:
     import os
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KIMPKI_")}
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", BOOT, "verify", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "kimpki", "verify", *map(str, args)], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=full_env, timeout=timeout,
                           cwd=Path(__file__).resolve().parent.parent)
     return Result(proc.returncode, proc.stdout, proc.stderr)
