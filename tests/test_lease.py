@@ -348,6 +348,7 @@ def test_a_run_from_another_home_sees_the_lease_holder_and_does_nothing(kube_api
                 assert again.acquired
             d = second.to_dict()
             assert d["acquired"] is False and d["holder"] == first.identity and d["locks"] == []
+            assert d["busy_message"] == second.busy_message
 
 
 def test_a_waiting_run_gets_the_lease_when_the_holder_lets_go(kube_api, cluster, other_cluster):

@@ -21,6 +21,7 @@ COMMANDS = {
     "check": ("kimpki.cli.check:command", "Analyse gateway credentials: missing, invalid, expired, mismatched."),
     "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
     "rotate": ("kimpki.cli.rotate:command", "Give a credential Secret a new key and certificate, in place."),
+    "cron": ("kimpki.cli.cron:group", "Print a crontab line or Kubernetes CronJob that runs 'kimpki renew'."),
 }
 
 EPILOG = """\b

@@ -126,7 +126,8 @@ class RenewalLock:
     def to_dict(self) -> dict:
         return {"acquired": self.acquired, "identity": self.identity, "locks": list(self.locks),
                 "holder": self.holder, "holder_since": _rfc3339(self.holder_since),
-                "blocked_by": self.blocked_by, "lost": self.lost, "release_errors": list(self.release_errors)}
+                "blocked_by": self.blocked_by, "busy_message": None if self.acquired else self.busy_message,
+                "lost": self.lost, "release_errors": list(self.release_errors)}
 
 
 # --------------------------------------------------------------------------------- the home
