@@ -1,0 +1,176 @@
+"""Gateways, VirtualServices and Deployments in a folder of manifests, written in place.
+
+The folder counterpart of ``Cluster.apply`` for the objects ``kimpki apply`` writes next to the
+credential Secrets (those go through :class:`kimpki.ops.places.ManifestsPlace`): an object is
+found by kind, name and namespace in any YAML/JSON file of the folder (not recursive), and only
+its document is rewritten, atomically, and only when its content differs; other documents and
+comments stay byte-identical. A new object is appended to a file named by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kimpki.errors import OperationError, UsageError
+from kimpki.store.fs import PUBLIC_FILE, write_atomic
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+# libyaml when PyYAML has it: Secrets are long base64 lines, slow for the pure-Python scanner.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def dump_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=1 << 16)
+
+
+@dataclass
+class Found:
+    path: Path
+    text: str  # the file as read; a rewrite is refused if it changed since
+    doc_index: int
+    item_index: int | None  # inside a ``kind: List`` document
+    object: dict
+
+
+def _meta(obj: dict) -> dict:
+    m = obj.get("metadata")
+    return m if isinstance(m, dict) else {}
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0] if "/" in api_version else ""
+
+
+def _same(obj: dict, kind: str, group: str, namespace: str | None, name: str) -> bool:
+    if obj.get("kind") != kind or _group(str(obj.get("apiVersion") or "")) != group:
+        return False
+    m = _meta(obj)
+    # An object without a namespace (kubectl --dry-run=client output) matches any.
+    return m.get("name") == name and (not m.get("namespace") or namespace is None or m.get("namespace") == namespace)
+
+
+class ManifestFolder:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(f for f in self.folder.iterdir()
+                      if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MANIFEST_SUFFIXES)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[str, list]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {path}: {e}") from None
+        try:
+            docs = [json.loads(text)] if path.suffix.lower() == ".json" else list(yaml.load_all(text, Loader=LOADER))
+        except (ValueError, yaml.YAMLError) as e:
+            raise UsageError(f"{path}: not valid YAML/JSON: {' '.join(str(e).split())}") from None
+        return text, docs
+
+    def find(self, kind: str, api_version: str, namespace: str | None, name: str) -> Found | None:
+        group = _group(api_version)
+        found: list[Found] = []
+        for path in self.files():
+            text, docs = self._read(path)
+            for i, doc in enumerate(docs):
+                if not isinstance(doc, dict):
+                    continue
+                if str(doc.get("kind") or "").endswith("List") and isinstance(doc.get("items"), list):
+                    found += [Found(path, text, i, j, item) for j, item in enumerate(doc["items"])
+                              if isinstance(item, dict) and _same(item, kind, group, namespace, name)]
+                elif _same(doc, kind, group, namespace, name):
+                    found.append(Found(path, text, i, None, doc))
+        if len(found) > 1:
+            where = ", ".join(f"{f.path.name}#{f.doc_index + 1}" for f in found)
+            raise OperationError(f"{kind} {name} appears {len(found)} times in {self.folder} ({where}); "
+                                 "keep one")
+        return found[0] if found else None
+
+    def upsert(self, obj: dict, *, file_name: str, dry_run: bool = False) -> tuple[str, dict | None]:
+        """Write ``obj`` in place of the folder's copy, or add it to ``file_name``.
+        Returns ("created" | "updated" | "unchanged", the previous object)."""
+        m = _meta(obj)
+        found = self.find(obj["kind"], obj["apiVersion"], m.get("namespace"), m["name"])
+        if found is None:
+            if not dry_run:
+                self.append(file_name, obj)
+            return "created", None
+        current = found.object
+        desired = obj
+        if not _meta(current).get("namespace") and m.get("namespace"):
+            # Keep the file's own form (no namespace) rather than rewrite it for that alone.
+            desired = {**obj, "metadata": {k: v for k, v in m.items() if k != "namespace"}}
+        if current == desired:
+            return "unchanged", current
+        if not dry_run:
+            self.rewrite(found, desired)
+        return "updated", current
+
+    def append(self, file_name: str, obj: dict) -> None:
+        path = self.folder / file_name
+        if path.suffix.lower() == ".json":
+            raise UsageError(f"cannot add a document to the JSON file {path}")
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            sep = "" if not text or text.endswith("\n") else "\n"
+            new = text + sep + "---\n" + dump_yaml(obj)
+            mode = path.stat().st_mode & 0o777
+        else:
+            new, mode = dump_yaml(obj), PUBLIC_FILE
+        write_atomic(path, new.encode("utf-8"), mode)
+
+    def rewrite(self, found: Found, new: dict) -> None:
+        """Replace one document of ``found.path``; the rest of the file stays byte-identical."""
+        now_text = found.path.read_text(encoding="utf-8")
+        if now_text != found.text:
+            raise OperationError(f"{found.path} changed while kimpki was updating it; nothing written, run again")
+        if found.path.suffix.lower() == ".json":
+            doc = json.loads(found.text)
+            if found.item_index is not None:
+                doc["items"][found.item_index] = new
+            else:
+                doc = new
+            text = json.dumps(doc, indent=2) + "\n"
+        else:
+            text = replace_document(found.text, found.doc_index, found.item_index, new)
+        write_atomic(found.path, text.encode("utf-8"), found.path.stat().st_mode & 0o777)
+
+    def write_file(self, file_name: str, text: str, *, dry_run: bool = False) -> tuple[str, str | None]:
+        """Make ``file_name`` hold exactly ``text``: ("created" | "updated" | "unchanged", old text)."""
+        path = self.folder / file_name
+        old = path.read_text(encoding="utf-8") if path.exists() else None
+        if old == text:
+            return "unchanged", old
+        if not dry_run:
+            write_atomic(path, text.encode("utf-8"), (path.stat().st_mode & 0o777) if old is not None else PUBLIC_FILE)
+        return ("created" if old is None else "updated"), old
+
+
+def replace_document(text: str, doc_index: int, item_index: int | None, new: dict) -> str:
+    nodes = list(yaml.compose_all(text, Loader=LOADER))
+    node = nodes[doc_index]
+    start, end = node.start_mark.index, node.end_mark.index
+    # A block mapping's end mark runs over trailing comments and blank lines: keep those.
+    lines = text[start:end].splitlines(keepends=True)
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
+        lines.pop()
+    end = start + sum(len(line) for line in lines)
+    if item_index is not None:
+        doc = yaml.load(text[start:end], Loader=LOADER)
+        doc["items"][item_index] = new
+        body = dump_yaml(doc)
+    else:
+        body = dump_yaml(new)
+    if end < len(text) and not body.endswith("\n"):
+        body += "\n"
+    if lines and not lines[-1].endswith("\n") and text[end:end + 1] == "\n":
+        end += 1  # a flow mapping ends before its line break; ``body`` brings its own
+    return text[:start] + body + text[end:]

@@ -1,0 +1,516 @@
+"""Load and check policy files: YAML documents → a :class:`~kimpki.policy.model.Policy`.
+
+Two passes. The first reads each document on its own (kind, fields, types, names, durations,
+host names); the second checks what documents say about each other (references, duplicates,
+a client certificate used as a server credential, hosts outside a CA's constraints, mounts for
+file-mounted servers) and renders every Gateway, checking it by Istio's rules and, when the
+``jsonschema`` package is installed, against the CRD schema kimpki ships. Every problem is a
+:class:`~kimpki.policy.source.PolicyError`: one line ``FILE:LINE: message``, exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from kimpki.errors import KimpkiError, UsageError
+from kimpki.istio import contract as c
+from kimpki.istio.credential import CredentialSpec, default_ca_file_name
+from kimpki.pki.constraints import NameConstraints, violations
+from kimpki.pki.durations import parse_duration
+from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
+from kimpki.pki.names import parse_host, parse_hosts, safe_store_name
+from kimpki.pki.renewal import RenewBefore
+from kimpki.policy import model as m
+from kimpki.policy.source import Document, Fields, PolicyError, Where, read_documents, scalar_value, where_of
+
+KINDS = ("Target", "CertificateAuthority", "Certificate", "Credential", "GatewayMount", "Gateway")
+NAMESPACED = ("Credential", "GatewayMount", "Gateway")
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def load_policy(paths: Iterable[str | Path]) -> m.Policy:
+    """Read and check every policy file under ``paths``; a PolicyError for the first problem."""
+    paths = list(paths)
+    docs = read_documents(paths)
+    if not docs:
+        raise UsageError(f"no policy documents in {', '.join(map(str, paths))}")
+    raw = [_read(d) for d in docs]
+    return _link(raw, tuple(dict.fromkeys(d.file for d in docs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: one document at a time
+# ---------------------------------------------------------------------------------------------
+
+class _Raw:
+    """A document read on its own; ``target`` still a name (or None for "the only one")."""
+
+    def __init__(self, kind: str, name: str, namespace: str | None, where: Where, value, refs: dict[str, Where]):
+        self.kind, self.name, self.namespace, self.where, self.value, self.refs = kind, name, namespace, where, value, refs
+
+
+def _read(doc: Document) -> _Raw:
+    top = Fields(doc.file, doc.node, "", "")
+    top.allow("apiVersion", "kind", "metadata", "spec")
+    api = top.string("apiVersion", required=True)
+    if api != m.API_VERSION:
+        raise top.error(top.node_of("apiVersion"), f"apiVersion must be {m.API_VERSION}, not {api}")
+    kind = top.string("kind", required=True)
+    if kind not in KINDS:
+        raise top.error(top.node_of("kind"), f"unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    meta = top.mapping("metadata", what=kind, required=True)
+    meta.allow(*(("name", "namespace") if kind in NAMESPACED else ("name",)))
+    name = meta.string("name", required=True)
+    what = f"{kind} {name}"
+    meta.what = what
+    _check_name(kind, name, meta)
+    namespace = None
+    if kind in NAMESPACED:
+        namespace = meta.string("namespace", default=c.DEFAULT_NAMESPACE)
+        if not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+            raise meta.error(meta.node_of("namespace"), f"metadata.namespace {namespace!r} is not a valid namespace "
+                                                        "(lower-case letters, digits and '-', at most 63)")
+    spec_node = top.node_of("spec")
+    if spec_node is None:
+        raise top.error(doc.node, f"{what}: spec is required")
+    spec = Fields(doc.file, spec_node, "spec", what)
+    reader = {"Target": _target, "CertificateAuthority": _authority, "Certificate": _certificate,
+              "Credential": _credential, "GatewayMount": _mount, "Gateway": _gateway}[kind]
+    refs: dict[str, Where] = {}
+    value = reader(doc, name, namespace, spec, refs)
+    return _Raw(kind, name, namespace, meta.where("name"), value, refs)
+
+
+def _check_name(kind: str, name: str, meta: Fields) -> None:
+    node = meta.node_of("name")
+    if kind in ("CertificateAuthority", "Certificate"):
+        meta.check("name", node, lambda: safe_store_name(name))
+    elif not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+        raise meta.error(node, f"metadata.name {name!r} is not a valid Kubernetes name "
+                               "(lower-case letters, digits, '-' and '.', at most 253)")
+    if kind == "GatewayMount" and (not _DNS_LABEL.fullmatch(name) or len(name) > 63):
+        raise meta.error(node, f"metadata.name {name!r} is the volume's name: lower-case letters, digits and '-', "
+                               "at most 63")
+
+
+def _duration(spec: Fields, key: str, default: str):
+    text, node = spec.text_or_number(key, default=default)
+    return spec.check(key, node, lambda: parse_duration(text))
+
+
+def _key_type(spec: Fields):
+    text = spec.string("keyType", default=DEFAULT_KEY_TYPE.value)
+    return spec.check("keyType", spec.node_of("keyType"), lambda: parse_key_type(text))
+
+
+def _relative(doc: Document, text: str) -> Path:
+    p = Path(os.path.expanduser(text))
+    return p if p.is_absolute() else (doc.path.parent / p).resolve()
+
+
+def _target(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Target:
+    spec.allow("manifests", "cluster")
+    if spec.has("manifests") == spec.has("cluster"):
+        raise spec.error(spec.node, "spec needs exactly one of manifests (a folder) or cluster")
+    where = where_of(doc.file, doc.node)
+    if spec.has("manifests"):
+        return m.Target(name, where, manifests=_relative(doc, spec.string("manifests")))
+    cluster = spec.mapping("cluster")
+    cluster.allow("context", "kubeconfig")
+    kubeconfig = cluster.string("kubeconfig")
+    return m.Target(name, where, kubeconfig=str(_relative(doc, kubeconfig)) if kubeconfig else None,
+                    context=cluster.string("context"))
+
+
+def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.CertificateAuthority:
+    spec.allow("org", "commonName", "keyType", "duration", "parent", "passphrase", "constraints")
+    key_type = _key_type(spec)
+    duration = _duration(spec, "duration", "3650d")
+    parent = spec.string("parent")
+    if parent:
+        refs["parent"] = spec.where("parent")
+    passphrase = None
+    pnode = spec.node_of("passphrase")
+    if pnode is not None:
+        if not isinstance(pnode, yaml.MappingNode):
+            raise spec.error(pnode, "spec.passphrase must be {file: PATH} or {env: VARIABLE}; a passphrase is "
+                                    "never written into a policy")
+        p = spec.mapping("passphrase")
+        p.allow("file", "env")
+        if p.has("file") == p.has("env"):
+            raise p.error(pnode, "spec.passphrase needs exactly one of file or env")
+        if p.has("file"):
+            passphrase = m.PassphraseRef(file=_relative(doc, p.string("file")))
+        else:
+            env = p.string("env")
+            if not _ENV_NAME.fullmatch(env):
+                raise p.error(p.node_of("env"), f"spec.passphrase.env {env!r} is not an environment variable name")
+            passphrase = m.PassphraseRef(env=env)
+    constraints = None
+    cf = spec.mapping("constraints")
+    if cf is not None:
+        cf.allow("allowedDomains", "allowBareDomains", "allowSubdomains", "allowWildcards", "allowIPs", "maxDuration")
+        domains = []
+        for text, node in cf.strings("allowedDomains"):
+            h = cf.check("allowedDomains", node, lambda: parse_host(text))
+            if h.is_ip or h.value.startswith("*"):
+                raise cf.error(node, f"spec.constraints.allowedDomains: {text!r} is not a domain name "
+                                     "(wildcards and IPs are allowed with allowWildcards and allowIPs)")
+            domains.append(h.value)
+        max_duration = None
+        if cf.has("maxDuration"):
+            max_duration = _duration(cf, "maxDuration", "")
+        flags = dict(allow_bare_domains=cf.boolean("allowBareDomains", True),
+                     allow_subdomains=cf.boolean("allowSubdomains", True),
+                     allow_wildcards=cf.boolean("allowWildcards", False),
+                     allow_ips=cf.boolean("allowIPs", False))
+        constraints = cf.check("constraints", None, lambda: NameConstraints(
+            allowed_domains=tuple(dict.fromkeys(domains)), max_duration=max_duration, **flags))
+    return m.CertificateAuthority(name, where_of(doc.file, doc.node), org=spec.string("org"),
+                                  common_name=spec.string("commonName"), key_type=key_type, duration=duration,
+                                  parent=parent, passphrase=passphrase, constraints=constraints)
+
+
+def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Certificate:
+    spec.allow("hosts", "usage", "ca", "org", "keyType", "duration", "renewBefore")
+    hosts = []
+    for text, node in spec.strings("hosts", required=True, non_empty=True):
+        h = spec.check("hosts", node, lambda: parse_hosts([text])[0])
+        if h.value not in hosts:
+            hosts.append(h.value)
+    usage = spec.string("usage", default="server")
+    if usage not in ("server", "client"):
+        raise spec.error(spec.node_of("usage"), f"spec.usage must be server or client, not {usage!r}")
+    ca = spec.string("ca", required=True)
+    refs["ca"] = spec.where("ca")
+    rb_text, rb_node = spec.text_or_number("renewBefore")
+    rb = RenewBefore.parse(None)
+    if rb_text is not None:
+        try:
+            rb = RenewBefore.parse(rb_text)
+        except UsageError:
+            raise spec.error(rb_node, f"spec.renewBefore must be a duration (30d, 12h) or a percentage of the "
+                                      f"lifetime (25%), not {rb_text!r}") from None
+    refs["hosts"] = spec.where("hosts")
+    return m.Certificate(name, where_of(doc.file, doc.node), hosts=tuple(hosts), ca=ca, usage=usage,
+                         org=spec.string("org"), key_type=_key_type(spec), duration=_duration(spec, "duration", "90d"),
+                         renew_before=rb, renew_before_text=rb_text)
+
+
+def _target_ref(spec: Fields, refs) -> str | None:
+    target = spec.string("target")
+    if target:
+        refs["target"] = spec.where("target")
+    return target
+
+
+def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
+    spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target")
+    certificate = spec.string("certificate", required=True)
+    refs["certificate"] = spec.where("certificate")
+    delivery = spec.string("delivery", default="sds")
+    if delivery not in ("sds", "file-mounted"):
+        raise spec.error(spec.node_of("delivery"), f"spec.delivery must be sds or file-mounted, not {delivery!r}")
+    fmt = spec.string("format", default="tls" if delivery == "file-mounted" else "generic")
+    if fmt not in ("generic", "tls"):
+        raise spec.error(spec.node_of("format"), f"spec.format must be generic or tls, not {fmt!r}")
+    mode = spec.string("mode", default="SIMPLE").upper()
+    if mode not in ("SIMPLE", "MUTUAL"):
+        raise spec.error(spec.node_of("mode"), f"spec.mode must be SIMPLE or MUTUAL, not {spec.string('mode')!r}")
+    client_ca = spec.string("clientCA")
+    if client_ca:
+        refs["clientCA"] = spec.where("clientCA")
+        if mode != "MUTUAL":
+            raise spec.error(spec.node_of("clientCA"), "spec.clientCA is the CA client certificates are checked "
+                                                       "against: it needs mode: MUTUAL")
+    ca_secret = spec.boolean("caSecret", False)
+    ca_file_name = spec.string("caFileName")
+    if delivery == "file-mounted" and fmt != "tls":
+        raise spec.error(spec.node_of("format"), "a file-mounted credential is always in the TLS form "
+                                                 "(tls.crt, tls.key): drop format: generic")
+    if ca_secret and (mode != "MUTUAL" or delivery != "sds"):
+        raise spec.error(spec.node_of("caSecret"), "spec.caSecret (the CA bundle in a separate Secret NAME-cacert) "
+                                                   "is for MUTUAL credentials delivered by SDS")
+    if ca_file_name is not None:
+        if mode != "MUTUAL" or delivery != "file-mounted":
+            raise spec.error(spec.node_of("caFileName"), "spec.caFileName is for file-mounted MUTUAL credentials")
+        if "/" in ca_file_name or ca_file_name in (".", ".."):
+            raise spec.error(spec.node_of("caFileName"), f"spec.caFileName must be a plain file name, "
+                                                         f"not {ca_file_name!r}")
+    cred = m.Credential(name, namespace, where_of(doc.file, doc.node), certificate=certificate,
+                        target=_target_ref(spec, refs), format=fmt, mode=mode, ca_secret=ca_secret,
+                        client_ca=client_ca, delivery=delivery, ca_file_name=ca_file_name)
+    spec.check("", None, lambda: credential_spec(cred, "x"))  # any rule CredentialSpec adds later
+    return cred
+
+
+def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
+    """The :class:`CredentialSpec` for a policy credential; ``ca_name`` is the CA it publishes."""
+    ca_file = None
+    if cred.file_mounted and cred.mutual:
+        ca_file = cred.ca_file_name or default_ca_file_name(ca_name)
+    return CredentialSpec(name=cred.name, namespace=cred.namespace, format=cred.format, mutual=cred.mutual,
+                          ca_secret=cred.ca_secret, file_mounted=cred.file_mounted, ca_file_name=ca_file)
+
+
+def _mount(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.GatewayMount:
+    spec.allow("secret", "mountPath", "deployment", "container", "target")
+    secret = spec.string("secret", required=True)
+    if not _DNS_SUBDOMAIN.fullmatch(secret):
+        raise spec.error(spec.node_of("secret"), f"spec.secret {secret!r} is not a valid Secret name")
+    mount_path = spec.string("mountPath", required=True)
+    if not mount_path.startswith("/"):
+        raise spec.error(spec.node_of("mountPath"), f"spec.mountPath must be absolute, not {mount_path!r}")
+    refs["secret"] = spec.where("secret")
+    return m.GatewayMount(name, namespace, where_of(doc.file, doc.node), secret=secret,
+                          mount_path=os.path.normpath(mount_path), target=_target_ref(spec, refs),
+                          deployment=spec.string("deployment", default=c.GATEWAY_DEPLOYMENT),
+                          container=spec.string("container", default=c.GATEWAY_CONTAINER))
+
+
+def _gateway(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Gateway:
+    from kimpki.istio.gateway import API_VERSIONS, parse_service
+
+    spec.allow("servers", "virtualService", "selector", "istioApiVersion", "target")
+    servers = []
+    for sf in spec.mappings("servers", required=True):
+        sf.allow("credential", "hosts", "portName")
+        hosts = tuple(sf.check("hosts", node, lambda: parse_hosts([text])[0].value)
+                      for text, node in sf.strings("hosts", non_empty=sf.has("hosts")))
+        servers.append(m.GatewayServer(sf.string("credential", required=True), sf.where("credential"),
+                                       hosts=hosts, port_name=sf.string("portName")))
+    version = spec.string("istioApiVersion", default="v1")
+    if version not in API_VERSIONS:
+        raise spec.error(spec.node_of("istioApiVersion"),
+                         f"spec.istioApiVersion must be one of {', '.join(API_VERSIONS)}, not {version!r}")
+    selector = spec.string_map("selector")
+    vs = None
+    vf = spec.mapping("virtualService")
+    if vf is not None:
+        vf.allow("name", "service", "serviceNamespace")
+        text = vf.string("service", required=True)
+        try:
+            service, port = parse_service(text)
+        except UsageError:
+            raise vf.error(vf.node_of("service"), f"spec.virtualService.service must be SERVICE:PORT "
+                                                  f"(e.g. kim-gateway-service:8080), not {text!r}") from None
+        vs = m.VirtualServiceRoute(vf.string("name", default=f"{name}-service"), service, port,
+                                   vf.string("serviceNamespace", default="default"))
+    gw = m.Gateway(name, namespace, where_of(doc.file, doc.node), servers=tuple(servers),
+                   target=_target_ref(spec, refs), istio_api_version=version, virtual_service=vs)
+    if selector is not None:
+        gw = replace(gw, selector=tuple(selector.items()))
+    return gw
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: documents together
+# ---------------------------------------------------------------------------------------------
+
+def _err(where: Where, what: str, message: str) -> PolicyError:
+    return PolicyError(where, f"{what}: {message}")
+
+
+def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
+    seen: dict[tuple, _Raw] = {}
+    for r in raws:
+        key = (r.kind, r.name)  # names are unique per kind (Credentials across namespaces too)
+        if key in seen:
+            raise _err(r.where, f"{r.kind} {r.name}", f"duplicate name (also defined at {seen[key].where})")
+        seen[key] = r
+    by_kind = {k: [r for r in raws if r.kind == k] for k in KINDS}
+
+    targets = {r.name: r.value for r in by_kind["Target"]}
+    manifests_of: dict[Path, m.Target] = {}
+    for t in targets.values():
+        if t.manifests is not None:
+            if t.manifests in manifests_of:
+                raise _err(t.where, f"Target {t.name}", f"same folder as Target {manifests_of[t.manifests].name}")
+            manifests_of[t.manifests] = t
+
+    def target_of(r: _Raw) -> m.Target:
+        what = f"{r.kind} {r.name}"
+        name = r.value.target
+        if name is None:
+            if len(targets) == 1:
+                return next(iter(targets.values()))
+            if not targets:
+                raise _err(r.where, what, "there is no Target: add a Target document (manifests: DIR or cluster)")
+            raise _err(r.where, what, f"spec.target is required when there are several Targets "
+                                      f"({', '.join(sorted(targets))})")
+        if name not in targets:
+            raise _err(r.refs["target"], what, f"spec.target {name!r} is not a Target in the policy "
+                                               f"(Targets: {', '.join(sorted(targets)) or 'none'})")
+        return targets[name]
+
+    # Authorities: parents exist, no cycles, parents first.
+    cas = {r.name: r for r in by_kind["CertificateAuthority"]}
+    ordered: list[m.CertificateAuthority] = []
+    state: dict[str, str] = {}
+
+    def visit(r: _Raw, chain: list[str]) -> None:
+        if state.get(r.name) == "done":
+            return
+        if state.get(r.name) == "visiting":
+            raise _err(r.refs.get("parent", r.where), f"CertificateAuthority {r.name}",
+                       f"parent cycle: {' -> '.join(chain + [r.name])}")
+        state[r.name] = "visiting"
+        parent = r.value.parent
+        if parent is not None:
+            if parent not in cas:
+                raise _err(r.refs["parent"], f"CertificateAuthority {r.name}",
+                           f"spec.parent {parent!r} is not a CertificateAuthority in the policy{_known(cas)}")
+            visit(cas[parent], chain + [r.name])
+        state[r.name] = "done"
+        ordered.append(r.value)
+
+    for r in by_kind["CertificateAuthority"]:
+        visit(r, [])
+    authorities = {a.name: a for a in ordered}
+
+    certificates: list[m.Certificate] = []
+    for r in by_kind["Certificate"]:
+        cert: m.Certificate = r.value
+        what = f"Certificate {cert.name}"
+        if cert.ca not in authorities:
+            raise _err(r.refs["ca"], what, f"spec.ca {cert.ca!r} is not a CertificateAuthority in the policy{_known(cas)}")
+        # Constraints of the CA and every CA above it, as issuance will apply them.
+        hosts = parse_hosts(list(cert.hosts))
+        a: m.CertificateAuthority | None = authorities[cert.ca]
+        while a is not None:
+            if a.constraints is not None:
+                problems = violations(a.constraints, hosts, cert.duration)
+                if problems:
+                    raise _err(r.refs["hosts"], what, f"CA {a.name} does not allow it: {problems[0]}")
+            a = authorities.get(a.parent) if a.parent else None
+        certificates.append(cert)
+    certs_by_name = {x.name: x for x in certificates}
+
+    credentials: list[m.Credential] = []
+    secret_names: dict[tuple, str] = {}
+    for r in by_kind["Credential"]:
+        cred: m.Credential = r.value
+        what = f"Credential {cred.name}"
+        cert = certs_by_name.get(cred.certificate)
+        if cert is None:
+            raise _err(r.refs["certificate"], what, f"spec.certificate {cred.certificate!r} is not a Certificate "
+                                                    f"in the policy{_known(certs_by_name)}")
+        if cert.usage != "server":
+            raise _err(r.refs["certificate"], what, f"certificate {cert.name} is a client certificate (usage: client), "
+                                                    "not a server credential")
+        if cred.client_ca is not None and cred.client_ca not in authorities:
+            raise _err(r.refs["clientCA"], what, f"spec.clientCA {cred.client_ca!r} is not a CertificateAuthority "
+                                                 f"in the policy{_known(cas)}")
+        cred = replace(cred, target=target_of(r))
+        spec = credential_spec(cred, cred.client_ca or cert.ca)
+        for secret in [spec.secret_name] + ([c.cacert_secret_name(spec.secret_name)] if spec.ca_secret else []):
+            key = (cred.target.name, cred.namespace, secret)
+            if key in secret_names and secret != c.FILE_MOUNTED_CA_SECRET:
+                raise _err(r.where, what, f"Secret {cred.namespace}/{secret} is also written by {secret_names[key]}")
+            secret_names[key] = what
+        credentials.append(cred)
+    creds_by_name = {x.name: x for x in credentials}
+
+    mounts: list[m.GatewayMount] = []
+    mount_keys: dict[tuple, m.GatewayMount] = {}
+    for r in by_kind["GatewayMount"]:
+        mount = replace(r.value, target=target_of(r))
+        key = (mount.target.name, mount.namespace, mount.deployment, mount.mount_path)
+        if key in mount_keys:
+            raise _err(r.where, f"GatewayMount {mount.name}",
+                       f"{mount.mount_path} is also mounted by GatewayMount {mount_keys[key].name}")
+        mount_keys[key] = mount
+        mounts.append(mount)
+
+    gateways = [_link_gateway(r, replace(r.value, target=target_of(r)), creds_by_name, certs_by_name, mounts)
+                for r in by_kind["Gateway"]]
+    return m.Policy(files, tuple(targets.values()), tuple(ordered), tuple(certificates), tuple(credentials),
+                    tuple(mounts), tuple(gateways))
+
+
+def _known(names) -> str:
+    return f" (known: {', '.join(sorted(names))})" if names else " (there are none)"
+
+
+def _covered(host: str, cert_hosts: tuple[str, ...]) -> bool:
+    if host in cert_hosts:
+        return True
+    first, _, rest = host.partition(".")
+    return f"*.{rest}" in cert_hosts and first != "*"
+
+
+def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs: dict[str, m.Certificate],
+                  mounts: list[m.GatewayMount]) -> m.Gateway:
+    from kimpki.istio import gateway as g
+
+    what = f"Gateway {gw.name}"
+    specs = []
+    for s in gw.servers:
+        cred = creds.get(s.credential)
+        if cred is None:
+            raise _err(s.where, what, f"credential {s.credential!r} is not a Credential in the policy{_known(creds)}")
+        if cred.target != gw.target:
+            raise _err(s.where, what, f"credential {cred.name} goes to Target {cred.target.name}, the Gateway to "
+                                      f"Target {gw.target.name}: a gateway reads credentials where it runs")
+        cert = certs[cred.certificate]
+        for h in s.hosts:
+            if not _covered(h, cert.hosts):
+                raise _err(s.where, what, f"host {h} is not covered by certificate {cert.name} "
+                                          f"({', '.join(cert.hosts)})")
+        hosts = s.hosts or cert.hosts
+        try:
+            if cred.file_mounted:
+                mount_path = _mount_path(cred, mounts, s.where, what)
+                spec = g.ServerSpec.file_mounted(hosts, cred.mode, mount_path,
+                                                 ca_file_name=credential_spec(cred, cred.client_ca or cert.ca).ca_file_name)
+            else:
+                spec = g.ServerSpec.sds(hosts, cred.name, cred.mode)
+            if s.port_name:
+                spec = replace(spec, port_name=s.port_name)
+        except PolicyError:
+            raise
+        except KimpkiError as e:
+            raise _err(s.where, what, str(e)) from None
+        specs.append(spec)
+    objs = [g.render_gateway(gw.name, specs, namespace=gw.namespace, api_version=gw.istio_api_version,
+                             selector=dict(gw.selector))]
+    problems = g.validate_gateway(objs[0])
+    if problems:
+        raise _err(gw.where, what, f"Istio would not accept it: {problems[0]}")
+    if gw.virtual_service is not None:
+        vs = gw.virtual_service
+        objs.append(g.render_virtual_service(vs.name, [h for sp in specs for h in sp.hosts], gw.name,
+                                             namespace=gw.namespace, service=vs.service, service_port=vs.port,
+                                             service_namespace=vs.service_namespace,
+                                             api_version=gw.istio_api_version))
+    from kimpki.istio import schema
+
+    if schema.available():
+        for o in objs:
+            errs = schema.validate(o)
+            if errs:
+                raise _err(gw.where, what, f"the rendered {o['kind']} does not match Istio's {o['apiVersion']} "
+                                           f"schema: {errs[0]}")
+    return replace(gw, objects=tuple(objs))
+
+
+def _mount_path(cred: m.Credential, mounts: list[m.GatewayMount], where: Where, what: str) -> str:
+    if cred.name == c.FILE_MOUNTED_CERTS_SECRET:
+        return c.FILE_MOUNTED_CERTS_PATH  # the legacy mount every ingress gateway has
+    found = [x for x in mounts if x.secret == cred.name and x.target == cred.target and x.namespace == cred.namespace]
+    if not found:
+        raise _err(where, what, f"credential {cred.name} is file-mounted, but no GatewayMount mounts Secret "
+                                f"{cred.name} (add one, e.g. mountPath: /etc/istio/{cred.name.removeprefix('istio-')})")
+    return found[0].mount_path
+
+
+__all__ = ["load_policy", "credential_spec", "PolicyError", "scalar_value"]
