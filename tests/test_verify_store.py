@@ -46,3 +46,20 @@ def test_verify_all_checks_every_server_certificate_concurrently(kimpki):
 def test_verify_usage_errors(kimpki):
     assert_one_line_error(kimpki("verify"), 2, "give HOST")
     assert_one_line_error(kimpki("verify", "--all", "kim.example.com"), 2, "--all")
+
+
+def test_verify_all_checks_a_mutual_gateway_with_a_client_certificate_from_the_store(kimpki):
+    kimpki.ok("ca", "init", "example.com")
+    server = kimpki.json("issue", "kim-new.example.com")
+    with TLSServer(issued(server), client_ca=Path(server["ca"])) as srv:
+        # No client certificate yet: the refusal says how to make --all able to check it.
+        res = kimpki("verify", "--all", "--connect", f"127.0.0.1:{srv.port}", "--json")
+        (row,) = res.json
+        assert (res.code, row["reason"]) == (1, "client_certificate_refused")
+        assert "kimpki issue --client NAME --ca example.com" in row["message"]
+        client = kimpki.json("issue", "--client", "kim-client.example.com")
+        (row,) = kimpki.json("verify", "--all", "--connect", f"127.0.0.1:{srv.port}")
+        assert row["ok"] and row["mode"] == "mutual", row
+        assert row["client_certificate"] and "kim-client.example.com" in row["client_certificate"]
+        assert [c["name"] for c in row["checks"] if c["name"] == "current"] == ["current"]
+    assert client["kind"] == "client"

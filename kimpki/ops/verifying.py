@@ -40,10 +40,43 @@ def inventory_targets(store: Store, *, connect: str | None, http_path: str | Non
     return out
 
 
+def client_for(store: Store, server: CertRecord) -> CertRecord | None:
+    """A current client certificate (with its key) from the CA that issued ``server``: the one
+    --all presents when a gateway asks for a client certificate."""
+    clients = [r for r in store.list_certs() if r.kind == "client" and r.has_key]
+    same_ca = [r for r in clients if r.ca == server.ca]
+    if same_ca:
+        return same_ca[-1]
+    try:
+        root = server.ca_path.read_bytes()
+    except OSError:
+        return None
+    same_root = [r for r in clients if r.ca_path.exists() and r.ca_path.read_bytes() == root]
+    return same_root[-1] if same_root else None
+
+
 def verify_all(store: Store, *, connect: str | None, http_path: str | None, timeout: float,
                max_workers: int = 32) -> list[Report]:
+    """Check every current server certificate; a gateway that demands a client certificate
+    (MUTUAL) is checked again as MUTUAL with a client certificate of the same CA from the store."""
     pairs = inventory_targets(store, connect=connect, http_path=http_path, timeout=timeout)
     reports = check_many([t for t, _ in pairs], max_workers=max_workers)
+    retry: list[tuple[int, Target]] = []
+    for i, (report, (target, rec)) in enumerate(zip(reports, pairs)):
+        if report.reason is not Reason.CLIENT_CERTIFICATE_REFUSED:
+            continue
+        client = client_for(store, rec)
+        if client is None:
+            report.message = (f"{report.message}; no client certificate from CA {rec.ca} in the store to check "
+                              f"it as MUTUAL: issue one with 'kimpki issue --client NAME --ca {rec.ca}'")
+            continue
+        retry.append((i, make_target(target.host, connect=connect, ca_file=str(rec.ca_path),
+                                     client_cert=str(client.cert_path), client_key=str(client.key_path),
+                                     mode="mutual", http_path=http_path, timeout=timeout,
+                                     ca_label=f"CA {rec.ca}", client_label=f"client {client.name}")))
+    if retry:
+        for (i, _), report in zip(retry, check_many([t for _, t in retry], max_workers=max_workers)):
+            reports[i] = report
     for report, (_, rec) in zip(reports, pairs):
         compare_with_store(report, rec)
     return reports
