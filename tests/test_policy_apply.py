@@ -465,3 +465,78 @@ def test_a_manifests_target_never_imports_kubernetes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED []" in proc.stdout, proc.stdout
     assert (policies / "out" / "kim-credential.yaml").exists()
+
+
+def test_a_rotated_ca_stands_for_the_policys_ca(tmp_path):
+    """After 'kimpki ca rotate' (and 'retire'), the successor is the policy's CA: apply does not move
+    certificates back to the old CA, keeps the constraints on every generation, and issues from the
+    successor."""
+    k = Kimpki(tmp_path / "home", tmp_path)
+    policies = copy_policies(tmp_path / "policies")
+    out = policies / "out"
+    k.ok("apply", "-f", policies)
+    k.ok("ca", "rotate", "example.com", "--manifests", out)
+    assert k.ok("plan", "-f", policies).out.strip() == "no changes"
+    k.ok("ca", "retire", "example.com", "--manifests", out)
+    assert k.ok("plan", "-f", policies).out.strip() == "no changes"
+    successor = next(c["name"] for c in k.json("ca", "list") if c["name"] != "example.com")
+    assert_one_line_error(k("issue", "evil.com", "--ca", successor), 1,
+                          f"CA '{successor}' refuses this certificate: evil.com is not in allowedDomains")
+
+    certs = policies / "certificates.yaml"
+    certs.write_text(certs.read_text().replace("hosts: [kim.example.com]", "hosts: [kim.example.com, www.kim.example.com]"))
+    report = k.json("apply", "-f", policies)
+    assert actions(report)[:2] == [("issue", "Certificate", "kim.example.com"), ("update", "Secret", "kim-credential")]
+    store = Store.open(k.home)
+    try:
+        assert store.get_cert("kim.example.com").ca == successor
+    finally:
+        store.close()
+    assert k.ok("apply", "-f", policies).out.strip() == "no changes"
+
+
+def test_encrypted_ca_and_intermediate_from_a_policy(tmp_path):
+    k = Kimpki(tmp_path / "home", tmp_path)
+    policies = tmp_path / "p"
+    policies.mkdir()
+    (policies / "root.pass").write_text("correct horse\n")
+    (policies / "pki.yaml").write_text("""\
+apiVersion: kimpki.io/v1alpha1
+kind: Target
+metadata: {name: local}
+spec: {manifests: out}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: root}
+spec:
+  passphrase: {file: root.pass}
+  constraints: {allowedDomains: [example.com]}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: issuing}
+spec:
+  parent: root
+  duration: 365d
+  passphrase: {env: ISSUING_PASSPHRASE}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: kim.example.com}
+spec: {hosts: [kim.example.com], ca: issuing}
+""")
+    res = k("apply", "-f", policies)
+    assert_one_line_error(res, 2, f"{policies}/pki.yaml:13: CertificateAuthority issuing: $ISSUING_PASSPHRASE "
+                                  "(its passphrase) is not set")
+    assert k.json("ca", "list") == []  # refused before anything changed
+    env = {"ISSUING_PASSPHRASE": "battery staple"}
+    report = k.json("apply", "-f", policies, env=env)
+    assert actions(report) == [("create", "CertificateAuthority", "root"), ("set", "Constraints", "root"),
+                               ("create", "CertificateAuthority", "issuing"), ("issue", "Certificate", "kim.example.com")]
+    cas = {c["name"]: c for c in k.json("ca", "list")}
+    assert (cas["root"]["encrypted"], cas["issuing"]["encrypted"], cas["issuing"]["parent"]) == (True, True, "root")
+    # The root's constraints hold below the intermediate too.
+    res = k("issue", "evil.com", "--ca", "issuing", env={"KIMPKI_CA_PASSPHRASE": "battery staple"})
+    assert_one_line_error(res, 1, "CA 'root' (above CA 'issuing') refuses this certificate")
+    assert k.ok("apply", "-f", policies, env=env).out.strip() == "no changes"

@@ -3,8 +3,9 @@
 One walk, in dependency order, that either only looks (plan) or also acts (apply):
 
 1. CAs: created when the store has none of that name, never replaced (that is ``kimpki ca
-   rotate``); a CA that differs from the policy is reported as a warning. Their name
-   constraints are stored, so every later issuance (this one and ``kimpki issue``) obeys them.
+   rotate``, whose successor then stands for the policy's CA); a CA that differs from the policy
+   is reported as a warning. Their name constraints are stored, for every generation, so every
+   later issuance (this one and ``kimpki issue``) obeys them.
 2. Certificates: issued when missing, or when the current one no longer matches the policy:
    hosts, usage, CA, key type or organisation changed, no private key in the store, or inside
    its renewal window (``renewBefore``; default the last third of its lifetime).
@@ -40,7 +41,7 @@ from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace
 from kimpki.pki import parse
 from kimpki.pki.profiles import LeafKind
 from kimpki.pki.renewal import renewal_due
-from kimpki.policy import credential_spec
+from kimpki.policy import PolicyError, credential_spec
 from kimpki.policy import model as m
 from kimpki.store import Store
 from kimpki.store.fs import ensure_private_dir
@@ -160,15 +161,15 @@ def _passphrase(ca: m.CertificateAuthority | None) -> bytes | None:
         try:
             lines = ref.file.read_bytes().splitlines()
         except OSError as e:
-            raise UsageError(f"{ca.where}: CertificateAuthority {ca.name}: cannot read the passphrase file "
-                             f"{ref.file}: {e.strerror}") from None
+            raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: cannot read the passphrase file "
+                                        f"{ref.file}: {e.strerror}") from None
         if not lines or not lines[0]:
-            raise UsageError(f"{ca.where}: CertificateAuthority {ca.name}: the passphrase file {ref.file} is empty")
+            raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: the passphrase file {ref.file} is empty")
         return lines[0]
     env = ref.env if ref is not None else PASSPHRASE_ENV
     value = os.environ.get(env)
     if ref is not None and not value:
-        raise UsageError(f"{ca.where}: CertificateAuthority {ca.name}: ${env} (its passphrase) is not set")
+        raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: ${env} (its passphrase) is not set")
     return value.encode() if value else None
 
 
@@ -185,6 +186,9 @@ def _passphrase_source(policy: m.Policy):
 def converge(policy: m.Policy, store: Store, *, now: datetime, execute: bool, force: bool = False) -> Report:
     """Compare (``execute=False``: a plan) or converge (``execute=True``) the store and targets."""
     report = Report(policy.files, execute)
+    for ca in policy.authorities:  # a missing passphrase stops the run before anything changes
+        if ca.passphrase is not None:
+            _passphrase(ca)
     targets = _Targets(execute)
     try:
         _authorities(policy, store, report, now, execute)
@@ -200,6 +204,8 @@ def converge(policy: m.Policy, store: Store, *, now: datetime, execute: bool, fo
 
 def _at(obj, e: KimpkiError, what: str) -> KimpkiError:
     """``e`` with the policy location and object in front, same type (same exit code)."""
+    if isinstance(e, PolicyError):
+        return e  # placed already (a CA's passphrase, read while issuing a certificate)
     err = type(e).__new__(type(e))
     KimpkiError.__init__(err, f"{obj.where}: {what}: {e}")
     return err
@@ -208,6 +214,25 @@ def _at(obj, e: KimpkiError, what: str) -> KimpkiError:
 def _subject_org(cert: x509.Certificate) -> str | None:
     attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     return str(attrs[0].value) if attrs else None
+
+
+def generations(store: Store, name: str) -> list[str]:
+    """``name`` and the CAs that replaced it (``kimpki ca rotate`` records a successor), oldest
+    first. The policy names a CA once; after a rotation its successor is the same CA to apply."""
+    line: list[str] = []
+    rec = store.find_ca(name)
+    while rec is not None and rec.name not in line:
+        line.append(rec.name)
+        successor = getattr(rec, "successor", None)
+        rec = store.find_ca(successor) if successor else None
+    return line or [name]
+
+
+def issuing_ca(store: Store, name: str) -> str:
+    """The generation of CA ``name`` that issues now: the newest one not retired."""
+    line = generations(store, name)
+    live = [n for n in line if getattr(store.find_ca(n), "retired_at", None) is None]
+    return (live or line)[-1]
 
 
 def _authorities(policy: m.Policy, store: Store, report: Report, now: datetime, execute: bool) -> None:
@@ -235,14 +260,17 @@ def _authorities(policy: m.Policy, store: Store, report: Report, now: datetime, 
             if differs:
                 report.warnings.append(f"{ca.where}: CA {ca.name} in the store has {'; '.join(differs)}; apply never "
                                        f"replaces a CA (rotate it with 'kimpki ca rotate {ca.name}')")
-        stored = ca_constraints.load(store, ca.name) if rec is not None else None
-        if stored != ca.constraints:
+        # The constraints hold for every generation of the CA (a rotation carries them over).
+        for name in generations(store, ca.name) if rec is not None else [ca.name]:
+            stored = ca_constraints.load(store, name) if rec is not None else None
+            if stored == ca.constraints:
+                continue
             verb = "set" if ca.constraints is not None else "clear"
             reason = ca.constraints.describe() if ca.constraints is not None else "no constraints in the policy"
-            report.actions.append(Action(verb, "Constraints", ca.name, None, reason, "store", str(ca.where)))
+            report.actions.append(Action(verb, "Constraints", name, None, reason, "store", str(ca.where)))
             if execute:
                 with store.locked():
-                    ca_constraints.save(store, ca.name, ca.constraints)
+                    ca_constraints.save(store, name, ca.constraints)
 
 
 def renewal_reason(cert: m.Certificate, store: Store, now: datetime) -> str | None:
@@ -256,8 +284,8 @@ def renewal_reason(cert: m.Certificate, store: Store, now: datetime) -> str | No
     cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if set(rec.hosts) != set(cert.hosts) or (cn and str(cn[0].value) != cert.hosts[0]):
         return f"hosts changed ({', '.join(rec.hosts)} -> {', '.join(cert.hosts)})"
-    if rec.ca != cert.ca:
-        return f"CA changed ({rec.ca} -> {cert.ca})"
+    if rec.ca not in generations(store, cert.ca):
+        return f"CA changed ({rec.ca} -> {issuing_ca(store, cert.ca)})"
     if rec.key_type != cert.key_type.value:
         return f"key type changed ({rec.key_type} -> {cert.key_type.value})"
     if _subject_org(leaf) != cert.org:
@@ -283,7 +311,8 @@ def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime,
         reissued.add(cert.name)
         if execute:
             try:
-                res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage), ca_name=cert.ca, org=cert.org,
+                res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
+                                    ca_name=issuing_ca(store, cert.ca), org=cert.org,
                                     days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
                                     name=cert.name, now=now, passphrase=_passphrase_source(policy))
             except KimpkiError as e:
@@ -316,7 +345,8 @@ def _credentials(policy: m.Policy, store: Store, targets: _Targets, report: Repo
                     report.actions.append(Action(verb, "Secret", name, cred.namespace, "new certificate",
                                                  place.description, str(cred.where)))
                 continue
-            prepared = credentials.prepare(store, cert.name, spec, now=now, ca_name=cred.client_ca)
+            client_ca = issuing_ca(store, cred.client_ca) if cred.client_ca else None
+            prepared = credentials.prepare(store, cert.name, spec, now=now, ca_name=client_ca)
             results, warnings = credentials.publish(place, prepared, force=force, dry_run=not execute)
         except KimpkiError as e:
             raise _at(cred, e, what) from None
