@@ -5,7 +5,8 @@
     res = cluster.upsert_secret(secret_dict)          # created / updated in place / unchanged
 
 Modules: ``config`` (kubeconfig or in-cluster), ``client`` (:class:`Cluster`), ``errors`` (one
-line per failure), ``kinds`` (REST paths), ``objects`` (pure merge and compare helpers).
+line per failure), ``kinds`` (REST paths), ``objects`` (pure merge and compare helpers), ``lease`` (a
+coordination.k8s.io/v1 Lease lock with client-go's leader-election rules).
 Importing this package is cheap: ``kubernetes`` is imported inside :meth:`Cluster.connect`.
 """
 
