@@ -154,6 +154,8 @@ class ManifestsPlace(SecretPlace):
         self.description = f"manifests {self.folder}"
         # One writer per folder within a process (renew may write from several threads).
         self._lock = threading.Lock()
+        # Each Secret as get()/managed() returned it, by (file, namespace, name).
+        self._seen: dict[tuple[str, str | None, str | None], dict] = {}
 
     def _files(self) -> list[Path]:
         return sorted(f for f in self.folder.iterdir()
@@ -162,7 +164,7 @@ class ManifestsPlace(SecretPlace):
     @staticmethod
     def _read(path: Path) -> tuple[str, list]:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_text(path)
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read {path}: {e}") from None
         try:
@@ -187,22 +189,32 @@ class ManifestsPlace(SecretPlace):
     def _find(self, namespace: str | None, name: str) -> _Found | None:
         found = [f for f in self._scan() if _same_secret(f.secret, namespace, name)]
         if len(found) > 1:
-            exact = [f for f in found if _meta(f.secret).get("namespace") == namespace]
+            # With a namespace, the one copy that names it wins over namespace-less copies.
+            exact = [f for f in found if namespace and _meta(f.secret).get("namespace") == namespace]
             if len(exact) == 1:
                 return exact[0]
             where = ", ".join(f"{f.path.name}#{f.doc_index + 1}" for f in found)
             raise UsageError(f"Secret {name} appears {len(found)} times in {self.folder} ({where}); "
-                             f"give its namespace or remove the copies")
+                             f"give its namespace (-n) or remove the copies")
         return found[0] if found else None
+
+    @staticmethod
+    def _key(f: _Found) -> tuple[str, str | None, str | None]:
+        return str(f.path), _meta(f.secret).get("namespace"), _meta(f.secret).get("name")
 
     def get(self, namespace: str | None, name: str) -> dict | None:
         f = self._find(namespace, name)
-        return copy.deepcopy(f.secret) if f else None
+        if f is None:
+            return None
+        # Remembered like a resourceVersion: a later write refuses if the Secret changed since.
+        self._seen[self._key(f)] = copy.deepcopy(f.secret)
+        return copy.deepcopy(f.secret)
 
     def managed(self, namespace: str | None = None) -> Iterator[dict]:
         for f in self._scan():
             ns = _meta(f.secret).get("namespace")
             if is_managed(f.secret) and (namespace is None or not ns or ns == namespace):
+                self._seen[self._key(f)] = copy.deepcopy(f.secret)
                 yield copy.deepcopy(f.secret)
 
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False) -> WriteResult:
@@ -221,6 +233,10 @@ class ManifestsPlace(SecretPlace):
                     write_atomic(path, _dump_yaml(desired).encode("utf-8"), PRIVATE_FILE)
                 return WriteResult("created", desired, None)
             current = found.secret
+            seen = self._seen.get(self._key(found))
+            if seen is not None and seen != current:
+                raise OperationError(f"Secret {name} in {found.path} changed since kimpki read it; "
+                                     f"nothing written, run again")
             if not force and not is_managed(current):
                 raise OperationError(f"Secret {name} in {found.path} is not managed by kimpki (no label "
                                      f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}): give --force to update it")
@@ -232,14 +248,15 @@ class ManifestsPlace(SecretPlace):
                 return WriteResult("unchanged", current, current)
             if not dry_run:
                 self._rewrite(found, new)
+                self._seen[self._key(found)] = copy.deepcopy(new)
             return WriteResult("updated", new, current)
 
     def _rewrite(self, found: _Found, new: dict) -> None:
         """Replace one document of ``found.path`` (the rest of the file stays byte-identical)."""
         try:
-            now_text = found.path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise OperationError(f"cannot read {found.path}: {e.strerror}") from None
+            now_text = _read_text(found.path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise OperationError(f"cannot read {found.path}: {e}") from None
         if now_text != found.text:
             raise OperationError(f"{found.path} changed while kimpki was updating Secret "
                                  f"{_meta(new).get('name')}; nothing written, run again")
@@ -256,29 +273,59 @@ class ManifestsPlace(SecretPlace):
         write_atomic(found.path, text.encode("utf-8"), mode)
 
 
+def _read_text(path: Path) -> str:
+    # newline="": keep CRLF as it is, so that the documents not rewritten stay byte-identical.
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 def _dump_yaml(obj: dict) -> str:
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=1 << 16)
 
 
+def _document_span(text: str, index: int) -> tuple[int, int]:
+    """Where document ``index`` of ``text`` starts and where its last value ends. (The parser's
+    own end of a block mapping runs on over the comments and blank lines after it, which belong
+    to whatever follows; aliases share their anchor's node, so events are used, not nodes.)"""
+    doc, start, end, flow = -1, None, None, []
+    for ev in yaml.parse(text):
+        if isinstance(ev, yaml.DocumentStartEvent):
+            doc, start, end, flow = doc + 1, None, None, []
+        elif doc != index:
+            continue
+        elif isinstance(ev, (yaml.ScalarEvent, yaml.AliasEvent)):
+            start = ev.start_mark.index if start is None else start
+            end = ev.end_mark.index
+        elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            start = ev.start_mark.index if start is None else start
+            flow.append(ev.flow_style)
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            if flow.pop():  # a flow collection ends at its closing bracket
+                end = ev.end_mark.index
+        elif isinstance(ev, yaml.DocumentEndEvent):
+            return start, end
+    raise OperationError(f"document {index + 1} is gone from the file")  # the text was parsed before
+
+
 def _replace_document(found: _Found, new: dict) -> str:
     text = found.text
-    nodes = list(yaml.compose_all(text))
-    node = nodes[found.doc_index]
-    start, end = node.start_mark.index, node.end_mark.index
-    # A block mapping's end mark runs over trailing comments and blank lines: keep those.
-    region = text[start:end]
-    lines = region.splitlines(keepends=True)
-    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
-        lines.pop()
-    end = start + sum(len(l) for l in lines)
+    start, end = _document_span(text, found.doc_index)
+    # A block scalar's span takes the blank lines after it: those stay. The rest of the last line
+    # goes with the document if it is only a comment ("key: value  # note").
+    end = start + len(text[start:end].rstrip())
+    eol = text.find("\n", end)
+    eol = len(text) if eol < 0 else eol + 1
+    rest = text[end:eol].strip()
+    if not rest or rest.startswith("#"):
+        end = eol
     if found.item_index is not None:
         doc = yaml.safe_load(text[start:end])
         doc["items"][found.item_index] = new
         body = _dump_yaml(doc)
     else:
         body = _dump_yaml(new)
-    if end < len(text) and not body.endswith("\n"):
-        body += "\n"
+    if "\r\n" in text:
+        body = body.replace("\n", "\r\n")
     return text[:start] + body + text[end:]
 
 
