@@ -7,6 +7,7 @@ import click
 from kimpki.cli.common import (emit, json_option, note, now_utc, open_store, passphrase_file_option,
                                passphrase_source)
 from kimpki.cli.gateway import cluster_options
+from kimpki.errors import UsageError
 from kimpki.pki.keys import KEY_TYPES
 
 EPILOG = """\b
@@ -68,6 +69,9 @@ def command(ctx, name, namespace, manifests, new_ca, days, key_type, dry_run, fo
     from kimpki.ops.rotation import rotate_credential
     from kimpki.pki.keys import parse_key_type
 
+    if manifests is not None and (kubeconfig or context):
+        raise UsageError("--manifests rotates a Secret in a folder; --kubeconfig/--context choose a cluster: "
+                         "give one or the other")
     store = open_store(ctx)
     if manifests is None and namespace is None:
         from kimpki.istio.contract import DEFAULT_NAMESPACE

@@ -18,12 +18,15 @@ lost, the Secret already serves the pending serial, and the re-run only promotes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from cryptography.x509.oid import NameOID
 
 from kimpki.errors import KimpkiError, NotFoundError, OperationError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import ANN_CREDENTIAL, ANN_ROLE, ROLE_CA, is_managed
+from kimpki.istio.credential import (ANN_CREDENTIAL, ANN_ROLE, ROLE_CA, default_ca_file_name, is_managed,
+                                     read_provenance)
 from kimpki.ops.authority import PassphraseSource
 from kimpki.ops.credentials import ManagedCredential, deployment_record, managed_credential, prepare_record, publish
 from kimpki.ops.issuing import issue
@@ -68,15 +71,37 @@ class RotationResult:
         }
 
 
-def read_managed(place: SecretPlace, name: str, namespace: str | None) -> ManagedCredential:
-    """The managed credential Secret ``name``; one-line errors for missing or foreign Secrets."""
+def read_managed(place: SecretPlace, name: str, namespace: str | None, *, force: bool = False) -> ManagedCredential:
+    """The managed credential Secret ``name``; one-line errors for missing or foreign Secrets.
+
+    ``namespace=None`` (a manifests folder) finds NAME wherever it is. A Secret that carries
+    kimpki's annotations but lost its managed-by label is refused unless ``force``.
+    """
     secret = place.get(namespace, name)
-    ns = namespace or c.DEFAULT_NAMESPACE
     if secret is None:
-        raise NotFoundError(f"no Secret {name} in namespace {ns} ({place.description})")
-    ns = (secret.get("metadata") or {}).get("namespace") or ns
-    mode = (secret.get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_PREFIX + "mode")
-    delivery = (secret.get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_PREFIX + "delivery")
+        where = f"in namespace {namespace} " if namespace else ""
+        raise NotFoundError(f"no Secret {name} {where}({place.description})")
+    meta = secret.get("metadata") or {}
+    ns = meta.get("namespace") or namespace or c.DEFAULT_NAMESPACE
+    prov = read_provenance(secret)
+    if not prov:
+        if is_managed(secret):
+            raise OperationError(f"Secret {ns}/{name} carries kimpki's label but none of its kimpki.io/* "
+                                 f"annotations, so kimpki cannot tell which hosts and CA it was made for; "
+                                 f"re-create it with 'kimpki secret create {name} --cert CERT'")
+        raise OperationError(f"Secret {ns}/{name} was not written by kimpki (no {c.MANAGED_BY_LABEL}="
+                             f"{c.MANAGED_BY_VALUE} label or kimpki.io/* annotations): nothing to rebuild it from; "
+                             f"replace it with 'kimpki secret create {name} --cert CERT --force'")
+    if not is_managed(secret):
+        if not force:
+            raise OperationError(f"Secret {ns}/{name} has kimpki.io/* annotations but not the label "
+                                 f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}, so kimpki no longer manages it: "
+                                 f"give --force to rotate it anyway (the label is put back)")
+        # Read it as managed; the write (with force) puts the label back.
+        secret = {**secret, "metadata": {**meta, "labels": {**(meta.get("labels") or {}),
+                                                            c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE}}}
+    mode = (meta.get("annotations") or {}).get(c.ANNOTATION_PREFIX + "mode")
+    delivery = (meta.get("annotations") or {}).get(c.ANNOTATION_PREFIX + "delivery")
     ca_secret = False
     if mode == "mutual" and delivery != "file-mounted":
         # Istio reads the CA from NAME-cacert first: if kimpki wrote one for this credential, keep using it.
@@ -84,7 +109,22 @@ def read_managed(place: SecretPlace, name: str, namespace: str | None) -> Manage
         ann = ((cacert or {}).get("metadata") or {}).get("annotations") or {}
         ca_secret = bool(cacert and is_managed(cacert) and ann.get(ANN_ROLE) == ROLE_CA
                          and ann.get(ANN_CREDENTIAL, name) == name)
-    return managed_credential(secret, default_namespace=ns, ca_secret=ca_secret)
+    cred = managed_credential(secret, default_namespace=ns, ca_secret=ca_secret)
+    if cred.spec.file_mounted and cred.spec.mutual:
+        cred = _keep_ca_file_name(place, cred)
+    return cred
+
+
+def _keep_ca_file_name(place: SecretPlace, cred: ManagedCredential) -> ManagedCredential:
+    """A file-mounted MUTUAL gateway reads its CA from one file of istio-ingressgateway-ca-certs,
+    named in its Gateway (``caCertificates``): keep writing that file, even with another CA.
+    The annotations record the CA, not the file name, so the file is the CA's default name
+    when the Secret holds it."""
+    ca_certs = place.get(cred.namespace, c.FILE_MOUNTED_CA_SECRET)
+    file_name = default_ca_file_name(cred.ca)
+    if ca_certs is not None and file_name in (ca_certs.get("data") or {}):
+        return replace(cred, spec=replace(cred.spec, ca_file_name=file_name))
+    return cred
 
 
 def _lifetime_days(cred: ManagedCredential, current: CertRecord | None) -> float:
@@ -111,14 +151,46 @@ def _key_type(cred: ManagedCredential, current: CertRecord | None) -> keys.KeyTy
     return keys.DEFAULT_KEY_TYPE
 
 
-def _usable_pending(store: Store, store_name: str, hosts: tuple[str, ...], ca: str, now: datetime) -> CertRecord | None:
-    """The pending version an earlier run left, if it still fits: same hosts and CA, a key, valid."""
+def _organization(cred: ManagedCredential, current: CertRecord | None) -> str | None:
+    """The subject's O of the certificate being replaced: a rotation keeps the subject."""
+    cert = cred.served
+    if cert is None and current is not None:
+        try:
+            cert = parse.load_certificates(current.cert_path.read_bytes(), str(current.cert_path))[0]
+        except (OSError, KimpkiError):
+            return None
+    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME) if cert is not None else []
+    return str(attrs[0].value) if attrs else None
+
+
+def _usable_pending(store: Store, store_name: str, hosts: tuple[str, ...], ca: str, now: datetime,
+                    key_type: keys.KeyType | None = None) -> CertRecord | None:
+    """The pending version an earlier run left, if it still fits: same hosts and CA (and key type,
+    when one is asked for), a key, valid."""
     rec = store.find_cert(store_name, state="pending")
     if rec is None or not rec.has_key or rec.ca != ca or rec.kind != "server":
         return None
     if sorted(rec.hosts) != sorted(hosts) or not rec.not_before <= now < rec.not_after:
         return None
+    if key_type is not None and rec.key_type != key_type.value:
+        return None
     return rec
+
+
+def _landed_pending(store: Store, cred: ManagedCredential) -> CertRecord | None:
+    """The pending version the Secret already serves: an earlier run's write landed but its
+    answer was lost (dropped connection, timeout, kill) before the store was told."""
+    rec = store.find_cert(cred.store_name, state="pending")
+    if rec is not None and cred.served_serial is not None and rec.serial == cred.served_serial:
+        return rec
+    return None
+
+
+def _unsure_whether_written(error: KimpkiError) -> bool:
+    """True when a write got no answer: the Secret may hold the old or the new certificate."""
+    from kimpki.kube.errors import ConnectionLost, Timeout  # plain classes; kubernetes is not imported
+
+    return isinstance(error, (ConnectionLost, Timeout))
 
 
 def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
@@ -131,13 +203,21 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     lets a caller that already read the Secret (renew, over a whole listing) skip the read.
     """
     if cred is None:
-        cred = read_managed(place, name, namespace)
+        cred = read_managed(place, name, namespace, force=force)
     current = store.find_cert(cred.store_name)
-    issuer = new_ca or (current.ca if current is not None and current.kind == "server" else cred.ca)
-    published = new_ca or cred.ca
+    landed = _landed_pending(store, cred)
+    if landed is not None:
+        # Finish what the earlier run wrote (its issuer, and the CA its Secret names), whatever asked now.
+        issuer, published = landed.ca, cred.ca
+    else:
+        issuer = new_ca or (current.ca if current is not None and current.kind == "server" else cred.ca)
+        published = new_ca or cred.ca
     store.get_ca(issuer)  # a clear error now rather than after the key is generated
     old_serial = cred.served_serial
     old_not_after = parse.rfc3339(cred.served.not_valid_after_utc) if cred.served is not None else None
+    if landed is not None and current is not None:
+        # The Secret shows the new certificate already; what it replaced is the store's current one.
+        old_serial, old_not_after = current.serial, parse.rfc3339(current.not_after)
     result = RotationResult(secret=cred.name, namespace=cred.namespace, place=place.description,
                             store_name=cred.store_name, hosts=list(cred.hosts), ca=published,
                             old_serial=old_serial, old_not_after=old_not_after, new_serial=None,
@@ -145,13 +225,14 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     if dry_run:
         return result
 
-    pending = _usable_pending(store, cred.store_name, cred.hosts, issuer, now)
+    pending = landed or _usable_pending(store, cred.store_name, cred.hosts, issuer, now, key_type)
     if pending is not None:
         result.action = "resumed"
     else:
         issued = issue(store, list(cred.hosts), kind=profiles.LeafKind.SERVER, ca_name=issuer,
-                       days=days or _lifetime_days(cred, current), key_type=key_type or _key_type(cred, current),
-                       name=cred.store_name, now=now, passphrase=passphrase, state="pending")
+                       org=_organization(cred, current), days=days or _lifetime_days(cred, current),
+                       key_type=key_type or _key_type(cred, current), name=cred.store_name, now=now,
+                       passphrase=passphrase, state="pending")
         pending = issued.record
         result.action = "rotated"
     result.new_serial, result.new_not_after = pending.serial, parse.rfc3339(pending.not_after)
@@ -160,9 +241,13 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     try:
         written, warnings = publish(place, prepared, force=force)
     except KimpkiError as e:
-        raise OperationError(f"{e}; the old Secret is untouched and still served; the new certificate "
-                             f"(serial {pending.serial}) is kept as pending in the store: run the same "
-                             f"command again to finish") from None
+        if _unsure_whether_written(e):
+            state = (f"secret/{cred.name} holds either the old certificate or the new one (both are valid, "
+                     f"so the gateway keeps serving)")
+        else:
+            state = f"secret/{cred.name} is untouched and still serves the old certificate"
+        raise OperationError(f"{e}; {state}; the new certificate (serial {pending.serial}) is kept as "
+                             f"pending in the store: run the same command again to finish") from None
     result.secrets = [{"name": w["name"], "action": w["action"]} for w in written]
     result.warnings = warnings
     cluster = getattr(place, "cluster", None)
