@@ -4,7 +4,6 @@ Envoy (``kimpki gateway serve``) and checked with curl, and into the stand-in Ku
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import signal

@@ -317,3 +317,26 @@ def test_policy_errors_through_the_cli_are_one_line_with_exit_code_2(kimpki, tmp
     assert not (folder / "out").exists()
     res = kimpki("plan", "-f", tmp_path / "missing")
     assert_one_line_error(res, 2, "no such policy file or folder")
+
+
+SEED_CREDENTIALS = {  # the Credentials behind each of the seed's four Gateways
+    "file-mounted-simple": [("istio-ingressgateway-certs", "kim.example.com", "SIMPLE", "file-mounted")],
+    "file-mounted-mutual": [("istio-ingressgateway-certs", "kim.example.com", "MUTUAL", "file-mounted")],
+    "sds-simple": [("kim-credential", "kim.example.com", "SIMPLE", "sds")],
+    "sds-mutual": [("kim-credential", "kim.example.com", "SIMPLE", "sds"),
+                   ("kim-new-credential", "kim-new.example.com", "MUTUAL", "sds")],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SEED_CREDENTIALS))
+def test_each_of_the_seeds_gateways_can_be_declared(tmp_path, variant):
+    docs = [doc("Certificate", "kim-new.example.com", "  hosts: [kim-new.example.com]\n  ca: example.com\n")]
+    for name, cert, mode, delivery in SEED_CREDENTIALS[variant]:
+        if name != "kim-credential":
+            docs.append(doc("Credential", name, f"  certificate: {cert}\n  mode: {mode}\n  delivery: {delivery}\n"))
+    servers = "".join(f"  - credential: {name}\n" for name, *_ in SEED_CREDENTIALS[variant])
+    docs.append(doc("Gateway", "kim-gateway", "  servers:\n" + servers))
+    base = BASE.replace("spec: {certificate: kim.example.com}",
+                        "spec: {certificate: kim.example.com, mode: %s}" % SEED_CREDENTIALS[variant][0][2])
+    (gw,) = load(tmp_path, "---\n".join(docs), base=base).gateways
+    assert gw.objects[0]["spec"]["servers"] == SEED_SERVERS[variant]

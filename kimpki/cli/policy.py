@@ -48,13 +48,13 @@ def _text(d: dict) -> str:
     """The actions grouped by where they happen (the store, then each target)."""
     if not d["actions"]:
         return "no changes"
+    from kimpki.ops.converge import PAST
+
     done = d["applied"]
-    past = {"create": "created", "update": "updated", "issue": "issued", "patch": "patched", "set": "set",
-            "clear": "cleared"}
     groups: dict[str, list[list[str]]] = {}
     for a in d["actions"]:
         obj = f"{a['kind']} {a['namespace'] + '/' if a['namespace'] else ''}{a['name']}"
-        groups.setdefault(a["where"], []).append([past[a["action"]] if done else a["action"], obj, a["reason"]])
+        groups.setdefault(a["where"], []).append([PAST[a["action"]] if done else a["action"], obj, a["reason"]])
     lines = []
     for where, rows in groups.items():
         lines.append(f"{where}:")

@@ -31,13 +31,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from kimpki.errors import KimpkiError, OperationError, UsageError
+from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.volumes import apply_json_patch, mount_ops
 from kimpki.ops import authority, credentials, issuing
 from kimpki.ops import constraints as ca_constraints
 from kimpki.ops.manifest_objects import ManifestFolder, dump_yaml
-from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace
+from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace, WriteResult
 from kimpki.pki import parse
 from kimpki.pki.profiles import LeafKind
 from kimpki.pki.renewal import renewal_due
@@ -110,8 +110,6 @@ class _EmptyPlace(SecretPlace):
         return iter(())
 
     def write(self, secret, *, force=False, dry_run=False):
-        from kimpki.ops.places import WriteResult
-
         if not dry_run:
             raise AssertionError("_EmptyPlace is for plans only")
         return WriteResult("created", secret, None)
@@ -173,9 +171,12 @@ def _passphrase(ca: m.CertificateAuthority | None) -> bytes | None:
     return value.encode() if value else None
 
 
-def _passphrase_source(policy: m.Policy):
+def _passphrase_source(policy: m.Policy, store: Store):
     def source(ca_name: str) -> bytes | None:
-        return _passphrase(policy.authority(ca_name))
+        # A rotated CA's successor is unlocked like the policy's CA it stands for.
+        ca = policy.authority(ca_name) or next(
+            (a for a in policy.authorities if ca_name in generations(store, a.name)), None)
+        return _passphrase(ca)
     return source
 
 
@@ -245,7 +246,7 @@ def _authorities(policy: m.Policy, store: Store, report: Report, now: datetime, 
                 try:
                     authority.init_ca(store, ca.name, org=ca.org, common_name=ca.common_name, key_type=ca.key_type,
                                       days=ca.duration.total_seconds() / 86400, passphrase=_passphrase(ca),
-                                      parent=ca.parent, parent_passphrase=_passphrase_source(policy), now=now)
+                                      parent=ca.parent, parent_passphrase=_passphrase_source(policy, store), now=now)
                 except KimpkiError as e:
                     raise _at(ca, e, f"CertificateAuthority {ca.name}") from None
         else:
@@ -314,7 +315,7 @@ def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime,
                 res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
                                     ca_name=issuing_ca(store, cert.ca), org=cert.org,
                                     days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
-                                    name=cert.name, now=now, passphrase=_passphrase_source(policy))
+                                    name=cert.name, now=now, passphrase=_passphrase_source(policy, store))
             except KimpkiError as e:
                 raise _at(cert, e, f"Certificate {cert.name}") from None
             action.details.update(serial=res.record.serial, not_after=parse.rfc3339(res.record.not_after))

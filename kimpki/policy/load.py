@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -27,7 +27,7 @@ from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
 from kimpki.pki.names import parse_host, parse_hosts, safe_store_name
 from kimpki.pki.renewal import RenewBefore
 from kimpki.policy import model as m
-from kimpki.policy.source import Document, Fields, PolicyError, Where, read_documents, scalar_value, where_of
+from kimpki.policy.source import Document, Fields, PolicyError, Where, read_documents, where_of
 
 KINDS = ("Target", "CertificateAuthority", "Certificate", "Credential", "GatewayMount", "Gateway")
 NAMESPACED = ("Credential", "GatewayMount", "Gateway")
@@ -51,11 +51,17 @@ def load_policy(paths: Iterable[str | Path]) -> m.Policy:
 # Pass 1: one document at a time
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
 class _Raw:
-    """A document read on its own; ``target`` still a name (or None for "the only one")."""
+    """A document read on its own: ``value`` is the model object with ``target`` still a Target's
+    name (or None for "the only one"); ``refs`` the lines of the fields that name other documents."""
 
-    def __init__(self, kind: str, name: str, namespace: str | None, where: Where, value, refs: dict[str, Where]):
-        self.kind, self.name, self.namespace, self.where, self.value, self.refs = kind, name, namespace, where, value, refs
+    kind: str
+    name: str
+    namespace: str | None
+    where: Where
+    value: object
+    refs: dict[str, Where]
 
 
 def _read(doc: Document) -> _Raw:
@@ -382,7 +388,8 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
         cert: m.Certificate = r.value
         what = f"Certificate {cert.name}"
         if cert.ca not in authorities:
-            raise _err(r.refs["ca"], what, f"spec.ca {cert.ca!r} is not a CertificateAuthority in the policy{_known(cas)}")
+            raise _err(r.refs["ca"], what,
+                       f"spec.ca {cert.ca!r} is not a CertificateAuthority in the policy{_known(cas)}")
         # Constraints of the CA and every CA above it, as issuance will apply them.
         hosts = parse_hosts(list(cert.hosts))
         a: m.CertificateAuthority | None = authorities[cert.ca]
@@ -470,8 +477,8 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
         try:
             if cred.file_mounted:
                 mount_path = _mount_path(cred, mounts, s.where, what)
-                spec = g.ServerSpec.file_mounted(hosts, cred.mode, mount_path,
-                                                 ca_file_name=credential_spec(cred, cred.client_ca or cert.ca).ca_file_name)
+                ca_file = credential_spec(cred, cred.client_ca or cert.ca).ca_file_name
+                spec = g.ServerSpec.file_mounted(hosts, cred.mode, mount_path, ca_file_name=ca_file)
             else:
                 spec = g.ServerSpec.sds(hosts, cred.name, cred.mode)
             if s.port_name:
@@ -513,4 +520,4 @@ def _mount_path(cred: m.Credential, mounts: list[m.GatewayMount], where: Where, 
     return found[0].mount_path
 
 
-__all__ = ["load_policy", "credential_spec", "PolicyError", "scalar_value"]
+__all__ = ["load_policy", "credential_spec"]
