@@ -21,6 +21,8 @@ COMMANDS = {
     "check": ("kimpki.cli.check:command", "Analyse gateway credentials: missing, invalid, expired, mismatched."),
     "verify": ("kimpki.cli.verify:command", "Check a gateway's SIMPLE or MUTUAL TLS with real handshakes."),
     "rotate": ("kimpki.cli.rotate:command", "Give a credential Secret a new key and certificate, in place."),
+    "renew": ("kimpki.cli.renew:command", "Renew every managed credential inside its renewal window (cron)."),
+    "status": ("kimpki.cli.status:command", "Show credentials with expiry, renewal date and state."),
     "plan": ("kimpki.cli.policy:plan", "Show what 'apply' would change to match policy files."),
     "apply": ("kimpki.cli.policy:apply", "Converge CAs, certificates, Secrets and Gateways to policy files."),
     "cron": ("kimpki.cli.cron:group", "Print a crontab line or Kubernetes CronJob that runs 'kimpki renew'."),

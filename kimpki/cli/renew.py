@@ -1,0 +1,191 @@
+"""``kimpki renew``: rotate every managed credential inside its renewal window (for cron)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from kimpki.cli.common import emit, json_option, now_utc, open_store, passphrase_file_option, passphrase_source
+from kimpki.cli.gateway import cluster_options
+
+EPILOG = """\b
+Examples:
+  kimpki renew                                  # the cluster's istio-system namespace
+  kimpki renew --all-namespaces --dry-run       # what is due anywhere; nothing written
+  kimpki renew --manifests ./deploy             # a folder 'kimpki gateway serve' reads
+  kimpki renew --policy policies/               # where the policy's credentials live
+  kimpki renew --renew-before 30d --jitter 10%
+  17 3 * * *  kimpki renew --log-format json    # a crontab line ('kimpki cron render')
+\b
+Places: --manifests and --policy name the places to sweep; without them, the cluster
+(--kubeconfig, --context; -n NS, default istio-system, or --all-namespaces).
+When: from the certificate each Secret serves, in the last third of its lifetime
+unless --renew-before (a duration before notAfter, or a percentage of the lifetime)
+or the policy's renewBefore says otherwise. --jitter renews up to that much earlier,
+by a fixed amount per certificate serial, so that certificates issued together do
+not all fall due in the same run.
+\b
+Output: the log goes to stderr, one line per action (renewed, failed, would renew)
+and a final summary line ("nothing due; next renewal TIME (NAMESPACE/SECRET)" when
+nothing was due); --log-format json makes each line a JSON object (time, level,
+event, secret, namespace, place, serials, message) for log collectors. --json
+prints the summary object on stdout.
+\b
+One run at a time: a file lock in the kimpki home, and a Lease (kimpki-renew) in the
+cluster. A run that finds the lock held for --lock-wait seconds does nothing and
+exits 0, saying who holds it. A dry run takes no lock.
+\b
+Exit codes: 0 every due credential renewed, nothing due, or another run holds the
+lock; 1 any renewal failed or a credential Secret is broken (a failed write keeps the
+new certificate pending in the store; the next run finishes with it); 2 usage error.
+"""
+
+
+def place_options(f):
+    """The options choosing where credentials are read (shared with ``kimpki status``)."""
+    f = cluster_options(f)
+    f = click.option("--policy", "policy", multiple=True, type=click.Path(exists=False), metavar="PATH",
+                     help="Sweep the places this policy file or folder gives its Credentials (repeatable).")(f)
+    f = click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace of the cluster.")(f)
+    f = click.option("-n", "--namespace", metavar="NS",
+                     help="Only this namespace (cluster default: istio-system; folders: every Secret).")(f)
+    f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+                     help="Sweep this folder of manifests (repeatable).")(f)
+    return f
+
+
+def check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context) -> None:
+    from kimpki.errors import UsageError
+
+    if namespace and all_namespaces:
+        raise UsageError("give -n/--namespace or --all-namespaces, not both")
+    if (manifests or policy) and not policy and (kubeconfig or context):
+        raise UsageError("--kubeconfig/--context choose a cluster, but --manifests sweeps folders only; "
+                         "drop one of them")
+
+
+def rule_settings(renew_before: str | None, jitter: str | None):
+    from kimpki.ops.renewing import RenewalSettings
+    from kimpki.pki.renewal import Jitter, RenewBefore
+
+    return RenewalSettings(RenewBefore.parse(renew_before), Jitter.parse(jitter))
+
+
+class Log:
+    """The renewal log on stderr: one line per event, as text or as JSON objects."""
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+
+    def __call__(self, level: str, event: str, message: str, **fields) -> None:
+        from kimpki.pki.parse import rfc3339
+
+        t = rfc3339(now_utc().replace(microsecond=0))
+        if self.fmt == "json":
+            click.echo(json.dumps({"time": t, "level": level, "event": event, **fields, "message": message}),
+                       err=True)
+        else:
+            click.echo(f"{t} {level} {message}", err=True)
+
+    def result(self, r) -> None:
+        """One credential that needed an action (renewed, resumed, would renew, failed)."""
+        from kimpki.ops import renewing as rn
+
+        who = dict(secret=r.secret, namespace=r.namespace, place=r.place,
+                   serials={"old": r.serial, "new": r.new_serial})
+        if r.action == rn.FAILED:
+            self("error", "failed", f"failed {r.ref} ({r.place}): {r.reason}", **who, reason=r.reason)
+            return
+        verb = {rn.RENEWED: "renewed", rn.RESUMED: "renewed", rn.WOULD_RENEW: "would renew"}[r.action]
+        detail = f"serial {r.serial} (valid until {_t(r.not_after)}, {r.state})"
+        if r.new_serial:
+            detail += f" -> {r.new_serial} (valid until {r.new_not_after})"
+        if r.action == rn.RESUMED:
+            detail += ", with the certificate an earlier run left pending"
+        event = {rn.RENEWED: "renewed", rn.RESUMED: "renewed", rn.WOULD_RENEW: "would_renew"}[r.action]
+        extra = {"resumed": True} if r.action == rn.RESUMED else {}
+        self("info", event, f"{verb} {r.ref} ({r.place}): {detail}", **who, not_after=r.new_not_after, **extra)
+        if r.reason:  # rotation's warnings (e.g. a stale NAME-cacert Secret)
+            self("warning", "warning", f"{r.ref}: {r.reason}", secret=r.secret, namespace=r.namespace)
+
+
+def _t(t) -> str | None:
+    from kimpki.pki.parse import rfc3339
+
+    return rfc3339(t) if t is not None else None
+
+
+def summary_line(s) -> str:
+    nxt = s.next_due
+    upcoming = f"next renewal {_t(nxt.renewal_time)} ({nxt.ref})" if nxt else None
+    counts = (f"checked {s.checked}, due {s.due}, "
+              + (f"would renew {s.would_renew}" if s.dry_run else f"renewed {s.renewed}")
+              + f", failed {s.failed}, skipped {s.skipped}")
+    if s.due == 0 and s.failed == 0 and not s.errors:
+        return f"nothing due; {upcoming or 'no credentials'}; {counts}"
+    return f"{counts}; {upcoming}" if upcoming else counts
+
+
+@click.command("renew", epilog=EPILOG)
+@place_options
+@click.option("--renew-before", metavar="X", help="Renew this long before notAfter (30d) or in the last X% of "
+                                                  "the lifetime (25%). Default: the last third.")
+@click.option("--jitter", metavar="X", help="Renew up to this much earlier (2h, or 10% of the lifetime), "
+                                            "fixed per certificate.")
+@click.option("--dry-run", is_flag=True, help="Say what is due and would be renewed; issue and write nothing.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr as text or one JSON object per line.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for another run's lock before giving up (exit 0, nothing done).")
+@passphrase_file_option
+@json_option
+@click.pass_context
+def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, renew_before, jitter, dry_run,
+            log_format, lock_wait, passphrase_file, as_json):
+    """Renew every managed credential inside its renewal window.
+
+    Reads the Secrets kimpki manages (label app.kubernetes.io/managed-by=kimpki),
+    decides from the certificate each one serves, and rotates the due ones in place
+    as 'kimpki rotate' does: a new key and certificate, the Secret updated, never
+    deleted and re-created.
+    """
+    import contextlib
+
+    from kimpki.errors import KimpkiError
+    from kimpki.ops.renewing import open_targets, renew
+
+    check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context)
+    settings = rule_settings(renew_before, jitter)
+    log = Log(log_format)
+    store = open_store(ctx)
+    try:
+        with contextlib.ExitStack() as stack:
+            targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
+                                   all_namespaces=all_namespaces, cluster=not (manifests or policy),
+                                   kubeconfig=kubeconfig, context=context)
+            summary = renew(store, targets, now=now_utc(), passphrase=passphrase_source(passphrase_file),
+                            settings=settings, dry_run=dry_run, lock_wait=lock_wait, on_result=log.result)
+    except KimpkiError as e:
+        if log_format != "json" or e.exit_code == 2:
+            raise
+        # A log collector reads only JSON lines: say the fatal error as one too.
+        log("error", "error", str(e))
+        ctx.exit(e.exit_code)
+    counts = dict(checked=summary.checked, due=summary.due, renewed=summary.renewed,
+                  would_renew=summary.would_renew, failed=summary.failed, skipped=summary.skipped)
+    if summary.busy:
+        log("info", "lock_busy", summary.lock.get("busy_message") or "another run holds the renewal lock; nothing done",
+            lock=summary.lock)
+    else:
+        for err in summary.errors:
+            log("error", "error", f"cannot read {err['place']}: {err['reason']}", place=err["place"],
+                reason=err["reason"])
+        nxt = summary.next_due
+        log("info" if summary.ok else "error", "summary", summary_line(summary), **counts,
+            next_due={"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
+                      "place": nxt.place} if nxt else None)
+    if as_json:  # 10,000 credentials make a large object: build it only when asked for
+        emit(summary.to_dict(), as_json)
+    if not summary.busy and not summary.ok:
+        ctx.exit(1)

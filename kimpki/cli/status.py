@@ -1,0 +1,128 @@
+"""``kimpki status``: every credential with hosts, expiry, renewal date and state (for monitoring)."""
+
+from __future__ import annotations
+
+import click
+
+from kimpki.cli.common import emit, json_option, note, now_utc, open_store, table
+from kimpki.cli.renew import check_places, place_options, rule_settings
+
+EPILOG = """\b
+Examples:
+  kimpki status                                 # the store: server certificates, where deployed
+  kimpki status --cluster                       # credential Secrets in istio-system
+  kimpki status -A --fail-on due                # every namespace; exit 1 if any is due (monitoring)
+  kimpki status --manifests ./deploy --json
+  kimpki status --policy policies/ --renew-before 30d
+\b
+Without place options the store's inventory is shown: every current server certificate
+with the places it was deployed to (what kimpki wrote). With --cluster (or -n, -A,
+--kubeconfig, --context), --manifests or --policy, the Secrets themselves are read:
+what the gateway actually serves.
+\b
+State: valid; due (inside the renewal window: the last third of the lifetime unless
+--renew-before or the policy's renewBefore says otherwise; --jitter as for renew);
+expired; not-yet-valid; broken (a credential Secret whose annotations or certificate
+cannot be read: renew cannot renew it).
+\b
+Exit codes: 0, unless --fail-on: 'due' exits 1 when any credential is due, expired or
+broken, 'expired' only when any is expired or broken. 2 usage error.
+"""
+
+ALERT = {"due": ("due", "expired", "broken"), "expired": ("expired", "broken")}
+
+
+def _day(t: str | None) -> str:
+    return t[:16].replace("T", " ") if t else "-"
+
+
+@click.command("status", epilog=EPILOG)
+@place_options
+@click.option("--cluster", "use_cluster", is_flag=True,
+              help="Read the credential Secrets of the cluster (implied by -n, -A, --kubeconfig, --context).")
+@click.option("--renew-before", metavar="X", help="Renewal window: a duration before notAfter (30d) or the last "
+                                                  "X% of the lifetime (25%). Default: the last third.")
+@click.option("--jitter", metavar="X", help="As for 'kimpki renew': renew up to this much earlier, per serial.")
+@click.option("--fail-on", type=click.Choice(["due", "expired"]),
+              help="Exit 1 when any credential is due (or worse), or expired (or broken).")
+@json_option
+@click.pass_context
+def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, use_cluster, renew_before,
+            jitter, fail_on, as_json):
+    """Show every credential with hosts, notAfter, days left, renewal date and state."""
+    import contextlib
+
+    from kimpki.ops.renewing import inventory_status, open_targets, survey
+
+    check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context)
+    settings = rule_settings(renew_before, jitter)
+    now = now_utc()
+    cluster = bool(use_cluster or kubeconfig or context or ((namespace or all_namespaces) and not (manifests or policy)))
+    if not (cluster or manifests or policy):
+        rows = inventory_status(open_store(ctx), settings, now)
+        data = {"source": "store", "time": _t(now), "certificates": rows, "counts": _counts(rows)}
+        emit(data, as_json, _inventory_text)
+    else:
+        with contextlib.ExitStack() as stack:
+            targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
+                                   all_namespaces=all_namespaces, cluster=cluster, kubeconfig=kubeconfig,
+                                   context=context)
+            results = survey(targets, settings, now)
+        creds = [r.to_dict(now) for r in results if r.state != "ca-bundle"]
+        skipped = [{"secret": r.secret, "namespace": r.namespace, "place": r.place, "reason": r.reason}
+                   for r in results if r.state == "ca-bundle"]
+        rows = creds
+        data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
+                "credentials": creds, "skipped": skipped, "counts": _counts(creds)}
+        emit(data, as_json, _places_text)
+    if fail_on:
+        alarming = [r for r in rows if r["state"] in ALERT[fail_on]]
+        if alarming:
+            counts = _counts(alarming)
+            note("kimpki: status: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                 + f" (--fail-on {fail_on})")
+            ctx.exit(1)
+
+
+def _t(t) -> str:
+    from kimpki.pki.parse import rfc3339
+
+    return rfc3339(t)
+
+
+def _counts(rows: list[dict]) -> dict:
+    states = ("valid", "due", "expired", "not-yet-valid", "broken")
+    return {s: sum(1 for r in rows if r["state"] == s) for s in states}
+
+
+def _places_text(d: dict) -> str:
+    creds = d["credentials"]
+    if not creds:
+        return f"no managed credential Secrets in {', '.join(d['places'])}"
+    several = len(d["places"]) > 1
+    rows = [[r["namespace"], r["secret"], ",".join(r["hosts"]) or "-", _day(r["not_after"]),
+             "-" if r["days_left"] is None else r["days_left"], _day(r["renewal_time"]), r["state"]]
+            + ([r["place"]] if several else []) for r in creds]
+    out = table(rows, ["NAMESPACE", "SECRET", "HOSTS", "NOT AFTER", "DAYS", "RENEWAL DUE", "STATE"]
+                + (["PLACE"] if several else []))
+    broken = [f"  {r['namespace']}/{r['secret']}: {r['reason']}" for r in creds if r["state"] == "broken"]
+    if broken:
+        out += "\nbroken:\n" + "\n".join(broken)
+    return out
+
+
+def _inventory_text(d: dict) -> str:
+    rows = d["certificates"]
+    if not rows:
+        return "no server certificates in the store yet: run 'kimpki issue HOST'"
+
+    def deployed(r: dict) -> str:
+        places = [f"{p.get('namespace')}/{p.get('name')}" + (f" ({p['manifests']})" if p.get("manifests") else "")
+                  for p in r["deployed_to"]]
+        return ", ".join(places) or "-"
+
+    return table([[r["certificate"], ",".join(r["hosts"]), _day(r["not_after"]), r["days_left"],
+                   _day(r["renewal_time"]), r["state"] + (" (pending " + r["pending_serial"][:8] + ")"
+                                                          if r["pending_serial"] else ""), deployed(r)]
+                  for r in rows],
+                 ["CERTIFICATE", "HOSTS", "NOT AFTER", "DAYS", "RENEWAL DUE", "STATE", "DEPLOYED TO"])

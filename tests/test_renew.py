@@ -1,0 +1,562 @@
+"""`kimpki renew`: decisions with an injected clock (time-machine, in-process), and whole runs against
+the Kubernetes API stand-in and folders of manifests (subprocesses, with certificates issued with a
+past validity): only what is due is rotated, in place; failures, re-runs, concurrency, pagination,
+the lock, logs and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import time_machine
+import yaml
+
+from kimpki.istio.credential import CredentialMaterial, CredentialSpec, Provenance, build_credential
+from kimpki.pki import keys, parse
+from kimpki.pki.renewal import Jitter, RenewBefore, renewal_time
+from kimpki.store import Store
+from tests.conftest import assert_one_line_error
+from tests.istio_helpers import decoded
+from tests.kubeapi.fixtures import *  # noqa: F401,F403
+
+NS = "istio-system"
+CA = "example.com"
+DAY = timedelta(days=1)
+
+
+# -- helpers (also used by test_status.py) ------------------------------------------------------------
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_ca(home: Path, name: str = CA) -> None:
+    from kimpki.ops import authority
+
+    store = Store.open(home)
+    try:
+        authority.init_ca(store, name, org="example Inc.", common_name=None, key_type=keys.KeyType.EC_P256,
+                          days=3650, passphrase=None, parent=None, parent_passphrase=authority.no_passphrase,
+                          now=utc_now())
+    finally:
+        store.close()
+
+
+def credential(home: Path, secret: str, host: str, *, age: timedelta = timedelta(0), days: float = 90,
+               mutual: bool = False, ca_secret: bool = False, namespace: str = NS, fmt: str = "generic",
+               now: datetime | None = None) -> list[dict]:
+    """Issue a server certificate for ``host`` whose validity began ``age`` ago and lasts ``days``,
+    and build its credential Secret(s) as ``kimpki secret create`` does (without its refusal of
+    expired material, so that tests can hold expired credentials too)."""
+    from kimpki.ops import issuing
+
+    now = now or utc_now()
+    not_before = now - age - timedelta(minutes=5)
+    store = Store.open(home)
+    try:
+        rec = issuing.issue(store, [host], ca_name=CA, now=now, passphrase=lambda _: None,
+                            not_before=not_before, not_after=not_before + days * DAY).record
+        material = CredentialMaterial(rec.cert_path.read_bytes(), rec.key_path.read_bytes(),
+                                      rec.ca_path.read_bytes() if mutual else None)
+    finally:
+        store.close()
+    spec = CredentialSpec(secret, namespace, format=fmt, mutual=mutual, ca_secret=ca_secret)
+    prov = Provenance(rec.name, tuple(rec.hosts), rec.ca, rec.serial, parse.rfc3339(rec.not_after))
+    return list(build_credential(spec, material, prov).secrets)
+
+
+def write_manifests(folder: Path, secrets: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in secrets:
+        (folder / f"{s['metadata']['name']}.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+
+
+def folder_secret(folder: Path, name: str) -> dict:
+    return yaml.safe_load((folder / f"{name}.yaml").read_text())
+
+
+def served_serial(secret: dict) -> str:
+    data = decoded(secret)
+    pem = data.get("cert") or data["tls.crt"]
+    return parse.serial_hex(parse.load_certificates(pem)[0])
+
+
+def kube(srv) -> dict:
+    """The environment that points a kimpki subprocess at the stand-in."""
+    return {"KUBECONFIG": srv.kubeconfig_path, "KUBECACHEDIR": str(Path(srv.workdir) / "kube-cache")}
+
+
+def run_in_process(capsys, home: Path, *args) -> tuple[int, str, str]:
+    """The real CLI entry point in this process (so that time-machine's clock applies)."""
+    from kimpki.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(home), *map(str, args)])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def versions(home: Path, name: str) -> list:
+    store = Store.open(home)
+    try:
+        return [r for r in store.list_certs(include_history=True) if r.name == name]
+    finally:
+        store.close()
+
+
+def put_puts(srv) -> list[str]:
+    return [c["name"] for c in srv.calls(method="PUT", resource="secrets")]
+
+
+# -- decisions with an injected clock (in-process) -------------------------------------------------------
+
+@pytest.fixture
+def fresh_folder(tmp_path):
+    """A home with a CA and three fresh 90-day credentials in a manifests folder; returns
+    (home, folder, issue time)."""
+    home, folder = tmp_path / "home", tmp_path / "deploy"
+    make_ca(home)
+    t0 = utc_now()
+    for i in range(3):
+        write_manifests(folder, credential(home, f"cred-{i}", f"h{i}.example.com", now=t0))
+    return home, folder, t0
+
+
+@pytest.mark.parametrize("day,args,due", [
+    (59, [], 0), (61, [], 3),                                     # the last third: day 60
+    (59, ["--renew-before", "30d"], 0), (61, ["--renew-before", "30d"], 3),
+    (61, ["--renew-before", "20d"], 0), (71, ["--renew-before", "20d"], 3),
+    (59, ["--renew-before", "35%"], 3), (58, ["--renew-before", "35%"], 0),
+    (91, [], 3),                                                  # expired: renewed too
+])
+def test_due_follows_the_clock(capsys, fresh_folder, day, args, due):
+    home, folder, t0 = fresh_folder
+    with time_machine.travel(t0 + day * DAY, tick=False):
+        code, out, err = run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json", *args)
+    assert code == 0, err
+    s = json.loads(out)
+    assert (s["checked"], s["due"], s["would_renew"], s["renewed"], s["failed"]) == (3, due, due, 0, 0)
+    states = {r["state"] for r in s["results"]}
+    assert states == ({"expired"} if day > 90 else {"due"} if due else {"valid"})
+    if not due:
+        assert "nothing due; next renewal" in err
+        assert s["next_due"]["secret"] in {"cred-0", "cred-1", "cred-2"}
+
+
+def test_renewal_under_the_clock_renews_once_then_waits_a_new_lifetime(capsys, fresh_folder):
+    home, folder, t0 = fresh_folder
+    before = {f"cred-{i}": served_serial(folder_secret(folder, f"cred-{i}")) for i in range(3)}
+    with time_machine.travel(t0 + 61 * DAY, tick=False):
+        code, out, err = run_in_process(capsys, home, "renew", "--manifests", folder, "--json")
+        assert code == 0, err
+        s = json.loads(out)
+        assert (s["due"], s["renewed"], s["failed"]) == (3, 3, 0)
+        # The same day again: the new certificates (90 days from day 61) are not due.
+        code, out, err = run_in_process(capsys, home, "renew", "--manifests", folder, "--json")
+        assert code == 0 and json.loads(out)["due"] == 0
+        assert "nothing due" in err
+    after = {n: served_serial(folder_secret(folder, n)) for n in before}
+    assert all(after[n] != before[n] for n in before)
+    for i in range(3):
+        vs = versions(home, f"h{i}.example.com")
+        assert sorted(v.state for v in vs) == ["current", "previous"]
+        assert next(v for v in vs if v.state == "current").serial == after[f"cred-{i}"]
+        assert next(v for v in vs if v.state == "current").not_before > t0 + 60 * DAY
+    with time_machine.travel(t0 + 61 * DAY + 59 * DAY, tick=False):
+        code, out, _ = run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json")
+        assert json.loads(out)["due"] == 0
+    with time_machine.travel(t0 + 61 * DAY + 61 * DAY, tick=False):
+        code, out, _ = run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json")
+        assert json.loads(out)["due"] == 3
+
+
+def test_jitter_is_deterministic_and_matches_the_rule(capsys, tmp_path):
+    home, folder = tmp_path / "home", tmp_path / "deploy"
+    make_ca(home)
+    t0 = utc_now()
+    for i in range(12):
+        write_manifests(folder, credential(home, f"cred-{i:02d}", f"h{i}.example.com", now=t0))
+    jitter = Jitter.parse("15%")  # up to 13.5 days earlier than day 60
+    code, out, _ = run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json")
+    expected = {}
+    for r in json.loads(out)["results"]:
+        nb, na = datetime.fromisoformat(r["not_before"]), datetime.fromisoformat(r["not_after"])
+        expected[r["secret"]] = at = renewal_time(nb, na, RenewBefore.parse(None), jitter=jitter, key=r["serial"])
+        assert nb + 46 * DAY < at <= renewal_time(nb, na)  # never later, at most 13.5 days earlier
+    # Travel to between the 6th and 7th renewal times: exactly those 6 are due.
+    times = sorted(expected.values())
+    day = times[5] + (times[6] - times[5]) / 2
+    with time_machine.travel(day, tick=False):
+        runs = [json.loads(run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json",
+                                          "--jitter", "15%")[1]) for _ in range(2)]
+        plain = json.loads(run_in_process(capsys, home, "renew", "--manifests", folder, "--dry-run", "--json")[1])
+    assert runs[0]["results"] == runs[1]["results"]  # the same decisions, run after run
+    assert runs[0]["due"] == 6
+    for r in runs[0]["results"]:
+        assert r["renewal_time"] == parse.rfc3339(expected[r["secret"]])
+        assert r["state"] == ("due" if expected[r["secret"]] <= day else "valid")
+    assert plain["due"] == 0  # without jitter nothing is due yet: jitter alone made those 6 due
+
+
+# -- whole runs against the API stand-in -------------------------------------------------------------
+
+@pytest.fixture
+def three_in_cluster(kimpki, kube_api):
+    """kim (due: 70 days into 90), kim-new (MUTUAL, CA in kim-new-credential-cacert) and bookinfo
+    (tls form), both fresh, in the stand-in."""
+    make_ca(kimpki.home)
+    secrets = (credential(kimpki.home, "kim-credential", "kim.example.com", age=70 * DAY)
+               + credential(kimpki.home, "kim-new-credential", "kim-new.example.com", mutual=True, ca_secret=True)
+               + credential(kimpki.home, "bookinfo-credential", "bookinfo.com", fmt="tls"))
+    kube_api.put_objects(secrets)
+    kube_api.clear_requests()
+    return kube_api
+
+
+def test_only_the_due_credential_is_rotated_in_place(kimpki, three_in_cluster):
+    srv = three_in_cluster
+    before = {s["metadata"]["name"]: s for s in srv.list_objects("secrets", NS)}
+    res = kimpki("renew", "--json", env=kube(srv))
+    assert res.code == 0, res.err
+    s = res.json
+    assert (s["checked"], s["due"], s["renewed"], s["failed"], s["skipped"]) == (4, 1, 1, 0, 1)
+    assert put_puts(srv) == ["kim-credential"]  # the others: not one write
+    assert srv.calls(method="POST", resource="secrets") == [] and srv.calls(method="DELETE") == []
+    # Read once through the LIST; the due one once more by the guarded update, nothing else.
+    assert [c["name"] for c in srv.calls(method="GET", resource="secrets") if c["name"]] == ["kim-credential"]
+    after = {x["metadata"]["name"]: x for x in srv.list_objects("secrets", NS)}
+    old, new = before["kim-credential"], after["kim-credential"]
+    assert new["metadata"]["uid"] == old["metadata"]["uid"]  # updated in place, not re-created
+    assert served_serial(new) != served_serial(old)
+    assert new["metadata"]["annotations"]["kimpki.io/serial"] == served_serial(new)
+    result = next(r for r in s["results"] if r["secret"] == "kim-credential")
+    assert (result["action"], result["serial"]) == ("renewed", served_serial(old))
+    assert result["new_serial"] == served_serial(new)
+    for name in ("kim-new-credential", "kim-new-credential-cacert", "bookinfo-credential"):
+        assert after[name] == before[name]
+    skipped = next(r for r in s["results"] if r["action"] == "skipped")
+    assert skipped["secret"] == "kim-new-credential-cacert" and "CA bundle of kim-new-credential" in skipped["reason"]
+    # The store: the renewed serial is current and recorded as deployed to the Secret.
+    cur = next(v for v in versions(kimpki.home, "kim.example.com") if v.state == "current")
+    assert cur.serial == served_serial(new)
+    assert {"kind": "Secret", "namespace": NS, "name": "kim-credential"}.items() <= cur.deployed_to[0].items()
+    assert "renewed istio-system/kim-credential" in res.err
+
+
+def test_a_mutual_credential_keeps_its_separate_ca_secret(kimpki, kube_api):
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "kim-new-credential", "kim-new.example.com", age=80 * DAY,
+                                    mutual=True, ca_secret=True))
+    kube_api.clear_requests()
+    res = kimpki("renew", "--json", env=kube(kube_api))
+    assert res.code == 0, res.err
+    assert res.json["renewed"] == 1
+    assert sorted(put_puts(kube_api)) == ["kim-new-credential", "kim-new-credential-cacert"]
+    main = kube_api.get_object("secrets", NS, "kim-new-credential")
+    cacert = kube_api.get_object("secrets", NS, "kim-new-credential-cacert")
+    assert set(main["data"]) == {"cert", "key"}  # the CA stays in NAME-cacert, where Istio reads it first
+    assert set(cacert["data"]) == {"cacert"}
+    assert cacert["metadata"]["annotations"]["kimpki.io/serial"] == served_serial(main)
+
+
+def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api):
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "kim-credential", "kim.example.com", age=10 * DAY)
+                         + credential(kimpki.home, "bookinfo-credential", "bookinfo.com", age=20 * DAY))
+    kube_api.clear_requests()
+    res = kimpki("renew", env=kube(kube_api))
+    assert res.code == 0, res.err
+    assert res.out == ""
+    # The one that started 20 days ago is due first: day 60 of its 90.
+    bookinfo = kube_api.get_object("secrets", NS, "bookinfo-credential")
+    cert = parse.load_certificates(decoded(bookinfo)["cert"])[0]
+    when = parse.rfc3339(renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc))
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"nothing due; next renewal {when} (istio-system/bookinfo-credential)" in lines[0]
+    assert put_puts(kube_api) == []
+
+
+def test_json_summary_keys(kimpki, three_in_cluster):
+    s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
+    assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
+                       "skipped", "next_due", "errors", "api_requests", "results"]
+    assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
+    assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
+    assert (s["due"], s["would_renew"], s["renewed"]) == (1, 1, 0)
+    assert set(s["next_due"]) == {"time", "secret", "namespace", "place"}
+    r = next(r for r in s["results"] if r["secret"] == "kim-credential")
+    assert list(r) == ["secret", "namespace", "place", "certificate", "hosts", "ca", "serial", "not_before",
+                       "not_after", "days_left", "renewal_time", "renew_before", "state", "action", "reason",
+                       "new_serial", "new_not_after"]
+    assert (r["state"], r["action"], r["hosts"], r["certificate"], r["ca"]) == \
+        ("due", "would renew", ["kim.example.com"], "kim.example.com", CA)
+    assert r["renew_before"] == "33.3333%"
+    assert put_puts(three_in_cluster) == []  # nothing written by a dry run
+    assert three_in_cluster.calls(resource="leases") == []
+
+
+def test_a_failed_update_fails_the_run_and_the_rerun_finishes_with_the_pending_certificate(kimpki, kube_api):
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "a-credential", "a.example.com", age=70 * DAY)
+                         + credential(kimpki.home, "b-credential", "b.example.com", age=70 * DAY)
+                         + credential(kimpki.home, "c-credential", "c.example.com", age=70 * DAY))
+    a_before = kube_api.get_object("secrets", NS, "a-credential")
+    kube_api.clear_requests()
+    kube_api.fail(method="PUT", resource="secrets", name="a-credential", status=500)
+    res = kimpki("renew", "--json", env=kube(kube_api))
+    assert res.code == 1
+    s = res.json
+    assert (s["due"], s["renewed"], s["failed"]) == (3, 2, 1)
+    failed = next(r for r in s["results"] if r["action"] == "failed")
+    assert failed["secret"] == "a-credential"
+    assert "untouched" in failed["reason"] and "kept as pending" in failed["reason"]
+    assert "Traceback" not in res.err
+    assert any(l.split(" ", 2)[1] == "error" and "failed istio-system/a-credential" in l for l in res.err.splitlines())
+    assert kube_api.get_object("secrets", NS, "a-credential") == a_before  # still served as it was
+    pending = [v for v in versions(kimpki.home, "a.example.com") if v.state == "pending"]
+    assert len(pending) == 1 and pending[0].serial in failed["reason"]
+    for name in ("b-credential", "c-credential"):
+        assert served_serial(kube_api.get_object("secrets", NS, name)) != served_serial(a_before)
+    # The re-run: only a is due now, and it goes out with the pending certificate.
+    again = kimpki("renew", "--json", env=kube(kube_api))
+    assert again.code == 0, again.err
+    r = again.json
+    assert (r["due"], r["renewed"], r["failed"]) == (1, 1, 0)
+    (done,) = [x for x in r["results"] if x["action"] in ("renewed", "resumed")]
+    assert done["action"] == "resumed" and done["new_serial"] == pending[0].serial
+    assert served_serial(kube_api.get_object("secrets", NS, "a-credential")) == pending[0].serial
+    assert "earlier run left pending" in again.err
+    assert [v.state for v in versions(kimpki.home, "a.example.com")].count("current") == 1
+
+
+def test_a_broken_secret_fails_with_its_reason_and_the_rest_is_renewed(kimpki, kube_api):
+    make_ca(kimpki.home)
+    good = credential(kimpki.home, "good-credential", "good.example.com", age=70 * DAY)
+    (no_ann,) = credential(kimpki.home, "bare-credential", "bare.example.com", age=70 * DAY)
+    del no_ann["metadata"]["annotations"]["kimpki.io/hosts"]
+    (garbled,) = credential(kimpki.home, "garbled-credential", "garbled.example.com")
+    garbled["data"]["cert"] = "bm90IGEgY2VydGlmaWNhdGU="  # "not a certificate"
+    kube_api.put_objects(good + [no_ann, garbled])
+    res = kimpki("renew", "--json", env=kube(kube_api))
+    assert res.code == 1
+    s = res.json
+    assert (s["checked"], s["due"], s["renewed"], s["failed"]) == (3, 1, 1, 2)
+    by = {r["secret"]: r for r in s["results"]}
+    assert by["bare-credential"]["state"] == "broken"
+    assert "lacks the annotation(s) kimpki.io/hosts" in by["bare-credential"]["reason"]
+    assert by["garbled-credential"]["state"] == "broken"
+    assert "serves no readable certificate" in by["garbled-credential"]["reason"]
+    assert by["good-credential"]["action"] == "renewed"
+    assert "Traceback" not in res.err
+
+
+def test_pagination_and_requests(kimpki, kube_api):
+    """1,234 managed Secrets, 500 a page: 3 LIST requests. A real run adds the Lease: GET, create,
+    and the release."""
+    make_ca(kimpki.home)
+    (template,) = credential(kimpki.home, "template", "t.example.com", age=DAY)
+    objs = []
+    for i in range(1234):
+        s = json.loads(json.dumps(template))
+        s["metadata"]["name"] = f"cred-{i:04d}"
+        objs.append(s)
+    kube_api.put_objects(objs)
+    kube_api.clear_requests()
+    s = kimpki("renew", "--dry-run", "--json", env=kube(kube_api)).json
+    assert (s["checked"], s["due"]) == (1234, 0)
+    lists = [r for r in kube_api.requests if r[0] == "GET" and r[1] == f"/api/v1/namespaces/{NS}/secrets"]
+    assert len(lists) == 3 and len(kube_api.requests) == 3 == s["api_requests"]
+    assert all("limit=500" in q and "labelSelector=app.kubernetes.io/managed-by%3Dkimpki" in q
+               for _, _, q in lists)
+    assert sum("continue=" in q for _, _, q in lists) == 2
+    kube_api.clear_requests()
+    s = kimpki("renew", "--json", env=kube(kube_api)).json
+    assert s["checked"] == 1234 and s["lock"]["acquired"]
+    leases = [(c["method"], c["name"]) for c in kube_api.calls(resource="leases")]
+    assert leases == [("GET", "kimpki-renew"), ("POST", None), ("PUT", "kimpki-renew")]
+    assert len(kube_api.requests) == 6
+    lease = kube_api.get_object("leases", NS, "kimpki-renew")
+    assert lease["spec"]["holderIdentity"] == ""  # released: the next run need not wait
+
+
+def test_all_namespaces_and_one_namespace(kimpki, kube_api):
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "a", "a.example.com", age=70 * DAY, namespace="default")
+                         + credential(kimpki.home, "b", "b.example.com", age=70 * DAY))
+    one = kimpki("renew", "--dry-run", "--json", env=kube(kube_api)).json
+    assert [r["namespace"] for r in one["results"]] == [NS]
+    other = kimpki("renew", "-n", "default", "--dry-run", "--json", env=kube(kube_api)).json
+    assert [r["namespace"] for r in other["results"]] == ["default"]
+    every = kimpki("renew", "--all-namespaces", "--dry-run", "--json", env=kube(kube_api)).json
+    assert sorted(r["namespace"] for r in every["results"]) == ["default", NS]
+
+
+# -- concurrency ------------------------------------------------------------------------------------
+
+def _start(kimpki, *args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kimpki", *map(str, args)], cwd=kimpki.cwd,
+                            env={**kimpki.env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_two_concurrent_runs_on_one_folder_renew_each_credential_once(kimpki, tmp_path):
+    folder = tmp_path / "deploy"
+    make_ca(kimpki.home)
+    for i in range(6):
+        write_manifests(folder, credential(kimpki.home, f"cred-{i}", f"h{i}.example.com", age=70 * DAY))
+    procs = [_start(kimpki, "renew", "--manifests", folder, "--json", "--lock-wait", "60") for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    summaries = [json.loads(o) for o, _ in outs]
+    assert sorted(s["renewed"] for s in summaries) == [0, 6]  # the second found nothing left to do
+    for i in range(6):
+        states = sorted(v.state for v in versions(kimpki.home, f"h{i}.example.com"))
+        assert states == ["current", "previous"]  # one new version each, not two
+        cur = next(v for v in versions(kimpki.home, f"h{i}.example.com") if v.state == "current")
+        assert served_serial(folder_secret(folder, f"cred-{i}")) == cur.serial
+
+
+def test_two_concurrent_runs_from_two_homes_share_the_lease(kimpki, kube_api, tmp_path):
+    """An admin's crontab and the in-cluster CronJob: different homes (each with the CA), one
+    cluster. The Lease keeps them apart: each due Secret is written exactly once."""
+    make_ca(kimpki.home)
+    names = [f"cred-{i}" for i in range(6)]
+    for i, n in enumerate(names):
+        kube_api.put_objects(credential(kimpki.home, n, f"h{i}.example.com", age=70 * DAY))
+    other_home = tmp_path / "other-home"
+    shutil.copytree(kimpki.home, other_home)
+    kube_api.clear_requests()
+    procs = [_start(kimpki, "renew", "--json", "--lock-wait", "60", env=kube(kube_api)),
+             _start(kimpki, "--home", other_home, "renew", "--json", "--lock-wait", "60", env=kube(kube_api))]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(json.loads(o)["renewed"] for o, _ in outs) == [0, 6]
+    assert sorted(put_puts(kube_api)) == names  # one PUT per Secret
+    assert len({served_serial(kube_api.get_object("secrets", NS, n)) for n in names}) == 6
+
+
+def test_a_held_lock_means_nothing_done_and_exit_0(kimpki, tmp_path):
+    from kimpki.ops.locking import renewal_lock
+
+    folder = tmp_path / "deploy"
+    make_ca(kimpki.home)
+    write_manifests(folder, credential(kimpki.home, "cred", "h.example.com", age=70 * DAY))
+    before = (folder / "cred.yaml").read_bytes()
+    with renewal_lock(home=kimpki.home, wait=0, identity="other-run") as held:
+        assert held.acquired
+        res = kimpki("renew", "--manifests", folder, "--lock-wait", "0", "--json")
+        text = kimpki("renew", "--manifests", folder, "--lock-wait", "0")
+    assert res.code == 0 and text.code == 0
+    assert res.json["lock"]["acquired"] is False and res.json["checked"] == 0
+    assert "another run (holder other-run" in text.err and "nothing done" in text.err
+    assert len(text.err.strip().splitlines()) == 1
+    assert (folder / "cred.yaml").read_bytes() == before
+    assert len(versions(kimpki.home, "h.example.com")) == 1
+
+
+# -- logs, exit codes, usage ---------------------------------------------------------------------------
+
+def test_log_format_json_lines_parse(kimpki, kube_api):
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "a-credential", "a.example.com", age=70 * DAY)
+                         + credential(kimpki.home, "b-credential", "b.example.com", age=70 * DAY)
+                         + credential(kimpki.home, "c-credential", "c.example.com"))
+    kube_api.fail(method="PUT", resource="secrets", name="b-credential", status=500)
+    res = kimpki("renew", "--log-format", "json", env=kube(kube_api))
+    assert res.code == 1 and res.out == ""
+    lines = [json.loads(l) for l in res.err.strip().splitlines()]
+    assert [(l["event"], l.get("secret")) for l in lines] == [
+        ("renewed", "a-credential"), ("failed", "b-credential"), ("summary", None)]
+    for l in lines:
+        assert {"time", "level", "event", "message"} <= set(l)
+        assert datetime.fromisoformat(l["time"]).tzinfo is not None
+    renewed, failed, summary = lines
+    assert (renewed["level"], renewed["namespace"]) == ("info", NS)
+    assert renewed["serials"]["old"] != renewed["serials"]["new"] and renewed["serials"]["new"]
+    assert failed["level"] == "error" and "(500 InternalError)" in failed["reason"]
+    assert (summary["level"], summary["checked"], summary["renewed"], summary["failed"]) == ("error", 3, 1, 1)
+    assert summary["next_due"]["secret"] == "c-credential"
+
+
+def test_log_format_json_reports_a_fatal_error_as_json(kimpki, tmp_path):
+    # No cluster at all: the kubeconfig points nowhere useful.
+    bad = tmp_path / "kubeconfig"
+    bad.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [
+        {"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}], "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}], "current-context": "x"}))
+    res = kimpki("renew", "--log-format", "json", "--kubeconfig", bad, env={"KIMPKI_KUBE_TIMEOUT": "2"})
+    assert res.code == 1
+    (line,) = [json.loads(l) for l in res.err.strip().splitlines()]
+    assert line["level"] == "error" and line["event"] == "error" and "127.0.0.1:1" in line["message"]
+    text = kimpki("renew", "--kubeconfig", bad, env={"KIMPKI_KUBE_TIMEOUT": "2"})
+    assert_one_line_error(text, 1, "127.0.0.1:1")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--renew-before", "banana"], "invalid --renew-before 'banana'"),
+    (["--renew-before", "100%"], "between 0 and 100"),
+    (["--jitter", "soon"], "invalid --jitter 'soon'"),
+    (["-n", "a", "--all-namespaces"], "not both"),
+    (["--manifests", "/nonexistent/folder"], "no such manifests folder"),
+    (["--manifests", ".", "--kubeconfig", "x"], "--kubeconfig/--context choose a cluster"),
+    (["--lock-wait", "-1"], "--lock-wait"),
+    (["--log-format", "xml"], "--log-format"),
+])
+def test_usage_errors_exit_2_with_one_line(kimpki, args, needle):
+    res = kimpki("renew", *args)
+    assert_one_line_error(res, 2, needle)
+
+
+def test_help_has_examples_and_exit_codes(kimpki):
+    out = kimpki.ok("renew", "--help").out
+    for needle in ("Examples:", "kimpki renew --manifests ./deploy", "--renew-before", "--jitter", "--log-format",
+                   "--lock-wait", "Exit codes:", "stderr"):
+        assert needle in out
+
+
+def test_renew_from_a_policy_uses_its_renew_before(capsys, tmp_path):
+    """--policy sweeps the folder the policy's Target names, and a Certificate's renewBefore
+    decides for the Secrets built from it; other Secrets there follow the default rule."""
+    home, pol = tmp_path / "home", tmp_path / "policy"
+    out = pol / "out"
+    make_ca(home)
+    t0 = utc_now()
+    write_manifests(out, credential(home, "kim-credential", "kim.example.com", now=t0)
+                    + credential(home, "other-credential", "other.example.com", now=t0))
+    pol.mkdir(exist_ok=True)
+    (pol / "policy.yaml").write_text("""\
+apiVersion: kimpki.io/v1alpha1
+kind: Target
+metadata: {name: local}
+spec: {manifests: out}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: example.com}
+spec: {org: example Inc.}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: kim.example.com}
+spec: {hosts: [kim.example.com], ca: example.com, duration: 90d, renewBefore: 45d}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Credential
+metadata: {name: kim-credential, namespace: istio-system}
+spec: {certificate: kim.example.com}
+""")
+    with time_machine.travel(t0 + 50 * DAY, tick=False):
+        code, out_json, err = run_in_process(capsys, home, "renew", "--policy", pol, "--dry-run", "--json")
+    assert code == 0, err
+    s = json.loads(out_json)
+    by = {r["secret"]: r for r in s["results"]}
+    assert (by["kim-credential"]["state"], by["kim-credential"]["renew_before"]) == ("due", "45d")
+    assert (by["other-credential"]["state"], by["other-credential"]["renew_before"]) == ("valid", "33.3333%")
+    assert len(s["places"]) == 1 and s["places"][0].startswith("manifests ") and s["places"][0].endswith("out")
