@@ -16,7 +16,8 @@ Examples:
   kimpki renew --manifests ./deploy             # a folder 'kimpki gateway serve' reads
   kimpki renew --policy policies/               # where the policy's credentials live
   kimpki renew --renew-before 30d --jitter 10%
-  17 3 * * *  kimpki renew --log-format json    # a crontab line ('kimpki cron render')
+  kimpki renew --log-format json                # one JSON object per log line
+  kimpki cron render                            # a crontab line that runs renew
 \b
 Places: --manifests and --policy name the places to sweep; without them, the cluster
 (--kubeconfig, --context; -n NS, default istio-system, or --all-namespaces).
