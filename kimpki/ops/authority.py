@@ -47,6 +47,10 @@ class CaResult:
             "not_after": info["not_after"],
             "days_left": info["days_left"],
             "key_type": info["key"],
+            "state": self.record.state,
+            "successor": self.record.successor,
+            "predecessor": self.record.predecessor,
+            "retired_at": parse.rfc3339(self.record.retired_at) if self.record.retired_at else None,
             "warnings": self.warnings,
         }
 
@@ -55,8 +59,21 @@ def read_ca_cert(ca: CaRecord) -> x509.Certificate:
     return parse.load_certificates(ca.cert_path.read_bytes(), str(ca.cert_path))[0]
 
 
+def root_of(store: Store, ca: CaRecord) -> CaRecord:
+    """The root CA ``ca`` chains to (``ca`` itself for a root)."""
+    while ca.parent is not None:
+        ca = store.get_ca(ca.parent)
+    return ca
+
+
 def load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> profiles.Issuer:
-    """Everything needed to sign under ``ca``: its certificate, key, intermediates and root."""
+    """Everything needed to sign under ``ca``: its certificate, key, intermediates and root
+    (and, for a root still overlapping with the root it replaced, its cross certificate).
+    A retired CA may not sign."""
+    if ca.retired_at is not None:
+        instead = f"; issue from its successor {ca.successor!r}" if ca.successor else ""
+        raise OperationError(f"CA {ca.name!r} was retired on {parse.rfc3339(ca.retired_at)} and may no "
+                             f"longer issue{instead}")
     cert = read_ca_cert(ca)
     pem = ca.key_path.read_bytes()
     pw = passphrase(ca.name) if keys.key_is_encrypted(pem) else None
@@ -71,7 +88,18 @@ def load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> pro
             chain.append(pcert)
         root = pcert
         parent = p.parent
-    return profiles.Issuer(cert=cert, key=key, chain=tuple(chain), root=root)
+    return profiles.Issuer(cert=cert, key=key, chain=tuple(chain), root=root, cross=_cross_certificates(store, ca))
+
+
+def _cross_certificates(store: Store, ca: CaRecord) -> tuple[x509.Certificate, ...]:
+    """A root's certificate signed by the root it replaces, while that one is not retired: served
+    after leaves so clients that trust only the old root keep verifying them."""
+    if ca.parent is not None or ca.predecessor is None or not ca.cross_path.exists():
+        return ()
+    old = store.find_ca(ca.predecessor)
+    if old is None or old.retired_at is not None:
+        return ()
+    return tuple(parse.load_certificates(ca.cross_path.read_bytes(), str(ca.cross_path)))
 
 
 def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None,
@@ -80,26 +108,34 @@ def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None
     name = safe_store_name(name)
     key = keys.generate_key(key_type)  # outside the lock: RSA-4096 can take a second
     with store.locked():
-        if store.find_ca(name) is not None:
-            raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
-        not_before, not_after = profiles.validity(now, days)
-        chain_pem = None
-        if parent is None:
-            cert = profiles.make_root(key, common_name or name, org, not_before, not_after)
-        else:
-            issuer = load_issuer(store, store.get_ca(parent), parent_passphrase)
-            if not_after > issuer.cert.not_valid_after_utc:
-                not_after = issuer.cert.not_valid_after_utc  # an intermediate never outlives its parent
-            serial = fresh_serial(store, parent)
-            cert = profiles.make_intermediate(key.public_key(), common_name or name, org, issuer,
-                                              not_before, not_after, serial)
-            above = issuer.chain_below_root
-            chain_pem = parse.certs_to_pem(above) if above else None
-        rec = store.add_ca(name, parent=parent, cert_pem=parse.certs_to_pem([cert]),
-                           key_pem=keys.key_to_pem(key, passphrase), chain_pem=chain_pem,
-                           serial=parse.serial_hex(cert), subject=cert.subject.rfc4514_string(),
-                           not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                           key_type=key_type.value, encrypted=bool(passphrase), imported=False, now=now)
+        return create_ca(store, name, key, key_type=key_type, org=org, common_name=common_name, days=days,
+                         passphrase=passphrase, parent=parent, parent_passphrase=parent_passphrase, now=now)
+
+
+def create_ca(store: Store, name: str, key, *, key_type: keys.KeyType, org: str | None,
+              common_name: str | None, days: float, passphrase: bytes | None, parent: str | None,
+              parent_passphrase: PassphraseSource, now) -> CaResult:
+    """:func:`init_ca` with a key already generated. Call inside ``store.locked()``."""
+    if store.find_ca(name) is not None:
+        raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
+    not_before, not_after = profiles.validity(now, days)
+    chain_pem = None
+    if parent is None:
+        cert = profiles.make_root(key, common_name or name, org, not_before, not_after)
+    else:
+        issuer = load_issuer(store, store.get_ca(parent), parent_passphrase)
+        if not_after > issuer.cert.not_valid_after_utc:
+            not_after = issuer.cert.not_valid_after_utc  # an intermediate never outlives its parent
+        serial = fresh_serial(store, parent)
+        cert = profiles.make_intermediate(key.public_key(), common_name or name, org, issuer,
+                                          not_before, not_after, serial)
+        above = issuer.chain_below_root
+        chain_pem = parse.certs_to_pem(above) if above else None
+    rec = store.add_ca(name, parent=parent, cert_pem=parse.certs_to_pem([cert]),
+                       key_pem=keys.key_to_pem(key, passphrase), chain_pem=chain_pem,
+                       serial=parse.serial_hex(cert), subject=cert.subject.rfc4514_string(),
+                       not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                       key_type=key_type.value, encrypted=bool(passphrase), imported=False, now=now)
     return CaResult(rec, cert, [])
 
 
@@ -159,11 +195,67 @@ def ensure_default_ca(store: Store, now) -> CaRecord | None:
     return res.record
 
 
+def generations(store: Store, ca_name: str) -> list[CaRecord]:
+    """``ca_name`` and the CAs it replaced or that replace it (``kimpki ca rotate``), oldest
+    first; just ``[ca]`` for a CA that was never rotated, ``[]`` for an unknown name."""
+    ca = store.find_ca(ca_name)
+    if ca is None:
+        return []
+    line, seen = [ca], {ca.name}
+    while line[0].predecessor and line[0].predecessor not in seen:
+        before = store.find_ca(line[0].predecessor)
+        if before is None:
+            break
+        line.insert(0, before)
+        seen.add(before.name)
+    while line[-1].successor and line[-1].successor not in seen:
+        after = store.find_ca(line[-1].successor)
+        if after is None:
+            break
+        line.append(after)
+        seen.add(after.name)
+    return line
+
+
 def trust_bundle(store: Store, ca_name: str, ca_pem: bytes) -> bytes:
-    """The CA bundle a MUTUAL credential of CA ``ca_name`` publishes: ``ca_pem`` (the CA's
-    certificate, or the root it chains to). The one place that decides what clients are
-    checked against, so that a CA rotation can widen it to old + new during the overlap."""
-    return ca_pem
+    """The CA bundle to publish for CA ``ca_name``, given ``ca_pem`` (the CA's certificate, or
+    the root it chains to): what a MUTUAL credential checks client certificates against, and
+    what a holder of a certificate from ``ca_name`` is told to trust (its ``ca.crt``).
+
+    The one place that decides it. Outside a rotation that is ``ca_pem`` unchanged. While a
+    rotation overlaps (``kimpki ca rotate``), it holds the same certificate (own or root) of
+    every generation that is not retired, old first, whichever generation ``ca_name`` is, so
+    certificates from the old and the new CA are both accepted; after ``kimpki ca retire`` the
+    retired generation drops out.
+    """
+    line = generations(store, ca_name)
+    if len(line) < 2:
+        return ca_pem
+    given = parse.load_certificates(ca_pem, f"CA bundle of {ca_name!r}")
+    own = {g.name: read_ca_cert(g) for g in line}
+    root = {g.name: read_ca_cert(root_of(store, g)) for g in line}
+    roles: set[str] = set()
+    others: list[x509.Certificate] = []
+    for cert in given:
+        if cert in own.values():
+            roles.add("own")
+        elif cert in root.values():
+            roles.add("root")
+        else:
+            others.append(cert)
+    if not roles:
+        return ca_pem
+    bundle: list[x509.Certificate] = []
+    for g in line:
+        if g.retired_at is not None:
+            continue
+        for role, certs in (("own", own), ("root", root)):
+            if role in roles and certs[g.name] not in bundle:
+                bundle.append(certs[g.name])
+    bundle += [c for c in others if c not in bundle]
+    if not bundle or bundle == given:
+        return ca_pem
+    return parse.certs_to_pem(bundle)
 
 
 def fresh_serial(store: Store, ca_name: str) -> int:

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from kimpki.errors import UsageError
 from kimpki.ops import constraints
-from kimpki.ops.authority import PassphraseSource, fresh_serial, load_issuer
+from kimpki.ops.authority import PassphraseSource, fresh_serial, load_issuer, trust_bundle
 from kimpki.pki import csr as csrmod
 from kimpki.pki import keys, parse, profiles
 from kimpki.pki.names import HostName, parse_hosts, safe_store_name
@@ -69,7 +69,9 @@ def _sign_and_store(store: Store, *, name: str, hosts: list[HostName], kind: pro
             subject=cert.subject.rfc4514_string(), dns_names=dns, ip_addresses=ips,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             key_type=key_type, key_fingerprint=keys.public_key_fingerprint(public_key),
-            chain_pem=chain_pem, key_pem=key_pem, ca_pem=parse.certs_to_pem([issuer.trust_anchor]),
+            chain_pem=chain_pem, key_pem=key_pem,
+            # What the holder should trust: during a CA rotation's overlap, old and new roots.
+            ca_pem=trust_bundle(store, ca.name, parse.certs_to_pem([issuer.trust_anchor])),
             now=now, state=state)
     return IssueResult(rec, cert, previous, rec.ca_path, [])
 

@@ -37,6 +37,10 @@ class Issuer:
     key: PrivateKey
     chain: tuple[x509.Certificate, ...] = field(default=())  # intermediates above ``cert``
     root: x509.Certificate | None = None  # the trust anchor; ``cert`` itself for a root
+    # A root that succeeds another: its own key certified by the predecessor (see
+    # make_cross_certificate). Sent after the leaf, it lets clients that trust only the
+    # predecessor still build a path; clients that trust this root stop at it.
+    cross: tuple[x509.Certificate, ...] = field(default=())
 
     @property
     def trust_anchor(self) -> x509.Certificate:
@@ -44,9 +48,10 @@ class Issuer:
 
     @property
     def chain_below_root(self) -> list[x509.Certificate]:
-        """Certificates a leaf's chain file carries after the leaf: intermediates, never the root."""
+        """Certificates a leaf's chain file carries after the leaf: intermediates (or a root's
+        cross certificate), never the root."""
         if self.root is None or self.cert == self.root:
-            return []
+            return list(self.cross)
         return [self.cert, *self.chain]
 
 
@@ -130,6 +135,27 @@ def make_intermediate(public_key, common_name: str, org: str | None, issuer: Iss
                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                .add_extension(_ca_key_usage(), critical=True)
                .add_extension(_ski(public_key), critical=False)
+               .add_extension(_aki(issuer.cert), critical=False))
+    return builder.sign(issuer.key, signature_hash_for(issuer.key))
+
+
+def make_cross_certificate(subject: x509.Certificate, issuer: Issuer, not_before: datetime,
+                           not_after: datetime, serial: int | None = None) -> x509.Certificate:
+    """``subject`` (a CA) re-certified by ``issuer``: same subject, key, basicConstraints, keyUsage
+    and SKI, issued and signed by ``issuer`` (RFC 4210 section 4.4's newWithOld when a root
+    certifies its successor). A path through it ends at ``issuer``; one through ``subject``
+    itself ends at ``subject``. Never outlives ``issuer``."""
+    not_after = min(not_after, issuer.cert.not_valid_after_utc)
+    ext = subject.extensions
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject.subject)
+               .issuer_name(issuer.cert.subject)
+               .public_key(subject.public_key())
+               .serial_number(serial or random_serial())
+               .not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(ext.get_extension_for_class(x509.BasicConstraints).value, critical=True)
+               .add_extension(ext.get_extension_for_class(x509.KeyUsage).value, critical=True)
+               .add_extension(_ski(subject.public_key()), critical=False)
                .add_extension(_aki(issuer.cert), critical=False))
     return builder.sign(issuer.key, signature_hash_for(issuer.key))
 

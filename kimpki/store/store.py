@@ -7,6 +7,7 @@ Layout under the home directory (every directory 0700, every key 0600)::
     cas/<name>/ca.crt                 the CA certificate
     cas/<name>/ca.key                 its key (PKCS#8 PEM, encrypted when a passphrase was given)
     cas/<name>/chain.crt              intermediate CAs only: the CAs above it, below the root
+    cas/<name>/cross.crt              a root that succeeds another: its key certified by the predecessor
     certs/<name>/versions/<serial>/   one directory per issuance, never rewritten:
         cert.crt                      leaf + intermediates (what a server presents)
         cert.key                      the leaf's private key (absent for signed CSRs)
@@ -15,6 +16,10 @@ Layout under the home directory (every directory 0700, every key 0600)::
 
 Re-issuing a name adds a version and moves ``current``; older versions stay for rollback.
 A version can be ``pending`` (issued, not yet deployed: rotation resumes from it).
+
+CA rotation needs no schema change: the settings table records ``ca-successor:<old>`` = new,
+``ca-predecessor:<new>`` = old and ``ca-retired:<old>`` = the time it was retired, so homes made
+before rotation existed open unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ from kimpki.store.fs import (PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, poin
                              write_atomic, write_new)
 
 LOCK_TIMEOUT = 60.0
+
+# CA lineage, kept in the settings table (see the module doc).
+SUCCESSOR_KEY = "ca-successor:"
+PREDECESSOR_KEY = "ca-predecessor:"
+RETIRED_KEY = "ca-retired:"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cas (
@@ -103,10 +113,25 @@ class CaRecord:
     imported: bool
     is_default: bool
     dir: Path
+    successor: str | None = None  # the CA that replaces this one (``kimpki ca rotate``)
+    predecessor: str | None = None  # the CA this one replaces
+    retired_at: datetime | None = None  # set by ``kimpki ca retire``: may no longer issue
+
+    @property
+    def state(self) -> str:
+        """``active``; ``superseded`` while a successor exists and this one is not retired; ``retired``."""
+        if self.retired_at is not None:
+            return "retired"
+        return "superseded" if self.successor else "active"
 
     @property
     def cert_path(self) -> Path:
         return self.dir / "ca.crt"
+
+    @property
+    def cross_path(self) -> Path:
+        """A successor root's certificate signed by its predecessor (RFC 4210's newWithOld)."""
+        return self.dir / "cross.crt"
 
     @property
     def key_path(self) -> Path:
@@ -216,11 +241,15 @@ class Store:
         return self.home / "cas" / name
 
     def _ca_from_row(self, row: sqlite3.Row, default: str | None) -> CaRecord:
-        return CaRecord(name=row["name"], parent=row["parent"], serial=row["serial"], subject=row["subject"],
+        name = row["name"]
+        retired = self.get_setting(RETIRED_KEY + name)
+        return CaRecord(name=name, parent=row["parent"], serial=row["serial"], subject=row["subject"],
                         not_before=_dt(row["not_before"]), not_after=_dt(row["not_after"]),
                         key_type=row["key_type"], encrypted=bool(row["encrypted"]),
-                        imported=bool(row["imported"]), is_default=row["name"] == default,
-                        dir=self.ca_dir(row["name"]))
+                        imported=bool(row["imported"]), is_default=name == default,
+                        dir=self.ca_dir(name), successor=self.get_setting(SUCCESSOR_KEY + name),
+                        predecessor=self.get_setting(PREDECESSOR_KEY + name),
+                        retired_at=_dt(retired) if retired else None)
 
     def list_cas(self) -> list[CaRecord]:
         default = self.get_setting("default_ca")
@@ -268,6 +297,18 @@ class Store:
         if self.get_setting("default_ca") is None:
             self.set_setting("default_ca", name)
         return self.get_ca(name)
+
+    def set_successor(self, old: str, new: str) -> None:
+        """Record that CA ``new`` replaces CA ``old``. Call inside ``locked()``."""
+        self.set_setting(SUCCESSOR_KEY + old, new)
+        self.set_setting(PREDECESSOR_KEY + new, old)
+
+    def retire_ca(self, name: str, now: datetime) -> None:
+        """Mark CA ``name`` retired (it may no longer issue). Call inside ``locked()``."""
+        self.set_setting(RETIRED_KEY + name, _ts(now.replace(microsecond=0)))
+
+    def write_cross_certificate(self, name: str, cert_pem: bytes) -> None:
+        write_atomic(self.ca_dir(name) / "cross.crt", cert_pem, PUBLIC_FILE)
 
     def record_serial(self, ca: str, serial: str) -> None:
         try:
@@ -345,6 +386,12 @@ class Store:
     def find_cert(self, name: str, state: str = "current") -> CertRecord | None:
         row = self.db.execute("SELECT * FROM certificates WHERE name=? AND state=? ORDER BY id DESC LIMIT 1",
                               (name, state)).fetchone()
+        return self._cert_from_row(row) if row else None
+
+    def find_version(self, name: str, serial: str) -> CertRecord | None:
+        """The version of certificate ``name`` with this serial, whatever its state."""
+        row = self.db.execute("SELECT * FROM certificates WHERE name=? AND serial=? ORDER BY id DESC LIMIT 1",
+                              (name, serial)).fetchone()
         return self._cert_from_row(row) if row else None
 
     def get_cert(self, name: str) -> CertRecord:
