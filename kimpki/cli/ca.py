@@ -1,4 +1,4 @@
-"""``kimpki ca``: init, import, list."""
+"""``kimpki ca``: init, import, list, rotate, retire."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import click
 
 from kimpki.cli.common import (emit, json_option, note, now_utc, open_store, passphrase_file_option,
                                passphrase_source, read_passphrase_file, table)
+from kimpki.cli.gateway import cluster_options
+from kimpki.errors import OperationError
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 
 key_type_option = click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE.value,
@@ -16,7 +18,7 @@ key_type_option = click.option("--key-type", type=click.Choice(KEY_TYPES), defau
 
 @click.group(name="ca")
 def group():
-    """Create, import and list certificate authorities.
+    """Create, import, list and rotate certificate authorities.
 
     \b
     The seed's root was:
@@ -24,7 +26,18 @@ def group():
         -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt
     kimpki's equivalent (v3, keyUsage, random serial, key 0600):
       kimpki ca init example.com --org "example Inc."
+    Changing CA without breaking clients (an overlap instead of a hard cutover):
+      kimpki ca rotate example.com    # then, once nothing needs the old CA:
+      kimpki ca retire example.com
     """
+
+
+def _state_text(d: dict) -> str:
+    if d["state"] == "retired":
+        return f"retired {d['retired_at'][:10]}"
+    if d["state"] == "superseded":
+        return f"superseded by {d['successor']}"
+    return "active" + (f" (replaces {d['predecessor']})" if d["predecessor"] else "")
 
 
 def _ca_text(d: dict) -> str:
@@ -110,7 +123,11 @@ def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file
 @json_option
 @click.pass_context
 def list_(ctx, as_json):
-    """List the CAs in the store (the default one is marked with *)."""
+    """List the CAs in the store (the default one is marked with *).
+
+    STATE is active, "superseded by NEW" during a rotation's overlap ('kimpki ca rotate'),
+    or retired ('kimpki ca retire': it can no longer issue).
+    """
     from kimpki.ops import authority
 
     now = now_utc()
@@ -120,7 +137,201 @@ def list_(ctx, as_json):
         if not rows:
             return "no CAs yet: run 'kimpki ca init NAME'"
         return table([[("* " if r["default"] else "  ") + r["name"], r["kind"], r["key_type"],
-                       r["not_after"][:10], r["days_left"], r["subject"]] for r in rows],
-                     ["  NAME", "KIND", "KEY", "NOT AFTER", "DAYS", "SUBJECT"])
+                       r["not_after"][:10], r["days_left"], _state_text(r), r["subject"]] for r in rows],
+                     ["  NAME", "KIND", "KEY", "NOT AFTER", "DAYS", "STATE", "SUBJECT"])
 
     emit(rows, as_json, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# rotate and retire
+# ---------------------------------------------------------------------------------------------
+
+def place_options(f):
+    """Where the credentials are: folders of manifests and/or a cluster (as 'kimpki rotate')."""
+    f = cluster_options(f)
+    f = click.option("--cluster", "use_cluster", is_flag=True,
+                     help="Also the cluster when --manifests is given (without --manifests the cluster "
+                          "is the only place).")(f)
+    f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+                     help="A folder of manifests ('gateway serve' reads it) instead of the cluster; repeatable.")(f)
+    f = click.option("-n", "--namespace", metavar="NS",
+                     help="Only credentials in this namespace (cluster: default istio-system; "
+                          "folders: every namespace).")(f)
+    return f
+
+
+ROTATE_EPILOG = """\b
+What it does, in order (each step is reported; running it again skips what is done and
+finishes an interrupted rotation):
+  1. successor: a new CA (default NAME-g2 with CN "... G2"; same O, key type and lifetime);
+     a root stays a root, an intermediate gets a new intermediate under the same parent.
+     It becomes the default CA if NAME was; NAME's name constraints carry over.
+  2. widen: every MUTUAL credential checking clients against NAME gets the CA bundle
+     NAME + NEW, so client certificates from either CA are accepted.
+  3. servers: every credential serving a certificate from NAME gets a new key and
+     certificate from NEW, updated in place (as 'kimpki rotate --new-ca NEW').
+  4. clients: every current client certificate from NAME in the store is re-issued from
+     NEW. The old files stay on disk and valid; the new paths are reported: hand them out.
+\b
+Clients that trust only the old root keep working too. A new root is also certified by
+the old one (a cross certificate, RFC 4210's "newWithOld"), and while NAME is not retired
+every certificate NEW signs is served with it: a client trusting only NAME verifies
+leaf -> NEW (signed by NAME) -> NAME, one trusting NEW stops at NEW. So server
+certificates move to NEW at once and clients move their trust at their own pace; the
+ca.crt handed out with certificates issued during the overlap holds both roots. An
+intermediate is replaced under the same root, so what clients trust does not change.
+\b
+When the report says "ready to retire" (no credential serves, and no current certificate
+or intermediate comes from NAME), end the overlap:
+  kimpki ca retire NAME
+\b
+Examples:
+  kimpki ca rotate example.com                          # the cluster, namespace istio-system
+  kimpki ca rotate example.com --manifests ./deploy     # a folder 'gateway serve' reads
+  kimpki ca rotate example.com --manifests ./deploy --cluster --dry-run
+  kimpki ca rotate example-issuing --new-name example-issuing-2027 --json
+\b
+Exit codes: 0 done, 1 NAME cannot be rotated or a step failed (the steps before it stay
+done: run the same command again to finish), 2 usage error.
+"""
+
+RETIRE_EPILOG = """\b
+Refuses (exit 1, one line naming each) while anything still depends on OLD: a credential
+in the places serving a certificate from OLD, a current certificate in the store issued
+by OLD, or an intermediate under it ('kimpki ca rotate OLD' moves them). Otherwise OLD is
+marked retired (it can no longer issue; 'kimpki ca list' shows it), its successor becomes
+the default CA if OLD was, and every MUTUAL credential's bundle is rewritten to the
+successor only: client certificates from OLD are refused from then on. New certificates
+are no longer served with the cross certificate (those issued during the overlap keep it
+until they are renewed). Running it again finishes an interrupted rewrite.
+\b
+Examples:
+  kimpki ca retire example.com
+  kimpki ca retire example.com --manifests ./deploy --dry-run --json
+"""
+
+
+def _step_lines(items: list[dict], render, empty: str = "nothing to do") -> list[str]:
+    return [f"  {render(i)}" for i in items] or [f"  {empty}"]
+
+
+def _secret_line(i: dict) -> str:
+    line = f"secret/{i['secret']} ({i['namespace']}, {i['place']}): {i['action']}"
+    if i.get("old_serial") and i.get("new_serial"):
+        line += f", serial {i['old_serial'][:16]} -> {i['new_serial'][:16]}"
+    elif i.get("serial"):
+        line += f", serial {i['serial'][:16]}"
+    if i.get("reason"):
+        line += f" ({i['reason']})"
+    return line
+
+
+def _client_line(i: dict) -> str:
+    line = f"{i['name']}: {i['action']}"
+    if i.get("new_serial"):
+        line += (f", serial {i['old_serial'][:16]} -> {i['new_serial'][:16]}\n"
+                 f"      cert {i['cert']}\n      key  {i['key']}\n      ca   {i['ca_bundle']}")
+    if i.get("reason"):
+        line += f" ({i['reason']})"
+    return line
+
+
+def _rotate_text(d: dict) -> str:
+    new = d["successor"]
+    lines = [f"CA {d['ca']} -> {new} ({d['successor_action']}"
+             + (f"; default CA {d['default_ca']})" if d["default_ca"] else ")")]
+    if d["cross_certificate"]:
+        lines.append(f"  cross certificate ({new} signed by {d['ca']}): {d['cross_certificate']}")
+    lines.append(f"places: {', '.join(d['places'])}")
+    lines.append(f"1. MUTUAL bundles widened to {d['ca']} + {new}:")
+    lines += _step_lines(d["widened"], _secret_line)
+    lines.append(f"2. server certificates moved to {new}:")
+    lines += _step_lines(d["servers"], _secret_line)
+    lines.append(f"3. client certificates re-issued from {new} (hand the new files out):")
+    lines += _step_lines(d["clients"], _client_line)
+    if d["failed"]:
+        lines.append(f"FAILED at step {d['failed']['step']}: {d['failed']['error']}")
+    elif d["remaining"] is not None:
+        if d["remaining"]:
+            lines.append(f"not ready to retire {d['ca']}: " + "; ".join(d["remaining"]))
+        else:
+            lines.append(f"ready to retire: kimpki ca retire {d['ca']}")
+    return "\n".join(lines)
+
+
+def _retire_text(d: dict) -> str:
+    when = f" on {d['retired_at']}" if d["retired_at"] else ""
+    lines = [f"CA {d['ca']}: {d['action']}{when}; successor {d['successor']}"
+             + (f" (default CA {d['default_ca']})" if d["default_ca"] else ""),
+             f"places: {', '.join(d['places'])}",
+             f"MUTUAL bundles rewritten to {d['successor']} only:"]
+    lines += _step_lines(d["rewritten"], _secret_line)
+    if d["failed"]:
+        lines.append(f"FAILED at step {d['failed']['step']}: {d['failed']['error']}")
+    return "\n".join(lines)
+
+
+@group.command("rotate", epilog=ROTATE_EPILOG)
+@click.argument("name")
+@click.option("--new-name", metavar="NEW", help="The successor's name. Default: NAME-g2 (then -g3, ...).")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True),
+              help="The successor's validity. Default: the same lifetime as NAME.")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), help="The successor's key. Default: NAME's key type.")
+@passphrase_file_option
+@place_options
+@click.option("--dry-run", is_flag=True, help="Say what would be done; create, issue and write nothing.")
+@json_option
+@click.pass_context
+def rotate(ctx, name, new_name, days, key_type, passphrase_file, namespace, manifests, use_cluster, kubeconfig,
+           context, dry_run, as_json):
+    """Replace CA NAME with a successor, with an overlap in which both are accepted.
+
+    The passphrase (--passphrase-file or KIMPKI_CA_PASSPHRASE) unlocks NAME's key (and its
+    parent's, for an intermediate) and encrypts the successor's key; it is required when
+    NAME's key is encrypted.
+    """
+    from contextlib import ExitStack
+
+    from kimpki.ops import ca_rotation
+
+    store = open_store(ctx)
+    with ExitStack() as stack:
+        targets = ca_rotation.open_targets(stack, manifests=manifests, cluster=use_cluster, kubeconfig=kubeconfig,
+                                           context=context, namespace=namespace)
+        report = ca_rotation.rotate(store, targets, name, now=now_utc(), new_name=new_name, days=days,
+                                    key_type=parse_key_type(key_type) if key_type else None,
+                                    passphrase=read_passphrase_file(passphrase_file),
+                                    signing=passphrase_source(passphrase_file), dry_run=dry_run)
+    d = report.to_dict()
+    for w in report.warnings:
+        note(f"kimpki: warning: {w}")
+    emit(d, as_json, _rotate_text)
+    if report.failed:
+        raise OperationError(f"ca rotate {report.ca}: step {report.failed['step']} failed: {report.failed['error']}; "
+                             f"the steps before it are done: run the same command again to finish")
+
+
+@group.command("retire", epilog=RETIRE_EPILOG)
+@click.argument("old", metavar="OLD")
+@place_options
+@click.option("--dry-run", is_flag=True, help="Check and say what would be rewritten; change nothing.")
+@json_option
+@click.pass_context
+def retire(ctx, old, namespace, manifests, use_cluster, kubeconfig, context, dry_run, as_json):
+    """End CA OLD's rotation overlap: drop OLD from every MUTUAL bundle once nothing needs it."""
+    from contextlib import ExitStack
+
+    from kimpki.ops import ca_rotation
+
+    store = open_store(ctx)
+    with ExitStack() as stack:
+        targets = ca_rotation.open_targets(stack, manifests=manifests, cluster=use_cluster, kubeconfig=kubeconfig,
+                                           context=context, namespace=namespace)
+        report = ca_rotation.retire(store, targets, old, now=now_utc(), dry_run=dry_run)
+    for w in report.warnings:
+        note(f"kimpki: warning: {w}")
+    emit(report.to_dict(), as_json, _retire_text)
+    if report.failed:
+        raise OperationError(f"ca retire {report.ca}: {report.failed['error']}; CA {report.ca} is retired; "
+                             f"run the same command again to finish rewriting the bundles")
