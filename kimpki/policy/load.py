@@ -11,6 +11,7 @@ file-mounted servers) and renders every Gateway, checking it by Istio's rules an
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -276,9 +277,8 @@ def _mount(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Ga
     mount_path = spec.string("mountPath", required=True)
     if not mount_path.startswith("/"):
         raise spec.error(spec.node_of("mountPath"), f"spec.mountPath must be absolute, not {mount_path!r}")
-    refs["secret"] = spec.where("secret")
     return m.GatewayMount(name, namespace, where_of(doc.file, doc.node), secret=secret,
-                          mount_path=os.path.normpath(mount_path), target=_target_ref(spec, refs),
+                          mount_path=posixpath.normpath(mount_path), target=_target_ref(spec, refs),
                           deployment=spec.string("deployment", default=c.GATEWAY_DEPLOYMENT),
                           container=spec.string("container", default=c.GATEWAY_CONTAINER))
 
