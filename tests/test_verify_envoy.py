@@ -376,3 +376,16 @@ def test_rewritten_secret_manifest_is_served_without_restarting_envoy(site):
     assert any("reloaded: updated" in line and "reload-credential" in line for line in site.gw.stderr)
     r = s_client(site, host, "-CAfile", site.ca["cert"])
     assert r.returncode == 0 and s_client_serial(r) == new
+
+
+def test_verify_wait_repeats_until_the_gateway_serves_the_new_certificate(site):
+    k, host = site.k, "reload.example.com"
+    new = k.json("issue", host, "--ca", "example.com")["serial"]
+    yaml_text = k.ok("secret", "create", "reload-credential", "--cert", host, "--dry-run", "-o", "yaml").out
+    (site.manifests / "reload-credential.yaml").write_text(yaml_text)
+    # Right after the rewrite the gateway may still serve the old certificate: --wait rides it out.
+    d = verify_json(site, host, "--ca", "example.com", "--wait", "10", code=0, reason=None)
+    assert d["served_chain"][0]["serial"] == new
+    # A check that cannot pass still fails, once the wait is over.
+    verify_json(site, host, "--ca", "example.com", "--mode", "mutual", "--client", "kim-client.example.com",
+                "--wait", "0.5", code=1, reason="client_certificate_not_demanded")

@@ -128,6 +128,19 @@ def render_all(rows: list[dict]) -> str:
     return body + f"\n{len(rows) - failed} passed, {failed} failed"
 
 
+def _until_passed(check, wait: float) -> list:
+    """Run ``check`` (returning reports) again every quarter second until all pass or ``wait``
+    seconds are over; the last reports count."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        reports = check()
+        if all(r.ok for r in reports) or time.monotonic() >= deadline:
+            return reports
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
 @click.command("verify", epilog=EPILOG)
 @click.argument("host", required=False)
 @click.option("--all", "check_all", is_flag=True,
@@ -149,9 +162,13 @@ def render_all(rows: list[dict]) -> str:
 @click.option("--http-path", metavar="PATH", help="Also GET this path over HTTP/1.1 and expect 2xx, e.g. /health.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Give up on the whole check after this long.")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Repeat the check until it passes or SECONDS have passed, e.g. right after 'kimpki "
+                   "rotate' while the gateway picks up the new certificate.")
 @json_option
 @click.pass_context
-def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, as_json):
+def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, wait,
+            as_json):
     """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
     the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
 
@@ -166,7 +183,8 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
             raise UsageError("--all checks the store's own certificates: give no HOST, --ca, --cacert, "
                              "--client, --cert, --key or --mode with it")
         store = _existing_store(ctx)
-        reports = verify_all(store, connect=connect, http_path=http_path, timeout=timeout) if store else []
+        reports = _until_passed(lambda: verify_all(store, connect=connect, http_path=http_path, timeout=timeout)
+                                if store else [], wait)
         rows = [r.to_dict() for r in reports]
         emit(rows, as_json, render_all)
         failed = [r for r in reports if not r.ok]
@@ -178,10 +196,16 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
         raise UsageError("give HOST (the name clients use), or --all")
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
                             key=key, mode=mode, http_path=http_path, timeout=timeout)
-    report = check_endpoint(target)
-    if report.reason is Reason.BAD_INPUT:
-        raise UsageError(report.message.split(": ", 1)[-1])
-    compare_with_store(report, current_for(_existing_store(ctx), target.host))
+    store = _existing_store(ctx)
+
+    def check_once() -> list:
+        report = check_endpoint(target)
+        if report.reason is Reason.BAD_INPUT:
+            raise UsageError(report.message.split(": ", 1)[-1])
+        compare_with_store(report, current_for(store, target.host))
+        return [report]
+
+    (report,) = _until_passed(check_once, wait)
     emit(report.to_dict(), as_json, render)
     if not report.ok:
         raise OperationError(report.message)
