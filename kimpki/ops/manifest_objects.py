@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -56,6 +57,8 @@ def _same(obj: dict, kind: str, group: str, namespace: str | None, name: str) ->
 class ManifestFolder:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        # Parsed files by path, with the (inode, mtime, size) they were parsed at.
+        self._parsed: dict[Path, tuple[tuple[int, int, int], str, list]] = {}
 
     def files(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -63,31 +66,45 @@ class ManifestFolder:
         return sorted(f for f in self.folder.iterdir()
                       if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MANIFEST_SUFFIXES)
 
-    @staticmethod
-    def _read(path: Path) -> tuple[str, list]:
+    def read(self, path: Path) -> tuple[str, list]:
+        """The file's text and documents, parsed once per version of the file (inode, mtime,
+        size): a sweep over many objects reads each file many times. Callers copy before changing."""
         try:
-            text = path.read_text(encoding="utf-8")
+            st = path.stat()
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1], cached[2]
+        try:
+            text = read_text(path)
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read {path}: {e}") from None
         try:
             docs = [json.loads(text)] if path.suffix.lower() == ".json" else list(yaml.load_all(text, Loader=LOADER))
         except (ValueError, yaml.YAMLError) as e:
             raise UsageError(f"{path}: not valid YAML/JSON: {' '.join(str(e).split())}") from None
+        self._parsed[path] = (signature, text, docs)
         return text, docs
 
-    def find(self, kind: str, api_version: str, namespace: str | None, name: str) -> Found | None:
-        group = _group(api_version)
-        found: list[Found] = []
+    def scan(self) -> Iterator[Found]:
+        """Every object in the folder (``kind: List`` items one by one), file by file."""
         for path in self.files():
-            text, docs = self._read(path)
+            text, docs = self.read(path)
             for i, doc in enumerate(docs):
                 if not isinstance(doc, dict):
                     continue
                 if str(doc.get("kind") or "").endswith("List") and isinstance(doc.get("items"), list):
-                    found += [Found(path, text, i, j, item) for j, item in enumerate(doc["items"])
-                              if isinstance(item, dict) and _same(item, kind, group, namespace, name)]
-                elif _same(doc, kind, group, namespace, name):
-                    found.append(Found(path, text, i, None, doc))
+                    for j, item in enumerate(doc["items"]):
+                        if isinstance(item, dict):
+                            yield Found(path, text, i, j, item)
+                else:
+                    yield Found(path, text, i, None, doc)
+
+    def find(self, kind: str, api_version: str, namespace: str | None, name: str) -> Found | None:
+        group = _group(api_version)
+        found = [f for f in self.scan() if _same(f.object, kind, group, namespace, name)]
         if len(found) > 1:
             where = ", ".join(f"{f.path.name}#{f.doc_index + 1}" for f in found)
             raise OperationError(f"{kind} {name} appears {len(found)} times in {self.folder} ({where}); "
@@ -128,10 +145,15 @@ class ManifestFolder:
         write_atomic(path, new.encode("utf-8"), mode)
 
     def rewrite(self, found: Found, new: dict) -> None:
-        """Replace one document of ``found.path``; the rest of the file stays byte-identical."""
-        now_text = found.path.read_text(encoding="utf-8")
+        """Replace one document of ``found.path``, atomically; the rest of the file stays
+        byte-identical. Refused when the file changed since it was read."""
+        try:
+            now_text = read_text(found.path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise OperationError(f"cannot read {found.path}: {e}") from None
         if now_text != found.text:
-            raise OperationError(f"{found.path} changed while kimpki was updating it; nothing written, run again")
+            raise OperationError(f"{found.path} changed while kimpki was updating {new.get('kind')} "
+                                 f"{_meta(new).get('name')}; nothing written, run again")
         if found.path.suffix.lower() == ".json":
             doc = json.loads(found.text)
             if found.item_index is not None:
@@ -140,7 +162,7 @@ class ManifestFolder:
                 doc = new
             text = json.dumps(doc, indent=2) + "\n"
         else:
-            text = replace_document(found.text, found.doc_index, found.item_index, new)
+            text = replace_document(found, new)
         write_atomic(found.path, text.encode("utf-8"), found.path.stat().st_mode & 0o777)
 
     def write_file(self, file_name: str, text: str, *, dry_run: bool = False) -> tuple[str, str | None]:
@@ -154,23 +176,53 @@ class ManifestFolder:
         return ("created" if old is None else "updated"), old
 
 
-def replace_document(text: str, doc_index: int, item_index: int | None, new: dict) -> str:
-    nodes = list(yaml.compose_all(text, Loader=LOADER))
-    node = nodes[doc_index]
-    start, end = node.start_mark.index, node.end_mark.index
-    # A block mapping's end mark runs over trailing comments and blank lines: keep those.
-    lines = text[start:end].splitlines(keepends=True)
-    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
-        lines.pop()
-    end = start + sum(len(line) for line in lines)
-    if item_index is not None:
+def read_text(path: Path) -> str:
+    # newline="": keep CRLF as it is, so that the documents not rewritten stay byte-identical.
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def _document_span(text: str, index: int) -> tuple[int, int]:
+    """Where document ``index`` of ``text`` starts and where its last value ends. (The parser's
+    own end of a block mapping runs on over the comments and blank lines after it, which belong
+    to whatever follows; aliases share their anchor's node, so events are used, not nodes.)"""
+    doc, start, end, flow = -1, None, None, []
+    for ev in yaml.parse(text):
+        if isinstance(ev, yaml.DocumentStartEvent):
+            doc, start, end, flow = doc + 1, None, None, []
+        elif doc != index:
+            continue
+        elif isinstance(ev, (yaml.ScalarEvent, yaml.AliasEvent)):
+            start = ev.start_mark.index if start is None else start
+            end = ev.end_mark.index
+        elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            start = ev.start_mark.index if start is None else start
+            flow.append(ev.flow_style)
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            if flow.pop():  # a flow collection ends at its closing bracket
+                end = ev.end_mark.index
+        elif isinstance(ev, yaml.DocumentEndEvent):
+            return start, end
+    raise OperationError(f"document {index + 1} is gone from the file")  # the text was parsed before
+
+
+def replace_document(found: Found, new: dict) -> str:
+    text = found.text
+    start, end = _document_span(text, found.doc_index)
+    # A block scalar's span takes the blank lines after it: those stay. The rest of the last line
+    # goes with the document if it is only a comment ("key: value  # note").
+    end = start + len(text[start:end].rstrip())
+    eol = text.find("\n", end)
+    eol = len(text) if eol < 0 else eol + 1
+    rest = text[end:eol].strip()
+    if not rest or rest.startswith("#"):
+        end = eol
+    if found.item_index is not None:
         doc = yaml.load(text[start:end], Loader=LOADER)
-        doc["items"][item_index] = new
+        doc["items"][found.item_index] = new
         body = dump_yaml(doc)
     else:
         body = dump_yaml(new)
-    if end < len(text) and not body.endswith("\n"):
-        body += "\n"
-    if lines and not lines[-1].endswith("\n") and text[end:end + 1] == "\n":
-        end += 1  # a flow mapping ends before its line break; ``body`` brings its own
+    if "\r\n" in text:
+        body = body.replace("\n", "\r\n")
     return text[:start] + body + text[end:]
