@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from kimpki.errors import KimpkiError, OperationError, UsageError
@@ -51,6 +50,7 @@ from kimpki.ops.issuing import issue
 from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace
 from kimpki.ops.rotation import rotate_credential
 from kimpki.pki import keys, parse, profiles
+from kimpki.pki.chain import issued_by
 from kimpki.pki.names import safe_store_name
 from kimpki.store import CaRecord, CertRecord, Store
 
@@ -117,16 +117,6 @@ def managed_credentials(target: Target, warnings: list[str]) -> list[Found]:
 
 def _all_credentials(targets: list[Target], warnings: list[str]) -> list[Found]:
     return [f for t in targets for f in managed_credentials(t, warnings)]
-
-
-def _issued_by(cert: x509.Certificate | None, issuer: x509.Certificate) -> bool:
-    if cert is None or cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
 
 
 def _keep_ca_file_name(store: Store, place: SecretPlace, cred: ManagedCredential) -> ManagedCredential:
@@ -204,7 +194,7 @@ def dependents(store: Store, old: CaRecord, found: list[Found]) -> list[str]:
     out = []
     named = set()  # (store name, serial) already named through a credential serving it
     for f in found:
-        if _issued_by(f.cred.served, old_cert):
+        if issued_by(f.cred.served, old_cert):
             out.append(f"{f.cred.name} ({f.cred.namespace}) still serves serial {f.cred.served_serial} from {old.name}")
             named.add((f.cred.store_name, f.cred.served_serial))
     for rec in store.list_certs():
@@ -382,7 +372,7 @@ def _widen(store: Store, report: RotationReport, found: list[Found], old: CaReco
         try:
             item = republish(store, f, old.name, now=now)
         except KimpkiError as e:
-            if not _issued_by(f.cred.served, old_cert):
+            if not issued_by(f.cred.served, old_cert):
                 raise
             # Its certificate cannot be published again as it is (expired, say), but the next
             # step replaces it, and the replacement carries the wide bundle.
@@ -398,10 +388,10 @@ def _rotate_servers(store: Store, report: RotationReport, found: list[Found], ol
     new_cert = authority.read_ca_cert(new) if new is not None else None
     for f in found:
         cred = f.cred
-        if new_cert is not None and _issued_by(cred.served, new_cert):
+        if new_cert is not None and issued_by(cred.served, new_cert):
             report.servers.append({**_where(f), "action": "already rotated", "serial": cred.served_serial})
             continue
-        if not _issued_by(cred.served, old_cert):
+        if not issued_by(cred.served, old_cert):
             continue
         if cred.spec.mutual and cred.ca not in (old.name, report.successor):
             # Rotating would also make it publish the new CA instead of the one its clients use.

@@ -17,8 +17,9 @@ class ChainError(OperationError):
     """The certificate does not chain to the given CA; the message says where it breaks."""
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
+def issued_by(cert: x509.Certificate | None, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key signed ``cert`` (names match and the signature verifies)."""
+    if cert is None or cert.issuer != issuer.subject:
         return False
     try:
         cert.verify_directly_issued_by(issuer)
@@ -45,7 +46,7 @@ def build_path(leaf: x509.Certificate, intermediates: list[x509.Certificate],
                 raise ChainError(f"{_subject(cert)} is not valid yet (from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z)")
             if at > cert.not_valid_after_utc:
                 raise ChainError(f"{_subject(cert)} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-        root = next((r for r in roots if _issued_by(current, r)), None)
+        root = next((r for r in roots if issued_by(current, r)), None)
         if root is not None:
             if not is_ca(root):
                 raise ChainError(f"{_subject(root)} signed {_subject(current)} but is not a CA")
@@ -54,7 +55,7 @@ def build_path(leaf: x509.Certificate, intermediates: list[x509.Certificate],
                 if at > root.not_valid_after_utc or at < root.not_valid_before_utc:
                     raise ChainError(f"the root {_subject(root)} is outside its validity period")
             return path
-        step = next((c for c in intermediates if c not in path and _issued_by(current, c)), None)
+        step = next((c for c in intermediates if c not in path and issued_by(current, c)), None)
         if step is None:
             raise ChainError(f"{_subject(current)} (issuer {current.issuer.rfc4514_string()}) "
                              "does not chain to the given CA")
