@@ -155,7 +155,11 @@ def test_mutual_refuses_a_ca_the_certificate_does_not_chain_to(store):
         prepare(store, "kim.example.com", mutual=True, ca_name="other")
     # The intermediate's own root chains fine, and so does the intermediate itself as the published CA.
     assert prepare(store, "kim-new.example.com", mutual=True, ca_name="example.com").ca_name == "example.com"
-    assert prepare(store, "kim-new.example.com", mutual=True).ca_name == "inter"
+    # By default the root it chains to is published, under the root's own name (the bundle and the
+    # kimpki.io/ca annotation must agree: rotation republishes what the annotation names).
+    default = prepare(store, "kim-new.example.com", mutual=True)
+    assert default.ca_name == "example.com"
+    assert default.secrets[0]["metadata"]["annotations"]["kimpki.io/ca"] == "example.com"
 
 
 def test_a_key_that_does_not_match_is_refused(home, tmp_path):

@@ -744,3 +744,28 @@ def test_zero_downtime_while_rotating_behind_a_live_gateway(gateway, name, host,
     print(f"\n{host} ({'MUTUAL' if mutual else 'SIMPLE'}): {len(load.serials)} handshakes + GET /health by "
           f"{len(load.threads)} threads, 0 failed ({during} while kimpki rotate ran); new serial served "
           f"{took:.2f} s after rotate returned; Envoy pid {gateway.envoy} unchanged")
+
+
+def test_mutual_credential_from_an_intermediate_keeps_publishing_the_root(home):
+    """A MUTUAL credential for a certificate from an intermediate CA publishes the root (Envoy
+    needs a self-signed trust anchor), and a rotation keeps publishing the root."""
+    home.ok("ca", "init", "example-issuing", "--parent", "example.com")
+    home.ok("issue", "inter.example.com", "--ca", "example-issuing")
+    folder = home.cwd / "deploy"
+    folder.mkdir()
+    (folder / "inter.yaml").write_text(secret_yaml(home, "inter-credential", "--cert", "inter.example.com",
+                                                   "--mutual"))
+    root_pem = (home.home / "cas" / "example.com" / "ca.crt").read_bytes()
+
+    def published() -> tuple[str, bytes]:
+        s = doc_secret((folder / "inter.yaml").read_text(), "inter-credential")
+        return s["metadata"]["annotations"]["kimpki.io/ca"], base64.b64decode(s["data"]["cacert"])
+
+    assert published() == ("example.com", root_pem)
+    d = home.json("rotate", "inter-credential", "--manifests", folder)
+    assert d["ca"] == "example.com" and d["new_serial"] != d["old_serial"]
+    assert published() == ("example.com", root_pem)
+    # Still issued by the intermediate, served with it.
+    s = doc_secret((folder / "inter.yaml").read_text(), "inter-credential")
+    chain = x509.load_pem_x509_certificates(base64.b64decode(s["data"]["cert"]))
+    assert len(chain) == 2 and chain[1].subject.rfc4514_string().endswith("CN=example-issuing")

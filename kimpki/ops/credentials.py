@@ -24,7 +24,7 @@ from kimpki.istio import contract as c
 from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, CredentialSpec, Provenance,
                                      SdsCredential, build_credential, is_managed, read_provenance,
                                      served_certificate_pem)
-from kimpki.ops.authority import trust_bundle
+from kimpki.ops.authority import root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
 from kimpki.pki import chain, keys, parse
 from kimpki.store import CertRecord, Store
@@ -115,8 +115,13 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
         ca_pem = _read(ca.cert_path, "CA certificate")
         published_ca, ca_label = ca.name, f"{ca.name!r}"
     else:
+        # The root the certificate chains to (rec.ca_path holds it), recorded by its own name: an
+        # intermediate's certificate alone is no trust anchor for Envoy, so a later rotation that
+        # republishes "the CA in the annotation" must find the root there too.
         ca_pem = _read(rec.ca_path, "CA certificate")
-        published_ca, ca_label = rec.ca, f"{rec.ca!r}"
+        issuer = store.find_ca(rec.ca)
+        published_ca = root_of(store, issuer).name if issuer is not None else rec.ca
+        ca_label = f"{published_ca!r}"
     check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
     bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
     material = CredentialMaterial(chain_pem, key_pem, bundle)
