@@ -284,6 +284,35 @@ ERRORS = [
     ("same-secret-twice", doc("Credential", "c2", "  certificate: kim.example.com\n  mode: MUTUAL\n  caSecret: true\n")
      + "---\n" + doc("Credential", "c2-cacert", "  certificate: kim.example.com\n"), 13,
      "Credential c2-cacert: Secret istio-system/c2-cacert is also written by Credential c2"),
+    # maintenance windows
+    ("window-bad-weekday", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                   "  - days: [Mon, Funday]\n    start: 02:00\n    duration: 4h\n"), 8,
+     "Credential c2: spec.maintenanceWindows[0].days: unknown weekday 'Funday'"),
+    ("window-bad-time", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                "  - days: [Sat]\n    start: '25:00'\n    duration: 4h\n"), 9,
+     "Credential c2: spec.maintenanceWindows[0].start: invalid time '25:00': use HH:MM on a 24-hour clock"),
+    ("window-start-not-a-time", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                        "  - start: [2]\n    duration: 4h\n"), 8,
+     "Credential c2: spec.maintenanceWindows[0].start must be a time of day such as 02:00, not a list"),
+    ("window-unknown-zone", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                    "  - start: 02:00\n    duration: 4h\n"
+                                                    "    timeZone: Europe/Atlantis\n"), 10,
+     "Credential c2: spec.maintenanceWindows[0].timeZone: unknown time zone 'Europe/Atlantis'"),
+    ("window-empty", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows: []\n"), 7,
+     "Credential c2: spec.maintenanceWindows must not be empty"),
+    ("window-unknown-field", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                     "  - start: 02:00\n    duration: 4h\n    timezone: UTC\n"), 10,
+     "Credential c2: unknown field spec.maintenanceWindows[0].timezone (valid: days, start, duration, end, timeZone)"),
+    ("window-no-length", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                 "  - days: [Sat]\n    start: 02:00\n"), 8,
+     "Credential c2: spec.maintenanceWindows[0] needs exactly one of duration (e.g. 4h) and end (e.g. 06:00)"),
+    ("window-end-is-start", doc("Credential", "c2", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                                    "  - start: 02:00\n    end: 02:00\n"), 9,
+     "Credential c2: spec.maintenanceWindows[0].end: end 02:00 is the start: for a whole day use duration: 24h"),
+    ("window-on-a-target", doc("Target", "t2", "  manifests: out2\n  maintenanceWindows:\n"
+                                               "  - start: 02:00\n    duration: 9d\n"), 9,
+     "Target t2: spec.maintenanceWindows[0].duration: invalid duration '9d': a maintenance window lasts more than 0 "
+     "and at most 7d"),
 ]
 
 
@@ -295,6 +324,29 @@ def test_each_mistake_is_one_line_at_its_line(tmp_path, case, text, line, messag
     expected = f"{tmp_path / 'p' / 'case.yaml'}:{line}: {message.format(base=base)}"
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(expected), (str(e.value), expected)
+
+
+def test_maintenance_windows_on_a_target_are_its_credentials_default(tmp_path):
+    from datetime import time, timezone
+
+    base = BASE.replace("spec: {manifests: out}", """spec:
+  manifests: out
+  maintenanceWindows:
+  - days: [Sat, Sun]
+    start: 02:00            # unquoted: YAML 1.1 would read the number 120
+    duration: 4h
+""")
+    p = load(tmp_path, doc("Credential", "own", "  certificate: kim.example.com\n  maintenanceWindows:\n"
+                                              "  - days: [Mon-Fri]\n    start: '23:30'\n    end: 01:00\n"
+                                              "    timeZone: Europe/Berlin\n"), base=base)
+    (target_window,) = p.targets[0].maintenance_windows
+    assert (target_window.weekdays, target_window.start, target_window.zone) == ({5, 6}, time(2), timezone.utc)
+    assert p.credential("kim-credential").maintenance_windows == (target_window,)  # inherited
+    (own,) = p.credential("own").maintenance_windows  # its own replace the Target's
+    assert own.describe() == "Mon,Tue,Wed,Thu,Fri 23:30-01:00 Europe/Berlin"
+    # Without any: () on both, i.e. renew at any time.
+    plain = load(tmp_path, doc("Certificate", "x", "  hosts: [a.example.com]\n  ca: example.com\n"))
+    assert plain.targets[0].maintenance_windows == () and plain.credential("kim-credential").maintenance_windows == ()
 
 
 def test_unknown_target_defaults(tmp_path):

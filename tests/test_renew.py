@@ -286,18 +286,20 @@ def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api)
 def test_json_summary_keys(kimpki, three_in_cluster):
     s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
     assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
-                       "skipped", "next_due", "errors", "api_requests", "results"]
+                       "skipped", "deferred", "next_due", "errors", "api_requests", "results"]
     assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
     assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
     assert (s["due"], s["would_renew"], s["renewed"]) == (1, 1, 0)
     assert set(s["next_due"]) == {"time", "secret", "namespace", "place"}
     r = next(r for r in s["results"] if r["secret"] == "kim-credential")
     assert list(r) == ["secret", "namespace", "place", "certificate", "hosts", "ca", "serial", "not_before",
-                       "not_after", "days_left", "renewal_time", "renew_before", "state", "action", "reason",
+                       "not_after", "days_left", "renewal_time", "renew_before", "maintenance_windows",
+                       "window_decision", "next_window", "window_reason", "state", "action", "reason",
                        "new_serial", "new_not_after"]
     assert (r["state"], r["action"], r["hosts"], r["certificate"], r["ca"]) == \
         ("due", "would renew", ["kim.example.com"], "kim.example.com", CA)
     assert r["renew_before"] == "33.3333%"
+    assert (r["maintenance_windows"], r["window_decision"], r["next_window"]) == ([], None, None)  # no policy
     assert put_puts(three_in_cluster) == []  # nothing written by a dry run
     assert three_in_cluster.calls(resource="leases") == []
 
@@ -560,3 +562,123 @@ spec: {certificate: kim.example.com}
     assert (by["kim-credential"]["state"], by["kim-credential"]["renew_before"]) == ("due", "45d")
     assert (by["other-credential"]["state"], by["other-credential"]["renew_before"]) == ("valid", "33.3333%")
     assert len(s["places"]) == 1 and s["places"][0].startswith("manifests ") and s["places"][0].endswith("out")
+
+
+# -- maintenance windows (a policy's, decided under an injected clock) --------------------------------
+
+WINDOWED_POLICY = """\
+apiVersion: kimpki.io/v1alpha1
+kind: Target
+metadata: {name: local}
+spec:
+  manifests: out
+  maintenanceWindows:           # every credential of this Target: Saturdays 02:00-06:00 UTC
+  - days: [Sat]
+    start: 02:00
+    duration: 4h
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: example.com}
+spec: {org: example Inc.}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: kim.example.com}
+spec: {hosts: [kim.example.com], ca: example.com}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Credential
+metadata: {name: kim-credential, namespace: istio-system}
+spec: {certificate: kim.example.com}
+"""
+
+
+@pytest.fixture
+def windowed(tmp_path):
+    """A policy whose Target allows renewal on Saturdays 02:00-06:00 UTC, and kim-credential (90 days)
+    issued on a Monday 00:00 UTC (t0): due from day 60 (a Friday); day 61 is a Saturday. Returns
+    (home, policy folder, manifests folder, t0)."""
+    home, pol = tmp_path / "home", tmp_path / "policy"
+    out = pol / "out"
+    make_ca(home)
+    now = utc_now()
+    t0 = (now + timedelta(days=7 - now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert t0.weekday() == 0 and t0 > now
+    write_manifests(out, credential(home, "kim-credential", "kim.example.com", now=t0 + timedelta(minutes=5)))
+    pol.mkdir(exist_ok=True)
+    (pol / "policy.yaml").write_text(WINDOWED_POLICY)
+    return home, pol, out, t0
+
+
+def test_inside_the_window_a_due_credential_is_renewed(capsys, windowed):
+    home, pol, out, t0 = windowed
+    before = served_serial(folder_secret(out, "kim-credential"))
+    with time_machine.travel(t0 + 61 * DAY + timedelta(hours=3), tick=False):  # Saturday 03:00
+        code, out_json, err = run_in_process(capsys, home, "renew", "--policy", pol, "--json")
+    assert code == 0, err
+    s = json.loads(out_json)
+    assert (s["due"], s["renewed"], s["deferred"], s["failed"]) == (1, 1, 0, 0)
+    (r,) = s["results"]
+    assert (r["action"], r["window_decision"], r["next_window"]) == ("renewed", "renew", None)
+    assert r["maintenance_windows"] == ["Sat 02:00 UTC for 4h"]
+    assert served_serial(folder_secret(out, "kim-credential")) == r["new_serial"] != before
+    assert "outside" not in err
+
+
+def test_outside_the_window_a_due_credential_is_deferred_and_nothing_is_written(capsys, windowed):
+    home, pol, out, t0 = windowed
+    path = out / "kim-credential.yaml"
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    next_window = parse.rfc3339(t0 + 68 * DAY + timedelta(hours=2))  # the Saturday after
+    with time_machine.travel(t0 + 61 * DAY + timedelta(hours=12), tick=False):  # Saturday noon
+        code, out_json, err = run_in_process(capsys, home, "renew", "--policy", pol, "--json")
+        assert code == 0, err
+        s = json.loads(out_json)
+        assert list(s)[list(s).index("skipped") + 1] == "deferred"
+        assert (s["checked"], s["due"], s["renewed"], s["deferred"], s["failed"]) == (1, 1, 0, 1, 0)
+        (r,) = s["results"]
+        assert (r["state"], r["action"], r["window_decision"], r["next_window"]) == \
+            ("due", "deferred", "defer", next_window)
+        assert r["new_serial"] is None and f"next opens {next_window}" in r["reason"]
+        assert "deferred istio-system/kim-credential" in err and f"next opens {next_window}" in err
+        assert "deferred 1" in err and f"next maintenance window {next_window} (istio-system/kim-credential)" in err
+        # JSON log lines carry the same.
+        code, _, err = run_in_process(capsys, home, "renew", "--policy", pol, "--log-format", "json")
+        events = [json.loads(line) for line in err.splitlines()]
+        assert code == 0 and [e["event"] for e in events] == ["deferred", "summary"]
+        assert events[0]["next_window"] == next_window and events[1]["deferred"] == 1
+        # status shows where renew will wait.
+        code, status_json, _ = run_in_process(capsys, home, "status", "--policy", pol, "--json")
+        (c,) = json.loads(status_json)["credentials"]
+        assert (c["state"], c["window_decision"], c["next_window"]) == ("due", "defer", next_window)
+        code, text, _ = run_in_process(capsys, home, "status", "--policy", pol)
+        assert f"due, window {next_window[:16].replace('T', ' ')}" in text
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime  # not one byte written
+    assert [v.state for v in versions(home, "kim.example.com")] == ["current"]  # nothing issued either
+
+
+@pytest.mark.parametrize("days,offset,needle", [
+    # Saturday noon, day 89: notAfter (day 90, a Monday) comes before the next Saturday's window.
+    (90, 89 * DAY + timedelta(hours=12), "would expire at"),
+    # Friday noon, day 81, for a certificate valid until Saturday 20:00 (day 82): that Saturday's
+    # window opens 18 hours before notAfter, inside the safety margin of a day.
+    (82 + 20 / 24, 81 * DAY + timedelta(hours=12), "less than 1d before notAfter"),
+    # Tuesday, day 91: expired.
+    (90, 91 * DAY, "expired at"),
+])
+def test_outside_the_window_but_out_of_time_it_is_renewed_with_the_reason(capsys, windowed, days, offset, needle):
+    home, pol, out, t0 = windowed
+    write_manifests(out, credential(home, "kim-credential", "kim.example.com", days=days,
+                                    now=t0 + timedelta(minutes=5)))  # notBefore t0
+    before = served_serial(folder_secret(out, "kim-credential"))
+    with time_machine.travel(t0 + offset, tick=False):
+        code, out_json, err = run_in_process(capsys, home, "renew", "--policy", pol, "--json")
+    assert code == 0, err
+    s = json.loads(out_json)
+    assert (s["renewed"], s["deferred"]) == (1, 0)
+    (r,) = s["results"]
+    assert (r["action"], r["window_decision"]) == ("renewed", "override")
+    assert needle in r["window_reason"] and r["next_window"] is not None
+    assert served_serial(folder_secret(out, "kim-credential")) == r["new_serial"] != before
+    assert "renewing outside its maintenance windows: " in err and needle in err

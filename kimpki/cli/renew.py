@@ -25,9 +25,14 @@ When: from the certificate each Secret serves, in the last third of its lifetime
 unless --renew-before (a duration before notAfter, or a percentage of the lifetime)
 or the policy's renewBefore says otherwise. --jitter renews up to that much earlier,
 by a fixed amount per certificate serial, so that certificates issued together do
-not all fall due in the same run.
+not all fall due in the same run. A policy's maintenanceWindows (on a Credential or
+its Target) confine renewal to those times: a due credential outside them is
+deferred (logged with the next window's opening; exit 0), unless waiting would let it
+expire or come within a day (or a tenth of its lifetime) of notAfter: then it is
+renewed now, and the log says why.
 \b
-Output: the log goes to stderr, one line per action (renewed, failed, would renew)
+Output: the log goes to stderr, one line per action (renewed, failed, would renew,
+deferred)
 and a final summary line ("nothing due; next renewal TIME (NAMESPACE/SECRET)" when
 nothing was due); --log-format json makes each line a JSON object (time, level,
 event, secret, namespace, place, serials, message) for log collectors. --json
@@ -37,8 +42,8 @@ One run at a time: a file lock in the kimpki home, and a Lease (kimpki-renew) in
 cluster. A run that finds the lock held for --lock-wait seconds does nothing and
 exits 0, saying who holds it. A dry run takes no lock.
 \b
-Exit codes: 0 every due credential renewed, nothing due, or another run holds the
-lock; 1 any renewal failed or a credential Secret is broken (a failed write keeps the
+Exit codes: 0 every due credential renewed (or deferred to its maintenance window),
+nothing due, or another run holds the lock; 1 any renewal failed or a credential Secret is broken (a failed write keeps the
 new certificate pending in the store; the next run finishes with it); 2 usage error.
 """
 
@@ -90,7 +95,7 @@ class Log:
             click.echo(f"{t} {level} {message}", err=True)
 
     def result(self, r) -> None:
-        """One credential that needed an action (renewed, resumed, would renew, failed)."""
+        """One credential that needed an action (renewed, resumed, would renew, deferred, failed)."""
         from kimpki.ops import renewing as rn
 
         who = dict(secret=r.secret, namespace=r.namespace, place=r.place,
@@ -98,6 +103,17 @@ class Log:
         if r.action == rn.FAILED:
             self("error", "failed", f"failed {r.ref} ({r.place}): {r.reason}", **who, reason=r.reason)
             return
+        if r.action == rn.DEFERRED:
+            self("info", "deferred", f"deferred {r.ref} ({r.place}): {r.state} since {_t(r.renewal_time)}, "
+                                     f"valid until {_t(r.not_after)}; {r.reason}",
+                 **who, next_window=_t(r.next_window), not_after=_t(r.not_after))
+            return
+        if r.window_override:  # before the renewal's own line: why it happens outside the windows
+            doing = "would renew" if r.action == rn.WOULD_RENEW else "renewing"
+            self("warning", "outside_window", f"{r.ref}: {doing} outside its maintenance windows: "
+                                              f"{r.window_override}",
+                 secret=r.secret, namespace=r.namespace, place=r.place, reason=r.window_override,
+                 next_window=_t(r.next_window))
         verb = {rn.RENEWED: "renewed", rn.RESUMED: "renewed", rn.WOULD_RENEW: "would renew"}[r.action]
         detail = f"serial {r.serial} (valid until {_t(r.not_after)}, {r.state})"
         if r.new_serial:
@@ -122,9 +138,13 @@ def summary_line(s) -> str:
     upcoming = f"next renewal {_t(nxt.renewal_time)} ({nxt.ref})" if nxt else None
     counts = (f"checked {s.checked}, due {s.due}, "
               + (f"would renew {s.would_renew}" if s.dry_run else f"renewed {s.renewed}")
+              + (f", deferred {s.deferred}" if s.deferred else "")
               + f", failed {s.failed}, skipped {s.skipped}")
     if s.due == 0 and s.failed == 0 and not s.errors:
         return f"nothing due; {upcoming or 'no credentials'}; {counts}"
+    win = s.next_window
+    if win is not None:
+        upcoming = "; ".join(x for x in (f"next maintenance window {_t(win.next_window)} ({win.ref})", upcoming) if x)
     return f"{counts}; {upcoming}" if upcoming else counts
 
 
@@ -174,7 +194,8 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         log("error", "error", str(e))
         ctx.exit(e.exit_code)
     counts = dict(checked=summary.checked, due=summary.due, renewed=summary.renewed,
-                  would_renew=summary.would_renew, failed=summary.failed, skipped=summary.skipped)
+                  would_renew=summary.would_renew, failed=summary.failed, skipped=summary.skipped,
+                  deferred=summary.deferred)
     if summary.busy:
         log("info", "lock_busy", summary.lock.get("busy_message") or "another run holds the renewal lock; nothing done",
             lock=summary.lock)

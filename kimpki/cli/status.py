@@ -23,7 +23,9 @@ what the gateway actually serves.
 State: valid; due (inside the renewal window: the last third of the lifetime unless
 --renew-before or the policy's renewBefore says otherwise; --jitter as for renew);
 expired; not-yet-valid; broken (a credential Secret whose annotations or certificate
-cannot be read: renew cannot renew it).
+cannot be read: renew cannot renew it). With --policy, a due credential outside the
+policy's maintenance windows shows when its next window opens ("due, window ...";
+renew defers it until then), or "outside window" when renew would not wait.
 \b
 Exit codes: 0, unless --fail-on: 'due' exits 1 when any credential is due, expired or
 broken, 'expired' only when any is expired or broken. 2 usage error.
@@ -101,7 +103,7 @@ def _places_text(d: dict) -> str:
         return f"no managed credential Secrets in {', '.join(d['places'])}"
     several = len(d["places"]) > 1
     rows = [[r["namespace"], r["secret"], ",".join(r["hosts"]) or "-", _day(r["not_after"]),
-             "-" if r["days_left"] is None else r["days_left"], _day(r["renewal_time"]), r["state"]]
+             "-" if r["days_left"] is None else r["days_left"], _day(r["renewal_time"]), _state_cell(r)]
             + ([r["place"]] if several else []) for r in creds]
     out = table(rows, ["NAMESPACE", "SECRET", "HOSTS", "NOT AFTER", "DAYS", "RENEWAL DUE", "STATE"]
                 + (["PLACE"] if several else []))
@@ -109,6 +111,15 @@ def _places_text(d: dict) -> str:
     if broken:
         out += "\nbroken:\n" + "\n".join(broken)
     return out
+
+
+def _state_cell(r: dict) -> str:
+    """The state, and for a due credential outside its maintenance windows what renew will do."""
+    if r.get("window_decision") == "defer":
+        return f"{r['state']}, window {_day(r['next_window'])}"
+    if r.get("window_decision") == "override":
+        return f"{r['state']}, outside window"
+    return r["state"]
 
 
 def _inventory_text(d: dict) -> str:

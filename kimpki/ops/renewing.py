@@ -20,6 +20,10 @@ namespace, a folder of manifests, or the targets a policy names):
 3. **Rotate** each due credential with :func:`kimpki.ops.rotation.rotate_credential`, passing the
    Secret already read (no second GET). A failure is recorded and the next one is tried; a
    credential whose write failed keeps its pending certificate, which the next run reuses.
+   A credential whose policy gives it maintenance windows is rotated only inside one: outside,
+   it is *deferred* to the next window's opening, unless that opens too late (the certificate
+   would expire, or come within the safety margin of notAfter, first; or has expired): then it is
+   renewed now and the reason said (:func:`kimpki.pki.windows.window_decision`).
 
 :func:`survey` alone is ``kimpki status`` over places; :func:`inventory_status` is ``kimpki
 status`` over the store.
@@ -39,6 +43,7 @@ from kimpki.istio.credential import ANN_CREDENTIAL, ANN_ROLE, ROLE_CA
 from kimpki.ops.authority import PassphraseSource
 from kimpki.pki import parse
 from kimpki.pki.renewal import Jitter, RenewBefore, renewal_time
+from kimpki.pki.windows import DEFER, OVERRIDE, MaintenanceWindow, WindowDecision, window_decision
 from kimpki.store import Store
 
 if TYPE_CHECKING:  # imported where used: 'kimpki status' over the store needs neither (nor yaml)
@@ -50,8 +55,8 @@ VALID, DUE, EXPIRED, NOT_YET_VALID, BROKEN = "valid", "due", "expired", "not-yet
 RENEWABLE = (DUE, EXPIRED)
 
 # What renew did with a credential.
-NOT_DUE, RENEWED, RESUMED, WOULD_RENEW, FAILED, SKIPPED = (
-    "not due", "renewed", "resumed", "would renew", "failed", "skipped")
+NOT_DUE, RENEWED, RESUMED, WOULD_RENEW, FAILED, SKIPPED, DEFERRED = (
+    "not due", "renewed", "resumed", "would renew", "failed", "skipped", "deferred")
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,14 @@ class RenewalSettings:
 
 @dataclass
 class SweepTarget:
-    """One place to sweep. ``namespace`` None: every namespace the place holds. ``renew_before``:
-    per-credential rules from a policy, keyed by (namespace, Secret name)."""
+    """One place to sweep. ``namespace`` None: every namespace the place holds. ``renew_before``
+    and ``windows`` (maintenance windows): per-credential rules from a policy, keyed by
+    (namespace, Secret name)."""
 
     place: SecretPlace
     namespace: str | None = None
     renew_before: dict[tuple[str, str], RenewBefore] = field(default_factory=dict)
+    windows: dict[tuple[str, str], tuple[MaintenanceWindow, ...]] = field(default_factory=dict)
 
     @property
     def description(self) -> str:
@@ -95,7 +102,9 @@ class CredentialResult:
     not_after: datetime | None = None
     renewal_time: datetime | None = None
     renew_before: str | None = None
-    action: str | None = None  # renew only: not due | renewed | resumed | would renew | failed | skipped
+    windows: tuple[MaintenanceWindow, ...] = ()  # the policy's maintenance windows; () = any time
+    window: WindowDecision | None = None  # due (or expired) with windows: renew now, defer or override
+    action: str | None = None  # renew only: not due | renewed | resumed | would renew | deferred | failed | skipped
     reason: str | None = None
     new_serial: str | None = None
     new_not_after: str | None = None
@@ -109,6 +118,21 @@ class CredentialResult:
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.secret}"
+
+    @property
+    def next_window(self) -> datetime | None:
+        """When the next maintenance window opens, for a due credential outside its windows."""
+        return self.window.next_window if self.window is not None else None
+
+    @property
+    def deferred(self) -> bool:
+        """Due, but waiting for its next maintenance window."""
+        return self.window is not None and self.window.action == DEFER
+
+    @property
+    def window_override(self) -> str | None:
+        """Why it is renewed now although outside its maintenance windows."""
+        return self.window.reason if self.window is not None and self.window.action == OVERRIDE else None
 
     def to_dict(self, now: datetime) -> dict:
         days = int((self.not_after - now).total_seconds() // 86400) if self.not_after else None
@@ -125,6 +149,11 @@ class CredentialResult:
             "days_left": days,
             "renewal_time": _t(self.renewal_time),
             "renew_before": self.renew_before,
+            "maintenance_windows": [w.describe() for w in self.windows],
+            # Due (or expired) with windows: renew (inside one), defer (to next_window) or override.
+            "window_decision": self.window.action if self.window is not None else None,
+            "next_window": _t(self.next_window),
+            "window_reason": self.window.reason if self.window is not None else None,
             "state": self.state,
         }
         if self.action is not None:
@@ -179,6 +208,15 @@ class RenewalSummary:
         return self._count(SKIPPED)
 
     @property
+    def deferred(self) -> int:
+        return self._count(DEFERRED)
+
+    @property
+    def next_window(self) -> CredentialResult | None:
+        """The deferred credential whose maintenance window opens first."""
+        return min((r for r in self.results if r.action == DEFERRED), key=lambda r: r.next_window, default=None)
+
+    @property
     def busy(self) -> bool:
         """Another run held the lock: nothing was read or done."""
         return self.lock is not None and not self.lock.get("acquired", True)
@@ -206,6 +244,7 @@ class RenewalSummary:
             "would_renew": self.would_renew,
             "failed": self.failed,
             "skipped": self.skipped,
+            "deferred": self.deferred,
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
@@ -266,6 +305,8 @@ def policy_targets(stack: contextlib.ExitStack, paths: list[str], *, kubeconfig:
         target = by_key.setdefault(tkey, SweepTarget(places[pkey], ns))
         if cert is not None and cert.renew_before_text is not None:
             target.renew_before[(cred.namespace, cred.name)] = cert.renew_before
+        if cred.maintenance_windows:
+            target.windows[(cred.namespace, cred.name)] = cred.maintenance_windows
     return list(by_key.values())
 
 
@@ -314,7 +355,7 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
     rule = target.renew_before.get((cred.namespace, cred.name), settings.renew_before)
     res = CredentialResult(where, cred.name, cred.namespace, BROKEN, hosts=list(cred.hosts),
                            certificate=cred.store_name, ca=cred.ca, renew_before=_describe(rule),
-                           cred=cred, target=target)
+                           windows=target.windows.get((cred.namespace, cred.name), ()), cred=cred, target=target)
     served = cred.served
     if served is None:
         res.reason = (f"Secret {cred.namespace}/{cred.name} serves no readable certificate; "
@@ -324,6 +365,8 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
     res.not_before, res.not_after = served.not_valid_before_utc, served.not_valid_after_utc
     res.renewal_time = renewal_time(res.not_before, res.not_after, rule, jitter=settings.jitter, key=res.serial)
     res.state = _state(res.not_before, res.not_after, res.renewal_time, now)
+    if res.windows and res.state in RENEWABLE:
+        res.window = window_decision(res.windows, now, res.not_before, res.not_after)
     return res
 
 
@@ -453,8 +496,8 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
           settings: RenewalSettings | None = None, dry_run: bool = False, lock_wait: float = 5.0,
           on_result: ResultHook | None = None) -> RenewalSummary:
     """Sweep ``targets`` and rotate every due credential (see the module doc). ``on_result`` is
-    called as each credential that needed an action is done (renewed, failed, would renew), for
-    logs that show progress."""
+    called as each credential that needed an action is done (renewed, failed, would renew,
+    deferred), for logs that show progress."""
     settings = settings or RenewalSettings()
     summary = RenewalSummary(now=now, dry_run=dry_run, places=[t.description for t in targets])
     passphrase = _cached(passphrase)
@@ -485,6 +528,8 @@ def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: date
         elif not r.due:
             r.action = NOT_DUE
             continue
+        elif r.deferred:  # outside its maintenance windows, and the next one opens in time
+            r.action, r.reason = DEFERRED, r.window.reason
         else:
             if lost is None and lock is not None:
                 try:

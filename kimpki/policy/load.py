@@ -27,6 +27,7 @@ from kimpki.pki.durations import parse_duration
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
 from kimpki.pki.names import parse_host, parse_hosts, safe_store_name
 from kimpki.pki.renewal import RenewBefore
+from kimpki.pki.windows import MaintenanceWindow, parse_time_of_day, parse_weekdays, parse_zone
 from kimpki.policy import model as m
 from kimpki.policy.source import Document, Fields, PolicyError, Where, read_documents, where_of
 
@@ -125,17 +126,52 @@ def _relative(doc: Document, text: str) -> Path:
 
 
 def _target(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Target:
-    spec.allow("manifests", "cluster")
+    spec.allow("manifests", "cluster", "maintenanceWindows")
     if spec.has("manifests") == spec.has("cluster"):
         raise spec.error(spec.node, "spec needs exactly one of manifests (a folder) or cluster")
     where = where_of(doc.file, doc.node)
+    windows = _windows(spec) or ()
     if spec.has("manifests"):
-        return m.Target(name, where, manifests=_relative(doc, spec.string("manifests")))
+        return m.Target(name, where, manifests=_relative(doc, spec.string("manifests")), maintenance_windows=windows)
     cluster = spec.mapping("cluster")
     cluster.allow("context", "kubeconfig")
     kubeconfig = cluster.string("kubeconfig")
     return m.Target(name, where, kubeconfig=str(_relative(doc, kubeconfig)) if kubeconfig else None,
-                    context=cluster.string("context"))
+                    context=cluster.string("context"), maintenance_windows=windows)
+
+
+_CLOCK = "a time of day such as 02:00"
+
+
+def _windows(spec: Fields) -> tuple[MaintenanceWindow, ...] | None:
+    """``spec.maintenanceWindows`` (None when not given): a non-empty list of
+    ``{days, start, duration | end, timeZone}``, every value checked at its own line."""
+    if not spec.has("maintenanceWindows"):
+        return None
+    out = []
+    for wf in spec.mappings("maintenanceWindows"):
+        wf.allow("days", "start", "duration", "end", "timeZone")
+        days = None
+        if wf.has("days"):
+            days = []
+            for text, node in wf.strings("days", non_empty=True):
+                wf.check("days", node, lambda: parse_weekdays([text]))
+                days.append(text)
+        start, start_node = wf.scalar_text("start", _CLOCK, required=True)
+        wf.check("start", start_node, lambda: parse_time_of_day(start))
+        if wf.has("duration") == wf.has("end"):
+            raise wf.error(wf.node, f"{wf.path} needs exactly one of duration (e.g. 4h) and end (e.g. 06:00)")
+        duration, _ = wf.text_or_number("duration")
+        end, end_node = wf.scalar_text("end", _CLOCK)
+        if end is not None:
+            wf.check("end", end_node, lambda: parse_time_of_day(end))
+        zone = wf.string("timeZone")
+        if zone is not None:
+            wf.check("timeZone", wf.node_of("timeZone"), lambda: parse_zone(zone))
+        key = "duration" if duration is not None else "end"
+        out.append(wf.check(key, wf.node_of(key), lambda: MaintenanceWindow.parse(
+            weekdays=days, start=start, duration=duration, end=end, zone=zone)))
+    return tuple(out)
 
 
 def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.CertificateAuthority:
@@ -221,7 +257,8 @@ def _target_ref(spec: Fields, refs) -> str | None:
 
 
 def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
-    spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target")
+    spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target",
+               "maintenanceWindows")
     certificate = spec.string("certificate", required=True)
     refs["certificate"] = spec.where("certificate")
     delivery = spec.string("delivery", default="sds")
@@ -255,7 +292,8 @@ def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) ->
                                                          f"not {ca_file_name!r}")
     cred = m.Credential(name, namespace, where_of(doc.file, doc.node), certificate=certificate,
                         target=_target_ref(spec, refs), format=fmt, mode=mode, ca_secret=ca_secret,
-                        client_ca=client_ca, delivery=delivery, ca_file_name=ca_file_name)
+                        client_ca=client_ca, delivery=delivery, ca_file_name=ca_file_name,
+                        maintenance_windows=_windows(spec))
     spec.check("", None, lambda: credential_spec(cred, "x"))  # any rule CredentialSpec adds later
     return cred
 
@@ -417,7 +455,9 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
         if cred.client_ca is not None and cred.client_ca not in authorities:
             raise _err(r.refs["clientCA"], what, f"spec.clientCA {cred.client_ca!r} is not a CertificateAuthority "
                                                  f"in the policy{_known(cas)}")
-        cred = replace(cred, target=target_of(r))
+        target = target_of(r)
+        windows = target.maintenance_windows if cred.maintenance_windows is None else cred.maintenance_windows
+        cred = replace(cred, target=target, maintenance_windows=windows)
         spec = credential_spec(cred, cred.client_ca or cert.ca)
         for secret in [spec.secret_name] + ([c.cacert_secret_name(spec.secret_name)] if spec.ca_secret else []):
             key = (cred.target.name, cred.namespace, secret)

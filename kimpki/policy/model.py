@@ -13,6 +13,7 @@ from kimpki.istio import contract as c
 from kimpki.pki.constraints import NameConstraints
 from kimpki.pki.keys import KeyType
 from kimpki.pki.renewal import RenewBefore
+from kimpki.pki.windows import MaintenanceWindow
 from kimpki.policy.source import Where
 
 API_VERSION = "kimpki.io/v1alpha1"
@@ -38,6 +39,7 @@ class Target:
     manifests: Path | None = None  # absolute (resolved against the policy file)
     kubeconfig: str | None = None
     context: str | None = None
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()  # the default of its Credentials
 
     @property
     def is_cluster(self) -> bool:
@@ -94,6 +96,9 @@ class Credential:
     client_ca: str | None = None  # MUTUAL: the CA published (default: the certificate's CA)
     delivery: str = "sds"  # sds | file-mounted
     ca_file_name: str | None = None  # file-mounted MUTUAL: the CA's file name
+    # When renew may rotate it: its own windows, else its Target's (resolved when the policy is
+    # linked; None only before that, for "not given"). () = any time.
+    maintenance_windows: tuple[MaintenanceWindow, ...] | None = None
 
     @property
     def mutual(self) -> bool:

@@ -208,6 +208,16 @@ class Fields:
             raise self.error(node, f"{self._name(key)} must be a duration such as 90d, not {_describe(node)}")
         return str(node.value), node
 
+    def scalar_text(self, key: str, expected: str, *, required: bool = False) -> tuple[str | None, yaml.Node | None]:
+        """A scalar as written, whatever YAML would make of it (unquoted ``02:00`` is the base-60
+        integer 120 to YAML 1.1). ``expected`` ("a time of day such as 02:00") for the message."""
+        node = self.raw(key, required=required)
+        if node is None:
+            return None, None
+        if not isinstance(node, yaml.ScalarNode) or isinstance(scalar_value(node), (bool, type(None))):
+            raise self.error(node, f"{self._name(key)} must be {expected}, not {_describe(node)}")
+        return str(node.value), node
+
     def strings(self, key: str, *, required: bool = False, non_empty: bool = False) -> list[tuple[str, yaml.Node]]:
         """A list of strings, each with its node (for per-item line numbers)."""
         node = self.node_of(key)
