@@ -208,20 +208,23 @@ class Cluster:
         time.sleep(min(0.01 * attempt, 0.1) * (1 + random.random() * 0.5))
 
     def upsert_secret(self, secret: dict, *, force: bool = False, dry_run: bool = False,
-                      retries: int = 5) -> UpsertResult:
+                      retries: int = 5, current: dict | None = None) -> UpsertResult:
         """Create the Secret, or update it in place when kimpki manages it (or ``force``).
 
-        Nothing is written when data, type, labels and annotations already match. A 409
-        (someone wrote in between) re-reads and tries again, at most ``retries`` more times.
+        Nothing is written when data, type, labels and annotations already match. ``current``:
+        the Secret as the caller just read it (its resourceVersion guards the update; saves a
+        GET). A 409 (someone wrote in between) re-reads and tries again, at most ``retries``
+        more times.
         A Secret not labelled ``app.kubernetes.io/managed-by=kimpki`` is refused unless
         ``force``; a ``type`` change is refused (the API server cannot change it in place)."""
         desired = objects.normalize_secret(secret)
         m = desired["metadata"]
         ns, name = m["namespace"], m["name"]
         attempt = 0
+        known = current
         while True:
             attempt += 1
-            current = self.get("Secret", ns, name)
+            current, known = (known if known is not None else self.get("Secret", ns, name)), None
             try:
                 if current is None:
                     created = self.create(desired, dry_run=dry_run)

@@ -131,10 +131,11 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
 
 
 def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = False,
-            dry_run: bool = False) -> tuple[list[dict], list[str]]:
+            dry_run: bool = False, read: dict[str, dict] | None = None) -> tuple[list[dict], list[str]]:
     """Write the credential's Secrets to ``place``, in place, CA Secret first (a MUTUAL credential
     never appears without its CA). Returns ``[{name, action, object}]`` in build order (credential
-    first) and warning lines. A failure names what was already written."""
+    first) and warning lines. A failure names what was already written. ``read``: Secrets the
+    caller has just read from ``place``, by name (their resourceVersion guards the update)."""
     spec = prepared.credential.spec
     secrets = list(prepared.secrets)
     ordered = sorted(secrets, key=lambda s: 0 if s["metadata"]["annotations"].get(ANN_ROLE) == ROLE_CA else 1)
@@ -145,7 +146,7 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
         if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
             s = _keep_other_ca_files(place, s)
         try:
-            res = place.write(s, force=force, dry_run=dry_run)
+            res = place.write(s, force=force, dry_run=dry_run, current=(read or {}).get(meta["name"]))
         except KimpkiError as e:
             if done:
                 written = ", ".join(f"secret/{d['name']} ({d['action']})" for d in done)

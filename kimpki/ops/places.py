@@ -69,7 +69,11 @@ class SecretPlace:
     def managed(self, namespace: str | None = None) -> Iterator[dict]:
         raise NotImplementedError
 
-    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False) -> WriteResult:
+    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
+              current: dict | None = None) -> WriteResult:
+        """Create or update ``secret`` in place. ``current``: the Secret as just read from this
+        place, when the caller has it (a cluster then guards the update with its resourceVersion
+        instead of reading it again)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -110,8 +114,9 @@ class ClusterPlace(SecretPlace):
     def managed(self, namespace: str | None = None) -> Iterator[dict]:
         return self.cluster.list("Secret", namespace, label_selector=MANAGED_SELECTOR)
 
-    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False) -> WriteResult:
-        res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run)
+    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
+              current: dict | None = None) -> WriteResult:
+        res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run, current=current)
         return WriteResult(res.action, res.object, res.previous)
 
     def close(self) -> None:
@@ -180,7 +185,10 @@ class ManifestsPlace(SecretPlace):
                 self._seen[self._key(f)] = copy.deepcopy(f.object)
                 yield copy.deepcopy(f.object)
 
-    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False) -> WriteResult:
+    def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
+              current: dict | None = None) -> WriteResult:
+        # ``current`` is not needed: the folder is re-read (cached) and checked against what
+        # get()/managed() returned, the folder's resourceVersion.
         from kimpki.kube import objects  # pure dict helpers; no kubernetes import
 
         desired = objects.normalize_secret(secret)

@@ -239,7 +239,7 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
 
     prepared = prepare_record(store, pending, cred.spec, now=now, ca_name=published if cred.spec.mutual else None)
     try:
-        written, warnings = publish(place, prepared, force=force)
+        written, warnings = publish(place, prepared, force=force, read={cred.name: cred.secret})
     except KimpkiError as e:
         if _unsure_whether_written(e):
             state = (f"secret/{cred.name} holds either the old certificate or the new one (both are valid, "
