@@ -318,7 +318,10 @@ def test_the_pod_steps_renew_with_exactly_the_roles_permissions(kimpki, kube_env
     assert all(rbac_allows(rules, v, res_, n) for v, res_, n in sent), sent
     used = {(v, res_) for v, res_, _ in sent}
     granted = {(v, res_) for r in rules for res_ in r["resources"] for v in r["verbs"]}
-    assert used == granted  # nothing granted that renew did not use
+    # Nothing granted that renew did not use, except reading one Secret by name: this SIMPLE
+    # renewal is guarded by the LIST's resourceVersion, but a 409 makes renew re-read the Secret,
+    # and a MUTUAL credential's NAME-cacert Secret is looked up by name.
+    assert used <= granted and granted - used <= {("get", "secrets")}, (used, granted)
     assert ("update", "secrets") in used  # the first run renewed the credential
 
 
