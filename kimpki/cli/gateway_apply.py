@@ -18,8 +18,8 @@ Examples:
 \b
 Each object is created, or replaced in place guarded by the resourceVersion just read (a
 concurrent writer makes kimpki re-read and retry, never overwrite blindly). Everything is
-checked before anything is sent: Gateways by Istio's rules and, when the jsonschema package is
-installed, every object against Istio's CRD schema for its apiVersion. Secrets are written with
+checked before anything is sent: Gateways by Istio's rules, and every object against Istio's
+CRD schema for its apiVersion (--no-validate skips that). Secrets are written with
 'kimpki secret create'; other kinds with kubectl.
 """
 

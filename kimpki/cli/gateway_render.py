@@ -109,8 +109,9 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
 @click.option("--api-version", type=click.Choice(["v1", "v1beta1", "v1alpha3"]), default="v1", show_default=True,
               help="networking.istio.io version to write (the seed used v1alpha3).")
 @click.option("--no-virtual-service", is_flag=True, help="Print only the Gateway.")
-@click.option("--validate", is_flag=True,
-              help="Also check the output against Istio's CRD schemas (needs the jsonschema package).")
+@click.option("--validate/--no-validate", default=None,
+              help="Check the output against Istio's CRD schema for its apiVersion (the default; "
+                   "--validate also says so on stderr).")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, to_service, service_namespace,
             name, namespace, api_version, no_virtual_service, validate, output):
@@ -137,7 +138,7 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
         objs.append(g.render_virtual_service(f"{gw_name}-service", all_hosts, gw_name, namespace=namespace,
                                              service=svc, service_port=port, service_namespace=service_namespace,
                                              api_version=api_version))
-    if validate:
+    if validate is not False:
         from kimpki.istio import schema
 
         if not schema.available():
@@ -149,5 +150,6 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
                 if errs:
                     raise UsageError(f"{o['kind']} {o['metadata']['name']} does not match Istio's "
                                      f"{o['apiVersion']} schema: {errs[0]}")
-            note(f"kimpki: valid against Istio's {objs[0]['apiVersion']} schemas")
+            if validate:
+                note(f"kimpki: valid against Istio's {objs[0]['apiVersion']} schemas")
     click.echo(render_objects(objs, output))

@@ -20,8 +20,9 @@ How the CRD's Kubernetes extensions are treated:
 * ``apiVersion``, ``kind`` and ``metadata``, which every CRD schema leaves implicit, are checked
   loosely (``metadata.name`` must be a string).
 
-``jsonschema`` is a test dependency, not a runtime one: it is imported only when validating, and
-:func:`available` tells callers (``kimpki gateway render --validate``) whether they can.
+``jsonschema`` (a runtime dependency) is imported only when validating, so commands that do
+not validate do not pay for it; :func:`available` still tells callers whether they can, for
+installations that left it out.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Two passes. The first reads each document on its own (kind, fields, types, names, durations,
 host names); the second checks what documents say about each other (references, duplicates,
 a client certificate used as a server credential, hosts outside a CA's constraints, mounts for
-file-mounted servers) and renders every Gateway, checking it by Istio's rules and, when the
-``jsonschema`` package is installed, against the CRD schema kimpki ships. Every problem is a
+file-mounted servers) and renders every Gateway, checking it by Istio's rules and against the
+CRD schema kimpki ships (``jsonschema``). Every problem is a
 :class:`~kimpki.policy.source.PolicyError`: one line ``FILE:LINE: message``, exit code 2.
 """
 
