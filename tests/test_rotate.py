@@ -240,6 +240,21 @@ def test_file_mounted_rotation_keeps_the_other_ca_files(kube_env, cli):
         "CN=example-2026,O=example Inc."
 
 
+def test_file_mounted_rotation_keeps_a_custom_ca_file_name(kube_env, cli):
+    """--ca-file-name is recorded (kimpki.io/ca-file-name): rotations, also to another CA, keep
+    writing the file the Gateway's caCertificates names."""
+    create_secret(cli.home, kube_env, None, "kim.example.com", format="tls", file_mounted=True, mutual=True,
+                  ca_file_name="kim-clients.pem")
+    ann = live(kube_env, "istio-ingressgateway-certs")["metadata"]["annotations"]
+    assert ann["kimpki.io/ca-file-name"] == "kim-clients.pem"
+    for args in ([], ["--new-ca", "example-2026"]):
+        cli.json("rotate", "istio-ingressgateway-certs", *args)
+    cas = decoded(live(kube_env, "istio-ingressgateway-ca-certs"))
+    assert cas == {"kim-clients.pem": ca_pem(cli.home, "example-2026")}
+    ann = live(kube_env, "istio-ingressgateway-certs")["metadata"]["annotations"]
+    assert ann["kimpki.io/ca-file-name"] == "kim-clients.pem" and ann["kimpki.io/ca"] == "example-2026"
+
+
 def test_new_ca_moves_issuer_and_published_ca(kube_env, cli):
     create_secret(cli.home, kube_env, "kim-new-credential", "kim-new.example.com", mutual=True)
     d = cli.json("rotate", "kim-new-credential", "--new-ca", "example-2026")

@@ -45,6 +45,7 @@ ANN_MODE = c.ANNOTATION_PREFIX + "mode"  # simple | mutual
 ANN_DELIVERY = c.ANNOTATION_PREFIX + "delivery"  # sds | file-mounted
 ANN_ROLE = c.ANNOTATION_PREFIX + "role"  # credential | ca
 ANN_CREDENTIAL = c.ANNOTATION_PREFIX + "credential"  # on a CA Secret: the credential it belongs to
+ANN_CA_FILE_NAME = c.ANNOTATION_PREFIX + "ca-file-name"  # file-mounted MUTUAL: the CA's file (key) name
 
 ROLE_CREDENTIAL = "credential"
 ROLE_CA = "ca"
@@ -169,6 +170,9 @@ def annotations_for(spec: CredentialSpec, prov: Provenance, role: str = ROLE_CRE
     }
     if role == ROLE_CA:
         ann[ANN_CREDENTIAL] = spec.secret_name
+    if spec.file_mounted and spec.mutual:
+        # The Gateway's caCertificates names this file: rotation must keep writing the same one.
+        ann[ANN_CA_FILE_NAME] = spec.ca_file_name or default_ca_file_name(prov.ca)
     ann.update(prov.extra)
     return ann
 

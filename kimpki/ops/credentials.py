@@ -236,9 +236,10 @@ def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMES
     mutual = prov.get("mode") == "mutual"
     file_mounted = delivery == "file-mounted"
     try:
+        ca_file_name = prov.get("ca_file_name") if file_mounted and mutual else None
         spec = CredentialSpec(name=name, namespace=namespace, format=str(prov.get("format") or "generic"),
                               mutual=mutual, ca_secret=ca_secret and mutual and not file_mounted,
-                              file_mounted=file_mounted)
+                              file_mounted=file_mounted, ca_file_name=str(ca_file_name) if ca_file_name else None)
     except KimpkiError as e:
         raise OperationError(f"Secret {namespace}/{name}: its kimpki.io annotations do not make sense: {e}") from None
     served = None
