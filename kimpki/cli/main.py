@@ -34,6 +34,11 @@ Examples:
   kimpki issue kim.example.com --org "kim organization" --out ./certs
   kimpki issue --client kim-client.example.com
   kimpki inspect ./certs/kim.example.com.crt --ca example.com
+  kimpki secret create kim-credential --cert kim.example.com      # the gateway's SDS Secret
+  kimpki verify kim.example.com --connect $INGRESS_HOST --ca example.com
+  kimpki rotate kim-credential                                    # new key, Secret updated in place
+  kimpki renew --dry-run                                          # what cron would renew
+  kimpki apply -f policies/                                       # the whole setup, declared
 
 \b
 Exit codes: 0 success, 1 operation failed, 2 usage error or bad input.
