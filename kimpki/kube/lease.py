@@ -172,6 +172,21 @@ class LeaseLock:
         self.record = LeaseRecord.from_object(obj) if obj is not None else None
         return obj
 
+    def _update_ours(self, make_spec) -> dict | None:
+        """Write ``make_spec(record)`` over the lease we hold, guarded by its resourceVersion. On a
+        409 (or 404) re-read: while it is still ours (someone touched only its metadata) try once
+        more; otherwise it is lost: None, and we no longer hold it."""
+        current = self._object
+        for _ in range(2):
+            try:
+                return self._update(current, make_spec(LeaseRecord.from_object(current)))
+            except (kerr.Conflict, kerr.NotFound):
+                current = self._get()
+                if current is None or self.record.holder != self.identity:
+                    break
+        self._object = None
+        return None
+
     def _wrote(self, obj: dict) -> None:
         self._object = obj
         self.record = LeaseRecord.from_object(obj)
@@ -234,22 +249,13 @@ class LeaseLock:
             if self._object is None:
                 return False
             now = self.now()
-            current = self._object
-            for _ in range(2):
-                rec = LeaseRecord.from_object(current)
-                spec = self._spec(holder=self.identity, duration=self.duration, acquire=rec.acquire_time or now,
-                                  renew=now, transitions=rec.transitions)
-                try:
-                    self._wrote(self._update(current, spec))
-                    return True
-                except (kerr.Conflict, kerr.NotFound):
-                    current = self._get()
-                    # still ours when someone only touched metadata (a label, an annotation)
-                    if current is None or self.record.holder != self.identity:
-                        self._object = None
-                        return False
-            self._object = None
-            return False
+            obj = self._update_ours(lambda rec: self._spec(holder=self.identity, duration=self.duration,
+                                                           acquire=rec.acquire_time or now, renew=now,
+                                                           transitions=rec.transitions))
+            if obj is None:
+                return False
+            self._wrote(obj)
+            return True
 
     def release(self) -> bool:
         """Give the lease up so that the next run need not wait for it to expire. True when
@@ -257,21 +263,14 @@ class LeaseLock:
         with self._mutex:
             if self._object is None:
                 return True
-            current = self._object
-            for _ in range(2):
+            def released(rec: LeaseRecord) -> dict:
                 now = self.now()
-                rec = LeaseRecord.from_object(current)
                 # client-go's release record: no holder, 1 s duration, times set to now
-                spec = self._spec(holder="", duration=1, acquire=now, renew=now, transitions=rec.transitions)
-                try:
-                    obj = self._update(current, spec)
-                    self._object = None
-                    self.record = LeaseRecord.from_object(obj)
-                    return True
-                except (kerr.Conflict, kerr.NotFound):
-                    current = self._get()
-                    if current is None or self.record.holder != self.identity:
-                        self._object = None
-                        return False
+                return self._spec(holder="", duration=1, acquire=now, renew=now, transitions=rec.transitions)
+
+            obj = self._update_ours(released)
+            if obj is None:
+                return False
             self._object = None
-            return False
+            self.record = LeaseRecord.from_object(obj)
+            return True
