@@ -263,6 +263,7 @@ class LeaseLock:
         with self._mutex:
             if self._object is None:
                 return True
+
             def released(rec: LeaseRecord) -> dict:
                 now = self.now()
                 # client-go's release record: no holder, 1 s duration, times set to now
