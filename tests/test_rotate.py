@@ -157,9 +157,9 @@ def test_rotate_replaces_key_and_certificate_in_place(kube_env, cli):
     (cli.cwd / "leaf.pem").write_bytes(decoded(after)["cert"])
     openssl("verify", "-CAfile", cli.home / "cas" / "example.com" / "ca.crt", cli.cwd / "leaf.pem")
 
-    # Requests: a read, then the in-place update's guarded read and its PUT. Never a DELETE, never a POST.
+    # Requests: one read, then the PUT guarded by its resourceVersion. Never a DELETE, never a POST.
     sent = [(r["method"], r["resource"], r["name"]) for r in kube_env.calls()]
-    assert len(sent) <= 3 and sent.count(("PUT", "secrets", "kim-credential")) == 1, sent
+    assert sent == [("GET", "secrets", "kim-credential"), ("PUT", "secrets", "kim-credential")], sent
     assert {m for m, _, _ in sent} <= {"GET", "PUT"}
     print(f"\nrequests for one SIMPLE rotation: {len(sent)} ({', '.join(m for m, _, _ in sent)})")
 
