@@ -159,3 +159,26 @@ def test_local_commands_never_import_kubernetes(kimpki, args):
                           cwd=kimpki.cwd)
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED []" in proc.stdout, proc.stdout
+
+
+def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys):
+    """An unexpected exception (a bug, not bad input) is still one line and exit 1; KIMPKI_DEBUG=1
+    shows the traceback instead."""
+    import pytest
+
+    from kimpki.cli import main as entry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(entry.cli, "main", broken)
+    monkeypatch.delenv("KIMPKI_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(["list"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kimpki: internal error: RuntimeError: boom")
+    assert "KIMPKI_DEBUG=1" in err
+    monkeypatch.setenv("KIMPKI_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        entry.main(["list"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("kimpki: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
+        if os.environ.get("KIMPKI_DEBUG"):
+            raise
+        click.echo(f"kimpki: internal error: {type(e).__name__}: {e} (a bug in kimpki; run again with "
+                   f"KIMPKI_DEBUG=1 for the traceback and report it)", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
