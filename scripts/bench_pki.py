@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import compare  # scripts/ is on sys.path: this script's own folder
+
 KIMPKI = [str(Path(sys.executable).with_name("kimpki"))]
 
 
@@ -56,28 +58,15 @@ def run_once(seq) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def compare(name_a, a, name_b, b, runs):
-    run_once(a), run_once(b)  # warm-up: page cache, .pyc files
-    ta, tb = [], []
-    for _ in range(runs):
-        ta.append(run_once(a))
-        tb.append(run_once(b))
-    ratios = [x / y for x, y in zip(ta, tb)]
-    fmt = lambda xs: f"median {statistics.median(xs):.3f}s  (min {min(xs):.3f}, max {max(xs):.3f})"
-    print(f"{name_a:<11} {fmt(ta)}")
-    print(f"{name_b:<11} {fmt(tb)}")
-    print(f"{'ratio':<11} {name_a}/{name_b} median {statistics.median(ratios):.2f}"
-          f"  (min {min(ratios):.2f}, max {max(ratios):.2f})\n")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=11)
     args = ap.parse_args()
     print(f"# {args.runs} alternating runs after one warm-up; python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs; {subprocess.run(['openssl', 'version'], capture_output=True, text=True).stdout.strip()}\n")
-    compare("kimpki-rsa", kimpki_seq("rsa-2048"), "seed-rsa", seed_rsa, args.runs)
-    compare("kimpki-ec", kimpki_seq("ec-p256"), "seed-rsa", seed_rsa, args.runs)
+    rsa, ec = kimpki_seq("rsa-2048"), kimpki_seq("ec-p256")
+    compare("kimpki-rsa", lambda: run_once(rsa), "seed-rsa", lambda: run_once(seed_rsa), args.runs, width=11)
+    compare("kimpki-ec", lambda: run_once(ec), "seed-rsa", lambda: run_once(seed_rsa), args.runs, width=11)
     run_once(help_seq)
     t = [run_once(help_seq) for _ in range(args.runs)]
     print(f"{'help':<11} median {statistics.median(t):.3f}s  (min {min(t):.3f}, max {max(t):.3f})")

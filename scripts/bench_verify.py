@@ -31,7 +31,6 @@ import os
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_common import compare  # scripts/ is on sys.path: this script's own folder
 
 KIMPKI = str(Path(sys.executable).with_name("kimpki"))
 CA_NAME = "bench.example.com"
@@ -115,20 +116,6 @@ def run_once(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def compare(name_a: str, a: list[str], name_b: str, b: list[str], runs: int) -> None:
-    run_once(a), run_once(b)  # warm-up: page cache, .pyc files, Envoy's session caches
-    ta, tb = [], []
-    for _ in range(runs):
-        ta.append(run_once(a))
-        tb.append(run_once(b))
-    ratios = [x / y for x, y in zip(ta, tb)]
-    fmt = lambda xs: f"median {statistics.median(xs):.3f}s  (min {min(xs):.3f}, max {max(xs):.3f})"
-    print(f"{name_a:<12} {fmt(ta)}")
-    print(f"{name_b:<12} {fmt(tb)}")
-    print(f"{'ratio':<12} {name_a}/{name_b} median {statistics.median(ratios):.2f}"
-          f"  (min {min(ratios):.2f}, max {max(ratios):.2f})\n", flush=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench verify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,8 +151,8 @@ def main() -> int:
                     pass
                 return 0
             print(f"# {args.runs} alternating runs after one warm-up\n", flush=True)
-            compare("verify-all", commands["verify-all"], "curl", commands["curl"], args.runs)
-            compare("verify-http", commands["verify-http"], "curl", commands["curl"], args.runs)
+            for name in ("verify-all", "verify-http"):
+                compare(name, lambda: run_once(commands[name]), "curl", lambda: run_once(commands["curl"]), args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
