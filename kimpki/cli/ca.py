@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import (emit, json_option, note, now_utc, open_store, passphrase_file_option,
-                               passphrase_source, read_passphrase_file, table)
-from kimpki.cli.gateway import cluster_options
+from kimpki.cli.common import (cluster_options, emit, json_option, note, now_utc, open_store,
+                               passphrase_file_option, passphrase_source, read_passphrase_file, table)
 from kimpki.errors import OperationError
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 

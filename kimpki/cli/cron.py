@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, home_of, json_option, note, passphrase_file_option
-from kimpki.cli.gateway import cluster_options
+from kimpki.cli.common import cluster_options, emit, home_of, json_option, note, passphrase_file_option
 from kimpki.istio import contract as c
 from kimpki.ops import cron  # light: no store, no kubernetes
 from kimpki.ops.cron import CA_SECRET as DEFAULT_CA_SECRET
@@ -197,7 +196,7 @@ def _encrypted_cas(home) -> list[str]:
 def _render_kubernetes(ctx, schedule, namespace, renew_args, image, ca_names, ca_secret_name, with_ca_secret,
                        time_zone, passphrase_file, output, as_json):
     from kimpki.cli.common import read_passphrase_file
-    from kimpki.cli.gateway import render_objects
+    from kimpki.cli.common import render_objects
     from kimpki.errors import UsageError
     from kimpki.store import Store
 

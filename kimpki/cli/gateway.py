@@ -31,28 +31,6 @@ def group():
     """Istio Gateway and VirtualService manifests, and the ingress gateway's Secret volumes."""
 
 
-def render_objects(objs: list[dict], fmt: str) -> str:
-    """Objects as ``kubectl apply -f -`` takes them: one JSON document (a ``kind: List`` when
-    there are several), or YAML documents separated by ``---``."""
-    import json
-
-    if fmt == "json":
-        doc = objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}
-        return json.dumps(doc, indent=2)
-    import yaml
-
-    return "---\n".join(yaml.safe_dump(o, sort_keys=False, default_flow_style=False, width=1 << 16)
-                        for o in objs).rstrip("\n")
-
-
-def cluster_options(f):
-    """--kubeconfig and --context, as kubectl spells them."""
-    f = click.option("--context", metavar="NAME", help="kubeconfig context to use (default: the current one).")(f)
-    f = click.option("--kubeconfig", type=click.Path(dir_okay=False), metavar="FILE",
-                     help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster).")(f)
-    return f
-
-
 def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
     """``(source, object)`` for every document in ``paths`` (files, folders, ``-`` for stdin);
     ``kind: List`` documents are unpacked. Malformed input is a UsageError."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, note
-from kimpki.cli.gateway import cluster_options, load_objects
+from kimpki.cli.common import cluster_options, emit, json_option, note
+from kimpki.cli.gateway import load_objects
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 

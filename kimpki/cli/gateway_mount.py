@@ -6,8 +6,8 @@ import json
 
 import click
 
-from kimpki.cli.common import emit, json_option, note
-from kimpki.cli.gateway import cluster_options, load_objects, render_objects
+from kimpki.cli.common import cluster_options, emit, json_option, note, render_objects
+from kimpki.cli.gateway import load_objects
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 

@@ -121,7 +121,7 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     paths. The Gateway is checked by Istio's rules (one certificate source per server, a CA for
     file-based MUTUAL, unique port names) before it is printed.
     """
-    from kimpki.cli.gateway import render_objects
+    from kimpki.cli.common import render_objects
     from kimpki.istio import gateway as g
 
     servers = build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name)

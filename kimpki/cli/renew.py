@@ -6,8 +6,8 @@ import json
 
 import click
 
-from kimpki.cli.common import emit, json_option, now_utc, open_store, passphrase_file_option, passphrase_source
-from kimpki.cli.gateway import cluster_options
+from kimpki.cli.common import (cluster_options, emit, json_option, now_utc, open_store,
+                               passphrase_file_option, passphrase_source)
 
 EPILOG = """\b
 Examples:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import (emit, json_option, note, now_utc, open_store, passphrase_file_option,
-                               passphrase_source)
-from kimpki.cli.gateway import cluster_options
+from kimpki.cli.common import (cluster_options, emit, json_option, note, now_utc, open_store,
+                               passphrase_file_option, passphrase_source)
 from kimpki.errors import UsageError
 from kimpki.pki.keys import KEY_TYPES
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, note, now_utc, open_store
-from kimpki.cli.gateway import cluster_options, render_objects
+from kimpki.cli.common import cluster_options, emit, json_option, note, now_utc, open_store, render_objects
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
