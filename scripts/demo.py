@@ -258,7 +258,7 @@ def run(home: Path) -> None:
     kimpki_text(home, "gateway", "render", "--name", "bookinfo-gateway", "--host", "bookinfo.com", "--file-mounted",
                 "--mount-path", "/etc/istio/ingressgateway-bookinfo-certs", "-o", "yaml",
                 out=work / "bookinfo-gateway.yaml")
-    reference = Path(__file__).resolve().parent / "data" / "istio-ingressgateway-deployment.yaml"
+    reference = Path(__file__).resolve().parent.parent / "tests" / "data" / "istio" / "istio-ingressgateway-deployment.yaml"
     kimpki_text(home, "gateway", "mount", "--local", "-f", str(reference), "--secret",
                 "istio-ingressgateway-bookinfo-certs", "--mount-path", "/etc/istio/ingressgateway-bookinfo-certs",
                 "-o", "yaml", out=work / "ingressgateway-deployment.yaml")

@@ -10,9 +10,10 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.conftest import SHARED
+from tests.conftest import ROOT
 
-REFERENCE = SHARED / "reference" / "istio"
+# Copies of Istio's reference files (each file's header names its Istio release and source file).
+REFERENCE = ROOT / "tests" / "data" / "istio"
 DEPLOYMENT_FILE = REFERENCE / "istio-ingressgateway-deployment.yaml"
 CRDS_FILE = REFERENCE / "crds.yaml"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,20 @@ from tests.conftest import ROOT
 BLOCKS = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
-def run(script: str, cwd: Path, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(script: str, cwd: Path, home: Path, timeout: float = 240, path_first: Path | None = None
+        ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMPKI_")}
     env["KIMPKI_HOME"] = str(home)
+    env["PORT"] = str(free_port())  # the README's gateway port (8443 when unset): never a fixed one here
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if path_first is not None:
+        env["PATH"] = f"{path_first}{os.pathsep}{env['PATH']}"
     # -e: any failing line fails the block; the trap stops a background gateway if one is left.
     wrapped = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
     return subprocess.run(["bash", "-c", wrapped], cwd=cwd, env=env, capture_output=True, text=True,
@@ -57,6 +68,21 @@ def test_gateway_walk_through_on_a_local_envoy(tmp_path):
     assert "rotated" in r.stdout and "MUTUAL bundles widened" in r.stdout
     assert "nothing due" in r.stderr
     assert " renew --manifests " in r.stdout  # the crontab line
+
+
+def test_gateway_block_ends_with_serves_error_when_envoy_cannot_start(tmp_path):
+    """Every wait in the README is bounded: a serve that fails ends the block with its own error
+    instead of a wait for "ready in" that never comes (here: an Envoy binary that cannot run)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "envoy").write_text("#!/bin/sh\necho 'critical: cannot start' >&2\nexit 1\n")
+    (fake / "envoy").chmod(0o755)
+    setup = run(block("mkdir -p deploy"), tmp_path, tmp_path / "home")
+    assert setup.returncode == 0, setup.stderr + setup.stdout
+    r = run(block("kimpki gateway serve -f deploy/"), tmp_path, tmp_path / "home", timeout=60, path_first=fake)
+    assert r.returncode != 0
+    assert "kimpki: error: Envoy exited" in r.stdout, r.stdout + r.stderr  # the loop printed serve's log
+    assert "connection_refused" in r.stdout + r.stderr  # and the next line ran, failed, and ended the block
 
 
 def test_policy_block(tmp_path):
