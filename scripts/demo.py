@@ -4,7 +4,7 @@ Every step runs the real `kimpki` CLI against a throw-away home; the gateway is 
 proxy (`kimpki gateway serve`) fed by file-based SDS; handshakes are checked by `kimpki verify`.
 After the seed's steps come the tools that replace its hard cutovers, against the same Envoy:
 `kimpki rotate` under continuous handshakes, `kimpki ca rotate` / `ca retire`, then `status`,
-`renew --dry-run` and `cron render`. Exits non-zero as soon as a step fails.
+`renew --dry-run`, `cron render` and a metrics textfile. Exits non-zero as soon as a step fails.
 """
 
 from __future__ import annotations
@@ -343,6 +343,17 @@ def run(home: Path) -> None:
         print("   " + log.splitlines()[-1])
         crontab = kimpki_text(home, "cron", "render", "--manifests", str(work)).stdout.strip()
         print("   " + shown(home, crontab.splitlines()[-1]))
+
+        step("12. Metrics for Prometheus: a textfile for node_exporter, CA certificates included")
+        prom = work / "kimpki.prom"
+        kimpki_text(home, "status", "--manifests", str(work), "--textfile", str(prom))
+        series = [line for line in prom.read_text().splitlines()
+                  if line.startswith("kimpki_certificate_not_after_timestamp_seconds")]
+        picked = [next((line for line in series if f'kind="{kind}"' in line), None) for kind in ("ca", "server")]
+        if None in picked:
+            raise DemoFailed(f"{prom.name} lacks a CA or a server certificate series")
+        print(f"   {prom.name}: {len(series)} certificates, e.g.")
+        print("\n".join("   " + line for line in picked))
     finally:
         gw.stop()
 

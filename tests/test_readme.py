@@ -11,20 +11,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.tlspeers import free_port
 
 BLOCKS = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(script: str, cwd: Path, home: Path, timeout: float = 240, path_first: Path | None = None
@@ -50,6 +44,7 @@ def block(*needles: str) -> str:
 def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
+               block("kimpki status -o prometheus"),
                block("kimpki plan -f policies/")}
     assert covered == set(BLOCKS)
 
@@ -61,13 +56,15 @@ def test_quick_tour(tmp_path):
 
 def test_gateway_walk_through_on_a_local_envoy(tmp_path):
     script = "\n".join([block("mkdir -p deploy"), block("kimpki gateway serve -f deploy/"),
-                        block("kimpki rotate kim-credential --manifests")])
+                        block("kimpki rotate kim-credential --manifests"), block("kimpki status -o prometheus")])
     r = run(script, tmp_path, tmp_path / "home")
     assert r.returncode == 0, r.stderr + r.stdout
     assert r.stdout.count("PASS") >= 3 and "2 passed, 0 failed" in r.stdout
     assert "rotated" in r.stdout and "MUTUAL bundles widened" in r.stdout
     assert "nothing due" in r.stderr
     assert " renew --manifests " in r.stdout  # the crontab line
+    assert 'kind="ca"' in r.stdout and "kimpki_renew_success 1.0" in r.stdout  # the monitoring block
+    assert (tmp_path / "kimpki.prom").read_text().count('kind="ca"') >= 1
 
 
 def test_gateway_block_ends_with_serves_error_when_envoy_cannot_start(tmp_path):

@@ -93,6 +93,10 @@ def group():
                    "(log collectors).")
 @click.option("--renew-before", metavar="X", help="Passed to renew (e.g. 30d or 25%).")
 @click.option("--jitter", metavar="X", help="Passed to renew (e.g. 2h or 10%).")
+@click.option("--textfile", metavar="FILE.prom",
+              help="crontab: renew writes its run's metrics there (node_exporter's textfile collector).")
+@click.option("--pushgateway", metavar="URL", help="renew pushes its run's metrics to this Pushgateway.")
+@click.option("--job", metavar="NAME", help="With --pushgateway: the job name (renew's default: kimpki-renew).")
 @passphrase_file_option
 @click.option("--image", metavar="IMAGE", help="--kubernetes: the container image with kimpki on its PATH (required).")
 @click.option("--ca", "ca_names", multiple=True, metavar="CA",
@@ -107,7 +111,7 @@ def group():
 @json_option
 @click.pass_context
 def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context, log_file, log_format, renew_before,
-           jitter, passphrase_file, image, ca_names, ca_secret_name, with_ca_secret, time_zone, output, as_json):
+           jitter, textfile, pushgateway, job, passphrase_file, image, ca_names, ca_secret_name, with_ca_secret, time_zone, output, as_json):
     """Print a crontab line (or, with --kubernetes, a CronJob and its RBAC) that runs 'kimpki renew'."""
     from kimpki.errors import UsageError
 
@@ -117,10 +121,12 @@ def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context,
     if ca_secret_name != DEFAULT_CA_SECRET:
         given["ca_secret_name"] = ca_secret_name
     local = {k: v for k, v in dict(manifests=manifests, kubeconfig=kubeconfig, context=context,
-                                   log=log_file).items() if v}
+                                   log=log_file, textfile=textfile).items() if v}
     if kubernetes and local:
         opt = next(iter(local)).replace("_", "-")
-        raise UsageError(f"--{opt} is for the crontab line; the CronJob uses its own service account and home")
+        hint = ("; a CronJob has no node_exporter beside it: use --pushgateway URL" if opt == "textfile"
+                else "; the CronJob uses its own service account and home")
+        raise UsageError(f"--{opt} is for the crontab line{hint}")
     if not kubernetes and given:
         opt = next(iter(given)).replace("_", "-")
         raise UsageError(f"--{opt} only applies with --kubernetes")
@@ -138,6 +144,7 @@ def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context,
         renew_args += ["--renew-before", renew_before]
     if jitter:
         renew_args += ["--jitter", jitter]
+    renew_args += _metrics_args(textfile, pushgateway, job)
     if kubernetes:
         _render_kubernetes(ctx, schedule, namespace, renew_args + ["--log-format", log_format or "json"], image,
                            ca_names, ca_secret_name, with_ca_secret, time_zone or DEFAULT_TIME_ZONE, passphrase_file,
@@ -145,6 +152,23 @@ def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context,
     else:
         _render_crontab(ctx, schedule, renew_args, manifests, kubeconfig, context, log_file, log_format or "text",
                         passphrase_file, as_json)
+
+
+def _metrics_args(textfile: str | None, pushgateway: str | None, job: str | None) -> list[str]:
+    """renew's metrics options, checked now rather than at every scheduled run."""
+    from kimpki.errors import UsageError
+    from kimpki.ops import metrics
+
+    if job and not pushgateway:
+        raise UsageError("--job names the Pushgateway job: give --pushgateway URL too")
+    args = []
+    if textfile:
+        metrics.check_textfile_path(textfile)
+        args += ["--textfile", _abs(textfile)]
+    if pushgateway:
+        metrics.check_pushgateway_url(pushgateway)
+        args += ["--pushgateway", pushgateway] + (["--job", job] if job else [])
+    return args
 
 
 def _render_crontab(ctx, schedule, renew_args, manifests, kubeconfig, context, log_file, log_format,

@@ -127,6 +127,73 @@ class Log:
             self("warning", "warning", f"{r.ref}: {r.reason}", secret=r.secret, namespace=r.namespace)
 
 
+class _Terminated(BaseException):
+    """SIGTERM (cron's or the kubelet's stop) as an exception, so the run's metrics still go out."""
+
+
+class RunMetrics:
+    """The metrics of one renew run, written or pushed when it ends, however it ends: finished,
+    failed, or interrupted (SIGTERM, Ctrl-C). A run that found the lock held reports nothing
+    (the run holding it will)."""
+
+    def __init__(self, textfile: str | None, pushgateway: str | None, job: str, log: "Log"):
+        from kimpki.ops import metrics
+
+        if textfile:
+            metrics.check_textfile_path(textfile)
+        if pushgateway:
+            metrics.check_pushgateway_url(pushgateway)
+        self.textfile, self.pushgateway, self.job, self.log = textfile, pushgateway, job, log
+        self.started = now_utc()
+        self.summary = None
+
+    def finish(self, summary) -> None:
+        self.summary = summary
+
+    def __enter__(self):
+        import signal
+
+        def terminated(signum, frame):
+            raise _Terminated()
+
+        self._previous = signal.signal(signal.SIGTERM, terminated)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
+        s = self.summary
+        if s is not None and s.busy:
+            return False
+        success = exc_type is None and s is not None and s.ok
+        if isinstance(exc, click.exceptions.Exit):  # ctx.exit(N): the run finished and chose its code
+            success = s is not None and s.ok and exc.exit_code == 0
+        counts = {"renewed": s.renewed, "failed": s.failed, "deferred": s.deferred, "due": s.due} if s else {}
+        try:
+            self._send(success, counts)
+        except Exception as e:  # noqa: BLE001 - reporting must not hide the run's own outcome
+            self.log("error", "metrics", f"metrics not written: {e}")
+            if exc_type is None:
+                raise
+        if exc_type is _Terminated:
+            self.log("error", "interrupted", "interrupted by SIGTERM; metrics written with success 0")
+            raise SystemExit(143)
+        return False
+
+    def _send(self, success: bool, counts: dict) -> None:
+        from kimpki.ops import metrics
+
+        run = metrics.RenewRunMetrics(self.started, now_utc(), success, counts)
+        if self.textfile:
+            if not success:
+                run.last_success = metrics.previous_last_success(self.textfile)
+            metrics.write_textfile(self.textfile, metrics.renew_registry(run))
+        if self.pushgateway:
+            run.last_success = None  # the Pushgateway keeps the earlier value when this one is left out
+            metrics.push(self.pushgateway, self.job, metrics.renew_registry(run), replace_all=success)
+
+
 def _t(t) -> str | None:
     from kimpki.pki.parse import rfc3339
 
@@ -159,11 +226,17 @@ def summary_line(s) -> str:
               help="Log lines on stderr as text or one JSON object per line.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
               help="How long to wait for another run's lock before giving up (exit 0, nothing done).")
+@click.option("--textfile", metavar="FILE.prom",
+              help="Write the run's metrics (last run, last success, success, certificates by result, "
+                   "duration) to FILE.prom for node_exporter's textfile collector; also when the run fails.")
+@click.option("--pushgateway", metavar="URL", help="Push the run's metrics to this Prometheus Pushgateway.")
+@click.option("--job", default="kimpki-renew", show_default=True, metavar="NAME",
+              help="The Pushgateway job the metrics are grouped under.")
 @passphrase_file_option
 @json_option
 @click.pass_context
 def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, renew_before, jitter, dry_run,
-            log_format, lock_wait, passphrase_file, as_json):
+            log_format, lock_wait, textfile, pushgateway, job, passphrase_file, as_json):
     """Renew every managed credential inside its renewal window.
 
     Reads the Secrets kimpki manages (label app.kubernetes.io/managed-by=kimpki),
@@ -173,12 +246,22 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     """
     import contextlib
 
-    from kimpki.errors import KimpkiError
-    from kimpki.ops.renewing import open_targets, renew
-
     check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context)
     settings = rule_settings(renew_before, jitter)
     log = Log(log_format)
+    report = RunMetrics(textfile, pushgateway, job, log) if (textfile or pushgateway) and not dry_run else None
+    with report if report is not None else contextlib.nullcontext():
+        _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log,
+             lock_wait, passphrase_file, as_json, report)
+
+
+def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log, lock_wait,
+         passphrase_file, as_json, report) -> None:
+    import contextlib
+
+    from kimpki.errors import KimpkiError
+    from kimpki.ops.renewing import open_targets, renew
+
     store = open_store(ctx)
     try:
         with contextlib.ExitStack() as stack:
@@ -188,7 +271,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
             summary = renew(store, targets, now=now_utc(), passphrase=passphrase_source(passphrase_file),
                             settings=settings, dry_run=dry_run, lock_wait=lock_wait, on_result=log.result)
     except KimpkiError as e:
-        if log_format != "json" or e.exit_code == 2:
+        if log.fmt != "json" or e.exit_code == 2:
             raise
         # A log collector reads only JSON lines: say the fatal error as one too.
         log("error", "error", str(e))
@@ -196,6 +279,8 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     counts = dict(checked=summary.checked, due=summary.due, renewed=summary.renewed,
                   would_renew=summary.would_renew, failed=summary.failed, skipped=summary.skipped,
                   deferred=summary.deferred)
+    if report is not None:
+        report.finish(summary)
     if summary.busy:
         log("info", "lock_busy", summary.lock.get("busy_message") or "another run holds the renewal lock; nothing done",
             lock=summary.lock)

@@ -14,6 +14,8 @@ Examples:
   kimpki status -A --fail-on due                # every namespace; exit 1 if any is due (monitoring)
   kimpki status --manifests ./deploy --json
   kimpki status --policy policies/ --renew-before 30d
+  kimpki status -o prometheus                   # gauges for Prometheus, CA certificates included
+  kimpki status --textfile /var/lib/node_exporter/textfile/kimpki.prom
 \b
 Without place options the store's inventory is shown: every current server certificate
 with the places it was deployed to (what kimpki wrote). With --cluster (or -n, -A,
@@ -47,23 +49,43 @@ def _day(t: str | None) -> str:
 @click.option("--jitter", metavar="X", help="As for 'kimpki renew': renew up to this much earlier, per serial.")
 @click.option("--fail-on", type=click.Choice(["due", "expired"]),
               help="Exit 1 when any credential is due (or worse), or expired (or broken).")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "prometheus"]), default=None,
+              help="text (default), json (as --json) or prometheus: certificate gauges, CA certificates "
+                   "included, in Prometheus' text format.")
+@click.option("--textfile", metavar="FILE.prom",
+              help="Also write the prometheus gauges to FILE.prom atomically (node_exporter's textfile "
+                   "collector directory).")
 @json_option
 @click.pass_context
 def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, use_cluster, renew_before,
-            jitter, fail_on, as_json):
+            jitter, fail_on, output, textfile, as_json):
     """Show every credential with hosts, notAfter, days left, renewal date and state."""
     import contextlib
 
     from kimpki.ops.renewing import inventory_status, open_targets, survey
 
+    if as_json and output not in (None, "json"):
+        raise click.UsageError(f"--json and -o {output} contradict each other")
+    as_json = as_json or output == "json"
+    prometheus = output == "prometheus"
+    if textfile:
+        from kimpki.ops.metrics import check_textfile_path
+
+        check_textfile_path(textfile)
     check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context)
     settings = rule_settings(renew_before, jitter)
     now = now_utc()
     cluster = bool(use_cluster or kubeconfig or context or ((namespace or all_namespaces) and not (manifests or policy)))
     if not (cluster or manifests or policy):
-        rows = inventory_status(open_store(ctx), settings, now)
+        store = open_store(ctx)
+        rows = inventory_status(store, settings, now)
         data = {"source": "store", "time": _t(now), "certificates": rows, "counts": _counts(rows)}
-        emit(data, as_json, _inventory_text)
+        if prometheus or textfile:
+            from kimpki.ops.metrics import store_samples
+
+            _metrics(store_samples(store, settings.renew_before, settings.jitter, now), now, prometheus, textfile)
+        if not prometheus:
+            emit(data, as_json, _inventory_text)
     else:
         with contextlib.ExitStack() as stack:
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
@@ -76,7 +98,12 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         rows = creds
         data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
                 "credentials": creds, "skipped": skipped, "counts": _counts(creds)}
-        emit(data, as_json, _places_text)
+        if prometheus or textfile:
+            from kimpki.ops.metrics import place_samples
+
+            _metrics(place_samples(results, _existing_store(ctx)), now, prometheus, textfile)
+        if not prometheus:
+            emit(data, as_json, _places_text)
     if fail_on:
         alarming = [r for r in rows if r["state"] in ALERT[fail_on]]
         if alarming:
@@ -84,6 +111,28 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
             note("kimpki: status: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                  + f" (--fail-on {fail_on})")
             ctx.exit(1)
+
+
+def _metrics(samples, now, to_stdout: bool, textfile: str | None) -> None:
+    from kimpki.ops.metrics import certificate_registry, exposition, write_textfile
+
+    registry = certificate_registry(samples, now)
+    if textfile:
+        write_textfile(textfile, registry)
+    if to_stdout:
+        click.echo(exposition(registry), nl=False)
+
+
+def _existing_store(ctx):
+    """The local store when the home has one (to name CAs as it does); never creates a home."""
+    from pathlib import Path
+
+    from kimpki.cli.common import home_of
+    from kimpki.store import Store, default_home
+
+    home = home_of(ctx)
+    root = Path(home).expanduser() if home else default_home()
+    return Store.open(root) if (root / "inventory.db").exists() else None
 
 
 def _t(t) -> str:

@@ -128,6 +128,19 @@ def render_all(rows: list[dict]) -> str:
     return body + f"\n{len(rows) - failed} passed, {failed} failed"
 
 
+def _write_verify_metrics(path: str, reports: list) -> None:
+    from kimpki.ops.metrics import verify_registry, write_textfile
+    from kimpki.verify import Reason
+
+    def current(r) -> bool | None:
+        if r.reason is Reason.NOT_CURRENT:
+            return False
+        return True if any(c.name == "current" and c.ok for c in r.checks) else None
+
+    write_textfile(path, verify_registry({"host": r.host, "mode": r.mode, "ok": r.ok, "current": current(r)}
+                                         for r in reports))
+
+
 def _until_passed(check, wait: float) -> list:
     """Run ``check`` (returning reports) again every quarter second until all pass or ``wait``
     seconds are over; the last reports count."""
@@ -165,10 +178,13 @@ def _until_passed(check, wait: float) -> list:
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Repeat the check until it passes or SECONDS have passed, e.g. right after 'kimpki "
                    "rotate' while the gateway picks up the new certificate.")
+@click.option("--textfile", metavar="FILE.prom",
+              help="With --all: write kimpki_verify_handshake_ok and kimpki_verify_serving_current per host "
+                   "to FILE.prom (node_exporter's textfile collector), whatever the outcome.")
 @json_option
 @click.pass_context
 def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, wait,
-            as_json):
+            textfile, as_json):
     """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
     the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
 
@@ -182,10 +198,16 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
         if host or ca_ref or cacert or client or cert or key or mode:
             raise UsageError("--all checks the store's own certificates: give no HOST, --ca, --cacert, "
                              "--client, --cert, --key or --mode with it")
+        if textfile:
+            from kimpki.ops.metrics import check_textfile_path
+
+            check_textfile_path(textfile)
         store = _existing_store(ctx)
         reports = _until_passed(lambda: verify_all(store, connect=connect, http_path=http_path, timeout=timeout)
                                 if store else [], wait)
         rows = [r.to_dict() for r in reports]
+        if textfile:
+            _write_verify_metrics(textfile, reports)
         emit(rows, as_json, render_all)
         failed = [r for r in reports if not r.ok]
         if failed:
@@ -194,6 +216,8 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
         return 0
     if not host:
         raise UsageError("give HOST (the name clients use), or --all")
+    if textfile:
+        raise UsageError("--textfile goes with --all (a monitoring sweep of every certificate)")
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
                             key=key, mode=mode, http_path=http_path, timeout=timeout)
     store = _existing_store(ctx)

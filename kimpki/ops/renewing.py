@@ -110,6 +110,7 @@ class CredentialResult:
     new_not_after: str | None = None
     cred: ManagedCredential | None = field(default=None, repr=False)
     target: SweepTarget | None = field(default=None, repr=False)
+    source: dict | None = field(default=None, repr=False)  # the Secret as read
 
     @property
     def due(self) -> bool:
@@ -346,16 +347,17 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
     where = target.place.description
     owner = _ca_bundle_owner(secret)
     if owner is not None:
-        return CredentialResult(where, name, namespace, "ca-bundle", action=SKIPPED,
+        return CredentialResult(where, name, namespace, "ca-bundle", action=SKIPPED, source=secret,
                                 reason=f"holds only the CA bundle of {owner}, rewritten when {owner} is renewed")
     try:
         cred = managed_credential(secret, default_namespace=namespace)
     except KimpkiError as e:
-        return CredentialResult(where, name, namespace, BROKEN, reason=str(e))
+        return CredentialResult(where, name, namespace, BROKEN, reason=str(e), source=secret)
     rule = target.renew_before.get((cred.namespace, cred.name), settings.renew_before)
     res = CredentialResult(where, cred.name, cred.namespace, BROKEN, hosts=list(cred.hosts),
                            certificate=cred.store_name, ca=cred.ca, renew_before=_describe(rule),
-                           windows=target.windows.get((cred.namespace, cred.name), ()), cred=cred, target=target)
+                           windows=target.windows.get((cred.namespace, cred.name), ()), cred=cred, target=target,
+                           source=secret)
     served = cred.served
     if served is None:
         res.reason = (f"Secret {cred.namespace}/{cred.name} serves no readable certificate; "
