@@ -46,34 +46,43 @@ class CertificateSample:
 
 
 def certificate_registry(samples: Iterable[CertificateSample], now: datetime):
-    """A registry holding the certificate gauges of ``samples``."""
-    from prometheus_client import CollectorRegistry, Gauge
+    """A registry holding the certificate gauges of ``samples``. A collector of metric families,
+    not ``Gauge.labels()`` children: with 10,000 credentials those cost more than the survey."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    samples = list(samples)
+
+    class Certificates:
+        def collect(self):
+            not_after = GaugeMetricFamily("kimpki_certificate_not_after_timestamp_seconds", "Certificate notAfter.",
+                                          labels=CERT_LABELS)
+            not_before = GaugeMetricFamily("kimpki_certificate_not_before_timestamp_seconds",
+                                           "Certificate notBefore.", labels=CERT_LABELS)
+            renewal = GaugeMetricFamily("kimpki_certificate_renewal_timestamp_seconds",
+                                        "When kimpki renew renews the certificate (leaves only).", labels=CERT_LABELS)
+            expired = GaugeMetricFamily("kimpki_certificate_expired", "1 when the certificate is past notAfter.",
+                                        labels=CERT_LABELS)
+            longest = GaugeMetricFamily("kimpki_ca_longest_leaf_lifetime_seconds",
+                                        "Per CA: the longest lifetime of a current leaf it issued.", labels=["name"])
+            lifetimes: dict[str, float] = {}
+            for s in samples:
+                labels = s.labels()
+                not_after.add_metric(labels, s.not_after.timestamp())
+                not_before.add_metric(labels, s.not_before.timestamp())
+                expired.add_metric(labels, 1 if now >= s.not_after else 0)
+                if s.kind != "ca":
+                    if s.renewal_time is not None:
+                        renewal.add_metric(labels, s.renewal_time.timestamp())
+                    if s.ca:
+                        life = (s.not_after - s.not_before).total_seconds()
+                        lifetimes[s.ca] = max(life, lifetimes.get(s.ca, 0.0))
+            for ca, life in sorted(lifetimes.items()):
+                longest.add_metric([ca], life)
+            return [not_after, not_before, renewal, expired, longest]
 
     reg = CollectorRegistry()
-    not_after = Gauge("kimpki_certificate_not_after_timestamp_seconds", "Certificate notAfter.", CERT_LABELS,
-                      registry=reg)
-    not_before = Gauge("kimpki_certificate_not_before_timestamp_seconds", "Certificate notBefore.", CERT_LABELS,
-                       registry=reg)
-    renewal = Gauge("kimpki_certificate_renewal_timestamp_seconds",
-                    "When kimpki renew renews the certificate (leaves only).", CERT_LABELS, registry=reg)
-    expired = Gauge("kimpki_certificate_expired", "1 when the certificate is past notAfter.", CERT_LABELS,
-                    registry=reg)
-    longest = Gauge("kimpki_ca_longest_leaf_lifetime_seconds",
-                    "Per CA: the longest lifetime of a current leaf it issued.", ["name"], registry=reg)
-    lifetimes: dict[str, float] = {}
-    for s in samples:
-        labels = s.labels()
-        not_after.labels(*labels).set(s.not_after.timestamp())
-        not_before.labels(*labels).set(s.not_before.timestamp())
-        expired.labels(*labels).set(1 if now >= s.not_after else 0)
-        if s.kind != "ca":
-            if s.renewal_time is not None:
-                renewal.labels(*labels).set(s.renewal_time.timestamp())
-            if s.ca:
-                life = (s.not_after - s.not_before).total_seconds()
-                lifetimes[s.ca] = max(life, lifetimes.get(s.ca, 0.0))
-    for ca, life in sorted(lifetimes.items()):
-        longest.labels(ca).set(life)
+    reg.register(Certificates())
     return reg
 
 
