@@ -15,7 +15,7 @@ def command(ctx, include_history, as_json):
     """List issued certificates: names, serial, CA, expiry, days left and state.
 
     State is valid, expiring (inside the renewal window: the last third of the
-    lifetime), expired or not-yet-valid.
+    lifetime), expired, not-yet-valid or revoked ('kimpki revoke').
     """
     from kimpki.ops.inspecting import inventory
 

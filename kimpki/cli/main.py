@@ -24,6 +24,8 @@ COMMANDS = {
     "rotate": ("kimpki.cli.rotate:command", "Give a credential Secret a new key and certificate, in place."),
     "renew": ("kimpki.cli.renew:command", "Renew every managed credential inside its renewal window (cron)."),
     "status": ("kimpki.cli.status:command", "Show credentials with expiry, renewal date and state."),
+    "revoke": ("kimpki.cli.revoke:revoke", "Revoke a certificate and re-sign its CA's CRL."),
+    "crl": ("kimpki.cli.revoke:crl", "Print a CA's certificate revocation list (signed when due)."),
     "plan": ("kimpki.cli.policy:plan", "Show what 'apply' would change to match policy files."),
     "apply": ("kimpki.cli.policy:apply", "Converge CAs, certificates, Secrets and Gateways to policy files."),
     "cron": ("kimpki.cli.cron:group", "Print a crontab line or Kubernetes CronJob that runs 'kimpki renew'."),

@@ -48,8 +48,12 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
 
 
 def inventory(store: Store, now: datetime, include_history: bool = False) -> list[dict]:
+    from kimpki.store import revocations
+
+    revoked = revocations.revoked_serials(store)
     rows = []
     for r in store.list_certs(include_history=include_history):
+        rev = revoked.get((r.ca, r.serial))
         rows.append({
             "name": r.name,
             "kind": r.kind,
@@ -59,7 +63,8 @@ def inventory(store: Store, now: datetime, include_history: bool = False) -> lis
             "not_after": parse.rfc3339(r.not_after),
             "days_left": int((r.not_after - now).total_seconds() // 86400),
             "renewal_due": parse.rfc3339(renewal_time(r.not_before, r.not_after)),
-            "state": lifecycle_state(r.not_before, r.not_after, now),
+            "state": "revoked" if rev else lifecycle_state(r.not_before, r.not_after, now),
+            "revoked": {"at": parse.rfc3339(rev.revoked_at), "reason": rev.reason} if rev else None,
             "version": r.state,
             "cert": str(r.cert_path),
             "key": str(r.key_path) if r.has_key else None,

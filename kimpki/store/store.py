@@ -8,6 +8,7 @@ Layout under the home directory (every directory 0700, every key 0600)::
     cas/<name>/ca.key                 its key (PKCS#8 PEM, encrypted when a passphrase was given)
     cas/<name>/chain.crt              intermediate CAs only: the CAs above it, below the root
     cas/<name>/cross.crt              a root that succeeds another: its key certified by the predecessor
+    cas/<name>/crl.pem                the CA's current CRL (kimpki crl, kimpki revoke)
     certs/<name>/versions/<serial>/   one directory per issuance, never rewritten:
         cert.crt                      leaf + intermediates (what a server presents)
         cert.key                      the leaf's private key (absent for signed CSRs)
@@ -84,6 +85,24 @@ CREATE TABLE IF NOT EXISTS serials (
     PRIMARY KEY (ca, serial)
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Revoked certificates (kimpki revoke) and each CA's last CRL (kimpki/store/revocations.py).
+CREATE TABLE IF NOT EXISTS revocations (
+    ca TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    name TEXT,
+    kind TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    command TEXT NOT NULL,
+    PRIMARY KEY (ca, serial)
+);
+CREATE TABLE IF NOT EXISTS crls (
+    ca TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    this_update TEXT NOT NULL,
+    next_update TEXT NOT NULL
+);
 """
 
 

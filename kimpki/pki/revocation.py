@@ -1,0 +1,120 @@
+"""Revocation data a gateway can use: X.509 v2 CRLs (RFC 5280 §5) and OCSP responses for
+stapling (RFC 6960). Pure: certificates, keys and times in; signed objects out.
+
+Envoy rejects every client of a CA whose CRL is past nextUpdate, so the validity chosen here
+is also a deadline for the refresh (``crl_refresh_due``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from kimpki.errors import UsageError
+from kimpki.pki.keys import PrivateKey, signature_hash_for
+
+DEFAULT_CRL_VALIDITY = timedelta(days=7)
+DEFAULT_OCSP_VALIDITY = timedelta(days=4)
+
+# RFC 5280 §5.3.1 names (as users and openssl spell them) → cryptography's flags. "unspecified"
+# is recorded, but its reasonCode is left out of the CRL entry, as §5.3.1 asks. certificateHold
+# (reversible) and removeFromCRL (delta CRLs only) are not offered.
+REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+
+
+def reason_name(text: str) -> str:
+    """The canonical RFC 5280 name for ``text`` (case-insensitive; ``key-compromise`` too)."""
+    wanted = text.replace("-", "").replace("_", "").lower()
+    for name in REASONS:
+        if name.lower() == wanted:
+            return name
+    raise UsageError(f"unknown revocation reason {text!r}: use one of {', '.join(REASONS)}")
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial: int
+    revoked_at: datetime
+    reason: str  # a REASONS key
+    not_after: datetime  # of the revoked certificate: once past, it leaves the CRL
+
+
+def build_crl(issuer_cert: x509.Certificate, issuer_key: PrivateKey, entries: list[RevokedEntry], *,
+              number: int, this_update: datetime, next_update: datetime) -> x509.CertificateRevocationList:
+    """A complete CRL signed by ``issuer_key``: CRL Number, AKI, every entry whose certificate has
+    not expired by ``this_update`` (RFC 5280 lets expired ones go), with its reason code."""
+    if number < 0 or number >= 1 << 159:
+        raise UsageError(f"CRL number {number} is out of range (RFC 5280: at most 20 octets)")
+    if next_update <= this_update:
+        raise UsageError("a CRL's nextUpdate must be after its thisUpdate")
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(issuer_cert.subject)
+               .last_update(this_update)
+               .next_update(next_update)
+               .add_extension(x509.CRLNumber(number), critical=False)
+               .add_extension(_aki(issuer_cert), critical=False))
+    for e in sorted(entries, key=lambda e: e.serial):
+        if e.not_after <= this_update:
+            continue
+        revoked = x509.RevokedCertificateBuilder().serial_number(e.serial).revocation_date(e.revoked_at)
+        if e.reason != "unspecified":
+            revoked = revoked.add_extension(x509.CRLReason(REASONS[e.reason]), critical=False)
+        builder = builder.add_revoked_certificate(revoked.build())
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def crl_refresh_due(this_update: datetime, next_update: datetime) -> datetime:
+    """Re-sign inside the last third of a CRL's validity, so a gateway never holds an expired one."""
+    return next_update - (next_update - this_update) / 3
+
+
+def build_ocsp_response(cert: x509.Certificate, issuer_cert: x509.Certificate, issuer_key: PrivateKey, *,
+                        revoked: RevokedEntry | None, this_update: datetime, next_update: datetime) -> bytes:
+    """A DER OCSP response for ``cert``, signed by its issuing CA itself (RFC 6960 §4.2.2.2: no
+    delegated responder): status good, or revoked with time and reason. SHA-1 CertID, as
+    RFC 5019 asks and every client (openssl, Envoy) expects."""
+    if next_update <= this_update:
+        raise UsageError("an OCSP response's nextUpdate must be after its thisUpdate")
+    builder = ocsp.OCSPResponseBuilder()
+    if revoked is None:
+        builder = builder.add_response(cert=cert, issuer=issuer_cert, algorithm=hashes.SHA1(),
+                                       cert_status=ocsp.OCSPCertStatus.GOOD, this_update=this_update,
+                                       next_update=next_update, revocation_time=None, revocation_reason=None)
+    else:
+        reason = None if revoked.reason == "unspecified" else REASONS[revoked.reason]
+        builder = builder.add_response(cert=cert, issuer=issuer_cert, algorithm=hashes.SHA1(),
+                                       cert_status=ocsp.OCSPCertStatus.REVOKED, this_update=this_update,
+                                       next_update=next_update, revocation_time=revoked.revoked_at,
+                                       revocation_reason=reason)
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer_cert)  # producedAt: now
+    return builder.sign(issuer_key, signature_hash_for(issuer_key)).public_bytes(Encoding.DER)
+
+
+def ocsp_refresh_due(this_update: datetime, next_update: datetime) -> datetime:
+    """Re-sign a staple inside the last half of its validity."""
+    return next_update - (next_update - this_update) / 2
