@@ -44,7 +44,7 @@ def block(*needles: str) -> str:
 def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
-               block("kimpki status -o prometheus"),
+               block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
                block("kimpki plan -f policies/")}
     assert covered == set(BLOCKS)
 
@@ -80,6 +80,13 @@ def test_gateway_block_ends_with_serves_error_when_envoy_cannot_start(tmp_path):
     assert r.returncode != 0
     assert "kimpki: error: Envoy exited" in r.stdout, r.stdout + r.stderr  # the loop printed serve's log
     assert "connection_refused" in r.stdout + r.stderr  # and the next line ran, failed, and ended the block
+
+
+def test_revocation_block(tmp_path):
+    r = run(block("kimpki revoke leaked.example.com"), tmp_path, tmp_path / "home")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "revoked" in r.stdout.split("leaked.example.com", 2)[-1]  # the list line's state
+    assert "certificate revoked" in r.stdout  # openssl's verdict with the CRL
 
 
 def test_policy_block(tmp_path):
