@@ -351,3 +351,48 @@ def test_alert_rules_fire_on_a_real_store_with_an_expiring_certificate(store, tm
     r = subprocess.run([PROMTOOL, "test", "rules", "t.yaml"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_crl_and_ocsp_staple_next_updates(store, tmp_path):
+    """The store's CRL per CA, and the CRLs and staple a Secret carries (Istio's `crl` and
+    `tls.ocsp-staple` keys), each with its nextUpdate."""
+    import base64
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from kimpki.pki import revocation as rv
+
+    store.ok("revoke", "kim-client.example.com")
+    crl = store.json("crl", "example.com")
+    out = store.ok("status", "-o", "prometheus").out
+    promtool_check(out)
+    got = {(s.labels["ca"], s.labels["crl_number"]): s.value for s in
+           by_name(out, "kimpki_crl_next_update_timestamp_seconds")}
+    nxt = datetime.fromisoformat(crl["next_update"].replace("Z", "+00:00")).timestamp()
+    assert got == {("example.com", "1"): nxt}
+    # A tls-form Secret holding a CRL and a staple.
+    doc = yaml.safe_load(store.ok("secret", "create", "soon-credential", "--cert", "soon.example.com", "--format",
+                                  "tls", "--dry-run", "-o", "yaml").out)
+    ca_dir = store.home / "cas" / "example.com"
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    leaf = x509.load_pem_x509_certificate((store.home / "certs" / "soon.example.com" / "current" / "cert.crt")
+                                          .read_bytes())
+    key = load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    staple = rv.build_ocsp_response(leaf, ca_cert, key, revoked=None, this_update=now,
+                                    next_update=now + timedelta(hours=30))
+    doc["data"]["ca.crl"] = base64.b64encode((ca_dir / "crl.pem").read_bytes()).decode()
+    doc["data"]["tls.ocsp-staple"] = base64.b64encode(staple).decode()
+    deploy = store.cwd / "deploy"
+    deploy.mkdir()
+    (deploy / "soon.yaml").write_text(yaml.safe_dump(doc))
+    text = store.ok("status", "--manifests", deploy, "-o", "prometheus").out
+    promtool_check(text)
+    crls = [(s.labels["ca"], s.labels["crl_number"], s.labels["secret"]) for s in
+            by_name(text, "kimpki_crl_next_update_timestamp_seconds")]
+    assert crls == [("example.com", "1", "soon-credential")]
+    staples = {(s.labels["name"], s.labels["serial"]): s.value for s in
+               by_name(text, "kimpki_ocsp_staple_next_update_timestamp_seconds")}
+    assert staples == {("soon.example.com", format(leaf.serial_number, "x")): (now + timedelta(hours=30)).timestamp()}

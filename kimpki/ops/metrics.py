@@ -45,7 +45,19 @@ class CertificateSample:
         return [self.kind, self.name, self.ca or "", self.serial, self.namespace, self.secret]
 
 
-def certificate_registry(samples: Iterable[CertificateSample], now: datetime):
+@dataclass(frozen=True)
+class RevocationSample:
+    """A CRL (per CA) or an OCSP staple (per server certificate) and when it must be replaced."""
+
+    kind: str  # crl | ocsp_staple
+    name: str  # the CA (crl) or the certificate (ocsp_staple)
+    ident: str  # the CRL number, or the stapled certificate's serial
+    next_update: datetime
+    namespace: str = ""
+    secret: str = ""
+
+
+def certificate_registry(samples: Iterable[CertificateSample | RevocationSample], now: datetime):
     """A registry holding the certificate gauges of ``samples``. A collector of metric families,
     not ``Gauge.labels()`` children: with 10,000 credentials those cost more than the survey."""
     from prometheus_client import CollectorRegistry
@@ -65,8 +77,18 @@ def certificate_registry(samples: Iterable[CertificateSample], now: datetime):
                                         labels=CERT_LABELS)
             longest = GaugeMetricFamily("kimpki_ca_longest_leaf_lifetime_seconds",
                                         "Per CA: the longest lifetime of a current leaf it issued.", labels=["name"])
+            crl = GaugeMetricFamily("kimpki_crl_next_update_timestamp_seconds",
+                                    "When a CA's CRL must be replaced (Envoy refuses every client after it).",
+                                    labels=["ca", "crl_number", "namespace", "secret"])
+            staple = GaugeMetricFamily("kimpki_ocsp_staple_next_update_timestamp_seconds",
+                                       "When a server certificate's OCSP staple must be replaced.",
+                                       labels=["name", "serial", "namespace", "secret"])
             lifetimes: dict[str, float] = {}
             for s in samples:
+                if isinstance(s, RevocationSample):
+                    (crl if s.kind == "crl" else staple).add_metric([s.name, s.ident, s.namespace, s.secret],
+                                                                    s.next_update.timestamp())
+                    continue
                 labels = s.labels()
                 not_after.add_metric(labels, s.not_after.timestamp())
                 not_before.add_metric(labels, s.not_before.timestamp())
@@ -79,7 +101,7 @@ def certificate_registry(samples: Iterable[CertificateSample], now: datetime):
                         lifetimes[s.ca] = max(life, lifetimes.get(s.ca, 0.0))
             for ca, life in sorted(lifetimes.items()):
                 longest.add_metric([ca], life)
-            return [not_after, not_before, renewal, expired, longest]
+            return [not_after, not_before, renewal, expired, longest, crl, staple]
 
     reg = CollectorRegistry()
     reg.register(Certificates())
@@ -202,8 +224,8 @@ def check_pushgateway_url(url: str) -> None:
 
 
 # ----------------------------------------------------------------------------- where samples come from
-def store_samples(store, rule, jitter, now: datetime) -> list[CertificateSample]:
-    """Every CA and every current leaf (server and client) of the store."""
+def store_samples(store, rule, jitter, now: datetime) -> list:
+    """Every CA and every current leaf (server and client) of the store, and each CA's CRL."""
     from kimpki.pki.renewal import renewal_time
 
     out = [CertificateSample("ca", ca.name, ca.parent or ca.name, ca.serial, ca.not_before, ca.not_after)
@@ -212,12 +234,19 @@ def store_samples(store, rule, jitter, now: datetime) -> list[CertificateSample]
         renew_at = renewal_time(rec.not_before, rec.not_after, rule, jitter=jitter, key=rec.serial)
         out.append(CertificateSample(rec.kind, rec.name, rec.ca, rec.serial, rec.not_before, rec.not_after,
                                      renew_at))
+    from kimpki.store import revocations
+
+    for ca in store.list_cas():
+        state = revocations.crl_state(store, ca.name)
+        if state is not None:
+            out.append(RevocationSample("crl", ca.name, str(state.number), state.next_update))
     return out
 
 
-def place_samples(results, store=None) -> list[CertificateSample]:
+def place_samples(results, store=None) -> list:
     """Every served leaf of a survey (``renewing.survey``), and every CA certificate the surveyed
-    Secrets carry (chains and MUTUAL bundles; each CA once, at the first Secret holding it).
+    Secrets carry (chains and MUTUAL bundles; each CA once, at the first Secret holding it),
+    with the CRLs and OCSP staples they carry.
     A CA the local ``store`` knows is named as the store names it (what leaves' ``ca`` label and
     ``kimpki ca`` commands say), others by their subject's common name."""
     import base64
@@ -225,18 +254,19 @@ def place_samples(results, store=None) -> list[CertificateSample]:
     from kimpki.pki import parse
 
     by_key, by_subject = _store_cas(store)
-    out: list[CertificateSample] = []
+    out: list = []
     seen: set[str] = set()
     for r in results:
         if r.serial and r.not_after is not None:
             out.append(CertificateSample("server", r.certificate or r.secret, r.ca or "", r.serial, r.not_before,
                                          r.not_after, r.renewal_time, r.namespace, r.secret))
-        for value in ((r.source or {}).get("data") or {}).values():
+        for key, value in ((r.source or {}).get("data") or {}).items():
             try:
                 raw = base64.b64decode(value, validate=True)
                 certs = parse.load_certificates(raw) if b"-----BEGIN CERTIFICATE-----" in raw else []
             except Exception:  # noqa: BLE001 - a damaged value: status reports the Secret as broken
                 continue
+            out += _revocation_samples(key, raw, r, by_subject)
             for cert in certs:
                 fp = parse.fingerprint_sha256(cert)
                 if not parse.is_ca(cert) or fp in seen:
@@ -248,6 +278,38 @@ def place_samples(results, store=None) -> list[CertificateSample]:
                 issuer = by_subject.get(cert.issuer.rfc4514_string()) or _cn(cert.issuer)
                 out.append(CertificateSample("ca", name, issuer, parse.serial_hex(cert), cert.not_valid_before_utc,
                                              cert.not_valid_after_utc, None, r.namespace, r.secret))
+    return out
+
+
+def _revocation_samples(key: str, raw: bytes, r, by_subject: dict[str, str]) -> list[RevocationSample]:
+    """CRLs (Istio's ``crl``/``ca.crl`` keys, any PEM CRL) and an OCSP staple in one Secret value."""
+    import re
+
+    from cryptography import x509
+    from cryptography.x509 import ocsp
+
+    from kimpki.istio import contract as c
+    from kimpki.pki.revocation import crl_number
+
+    out = []
+    if key == c.OCSP_STAPLE:
+        try:
+            resp = ocsp.load_der_ocsp_response(raw)
+            if resp.next_update_utc is not None:
+                out.append(RevocationSample("ocsp_staple", r.certificate or r.secret, format(resp.serial_number, "x"),
+                                            resp.next_update_utc, r.namespace, r.secret))
+        except (ValueError, TypeError):
+            pass
+        return out
+    for block in re.findall(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", raw, re.S):
+        try:
+            crl = x509.load_pem_x509_crl(block)
+            number = str(crl_number(crl))
+        except (ValueError, x509.ExtensionNotFound):
+            continue
+        if crl.next_update_utc is not None:
+            name = by_subject.get(crl.issuer.rfc4514_string()) or _cn(crl.issuer)
+            out.append(RevocationSample("crl", name, number, crl.next_update_utc, r.namespace, r.secret))
     return out
 
 
