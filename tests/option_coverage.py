@@ -4,7 +4,7 @@ During the session every kimpki run appends its argv to a log (tests/optionlog/:
 ``sitecustomize`` on the children's PYTHONPATH, and the same hook in this process). At the end
 of a run of the whole suite the argvs are parsed against the click command tree, and any
 option spelling of any command that no run used fails the session (exit status 1), listed by
-name. A partial run (file or node selection, ``-k``/``-m``/``--lf`` deselection, ``-x`` stop)
+name. A partial run (some test files only, ``-k``/``-m``/``--lf`` deselection, a ``-x`` stop)
 skips the check; ``PYTEST_KIMPKI_OPTION_COVERAGE=always`` forces it.
 
 A test that starts kimpki with an environment of its own must keep ``PYTHONPATH`` and
@@ -44,9 +44,11 @@ def command_tree() -> dict[str, tuple[click.Command, click.Context]]:
         if isinstance(cmd, click.Group):
             for name in cmd.list_commands(ctx):
                 sub = cmd.get_command(ctx, name)
-                walk(sub, f"{path} {name}".strip(), click.Context(sub, parent=ctx, info_name=name))
+                walk(sub, f"{path} {name}".strip(),
+                     click.Context(sub, parent=ctx, info_name=name, **sub.context_settings))
 
-    walk(cli, "", click.Context(cli, info_name="kimpki"))
+    # As click makes them: a command's context_settings (help_option_names) apply to its subcommands too.
+    walk(cli, "", click.Context(cli, info_name="kimpki", **cli.context_settings))
     return out
 
 
@@ -159,17 +161,18 @@ def pytest_runtest_logfinish(nodeid, location):
 
 
 def _whole_suite_ran(session) -> str | None:
-    """None when the run was the whole suite, else why not."""
-    config = session.config
+    """None when the run was the whole suite: every tests/test_*.py file had tests collected,
+    none was deselected (-k, -m, --deselect, --lf) and every test ran to its end (no -x stop);
+    else why not."""
     if os.environ.get(FORCE_ENV) == "always":
         return None
-    args = [a for a in config.args if not a.startswith("-")]
-    if config.args_source != pytest.Config.ArgsSource.TESTPATHS and \
-            any(Path(config.invocation_params.dir, a).resolve() != TESTS for a in args):
-        return "a selection of tests"
+    collected = {Path(item.path).resolve() for item in session.items}
+    left_out = sorted(p.name for p in TESTS.glob("test_*.py") if p.resolve() not in collected)
+    if left_out:
+        return f"not every test file ran ({', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''})"
     if _State.deselected:
         return f"{_State.deselected} tests deselected"
-    if session.shouldstop or session.shouldfail or _State.finished < len(session.items) or not session.items:
+    if session.shouldstop or session.shouldfail or _State.finished < len(session.items):
         return "the run stopped early"
     return None
 
