@@ -112,12 +112,29 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     assert serial_of(b.get_object("secrets", NS, "kim-credential")) != rotated
     assert b.get_object("leases", NS, "kimpki-renew") or b.calls(resource="leases")
 
-    # ca rotate / retire widen and narrow b's MUTUAL bundle
-    k.ok("ca", "rotate", "example.com", "--cluster", "--context", "b", "-n", NS, env=env)
-    assert cacert_subjects(b.get_object("secrets", NS, "kim-new-credential")) == \
-        ["CN=example.com,O=example Inc.", "CN=example.com G2,O=example Inc."]
-    k.ok("ca", "retire", "example.com", "--cluster", "--context", "b", "--namespace", NS, env=env)
-    assert cacert_subjects(b.get_object("secrets", NS, "kim-new-credential")) == ["CN=example.com G2,O=example Inc."]
+    # ca rotate / retire: a folder of manifests and, with --cluster, b too
+    deploy = k.cwd / "deploy"
+    deploy.mkdir()
+    (deploy / "kim-new.yaml").write_text(k.ok("secret", "create", "kim-new-credential", "--cert",
+                                              "kim-new.example.com", "--mutual", "--dry-run", "-o", "yaml").out)
+
+    def bundles() -> list[list[str]]:
+        return [cacert_subjects(yaml.safe_load((deploy / "kim-new.yaml").read_text())),
+                cacert_subjects(b.get_object("secrets", NS, "kim-new-credential"))]
+
+    old, new = "CN=example.com,O=example Inc.", "CN=example.com G2,O=example Inc."
+    rep = k.json("ca", "rotate", "example.com", "--manifests", deploy, "--cluster", "--context", "b", "-n", NS,
+                 "--days", "400", "--key-type", "ec-p384", env=env)
+    assert len(rep["places"]) == 2 and rep["ready_to_retire"] is True, rep
+    assert bundles() == [[old, new], [old, new]]
+    g2 = {c["name"]: c for c in k.json("ca", "list")}["example.com-g2"]
+    assert g2["key_type"] == "EC P-384" and 399 <= g2["days_left"] <= 400, g2
+    retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", "--context", "b", "--namespace", NS]
+    dry = k.json(*retire, "--dry-run", env=env)
+    assert dry["retired_at"] is None and len(dry["rewritten"]) == 2, dry
+    assert bundles() == [[old, new], [old, new]]  # the dry run wrote nothing
+    assert k.json(*retire, env=env)["action"] == "retired"
+    assert bundles() == [[new], [new]]
 
     # cron render: the crontab line keeps the context, so cron's renew reaches b too
     line = k.ok("cron", "render", "--kubeconfig", config, "--context", "b").out.splitlines()[-1]
