@@ -54,10 +54,17 @@ def test_render_no_validate_does_not_reach_for_the_schema(kimpki):
     assert skipped.stdout == checked.stdout
 
 
-def test_render_file_mounted_mutual_names_its_ca_file(kimpki):
+def test_file_mounted_mutual_ca_file_name_agrees_between_secret_and_gateway(kimpki):
+    """--ca-file-name: the key of the CA file in istio-ingressgateway-ca-certs, and the path the Gateway reads."""
+    kimpki.ok("ca", "init", "example.com")
+    kimpki.ok("issue", "kim.example.com")
+    out = json.loads(kimpki.ok("secret", "create", "--file-mounted", "--cert", "kim.example.com", "--mutual",
+                               "--ca-file-name", "root.crt", "--dry-run", "-o", "json").out)
+    secrets = {o["metadata"]["name"]: o for o in out["items"]}
+    assert list(secrets["istio-ingressgateway-ca-certs"]["data"]) == ["root.crt"]
     gw, _ = yaml.safe_load_all(kimpki.ok("gateway", "render", "--host", "kim.example.com", "--file-mounted",
-                                         "--mode", "MUTUAL", "--ca-file-name", "example.com.crt", "-o", "yaml").out)
-    assert gw["spec"]["servers"][0]["tls"]["caCertificates"] == "/etc/istio/ingressgateway-ca-certs/example.com.crt"
+                                         "--mode", "MUTUAL", "--ca-file-name", "root.crt", "-o", "yaml").out)
+    assert gw["spec"]["servers"][0]["tls"]["caCertificates"] == "/etc/istio/ingressgateway-ca-certs/root.crt"
 
 
 # -- apply ------------------------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     a, b = clusters
     # The current context is "a": everything below names "b", so only --context can take it there.
     config = two_context_kubeconfig(tmp_path / "kubeconfig", {"a": a, "b": b}, current="a")
-    env = {"KUBECONFIG": config, "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+    # Most commands get the file by --kubeconfig, with $KUBECONFIG naming no file; a few by $KUBECONFIG.
+    env = {"KUBECONFIG": str(tmp_path / "absent"), "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+    env_config = {**env, "KUBECONFIG": config}
+    in_b = ["--kubeconfig", config, "--context", "b"]
     k = kimpki
     k.ok("ca", "init", "example.com", "--org", "example Inc.")
     k.ok("issue", "kim.example.com")
@@ -70,21 +73,20 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     b.clear_requests()
 
     # secret create: --kubeconfig FILE --context, and --context alone with $KUBECONFIG.
-    k.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", "--kubeconfig", config,
-         "--context", "b", "-n", NS)
+    k.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", *in_b, "-n", NS, env=env)
     k.ok("secret", "create", "kim-new-credential", "--cert", "kim-new.example.com", "--mutual",
-         "--context", "b", env=env)
+         "--context", "b", env=env_config)
     assert b.get_object("secrets", NS, "kim-credential") and b.get_object("secrets", NS, "kim-new-credential")
 
     # gateway apply
     gateway = k.ok("gateway", "render", "--host", "kim.example.com", "--credential", "kim-credential",
                    "--name", "kim-gateway").out
-    k.ok("gateway", "apply", "-f", "-", "--context", "b", "-n", NS, input=gateway, env=env)
+    k.ok("gateway", "apply", "-f", "-", *in_b, "-n", NS, input=gateway, env=env)
     assert b.get_object("gateways", NS, "kim-gateway")["spec"]["servers"][0]["hosts"] == ["kim.example.com"]
 
     # gateway mount / unmount, on a Deployment and container named by option
     mount = ["--secret", "istio-ingressgateway-bookinfo-certs", "--mount-path", "/etc/istio/bookinfo-certs",
-             "--deployment", "edge-gateway", "--container", "proxy", "--namespace", NS, "--context", "b"]
+             "--deployment", "edge-gateway", "--container", "proxy", "--namespace", NS, *in_b]
     d = k.json("gateway", "mount", *mount, "--volume-name", "bookinfo-tls", env=env)
     assert d["action"] == "mounted"
     spec = b.get_object("deployments", NS, "edge-gateway")["spec"]["template"]["spec"]
@@ -98,17 +100,17 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     assert not spec["containers"][1].get("volumeMounts") and not spec.get("volumes")
 
     # check and status read b
-    report = k.json("check", "--context", "b", "-n", NS, env=env)
+    report = k.json("check", *in_b, "-n", NS, env=env)
     assert report["summary"]["gateways"] == 1 and report["summary"]["servers"] == 1, report
-    rows = k.json("status", "-A", "--context", "b", env=env)
+    rows = k.json("status", "-A", "--context", "b", env=env_config)
     assert "kim-new-credential" in str(rows) and "kim-credential" in str(rows)
 
     # rotate and renew write b
     before = serial_of(b.get_object("secrets", NS, "kim-credential"))
-    k.ok("rotate", "kim-credential", "--context", "b", "--namespace", NS, "--days", "1", env=env)
+    k.ok("rotate", "kim-credential", *in_b, "--namespace", NS, "--days", "1", env=env)
     rotated = serial_of(b.get_object("secrets", NS, "kim-credential"))
     assert rotated != before
-    k.ok("renew", "-A", "--context", "b", "--renew-before", "1d", env=env)  # the one-day certificate is due
+    k.ok("renew", "-A", *in_b, "--renew-before", "1d", env=env)  # the one-day certificate is due
     assert serial_of(b.get_object("secrets", NS, "kim-credential")) != rotated
     assert b.get_object("leases", NS, "kimpki-renew") or b.calls(resource="leases")
 
@@ -123,13 +125,13 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
                 cacert_subjects(b.get_object("secrets", NS, "kim-new-credential"))]
 
     old, new = "CN=example.com,O=example Inc.", "CN=example.com G2,O=example Inc."
-    rep = k.json("ca", "rotate", "example.com", "--manifests", deploy, "--cluster", "--context", "b", "-n", NS,
+    rep = k.json("ca", "rotate", "example.com", "--manifests", deploy, "--cluster", *in_b, "-n", NS,
                  "--days", "400", "--key-type", "ec-p384", env=env)
     assert len(rep["places"]) == 2 and rep["ready_to_retire"] is True, rep
     assert bundles() == [[old, new], [old, new]]
     g2 = {c["name"]: c for c in k.json("ca", "list")}["example.com-g2"]
     assert g2["key_type"] == "EC P-384" and 399 <= g2["days_left"] <= 400, g2
-    retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", "--context", "b", "--namespace", NS]
+    retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", *in_b, "--namespace", NS]
     dry = k.json(*retire, "--dry-run", env=env)
     assert dry["retired_at"] is None and len(dry["rewritten"]) == 2, dry
     assert bundles() == [[old, new], [old, new]]  # the dry run wrote nothing
@@ -150,5 +152,5 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     assert a.requests == []
     # Without --context, the current context is used: a is read, b is not.
     b.clear_requests()
-    k.ok("status", "--kubeconfig", config)
+    k.ok("status", "--kubeconfig", config, env=env)
     assert a.requests and b.requests == []
