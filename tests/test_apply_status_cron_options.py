@@ -56,6 +56,15 @@ def test_status_jitter_moves_each_renewal_earlier_by_a_fixed_amount_per_serial(k
         assert t - timedelta(days=9.01) <= jittered[name] < t, name  # 10% of a 90-day lifetime
     assert len(set(jittered.values())) == 3  # spread out, not all moved alike
     assert renewal_times("--jitter", "10%") == jittered  # the same every run: a function of the serial
+    assert renewal_times("--namespace", "default") == {}  # every credential is in istio-system
+
+
+def test_after_apply_plan_has_nothing_to_do_and_check_finds_nothing_wrong(kimpki, policies):
+    kimpki.ok("apply", "-f", policies)
+    plan = kimpki.json("plan", "--filename", policies)
+    assert plan["actions"] == [] or {a["action"] for a in plan["actions"]} == {"unchanged"}, plan
+    report = kimpki.json("check", "--filename", policies / "out")
+    assert report["ok"] and report["summary"]["gateways"] == 2, report
 
 
 def test_cron_kubernetes_ca_secret_name(kimpki):

@@ -107,3 +107,10 @@ def test_rotate_days_key_type_and_passphrase_file(kimpki, tmp_path):
     secret = yaml.safe_load((deploy / "kim.yaml").read_text())
     cert = x509.load_pem_x509_certificates(base64.b64decode(secret["data"]["cert"]))[0]
     assert cert.public_key().key_size == 3072 and round(lifetime_days(cert)) == 10
+
+    # renew needs the passphrase too, to re-issue what is due (all of it, with a 10-day window).
+    renew = ["renew", "--manifests", deploy, "--renew-before", "10d"]
+    assert kimpki(*renew).code == 1
+    kimpki.ok(*renew, "--passphrase-file", pw)
+    renewed = yaml.safe_load((deploy / "kim.yaml").read_text())
+    assert renewed["metadata"]["annotations"]["kimpki.io/serial"] != secret["metadata"]["annotations"]["kimpki.io/serial"]

@@ -59,7 +59,7 @@ def test_file_mounted_mutual_ca_file_name_agrees_between_secret_and_gateway(kimp
     kimpki.ok("ca", "init", "example.com")
     kimpki.ok("issue", "kim.example.com")
     out = json.loads(kimpki.ok("secret", "create", "--file-mounted", "--cert", "kim.example.com", "--mutual",
-                               "--ca-file-name", "root.crt", "--dry-run", "-o", "json").out)
+                               "--ca-file-name", "root.crt", "--dry-run", "--output", "json").out)
     secrets = {o["metadata"]["name"]: o for o in out["items"]}
     assert list(secrets["istio-ingressgateway-ca-certs"]["data"]) == ["root.crt"]
     gw, _ = yaml.safe_load_all(kimpki.ok("gateway", "render", "--host", "kim.example.com", "--file-mounted",

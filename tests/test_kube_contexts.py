@@ -75,7 +75,7 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     # secret create: --kubeconfig FILE --context, and --context alone with $KUBECONFIG.
     k.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", *in_b, "-n", NS, env=env)
     k.ok("secret", "create", "kim-new-credential", "--cert", "kim-new.example.com", "--mutual",
-         "--context", "b", env=env_config)
+         "--context", "b", "--namespace", NS, env=env_config)
     assert b.get_object("secrets", NS, "kim-credential") and b.get_object("secrets", NS, "kim-new-credential")
 
     # gateway apply
@@ -101,7 +101,9 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
 
     # check and status read b
     report = k.json("check", *in_b, "-n", NS, env=env)
-    assert report["summary"]["gateways"] == 1 and report["summary"]["servers"] == 1, report
+    assert report["summary"]["gateways"] == 1 and report["summary"]["servers"] == 1 and report["ok"], report
+    elsewhere = k("check", *in_b, "--namespace", "default", "--json", env=env)  # credentials looked up there
+    assert elsewhere.code == 1 and "kim-credential" in str(elsewhere.json["findings"]), elsewhere.out
     rows = k.json("status", "-A", "--context", "b", env=env_config)
     assert "kim-new-credential" in str(rows) and "kim-credential" in str(rows)
 
@@ -120,22 +122,25 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     (deploy / "kim-new.yaml").write_text(k.ok("secret", "create", "kim-new-credential", "--cert",
                                               "kim-new.example.com", "--mutual", "--dry-run", "-o", "yaml").out)
 
+    old, new = "CN=example.com,O=example Inc.", "CN=example.com G2,O=example Inc."
+
     def bundles() -> list[list[str]]:
         return [cacert_subjects(yaml.safe_load((deploy / "kim-new.yaml").read_text())),
                 cacert_subjects(b.get_object("secrets", NS, "kim-new-credential"))]
 
-    old, new = "CN=example.com,O=example Inc.", "CN=example.com G2,O=example Inc."
-    rep = k.json("ca", "rotate", "example.com", "--manifests", deploy, "--cluster", *in_b, "-n", NS,
-                 "--days", "400", "--key-type", "ec-p384", env=env)
+    rotate = ["ca", "rotate", "example.com", "--manifests", deploy, "--cluster", *in_b]
+    k.ok(*rotate, "--namespace", NS, "--dry-run", env=env)
+    assert bundles() == [[old], [old]] and "example.com-g2" not in {c["name"] for c in k.json("ca", "list")}
+    rep = k.json(*rotate, "-n", NS, "--days", "400", "--key-type", "ec-p384", env=env)
     assert len(rep["places"]) == 2 and rep["ready_to_retire"] is True, rep
     assert bundles() == [[old, new], [old, new]]
     g2 = {c["name"]: c for c in k.json("ca", "list")}["example.com-g2"]
     assert g2["key_type"] == "EC P-384" and 399 <= g2["days_left"] <= 400, g2
-    retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", *in_b, "--namespace", NS]
-    dry = k.json(*retire, "--dry-run", env=env)
+    retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", *in_b]
+    dry = k.json(*retire, "-n", NS, "--dry-run", env=env)
     assert dry["retired_at"] is None and len(dry["rewritten"]) == 2, dry
     assert bundles() == [[old, new], [old, new]]  # the dry run wrote nothing
-    assert k.json(*retire, env=env)["action"] == "retired"
+    assert k.json(*retire, "--namespace", NS, env=env)["action"] == "retired"
     assert bundles() == [[new], [new]]
 
     # cron render: the crontab line keeps the context, so cron's renew reaches b too
@@ -152,5 +157,5 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
     assert a.requests == []
     # Without --context, the current context is used: a is read, b is not.
     b.clear_requests()
-    k.ok("status", "--kubeconfig", config, env=env)
+    k.ok("status", "--kubeconfig", config, "--all-namespaces", env=env)
     assert a.requests and b.requests == []
