@@ -68,19 +68,19 @@ def test_version(kimpki):
     assert kimpki.ok("--version").out == f"kimpki, version {__version__}\n"
 
 
-def sub_pytest(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+def sub_pytest(basetemp, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", basetemp,
+                           *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 
-def test_a_run_that_misses_options_fails_though_its_tests_pass():
+def test_a_run_that_misses_options_fails_though_its_tests_pass(tmp_path):
     test = "tests/test_option_coverage.py::test_version"
-    forced = sub_pytest(test, **{FORCE_ENV: "always"})
+    forced = sub_pytest(tmp_path / "forced", test, **{FORCE_ENV: "always"})
     assert "1 passed" in forced.stdout, forced.stdout
     assert forced.returncode == 1, forced.stdout
     section = forced.stdout.split("options no test uses")[1]
     assert "kimpki ca init --common-name\n" in section and "kimpki secret create -n\n" in section
     assert "kimpki --version\n" not in section  # used by the test, in a kimpki child process
     # A partial run is not judged.
-    partial = sub_pytest(test, **{FORCE_ENV: ""})
+    partial = sub_pytest(tmp_path / "partial", test, **{FORCE_ENV: ""})
     assert partial.returncode == 0 and "options no test uses" not in partial.stdout, partial.stdout
