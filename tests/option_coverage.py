@@ -5,7 +5,7 @@ During the session every kimpki run appends its argv to a log (tests/optionlog/:
 of a run of the whole suite the argvs are parsed against the click command tree, and any
 option spelling of any command that no run used fails the session (exit status 1), listed by
 name. A partial run (some test files only, ``-k``/``-m``/``--lf`` deselection, a ``-x`` stop)
-skips the check; ``PYTEST_KIMPKI_OPTION_COVERAGE=always`` forces it.
+skips the check.
 
 A test that starts kimpki with an environment of its own must keep ``PYTHONPATH`` and
 ``PYTEST_KIMPKI_OPTION_LOG`` from ``os.environ`` for its run to count.
@@ -24,7 +24,6 @@ from tests.optionlog import kimpki_option_log
 
 TESTS = Path(__file__).resolve().parent
 HOOK_DIR = TESTS / "optionlog"
-FORCE_ENV = "PYTEST_KIMPKI_OPTION_COVERAGE"
 
 # (command path, option spelling) -> why no test here can use it. Keep it empty if at all possible.
 UNTESTABLE: dict[tuple[str, str], str] = {}
@@ -164,8 +163,6 @@ def _whole_suite_ran(session) -> str | None:
     """None when the run was the whole suite: every tests/test_*.py file had tests collected,
     none was deselected (-k, -m, --deselect, --lf) and every test ran to its end (no -x stop);
     else why not."""
-    if os.environ.get(FORCE_ENV) == "always":
-        return None
     collected = {Path(item.path).resolve() for item in session.items}
     left_out = sorted(p.name for p in TESTS.glob("test_*.py") if p.resolve() not in collected)
     if left_out:

@@ -4,16 +4,16 @@ that a run missing an option fails even when its tests pass."""
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-import click
 import pytest
 
 from kimpki import __version__
 from tests.conftest import ROOT
-from tests.option_coverage import FORCE_ENV, UNTESTABLE, all_spellings, command_tree, options_of, spellings_used
+from tests.option_coverage import UNTESTABLE, all_spellings, command_tree, options_of, spellings_used
 
 
 def test_argv_is_read_as_click_reads_it():
@@ -68,19 +68,34 @@ def test_version(kimpki):
     assert kimpki.ok("--version").out == f"kimpki, version {__version__}\n"
 
 
-def sub_pytest(basetemp, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", basetemp,
-                           *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+def mini_suite(root: Path) -> Path:
+    """A copy of the suite's machinery (conftest, this check) with two small test files of its own."""
+    (root / "tests").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", root)
+    for name in ("__init__.py", "conftest.py", "option_coverage.py"):
+        shutil.copy(ROOT / "tests" / name, root / "tests")
+    shutil.copytree(ROOT / "tests" / "optionlog", root / "tests" / "optionlog",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "tests" / "test_version.py").write_text("def test_version(kimpki):\n    kimpki.ok('--version')\n")
+    (root / "tests" / "test_other.py").write_text("def test_other():\n    pass\n")
+    return root
 
 
-def test_a_run_that_misses_options_fails_though_its_tests_pass(tmp_path):
-    test = "tests/test_option_coverage.py::test_version"
-    forced = sub_pytest(tmp_path / "forced", test, **{FORCE_ENV: "always"})
-    assert "1 passed" in forced.stdout, forced.stdout
-    assert forced.returncode == 1, forced.stdout
-    section = forced.stdout.split("options no test uses")[1]
+def run_pytest(suite: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--basetemp", str(suite / "tmp"), *args], cwd=suite, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_whole_run_that_misses_options_fails_though_its_tests_pass(tmp_path):
+    suite = mini_suite(tmp_path / "suite")
+    whole = run_pytest(suite)
+    assert "2 passed" in whole.stdout, whole.stdout + whole.stderr
+    assert whole.returncode == 1, whole.stdout
+    section = whole.stdout.split("options no test uses")[1]
     assert "kimpki ca init --common-name\n" in section and "kimpki secret create -n\n" in section
     assert "kimpki --version\n" not in section  # used by the test, in a kimpki child process
-    # A partial run is not judged.
-    partial = sub_pytest(tmp_path / "partial", test, **{FORCE_ENV: ""})
-    assert partial.returncode == 0 and "options no test uses" not in partial.stdout, partial.stdout
+    # Partial runs are not judged: a file selection, or a deselection.
+    for args in (["tests/test_version.py"], ["-k", "version"]):
+        partial = run_pytest(suite, *args)
+        assert partial.returncode == 0 and "options no test uses" not in partial.stdout, (args, partial.stdout)
