@@ -4,6 +4,7 @@ policies written to a folder."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import datetime, timedelta
 
@@ -57,6 +58,11 @@ def test_status_jitter_moves_each_renewal_earlier_by_a_fixed_amount_per_serial(k
     assert len(set(jittered.values())) == 3  # spread out, not all moved alike
     assert renewal_times("--jitter", "10%") == jittered  # the same every run: a function of the serial
     assert renewal_times("--namespace", "default") == {}  # every credential is in istio-system
+    # The Prometheus renewal gauge carries the jittered time too.
+    metrics = kimpki.ok("status", "--manifests", out, "--jitter", "10%", "--output", "prometheus").out
+    gauge = {m[0]: float(m[1]) for m in re.findall(
+        r'^kimpki_certificate_renewal_timestamp_seconds\{[^}]*secret="([^"]+)"[^}]*\} (\S+)$', metrics, re.M)}
+    assert gauge == pytest.approx({name: t.timestamp() for name, t in jittered.items()}, abs=1)
 
 
 def test_after_apply_plan_has_nothing_to_do_and_check_finds_nothing_wrong(kimpki, policies):

@@ -121,7 +121,8 @@ def test_mount_and_unmount_a_local_file_by_deployment_container_and_volume_name(
     ops = json.loads(kimpki.ok("gateway", "unmount", "--mount-path", path, *where, "--filename", patched,
                                "--dry-run").out)
     assert {op["op"] for op in ops} >= {"remove"}
-    back = kimpki.ok("gateway", "unmount", "--mount-path", path, *where, "--filename", patched, "-o", "yaml").out
+    back = kimpki.ok("gateway", "unmount", "--mount-path", path, *where, "--filename", patched,
+                     "--output", "yaml").out
     spec = yaml.safe_load(back)["spec"]["template"]["spec"]
     assert not spec["volumes"] and not spec["containers"][1]["volumeMounts"]
     assert [c["name"] for c in spec["containers"]] == ["sidecar", "proxy"]
