@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -136,8 +137,7 @@ class _State:
     log: Path | None = None
     deselected = 0
     finished = 0
-    missing: list[str] | None = None
-    skipped_check: str | None = None
+    missing: list[str] | None = None  # None: the run was not the whole suite
 
 
 def pytest_sessionstart(session):
@@ -177,15 +177,13 @@ def _whole_suite_ran(session) -> str | None:
 def pytest_sessionfinish(session, exitstatus):
     log = _State.log
     try:
-        _State.skipped_check = _whole_suite_ran(session)
-        if _State.skipped_check is None and log is not None:
+        if _whole_suite_ran(session) is None and log is not None:
             _State.missing = missing_options(log)
             if _State.missing and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
     finally:
         if log is not None:
-            log.unlink(missing_ok=True)
-            log.parent.rmdir()
+            shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):
