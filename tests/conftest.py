@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# The session-level check that every CLI option is used by some test (hooks, found here by name).
+from tests.option_coverage import (pytest_deselected, pytest_runtest_logfinish,  # noqa: F401
+                                   pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,1 @@
+"""Records the command line of every kimpki run the test suite makes (see tests/option_coverage.py)."""
