@@ -275,7 +275,7 @@ def test_reload_rewrites_only_changed_secret_files(pki, tmp_path):
         # A half-written (invalid) manifest keeps the running configuration.
         (folder / "gateways.yaml").write_text("kind: [unclosed")
         result = gw.poll_once()
-        assert result.error.startswith(f"{folder / 'gateways.yaml'}: not valid YAML") and not result.changed
+        assert result.error.startswith(f"{folder / 'gateways.yaml'}:1: not valid YAML") and not result.changed
         assert gw.pid is not None and len(gw.plans) == 3
         assert served_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert) == fresh.serial
 

@@ -270,7 +270,7 @@ def test_loading_folders_lists_and_other_kinds(pki, tmp_path):
     assert [g.name for g in m.gateways] == ["kim-gateway"] and m.ignored == ("VirtualService/vs",)
     assert [p.hosts for p in resolve(m).plans] == [("kim.example.com",)]
     (tmp_path / "broken.yaml").write_text("kind: [unclosed")
-    with pytest.raises(UsageError, match=r"broken.yaml: not valid YAML"):
+    with pytest.raises(UsageError, match=r"broken.yaml:1: not valid YAML: "):
         load_manifests([tmp_path])
     with pytest.raises(UsageError, match="no such manifest file or folder"):
         load_manifests([tmp_path / "nope"])

@@ -241,7 +241,7 @@ def test_unmanaged_created_dry_run_and_bad_files(tmp_path):
         place.write(secret("other-credential"))
 
     (tmp_path / "broken.yaml").write_text("kind: [unclosed\n")
-    with pytest.raises(UsageError, match=r"broken.yaml: not valid YAML/JSON"):
+    with pytest.raises(UsageError, match=r"broken.yaml:1: not valid YAML: "):
         place.get(NS, "kim-credential")
     with pytest.raises(UsageError, match="no such manifests folder"):
         ManifestsPlace(tmp_path / "missing")

@@ -36,21 +36,16 @@ def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
     ``kind: List`` documents are unpacked. Malformed input is a UsageError."""
     import sys
 
-    import yaml
-
+    from kimpki import safe_yaml
     from kimpki.errors import UsageError
     from kimpki.localgw.manifests import manifest_files
 
     texts: list[tuple[str, str]] = []
     for p in paths:
         if p == "-":
-            texts.append(("<stdin>", sys.stdin.read()))
+            texts.append(("<stdin>", safe_yaml.read_stream(sys.stdin)))
             continue
-        for f in manifest_files([p]):
-            try:
-                texts.append((str(f), f.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError) as e:
-                raise UsageError(f"cannot read {f}: {e}") from None
+        texts.extend((str(f), safe_yaml.read_text(f)) for f in manifest_files([p]))
     out: list[tuple[str, dict]] = []
 
     def add(source: str, doc) -> None:
@@ -65,10 +60,6 @@ def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
         out.append((source, doc))
 
     for source, text in texts:
-        try:
-            docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as e:
-            raise UsageError(f"{source}: not valid YAML or JSON: {' '.join(str(e).split())}") from None
-        for d in docs:
+        for d in safe_yaml.load_all(text, source):
             add(source, d)
     return out

@@ -11,6 +11,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from kimpki.errors import KimpkiError
 from kimpki.kube.errors import ConfigError, one_line
 
 DEFAULT_TIMEOUT = 10.0
@@ -117,6 +118,7 @@ def load(kubeconfig: str | None, context: str | None):
     from kubernetes.client import ApiClient, Configuration
 
     cfg = type.__call__(Configuration)
+    _check_kubeconfig_files(source)
     with quiet_logs() as cap:
         try:
             if source.kind == "in-cluster":
@@ -146,18 +148,32 @@ def load(kubeconfig: str | None, context: str | None):
     return client, cfg.host.rstrip("/"), source
 
 
+def _check_kubeconfig_files(source: Source) -> None:
+    """The kubernetes library reads kubeconfig files with plain ``yaml.safe_load``: give each
+    file the bounds of :mod:`kimpki.safe_yaml` first (size, depth, alias expansion)."""
+    if source.kind != "kubeconfig":
+        return
+    from kimpki import safe_yaml
+
+    for p in (source.path or "").split(os.pathsep):
+        if os.path.isfile(p):
+            try:
+                safe_yaml.check(safe_yaml.read_text(p), p)
+            except KimpkiError as e:
+                raise ConfigError(str(e)) from None
+
+
 def _current_cluster_keys(source: Source, context: str | None) -> set[str]:
     """Best effort: the keys of the selected cluster entry (to tell a missing ``server``)."""
     if source.kind != "kubeconfig":
         return {"server"}
     try:
-        import yaml
+        from kimpki import safe_yaml
 
         for p in (source.path or "").split(os.pathsep):
             if not os.path.isfile(p):
                 continue
-            with open(p, encoding="utf-8") as f:
-                doc = yaml.safe_load(f) or {}
+            doc = safe_yaml.load(safe_yaml.read_text(p), p) or {}
             ctx_name = context or doc.get("current-context")
             ctx = next((c.get("context") or {} for c in doc.get("contexts") or [] if c.get("name") == ctx_name), {})
             cl = next((c.get("cluster") or {} for c in doc.get("clusters") or []

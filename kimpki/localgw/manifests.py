@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from kimpki import safe_yaml
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
@@ -117,26 +117,17 @@ def manifest_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
-    """Read every document under ``paths``; malformed YAML is a :class:`UsageError`."""
-    texts = []
-    for f in manifest_files(paths):
-        try:
-            texts.append((str(f), f.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {f}: {e}") from None
-    return parse_manifests(texts)
+    """Read every document under ``paths``; malformed or oversized YAML is a :class:`UsageError`
+    naming ``FILE:LINE`` (read through :mod:`kimpki.safe_yaml`, so an alias bomb is refused)."""
+    return parse_manifests([(str(f), safe_yaml.read_text(f)) for f in manifest_files(paths)])
 
 
 def parse_manifests(texts: Iterable[tuple[str, str]]) -> Manifests:
     """Pure: ``(source, yaml text)`` pairs → :class:`Manifests`."""
     docs: list[tuple[str, dict]] = []
     for source, text in texts:
-        try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as e:
-            raise UsageError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
         n = 0
-        for doc in loaded:
+        for doc in safe_yaml.load_all(text, source):
             for d in _flatten(doc):
                 n += 1
                 docs.append((f"{source}#{n}", d))

@@ -16,12 +16,11 @@ from typing import Iterator
 
 import yaml
 
+from kimpki import safe_yaml
 from kimpki.errors import OperationError, UsageError
 from kimpki.store.fs import PUBLIC_FILE, write_atomic
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-# libyaml when PyYAML has it: Secrets are long base64 lines, slow for the pure-Python scanner.
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def dump_yaml(obj: dict) -> str:
@@ -77,14 +76,11 @@ class ManifestFolder:
         cached = self._parsed.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1], cached[2]
-        try:
-            text = read_text(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {path}: {e}") from None
-        try:
-            docs = [json.loads(text)] if path.suffix.lower() == ".json" else list(yaml.load_all(text, Loader=LOADER))
-        except (ValueError, yaml.YAMLError) as e:
-            raise UsageError(f"{path}: not valid YAML/JSON: {' '.join(str(e).split())}") from None
+        text = read_text(path)
+        if path.suffix.lower() == ".json":
+            docs = [safe_yaml.load_json(text, str(path))]
+        else:
+            docs = safe_yaml.load_all(text, str(path))
         self._parsed[path] = (signature, text, docs)
         return text, docs
 
@@ -147,15 +143,12 @@ class ManifestFolder:
     def rewrite(self, found: Found, new: dict) -> None:
         """Replace one document of ``found.path``, atomically; the rest of the file stays
         byte-identical. Refused when the file changed since it was read."""
-        try:
-            now_text = read_text(found.path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise OperationError(f"cannot read {found.path}: {e}") from None
+        now_text = read_text(found.path)
         if now_text != found.text:
             raise OperationError(f"{found.path} changed while kimpki was updating {new.get('kind')} "
                                  f"{_meta(new).get('name')}; nothing written, run again")
         if found.path.suffix.lower() == ".json":
-            doc = json.loads(found.text)
+            doc = safe_yaml.load_json(found.text, str(found.path))
             if found.item_index is not None:
                 doc["items"][found.item_index] = new
             else:
@@ -178,8 +171,7 @@ class ManifestFolder:
 
 def read_text(path: Path) -> str:
     # newline="": keep CRLF as it is, so that the documents not rewritten stay byte-identical.
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read()
+    return safe_yaml.read_text(path, newline="")
 
 
 def _document_span(text: str, index: int) -> tuple[int, int]:
@@ -218,7 +210,7 @@ def replace_document(found: Found, new: dict) -> str:
     if not rest or rest.startswith("#"):
         end = eol
     if found.item_index is not None:
-        doc = yaml.load(text[start:end], Loader=LOADER)
+        doc = safe_yaml.load(text[start:end], str(found.path))
         doc["items"][found.item_index] = new
         body = dump_yaml(doc)
     else:

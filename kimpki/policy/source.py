@@ -1,9 +1,10 @@
 """Policy files as YAML nodes that remember where they came from (``FILE:LINE``).
 
-``yaml.compose_all`` gives a node tree whose every node carries a ``start_mark``; this module
-wraps it in :class:`Fields`, a reader for one mapping that hands out typed values, reports
-every problem as a :class:`PolicyError` at the line of the offending key or value, and refuses
-keys nobody asked for (a typo must not pass silently), duplicate keys included.
+:func:`kimpki.safe_yaml.compose_all` (the one bounded YAML reader) gives a node tree whose every
+node carries a ``start_mark``; this module wraps it in :class:`Fields`, a reader for one mapping
+that hands out typed values, reports every problem as a :class:`PolicyError` at the line of the
+offending key or value, and refuses keys nobody asked for (a typo must not pass silently),
+duplicate keys included.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any, Callable, Iterable
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from kimpki import safe_yaml
 from kimpki.errors import KimpkiError, UsageError
 
 POLICY_SUFFIXES = (".yaml", ".yml")
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: same nodes and marks
 
 
 @dataclass(frozen=True)
@@ -83,17 +84,11 @@ def read_documents(paths: Iterable[str | Path]) -> list[Document]:
             continue
         seen.add(real)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {shown}: {getattr(e, 'strerror', None) or e}") from None
-        try:
-            nodes = list(yaml.compose_all(text, Loader=LOADER))
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark else 1
-            raise PolicyError(Where(shown, line), f"not valid YAML: {e.problem or e.context}") from None
-        except yaml.YAMLError as e:
-            raise PolicyError(Where(shown, 1), f"not valid YAML: {' '.join(str(e).split())}") from None
+            nodes = safe_yaml.compose_all(safe_yaml.read_text(path, shown), shown)
+        except safe_yaml.InputError as e:
+            if e.line is None:  # the whole file (too large): no line to point at
+                raise
+            raise PolicyError(Where(shown, e.line), e.message) from None
         docs.extend(Document(shown, real, n) for n in nodes if n is not None)
     return docs
 

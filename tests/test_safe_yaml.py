@@ -1,0 +1,154 @@
+"""Every YAML reader in kimpki goes through kimpki.safe_yaml: an alias bomb, deep nesting, a
+recursive alias or an oversized file is one line ``FILE:LINE: message`` (exit 2), at once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kimpki import safe_yaml
+from kimpki.errors import KimpkiError
+from tests.conftest import assert_one_line_error
+
+BOMB_LEVELS = 10
+
+
+def list_bomb(levels: int = BOMB_LEVELS) -> str:
+    """The issue's attack: nested anchors under ``kind: List``, nine aliases of the previous level
+    per level (9**10 ≈ 3.5e9 Secrets once flattened), under 1 KB."""
+    lines = ["apiVersion: v1", "kind: List", "items:",
+             "- &l0 {apiVersion: v1, kind: Secret, metadata: {name: x}, data: {}}"]
+    for i in range(1, levels + 1):
+        lines.append(f"- &l{i} {{kind: List, items: [{', '.join([f'*l{i - 1}'] * 9)}]}}")
+    return "\n".join(lines) + "\n"
+
+
+def laughs(levels: int = BOMB_LEVELS) -> str:
+    """The classic "billion laughs" as a mapping: loads in no time (aliases share one object),
+    explodes in whatever walks it (a compare, a dump, a flattener)."""
+    lines = ["apiVersion: v1", "kind: ConfigMap", "metadata: {name: lol}", "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_alias_bomb_is_small():
+    assert len(list_bomb().encode()) < 1000
+
+
+# -- every reader ---------------------------------------------------------------------------------
+
+def _localgw(path: Path):
+    from kimpki.localgw.manifests import load_manifests
+    return load_manifests([path])
+
+
+def _gateway_objects(path: Path):
+    from kimpki.cli.gateway import load_objects
+    return load_objects([str(path)])
+
+
+def _manifest_folder(path: Path):
+    from kimpki.ops.manifest_objects import ManifestFolder
+    return ManifestFolder(path.parent).read(path)
+
+
+def _policy(path: Path):
+    from kimpki.policy.source import read_documents
+    return read_documents([path])
+
+
+def _kubeconfig(path: Path):
+    from kimpki.kube.config import Source, _check_kubeconfig_files, _current_cluster_keys
+    _check_kubeconfig_files(Source("kubeconfig", str(path)))
+    return _current_cluster_keys(Source("kubeconfig", str(path)), None)
+
+
+READERS = {"localgw manifests": _localgw, "gateway apply/mount objects": _gateway_objects,
+           "manifests folder (rotate, apply)": _manifest_folder, "policy files": _policy, "kubeconfig": _kubeconfig}
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_alias_bomb_is_refused_by_every_yaml_reader(reader, tmp_path):
+    f = tmp_path / "bomb.yaml"
+    f.write_text(laughs())
+    with pytest.raises(KimpkiError) as e:
+        reader(f)
+    assert str(e.value).startswith(f"{f}:4: YAML aliases expand to over ")
+    assert str(e.value).endswith("(an alias bomb?); refused") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_recursive_alias_is_refused_by_every_yaml_reader(reader, tmp_path):
+    f = tmp_path / "loop.yaml"
+    f.write_text("apiVersion: v1\nkind: List\nitems: &items\n- kind: List\n  items: *items\n")
+    with pytest.raises(KimpkiError, match=rf"^{f}:3: a recursive YAML alias \(a node inside itself\); refused$"):
+        reader(f)
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_deep_nesting_is_refused_by_every_yaml_reader(reader, tmp_path):
+    f = tmp_path / "deep.yaml"
+    f.write_text("apiVersion: v1\nkind: ConfigMap\ndata: " + "[" * 300 + "]" * 300 + "\n")
+    with pytest.raises(KimpkiError, match=rf"^{f}:3: nested deeper than 200 levels; refused$"):
+        reader(f)
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+def test_oversized_file_is_refused_by_every_yaml_reader(reader, tmp_path, monkeypatch):
+    monkeypatch.setattr(safe_yaml, "MAX_FILE_BYTES", 1024 * 1024)
+    f = tmp_path / "big.yaml"
+    f.write_bytes(b"apiVersion: v1\nkind: ConfigMap\ndata:\n" + b"  k: v\n" * 200_000)
+    with pytest.raises(KimpkiError, match=rf"^{f}: larger than 1 MiB; refused$"):
+        reader(f)
+
+
+def test_ordinary_anchors_still_load(tmp_path):
+    """A CA bundle written once and aliased in a few Secrets is well within the bound."""
+    bundle = "LS0t" * 2000
+    text = (f"apiVersion: v1\nkind: List\nitems:\n- {{kind: Secret, metadata: {{name: a}}, data: {{cacert: &ca {bundle}}}}}\n"
+            + "".join(f"- {{kind: Secret, metadata: {{name: s{i}}}, data: {{cacert: *ca}}}}\n" for i in range(50)))
+    (doc,) = safe_yaml.load_all(text, "ok.yaml")
+    assert len(doc["items"]) == 51 and all(d["data"]["cacert"] == bundle for d in doc["items"])
+
+
+def test_deep_json_in_a_manifests_folder_is_one_line(tmp_path):
+    from kimpki.ops.manifest_objects import ManifestFolder
+    f = tmp_path / "deep.json"
+    f.write_text('{"kind": "ConfigMap", "data": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(KimpkiError, match=rf"^{f}: JSON nested too deeply; refused$"):
+        ManifestFolder(tmp_path).read(f)
+    f.write_text(json.dumps({"kind": "ConfigMap", "data": json.loads("[" * 300 + "]" * 300)}))
+    with pytest.raises(KimpkiError, match=rf"^{f}: nested deeper than 200 levels; refused$"):
+        ManifestFolder(tmp_path).read(f)
+
+
+# -- the real CLI ----------------------------------------------------------------------------------
+
+def test_alias_bomb_under_kind_list_is_one_line_for_check(kimpki, tmp_path):
+    """The issue's ~900-byte file: ``kimpki check -f`` hung in the flattener (memory growing);
+    now exit 2 and one line naming FILE:LINE. The timeout turns a hang back into a failure."""
+    f = tmp_path / "bomb.yaml"
+    f.write_text(list_bomb())
+    res = kimpki("check", "-f", f, timeout=30)
+    assert_one_line_error(res, 2, f"{f}:4: YAML aliases expand to over ")
+    res = kimpki("gateway", "mount", "-f", f, "--secret", "s", "--mount-path", "/etc/x", "--local", timeout=30)
+    assert_one_line_error(res, 2, f"{f}:4: YAML aliases expand to over ")
+
+
+@pytest.mark.parametrize("opening,closing", [("[", "]"), ("{a: ", "}")])
+def test_flow_nesting_of_thousands_of_levels_is_one_line_naming_the_file(kimpki, tmp_path, opening, closing):
+    """Was a RecursionError traceback in the pure-Python loader."""
+    f = tmp_path / "deep.yaml"
+    f.write_text("kind: ConfigMap\ndata: " + opening * 5000 + "1" * (opening == "{a: ") + closing * 5000 + "\n")
+    res = kimpki("check", "-f", f, timeout=30)
+    assert_one_line_error(res, 2, f"{f}:2: ")
+    assert "RecursionError" not in res.err and "nest" in res.err
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    os.link(f, policy / "deep.yaml")
+    res = kimpki("plan", "-f", policy, timeout=30)
+    assert_one_line_error(res, 2, f"{policy / 'deep.yaml'}:2: ")
