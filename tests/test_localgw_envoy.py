@@ -208,7 +208,7 @@ def test_private_files_and_admin_interface(gateway):
     for f in sds_files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         assert stat.S_IMODE(f.parent.stat().st_mode) == 0o700
-    assert gateway.admin_address.startswith("127.0.0.1:")
+    assert gateway.admin_address == f"unix:{wd / 'admin.sock'}"
     assert gateway.startup_seconds < 10
 
 

@@ -19,6 +19,14 @@ Reads Secret, Gateway (networking.istio.io) and, optionally, the ingress gateway
 port becomes one local listener (443 -> --port); servers are told apart by SNI. Every response
 has an x-kimpki-gateway: <gateway>/<port name> header; /health answers {"status":"UP"}, other
 paths 404. Changed Secrets and Gateways are picked up within a second, without restarting Envoy.
+A manifest that cannot be read (bad YAML, too large, an alias bomb) is reported in one line and
+the last good configuration keeps being served.
+
+\b
+Envoy's admin interface is a Unix socket (0600) in the gateway's private folder, e.g.
+  curl --unix-socket /tmp/kimpki-gw-XXXXXXXX/admin.sock http://localhost/ready
+Envoy dies with kimpki, even when kimpki is killed (SIGKILL), and sees none of kimpki's
+environment (no KIMPKI_CA_PASSPHRASE).
 """
 
 
@@ -44,9 +52,11 @@ def _port_mapping(port: int, maps: tuple[str, ...]) -> dict[int, int]:
 @click.option("--map", "maps", multiple=True, metavar="GW:LOCAL",
               help="Map another Gateway port to a local port, e.g. --map 80:8080. Repeatable.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address the listeners bind.")
-@click.option("--admin-port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="Envoy admin port on 127.0.0.1 (0 = any free port).")
-def command(paths: tuple[str, ...], port: int, maps: tuple[str, ...], address: str, admin_port: int) -> None:
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              help="Put Envoy's admin interface on this TCP port of 127.0.0.1 (0 = any) instead of a private "
+                   "Unix socket. Unauthenticated: every local user can then read the served certificates "
+                   "and stop Envoy.")
+def command(paths: tuple[str, ...], port: int, maps: tuple[str, ...], address: str, admin_port: int | None) -> None:
     """Serve Gateway servers locally with Envoy until Ctrl-C (SIGINT) or SIGTERM."""
     from kimpki.localgw.runner import LocalGateway
 

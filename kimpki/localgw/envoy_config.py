@@ -3,7 +3,8 @@
 Shape of what Envoy 1.40 is given (all JSON files, written by :mod:`kimpki.localgw.runner`):
 
 * ``bootstrap.json``: ``node`` (Envoy requires ``id`` and ``cluster`` for any file-based xDS), an
-  admin interface on 127.0.0.1, and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
+  admin interface on a Unix socket (mode 0600, in the runner's private folder; a TCP port on
+  127.0.0.1 only when asked for: that one is open to every local user), and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
   with ``watched_directory: lds/``. Listeners come from a file so that new servers and ports are
   picked up without restarting Envoy (a moved-in file makes Envoy re-read it).
 * ``lds/lds.json``: a ``DiscoveryResponse``-shaped document, one Listener per Gateway port
@@ -269,11 +270,15 @@ def _http_connection_manager(group: list[ServerPlan], stat_prefix: str, local_po
 # ---------------------------------------------------------------------------------------------
 
 def bootstrap(lds: SdsFile, admin_port: int = 0, node_id: str = "kimpki-localgw",
-              cluster: str = "istio-ingressgateway", max_connections: int = 10000) -> dict:
-    """Envoy's bootstrap: node (required for file-based xDS), admin on 127.0.0.1, listeners by LDS."""
+              cluster: str = "istio-ingressgateway", max_connections: int = 10000,
+              admin_socket: str | None = None) -> dict:
+    """Envoy's bootstrap: node (required for file-based xDS), admin on the Unix socket
+    ``admin_socket`` (else on 127.0.0.1:``admin_port``), listeners by LDS."""
+    admin = ({"pipe": {"path": admin_socket, "mode": 0o600}} if admin_socket
+             else {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}})
     return {
         "node": {"id": node_id, "cluster": cluster},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": admin},
         "dynamic_resources": {
             "lds_config": {
                 "path_config_source": {"path": lds.path, "watched_directory": {"path": lds.directory}},

