@@ -5,4 +5,7 @@
 * :mod:`~kimpki.localgw.envoy_config`: plans → Envoy bootstrap, listeners (LDS), secrets (SDS) (pure).
 * :mod:`~kimpki.localgw.runner`: :class:`~kimpki.localgw.runner.LocalGateway` writes the files,
   runs Envoy, waits until it serves, and reloads changed manifests without restarting it.
+* :mod:`~kimpki.localgw.envoy_process`: Envoy as a child that dies with kimpki (even on SIGKILL),
+  sees none of its secrets, answers its admin API on a private Unix socket; private run folders
+  and their cleanup; why Envoy died.
 """
