@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime
 from typing import Any, Callable
 
 import click
+
+from kimpki import secret_env
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
@@ -65,7 +66,7 @@ def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-PASSPHRASE_ENV = "KIMPKI_CA_PASSPHRASE"
+PASSPHRASE_ENV = secret_env.PASSPHRASE_ENV  # taken out of the environment when the CLI starts
 
 passphrase_file_option = click.option(
     "--passphrase-file", type=click.Path(dir_okay=False),
@@ -86,7 +87,7 @@ def read_passphrase_file(path: str | None) -> bytes | None:
         if not first or not first[0]:
             raise UsageError(f"--passphrase-file {path} is empty")
         return first[0]
-    env = os.environ.get(PASSPHRASE_ENV)
+    env = secret_env.take(PASSPHRASE_ENV)
     return env.encode() if env else None
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from kimpki import __version__
+from kimpki import __version__, secret_env
 from kimpki.cli.lazy import LazyGroup
 from kimpki.errors import KimpkiError
 
@@ -65,6 +65,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    secret_env.hide(secret_env.PASSPHRASE_ENV)  # no child inherits it (kubeconfig exec plugins)
     try:
         rv = cli.main(args=argv, prog_name="kimpki", standalone_mode=False)
     except click.exceptions.Abort:

@@ -23,7 +23,6 @@ nothing: no API write request, no file touched.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from kimpki import secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.volumes import apply_json_patch, mount_ops
@@ -45,8 +45,7 @@ from kimpki.policy import PolicyError, credential_spec
 from kimpki.policy import model as m
 from kimpki.store import Store
 from kimpki.store.fs import ensure_private_dir
-
-PASSPHRASE_ENV = "KIMPKI_CA_PASSPHRASE"
+from kimpki.secret_env import PASSPHRASE_ENV
 PAST = {"create": "created", "update": "updated", "issue": "issued", "patch": "patched", "set": "set",
         "clear": "cleared"}
 
@@ -165,7 +164,7 @@ def _passphrase(ca: m.CertificateAuthority | None) -> bytes | None:
             raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: the passphrase file {ref.file} is empty")
         return lines[0]
     env = ref.env if ref is not None else PASSPHRASE_ENV
-    value = os.environ.get(env)
+    value = secret_env.take(env)
     if ref is not None and not value:
         raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: ${env} (its passphrase) is not set")
     return value.encode() if value else None

@@ -19,6 +19,7 @@ from typing import Iterable
 
 import yaml
 
+from kimpki import secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import CredentialSpec, default_ca_file_name
@@ -198,6 +199,7 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
             if not _ENV_NAME.fullmatch(env):
                 raise p.error(p.node_of("env"), f"spec.passphrase.env {env!r} is not an environment variable name")
             passphrase = m.PassphraseRef(env=env)
+            secret_env.hide(env)  # before any child (a kubeconfig exec plugin) can inherit it
     constraints = None
     cf = spec.mapping("constraints")
     if cf is not None:
