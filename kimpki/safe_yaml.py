@@ -187,10 +187,30 @@ def _measure(root: yaml.Node, source: str) -> None:
     """Refuse a document that nests deeper than :data:`MAX_DEPTH` or whose aliases add more than
     :data:`MAX_ALIAS_EXPANSION` nodes and scalar characters to what is written.
 
-    The composed document shares one node per anchor; this walk (iterative: no recursion
-    whatever the input) visits each node once and computes what it expands to. A recursive
-    alias (a node inside itself) is refused too.
+    Most documents have no alias: one quick walk checks the depth and that no node is reached
+    twice; only a document with aliases gets the full account of :func:`_measure_aliases`.
     """
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if id(node) in seen:
+            return _measure_aliases(root, source)
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise InputError(source, node.start_mark.line + 1, f"nested deeper than {MAX_DEPTH} levels; refused")
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                todo.append((key, depth + 1))
+                todo.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, depth + 1) for item in node.value)
+
+
+def _measure_aliases(root: yaml.Node, source: str) -> None:
+    """:func:`_measure` for a document with aliases. The composed document shares one node per
+    anchor; this walk (iterative: no recursion whatever the input) visits each node once and
+    computes what it expands to. A recursive alias (a node inside itself) is refused too."""
     expanded: dict[int, tuple[int, int]] = {}  # id(node) → (size, depth) once done
     written = 0
     on_path: set[int] = set()

@@ -192,10 +192,11 @@ class LocalGateway:
                 boot = ec.bootstrap(lds, admin_socket=ep.admin_socket_path(self.workdir))
             else:
                 boot = ec.bootstrap(lds, self.admin_port)
-                self._log("warning: " + TCP_ADMIN_WARNING.format(address=f"127.0.0.1:{self.admin_port or 'PORT'}"))
             write_atomic(self.workdir / "bootstrap.json", _dump(boot))
             self._spawn(binary)
             self._wait_ready(self.ready_timeout)
+            if self.admin_port is not None:
+                self._log("warning: " + TCP_ADMIN_WARNING.format(address=self.admin_address))
         except BaseException:
             self.stop()
             raise
