@@ -15,7 +15,8 @@ broken file costs at most a bounded amount of time and memory everywhere:
 Each document is composed (an alias is a second reference to its anchor's node: composing
 costs no more than the text), measured by one walk over its distinct nodes, and only then
 constructed with PyYAML's safe constructor (libyaml's ``CSafeLoader`` when PyYAML has it:
-Secrets are long base64 lines, slow for the pure-Python scanner). Problems are :class:`InputError` (a :class:`~kimpki.errors.UsageError`, exit 2).
+Secrets are long base64 lines, slow for the pure-Python scanner). Problems are
+:class:`InputError` (a :class:`~kimpki.errors.UsageError`, exit 2).
 """
 
 from __future__ import annotations

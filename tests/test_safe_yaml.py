@@ -29,7 +29,7 @@ def list_bomb(levels: int = BOMB_LEVELS) -> str:
 def laughs(levels: int = BOMB_LEVELS) -> str:
     """The classic "billion laughs" as a mapping: loads in no time (aliases share one object),
     explodes in whatever walks it (a compare, a dump, a flattener)."""
-    lines = ["apiVersion: v1", "kind: ConfigMap", "metadata: {name: lol}", "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines = ["apiVersion: v1", "kind: ConfigMap", "metadata: {name: lol}", "l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
     for i in range(1, levels + 1):
         lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
     return "\n".join(lines) + "\n"

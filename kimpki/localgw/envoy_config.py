@@ -3,8 +3,8 @@
 Shape of what Envoy 1.40 is given (all JSON files, written by :mod:`kimpki.localgw.runner`):
 
 * ``bootstrap.json``: ``node`` (Envoy requires ``id`` and ``cluster`` for any file-based xDS), an
-  admin interface on a Unix socket (mode 0600, in the runner's private folder; a TCP port on
-  127.0.0.1 only when asked for: that one is open to every local user), and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
+  admin interface on a 0600 Unix socket (TCP on 127.0.0.1, open to every local user, only when
+  asked for), and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
   with ``watched_directory: lds/``. Listeners come from a file so that new servers and ports are
   picked up without restarting Envoy (a moved-in file makes Envoy re-read it).
 * ``lds/lds.json``: a ``DiscoveryResponse``-shaped document, one Listener per Gateway port
