@@ -27,6 +27,8 @@ def run(script: str, cwd: Path, home: Path, timeout: float = 240, path_first: Pa
     env["KIMPKI_HOME"] = str(home)
     env["PORT"] = str(free_port())  # the README's gateway port (8443 when unset): never a fixed one here
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TMPDIR"] = str(cwd / ".tmp")  # the gateway's run folder and a kept Envoy log stay in the test's folder
+    (cwd / ".tmp").mkdir(exist_ok=True)
     if path_first is not None:
         env["PATH"] = f"{path_first}{os.pathsep}{env['PATH']}"
     # -e: any failing line fails the block; the trap stops a background gateway if one is left.
