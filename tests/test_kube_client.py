@@ -489,3 +489,147 @@ def test_get_missing_object_and_unserved_version(cluster):
     with pytest.raises(kerr.NotServed) as ei:
         cluster.get("Gateway", NS, "nope", api_version="networking.istio.io/v2")
     assert "does not serve gateways in networking.istio.io/v2" in one_line(ei.value)
+
+
+# --------------------------------------------------------------------------- API server pushback
+@pytest.fixture
+def noticed(kube_api):
+    """A Cluster whose pushback notices are collected (and whose waits are real but short)."""
+    lines: list[str] = []
+    cl = Cluster.connect(kubeconfig=kube_api.kubeconfig_path, notice=lines.append)
+    cl.lines = lines
+    yield cl
+    cl.close()
+
+
+def codes(srv, method="GET", resource="secrets") -> list:
+    return [c["code"] for c in srv.calls(method=method, resource=resource)]
+
+
+def test_an_expired_continue_token_falls_back_to_one_full_list(noticed, kube_api):
+    for i in range(1234):
+        kube_api.put_object(secret(name=f"s-{i:04d}"))
+    kube_api.clear_requests()
+    kube_api.fail("GET", "secrets", status=410, query="continue")  # the second page's token expired
+    items = list(noticed.list("Secret", NS, page_size=500))
+    names = [i["metadata"]["name"] for i in items]
+    assert len(names) == 1234 == len(set(names))  # none lost, none handed out twice
+    gets = kube_api.calls(method="GET", resource="secrets")
+    assert [c["code"] for c in gets] == [200, 410, 200]
+    assert "limit=500" in gets[0]["query"] and "continue=" in gets[1]["query"]
+    assert "limit=" not in gets[2]["query"] and "continue=" not in gets[2]["query"]  # client-go's full list
+    assert len(noticed.lines) == 1 and "410 Expired" in noticed.lines[0] and "after 500 items" in noticed.lines[0]
+
+
+def test_a_list_that_expires_again_fails_clearly_once(noticed, kube_api):
+    for i in range(600):
+        kube_api.put_object(secret(name=f"s-{i:04d}"))
+    kube_api.clear_requests()
+    kube_api.fail("GET", "secrets", status=410, query="continue")
+    kube_api.fail("GET", "secrets", status=410, nth=2)  # the fresh full list (the first page is the 1st)
+    with pytest.raises(kerr.Expired) as ei:
+        list(noticed.list("Secret", NS, page_size=500))
+    msg = one_line(ei.value)
+    assert "expired the list of secrets" in msg and "and again when it was listed in one request" in msg
+    assert "run the command again" in msg
+    assert codes(kube_api) == [200, 410, 410]  # one fallback, no more
+
+
+def test_429_retry_after_is_honoured_for_a_read_and_a_guarded_write(noticed, kube_api):
+    noticed.upsert_secret(secret())
+    kube_api.clear_requests()
+    kube_api.fail("GET", "secrets", status=429, retry_after=1)
+    kube_api.fail("PUT", "secrets", status=429, retry_after=1)
+    res = noticed.upsert_secret(secret(cert="CERT-2"))
+    assert res.action == "updated"
+    assert codes(kube_api, "GET") == [429, 200] and codes(kube_api, "PUT") == [429, 200]
+    assert len(noticed.lines) == 2
+    assert all("answered 429" in l and "retry after 1 s: waiting" in l for l in noticed.lines)
+    assert "get secrets" in noticed.lines[0] and "update secrets" in noticed.lines[1]
+    # The stand-in answers 429 as APF does: plain text, not a Status.
+    assert b64("CERT-2") == kube_api.get_object("secrets", NS, "kim-credential")["data"]["cert"]
+
+
+@pytest.mark.parametrize("write", ["unguarded PUT", "patch without test"])
+def test_an_unguarded_write_is_never_resent(noticed, kube_api, write):
+    noticed.upsert_secret(secret())
+    kube_api.clear_requests()
+    if write == "unguarded PUT":
+        kube_api.fail("PUT", "secrets", status=429, retry_after=1)
+        obj = secret(cert="CERT-2")  # no resourceVersion: the write would apply whatever is there
+        with pytest.raises(kerr.ServerError) as ei:
+            noticed.replace(obj)
+        method = "PUT"
+    else:
+        kube_api.fail("PATCH", "secrets", status=429, retry_after=1)
+        with pytest.raises(kerr.ServerError) as ei:
+            noticed.json_patch("Secret", NS, "kim-credential", [{"op": "add", "path": "/data/x", "value": b64("x")}])
+        method = "PATCH"
+    msg = one_line(ei.value)
+    assert "429 Too Many Requests, Retry-After 1 s" in msg and "not resent" in msg
+    assert codes(kube_api, method) == [429] and noticed.lines == []
+
+
+def test_a_test_guarded_patch_is_resent_after_retry_after(noticed, kube_api):
+    noticed.upsert_secret(secret())
+    kube_api.clear_requests()
+    kube_api.fail("PATCH", "secrets", status=503, retry_after=1)
+    ops = [{"op": "test", "path": "/type", "value": "Opaque"}, {"op": "add", "path": "/data/x", "value": b64("x")}]
+    noticed.json_patch("Secret", NS, "kim-credential", ops)
+    assert codes(kube_api, "PATCH") == [503, 200] and "answered 503" in noticed.lines[0]
+
+
+def test_retry_after_waits_are_bounded(noticed, kube_api):
+    noticed.pushback.max_wait = 1  # one wait of 1 s fits, a second does not
+    kube_api.fail("GET", "secrets", status=429, retry_after=1, times=5)
+    with pytest.raises(kerr.ServerError) as ei:
+        noticed.get("Secret", NS, "kim-credential")
+    msg = one_line(ei.value)
+    assert "429" in msg and "gave up" in msg and "the 1 s limit after 1 s of waiting" in msg
+    assert codes(kube_api) == [429, 429] and len(noticed.lines) == 1
+
+
+def test_5xx_on_a_read_is_retried_with_backoff_and_on_a_write_is_not(noticed, kube_api):
+    noticed.upsert_secret(secret())
+    kube_api.clear_requests()
+    kube_api.fail("GET", "secrets", status=503, times=2)
+    assert noticed.get("Secret", NS, "kim-credential") is not None
+    assert codes(kube_api) == [503, 503, 200]
+    assert [l.split(": ", 1)[1] for l in noticed.lines][0].startswith("reading again in")
+    kube_api.fail("GET", "secrets", status=500, times=10)
+    with pytest.raises(kerr.ServerError) as ei:
+        noticed.get("Secret", NS, "kim-credential")
+    assert "after 4 attempts" in one_line(ei.value)
+    kube_api.clear_faults()
+    kube_api.clear_requests()
+    kube_api.fail("PUT", "secrets", status=503)  # no Retry-After: the write may or may not be safe to repeat
+    with pytest.raises(kerr.ServerError):
+        noticed.upsert_secret(secret(cert="CERT-3"))
+    assert codes(kube_api, "PUT") == [503]
+
+
+def test_client_side_rate_limit_is_a_token_bucket():
+    from kimpki.kube.pushback import RateLimiter
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s):
+        slept.append(round(s, 6))
+        now[0] += s
+
+    rl = RateLimiter(qps=20, burst=50, clock=lambda: now[0], sleep=sleep)
+    for _ in range(50):
+        rl.wait()
+    assert slept == []  # the burst goes out at once
+    rl.wait()
+    rl.wait()
+    assert slept == [0.05, 0.05]  # then one every 1/qps seconds
+    now[0] += 1.0  # a quiet second refills 20 tokens
+    for _ in range(20):
+        rl.wait()
+    assert slept == [0.05, 0.05]
+    off = RateLimiter(qps=0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(1000):
+        off.wait()
+    assert len(slept) == 2  # off by default

@@ -251,7 +251,7 @@ def test_a_write_whose_answer_was_lost_is_settled_by_reading_again(kube_api, clu
 
 
 def test_api_failures_are_raised_as_one_line_errors(kube_api, cluster):
-    kube_api.fail(method="GET", resource="leases", status=500)
+    kube_api.fail(method="GET", resource="leases", status=500, times=4)  # a read is tried 4 times
     lease = LeaseLock(cluster, NS, NAME, identity="me", now=FakeClock())
     with pytest.raises(kerr.ServerError) as ei:
         lease.try_acquire()

@@ -232,11 +232,17 @@ def summary_line(s) -> str:
 @click.option("--pushgateway", metavar="URL", help="Push the run's metrics to this Prometheus Pushgateway.")
 @click.option("--job", default="kimpki-renew", show_default=True, metavar="NAME",
               help="The Pushgateway job the metrics are grouped under.")
+@click.option("--qps", type=click.FloatRange(min=0), default=0.0, metavar="N",
+              help="At most N API requests a second, on average (client-side limit for very large sweeps; "
+                   "0, the default, is no limit; cert-manager uses 20).")
+@click.option("--burst", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Requests allowed at once above --qps (default: the --qps value, at least 1; "
+                   "cert-manager uses 50).")
 @passphrase_file_option
 @json_option
 @click.pass_context
 def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, renew_before, jitter, dry_run,
-            log_format, lock_wait, textfile, pushgateway, job, passphrase_file, as_json):
+            log_format, lock_wait, textfile, pushgateway, job, qps, burst, passphrase_file, as_json):
     """Renew every managed credential inside its renewal window.
 
     Reads the Secrets kimpki manages (label app.kubernetes.io/managed-by=kimpki),
@@ -247,16 +253,22 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     import contextlib
 
     check_places(namespace, all_namespaces, manifests, policy, kubeconfig, context)
+    if burst is not None and not qps:
+        from kimpki.errors import UsageError
+
+        raise UsageError("--burst needs --qps (the client-side limit is off without it)")
     settings = rule_settings(renew_before, jitter)
     log = Log(log_format)
+    client = dict(qps=qps, burst=burst or max(int(qps), 1),
+                  notice=lambda text: log("warning", "api_pushback", text))
     report = RunMetrics(textfile, pushgateway, job, log) if (textfile or pushgateway) and not dry_run else None
     with report if report is not None else contextlib.nullcontext():
         _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log,
-             lock_wait, passphrase_file, as_json, report)
+             lock_wait, passphrase_file, as_json, report, client)
 
 
 def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log, lock_wait,
-         passphrase_file, as_json, report) -> None:
+         passphrase_file, as_json, report, client) -> None:
     import contextlib
 
     from kimpki.errors import KimpkiError
@@ -267,7 +279,7 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
         with contextlib.ExitStack() as stack:
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
                                    all_namespaces=all_namespaces, cluster=not (manifests or policy),
-                                   kubeconfig=kubeconfig, context=context)
+                                   kubeconfig=kubeconfig, context=context, client=client)
             summary = renew(store, targets, now=now_utc(), passphrase=passphrase_source(passphrase_file),
                             settings=settings, dry_run=dry_run, lock_wait=lock_wait, on_result=log.result)
     except KimpkiError as e:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
@@ -24,9 +25,14 @@ from kimpki.kube import errors as kerr
 from kimpki.kube import objects
 from kimpki.kube.config import load, timeout_from_env
 from kimpki.kube.kinds import Kind, kind_of, kind_of_object, path, version_for
+from kimpki.kube.pushback import Pushback, RateLimiter, retry_after_seconds, write_is_guarded
 
 JSON = "application/json"
 JSON_PATCH = "application/json-patch+json"
+
+
+def _stderr_notice(text: str) -> None:
+    print(f"kimpki: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -48,24 +54,29 @@ class Cluster:
     """A connection to one cluster. Build it with :meth:`connect`."""
 
     def __init__(self, api_client: Any, server: str, *, timeout: float = 10.0, source: str = "",
-                 context: str | None = None):
+                 context: str | None = None, pushback: Pushback | None = None):
         self._api = api_client
         self.server = server
         self.timeout = timeout
         self.source = source
         self.context = context
+        self.pushback = pushback or Pushback(notice=_stderr_notice)
         self.requests = 0  # how many HTTP requests this Cluster sent
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None, *,
-                timeout: float | None = None) -> "Cluster":
+                timeout: float | None = None, qps: float = 0.0, burst: int = 0,
+                notice: Callable[[str], None] | None = None) -> "Cluster":
         """Load ``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config`` (``--context``), else the
         in-cluster service account. ``timeout`` (seconds, for connecting and for each answer)
-        defaults to ``$KIMPKI_KUBE_TIMEOUT`` or 10. Nothing is sent yet."""
+        defaults to ``$KIMPKI_KUBE_TIMEOUT`` or 10. ``qps``/``burst``: a client-side rate limit
+        (off when qps is 0). ``notice`` receives one line whenever kimpki waits because the API
+        server pushed back (default: stderr). Nothing is sent yet."""
         t = timeout_from_env(timeout)
         api, server, source = load(kubeconfig, context)
-        return cls(api, server, timeout=t, source=str(source), context=context)
+        pushback = Pushback(notice=notice or _stderr_notice, limiter=RateLimiter(qps, burst))
+        return cls(api, server, timeout=t, source=str(source), context=context, pushback=pushback)
 
     def close(self) -> None:
         try:
@@ -101,14 +112,47 @@ class Cluster:
         except Exception as e:  # noqa: BLE001 - the auth refresh hook (exec plugin, token file) failed
             raise kerr.ConfigError(f"cannot get credentials for the Kubernetes API at {self.server}: "
                                    f"{kerr.one_line(str(e), 200)}") from None
-        self.requests += 1
-        try:
-            resp = self._api.call_api(*req, _request_timeout=(self.timeout, self.timeout))
-            data = resp.read()
-        except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
-            raise kerr.from_transport(call, e, self.timeout) from None
-        if not 200 <= resp.status < 300:
-            raise kerr.from_response(call, resp.status, data)
+        pb = self.pushback
+        waited = 0.0  # seconds spent honouring Retry-After for this request
+        read_retries = 0
+        while True:
+            pb.limiter.wait()
+            self.requests += 1
+            try:
+                resp = self._api.call_api(*req, _request_timeout=(self.timeout, self.timeout))
+                data = resp.read()
+            except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
+                raise kerr.from_transport(call, e, self.timeout) from None
+            if 200 <= resp.status < 300:
+                break
+            code = resp.status
+            if code == 429 or code >= 500:
+                after = retry_after_seconds((resp.headers or {}).get("Retry-After"))
+                resendable = method == "GET" or write_is_guarded(method, body, content_type)
+                if after is not None and resendable and waited + after <= pb.max_wait:
+                    waited += after
+                    pb.say(f"the Kubernetes API answered {code} to {call.verb} {call.what} and asked to retry "
+                           f"after {after} s: waiting ({waited:g} s of at most {pb.max_wait:g} s for this request)")
+                    pb.sleep(after)
+                    continue
+                if code >= 500 and method == "GET" and after is None and read_retries < pb.read_retries:
+                    read_retries += 1
+                    delay = pb.backoff(read_retries)
+                    pb.say(f"the Kubernetes API answered {code} to {call.verb} {call.what}: reading again in "
+                           f"{delay:.1f} s (retry {read_retries} of {pb.read_retries})")
+                    pb.sleep(delay)
+                    continue
+                if after is not None and not resendable:
+                    raise kerr.from_response(call, code, data, retry_after=after, note=(
+                        "not resent: this write is not guarded by a resourceVersion, so a second copy "
+                        "could apply twice"))
+                if after is not None:
+                    raise kerr.from_response(call, code, data, retry_after=after, note=(
+                        f"gave up: waiting {after} s more would pass the {pb.max_wait:g} s limit"
+                        + (f" after {waited:g} s of waiting" if waited else "")))
+                if read_retries:
+                    raise kerr.from_response(call, code, data, note=f"after {read_retries + 1} attempts")
+            raise kerr.from_response(call, code, data)
         try:
             return json.loads(data)
         except ValueError:
@@ -187,19 +231,44 @@ class Cluster:
         if page_size <= 0:
             raise UsageError("page_size must be positive")
         token = None
+        full_list = False  # after a 410 Expired: one unpaginated list, as client-go's pager does
+        yielded: set[tuple[str, str]] = set()
         while True:
-            query = [("limit", str(page_size))]
+            query = [] if full_list else [("limit", str(page_size))]
             if label_selector:
                 query.append(("labelSelector", label_selector))
             if field_selector:
                 query.append(("fieldSelector", field_selector))
             if token:
                 query.append(("continue", token))
-            page = self._call("GET", k, version, namespace if k.namespaced else None, None, query=query)
+            try:
+                page = self._call("GET", k, version, namespace if k.namespaced else None, None, query=query)
+            except kerr.Expired as e:
+                if full_list:
+                    raise kerr.Expired(f"the Kubernetes API expired the list of {e.what} while paging, and again "
+                                       f"when it was listed in one request ({e.server_message or e.reason}): "
+                                       "run the command again", code=e.code, reason=e.reason,
+                                       server_message=e.server_message) from None
+                if not token:
+                    raise
+                # The continue token outlived etcd's compaction (the sweep between pages took
+                # longer than the compaction interval). client-go's pager falls back to one full
+                # list; items already handed out are not handed out again.
+                self.pushback.say(f"the Kubernetes API expired the paged list of {e.what} after "
+                                  f"{len(yielded)} items (410 Expired): listing them again in one request")
+                full_list, token = True, None
+                continue
             for item in page.get("items") or []:
+                m = item.get("metadata") or {}
+                key = (m.get("namespace") or "", m.get("name") or "")
+                if full_list:
+                    if key in yielded:
+                        continue
+                else:
+                    yielded.add(key)
                 yield self._typed(k, version, item)
             token = (page.get("metadata") or {}).get("continue")
-            if not token:
+            if not token or full_list:
                 return
 
     # ------------------------------------------------------------------ create-or-update

@@ -82,7 +82,13 @@ class ImmutableSecretType(Invalid):
 
 
 class ServerError(KubeError):
-    """5xx from the API server."""
+    """5xx from the API server, or 429 Too Many Requests."""
+
+
+class Expired(KubeError):
+    """410 Expired: a list's continue token outlived etcd's compaction. ``what`` names the list."""
+
+    what: str = ""
 
 
 class Unmanaged(KubeError):
@@ -184,8 +190,17 @@ def secret_type_message(namespace: str | None, name: str, old_type: str | None, 
             f"(this one would be {new}): {choose}, or delete the Secret first")
 
 
-def from_response(call: Call, code: int, body: bytes | str | None) -> KubeError:
-    """The error for an HTTP error answer of the API server."""
+def from_response(call: Call, code: int, body: bytes | str | None, *, retry_after: int | None = None,
+                  note: str = "") -> KubeError:
+    """The error for an HTTP error answer of the API server. ``retry_after``: the seconds its
+    ``Retry-After`` header asked for; ``note``: what kimpki did about it (for 429 and 5xx)."""
+    err = _from_response(call, code, body, retry_after)
+    if note:
+        err.args = (f"{err.args[0]} ({note})",)
+    return err
+
+
+def _from_response(call: Call, code: int, body: bytes | str | None, retry_after: int | None) -> KubeError:
     status = parse_status(body)
     message = one_line(status.get("message") or "")
     reason = status.get("reason") or ""
@@ -222,10 +237,13 @@ def from_response(call: Call, code: int, body: bytes | str | None) -> KubeError:
         return Invalid(f"the Kubernetes API refused to {call.verb} {call.what} ({label}): "
                        f"{message or reason or code}", **kw)
     if code == 410:
-        return KubeError(f"the Kubernetes API expired the list of {call.what} while paging ({message}): "
-                         "run the command again", **kw)
+        err = Expired(f"the Kubernetes API expired the list of {call.what} (410 {reason or 'Expired'}: "
+                      f"{message or 'no message'}): run the command again", **kw)
+        err.what = call.what
+        return err
     if code == 429:
-        return ServerError(f"the Kubernetes API is throttling requests (429 Too Many Requests) on "
+        after = f", Retry-After {retry_after} s" if retry_after is not None else ""
+        return ServerError(f"the Kubernetes API is throttling requests (429 Too Many Requests{after}) on "
                            f"{call.verb} {call.what}: try again later", **kw)
     if code >= 500:
         return ServerError(f"the Kubernetes API failed to {call.verb} {call.what} ({code} "

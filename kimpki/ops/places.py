@@ -99,10 +99,11 @@ class ClusterPlace(SecretPlace):
         self.description = f"cluster {cluster.server}{ctx}"
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> "ClusterPlace":
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None, **client) -> "ClusterPlace":
+        """``client``: :meth:`kimpki.kube.Cluster.connect`'s ``qps``, ``burst`` and ``notice``."""
         from kimpki.kube import Cluster  # imports kubernetes: only when a cluster is the target
 
-        return cls(Cluster.connect(kubeconfig=kubeconfig, context=context))
+        return cls(Cluster.connect(kubeconfig=kubeconfig, context=context, **client))
 
     @property
     def requests(self) -> int:

@@ -257,30 +257,35 @@ class RenewalSummary:
 # ------------------------------------------------------------------------------------- places
 def open_targets(stack: contextlib.ExitStack, *, manifests: Iterable[str] = (), policy: Iterable[str] = (),
                  namespace: str | None = None, all_namespaces: bool = False, cluster: bool = False,
-                 kubeconfig: str | None = None, context: str | None = None) -> list[SweepTarget]:
+                 kubeconfig: str | None = None, context: str | None = None,
+                 client: dict | None = None) -> list[SweepTarget]:
     """The places ``renew``/``status`` sweep, opened (and closed with ``stack``):
 
     * each ``--manifests DIR`` (only Secrets of ``namespace`` when given);
     * the targets the ``--policy`` files give their Credentials (:func:`policy_targets`);
     * the cluster (``--kubeconfig``/``--context``) when ``cluster`` is true: namespace
       ``namespace`` (default istio-system), or every namespace with ``all_namespaces``.
+
+    ``client``: settings for every cluster connection (``qps``, ``burst``, ``notice``; see
+    :meth:`kimpki.kube.Cluster.connect`).
     """
     from kimpki.ops.places import ClusterPlace, ManifestsPlace
 
+    client = client or {}
     targets: list[SweepTarget] = []
     if policy:
-        targets += policy_targets(stack, list(policy), kubeconfig=kubeconfig, context=context)
+        targets += policy_targets(stack, list(policy), kubeconfig=kubeconfig, context=context, client=client)
     for folder in manifests:
         targets.append(SweepTarget(stack.enter_context(ManifestsPlace(folder)),
                                    None if all_namespaces else namespace))
     if cluster:
-        place = stack.enter_context(ClusterPlace.connect(kubeconfig=kubeconfig, context=context))
+        place = stack.enter_context(ClusterPlace.connect(kubeconfig=kubeconfig, context=context, **client))
         targets.append(SweepTarget(place, None if all_namespaces else (namespace or c.DEFAULT_NAMESPACE)))
     return targets
 
 
 def policy_targets(stack: contextlib.ExitStack, paths: list[str], *, kubeconfig: str | None = None,
-                   context: str | None = None) -> list[SweepTarget]:
+                   context: str | None = None, client: dict | None = None) -> list[SweepTarget]:
     """Where a policy's Credentials live (each Target once: a manifests folder, or the namespaces
     of its Credentials in a cluster), with each Certificate's ``renewBefore`` for the Secrets
     built from it. ``kubeconfig``/``context`` are the defaults for cluster targets that name none."""
@@ -301,7 +306,8 @@ def policy_targets(stack: contextlib.ExitStack, paths: list[str], *, kubeconfig:
         else:
             pkey = ("cluster", t.kubeconfig or kubeconfig, t.context or context)
             if pkey not in places:
-                places[pkey] = stack.enter_context(ClusterPlace.connect(kubeconfig=pkey[1], context=pkey[2]))
+                places[pkey] = stack.enter_context(ClusterPlace.connect(kubeconfig=pkey[1], context=pkey[2],
+                                                                        **(client or {})))
             tkey, ns = pkey + (cred.namespace,), cred.namespace
         target = by_key.setdefault(tkey, SweepTarget(places[pkey], ns))
         if cert is not None and cert.renew_before_text is not None:

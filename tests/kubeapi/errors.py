@@ -17,6 +17,17 @@ OPTIMISTIC_LOCK_MSG = (
 )
 
 
+# apiserver/pkg/storage/etcd3/errors.go
+EXPIRED_LIST = "The resourceVersion for the provided list is too old."
+INCONSISTENT_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a "
+    "new list without the continue parameter, or use the continue token in this response to retrieve "
+    "the remainder of the results. Continuing with the provided token results in an inconsistent list - "
+    "objects that were created, modified, or deleted between the time the first chunk was returned and "
+    "now may show up in the list."
+)
+
+
 def go_quote(value: str) -> str:
     """Approximate Go's ``%q`` for a string (close enough for k8s names/keys)."""
     return json.dumps(value, ensure_ascii=False)

@@ -118,6 +118,7 @@ class FaultHandle:
     status: int | str
     times: int = 1
     path: str | None = None
+    query: str | None = None
     message: str | None = None
     retry_after: int | None = None
     delay: float = 0.0
@@ -504,7 +505,7 @@ class KubeApiServer:
     def fail(self, method: str | None = "PUT", resource: str | None = "secrets",
              name: str | None = None, nth: int = 1, status: int | str = 500, *,
              namespace: str | None = None, times: int = 1, message: str | None = None,
-             retry_after: int | None = None, path: str | None = None,
+             retry_after: int | None = None, path: str | None = None, query: str | None = None,
              delay: float = 0.0) -> FaultHandle:
         """Fail the ``nth`` matching request (counted from now) -- and the ``times - 1``
         following ones -- with ``status``:
@@ -515,13 +516,27 @@ class KubeApiServer:
           (the write *did* happen -- a lost response).
         * ``"delay"``: sleep ``delay`` seconds, then serve normally.
 
+        Some codes are answered exactly as the layer of kube-apiserver that sends them does:
+
+        * 410 on a list: etcd compacted the revision a continue token points at
+          (``storage/etcd3`` ``handleCompactedErrorForPaging``): ``reason: Expired``, the
+          "inconsistentContinue" message, and in the Status's ``metadata.continue`` a token that
+          would carry on at the latest revision. Use ``query="continue"`` to hit only later pages.
+        * 429: API Priority and Fairness rejected the request (``filters.tooManyRequests``):
+          a *plain-text* body ``Too many requests, please try again later.`` and a
+          ``Retry-After`` header (``retry_after``, default 1).
+        * 503 ``ServiceUnavailable`` (``Retry-After`` only when ``retry_after`` is given).
+
         Matching is on HTTP ``method``, resource plural (``None`` = any resource request),
-        ``name`` and ``namespace``; or on a ``path`` prefix for non-resource requests.
-        A request triggers at most one fault. Faults are one-shot (``times``)."""
+        ``name``, ``namespace`` and ``query`` (a parameter the request must carry); or on a
+        ``path`` prefix for non-resource requests. A request triggers at most one fault.
+        Faults are one-shot (``times``)."""
         if not (isinstance(status, int) or status in ("drop", "drop-after", "delay")):
             raise ValueError(f"unsupported fault status {status!r}")
+        if status == 429 and retry_after is None:
+            retry_after = 1
         h = FaultHandle(method.upper() if method else None, resource, name, namespace, nth, status,
-                        times=times, path=path, message=message, retry_after=retry_after,
+                        times=times, path=path, query=query, message=message, retry_after=retry_after,
                         delay=delay, _server=self)
         with self._fault_lock:
             self._faults.append(h)
@@ -554,10 +569,12 @@ class KubeApiServer:
             self._faults.clear()
             self._denials.clear()
 
-    def _match_fault(self, method: str, path: str, ctx: _Ctx | None) -> FaultHandle | None:
+    def _match_fault(self, method: str, path: str, ctx: _Ctx | None, query: dict | None = None) -> FaultHandle | None:
         with self._fault_lock:
             for f in list(self._faults):
                 if f.method and f.method != method:
+                    continue
+                if f.query is not None and not (query or {}).get(f.query):
                     continue
                 if f.path is not None:
                     if not path.startswith(f.path):
@@ -622,16 +639,18 @@ class KubeApiServer:
             user = self._authenticate(headers, path)
             ctx = self._route(method, path, query, headers, user)
             if isinstance(ctx, _Response):
-                fault = self._match_fault(method, path, None)
+                fault = self._match_fault(method, path, None, query)
                 if fault is not None and fault.status not in ("drop-after", "delay"):
-                    return self._fault_response(fault)
+                    return self._fault_response(fault, None)
                 resp = ctx
             else:
                 entry.update(resource=ctx.rt.plural, namespace=ctx.namespace, name=ctx.name or None,
                              verb=ctx.verb)
-                fault = self._match_fault(method, path, ctx)
+                fault = self._match_fault(method, path, ctx, query)
                 if fault is not None and fault.status not in ("drop-after", "delay"):
-                    return self._fault_response(fault)
+                    resp = self._fault_response(fault, ctx)
+                    entry["code"] = resp.code if isinstance(resp, _Response) else None
+                    return resp
                 if fault is not None and fault.status == "delay":
                     time.sleep(fault.delay)
                 self._check_denied(ctx)
@@ -648,10 +667,16 @@ class KubeApiServer:
             return _DROP
         return resp
 
-    def _fault_response(self, fault: FaultHandle):
+    def _fault_response(self, fault: FaultHandle, ctx: _Ctx | None):
         if fault.status == "drop":
             return _DROP
         code = int(fault.status)
+        if code == 429 and fault.message is None:
+            # APF answers before any handler: http.Error's plain text, not a Status
+            return _Response(429, "Too many requests, please try again later.\n", "text/plain; charset=utf-8",
+                             headers={"Retry-After": str(fault.retry_after)})
+        if code == 410 and fault.message is None and ctx is not None and ctx.verb == "list":
+            return self._expired_continue(ctx)
         if fault.message is not None:
             err = ApiError(code, errors.generic(code).reason, fault.message, {})
         elif code == 500:
@@ -666,6 +691,18 @@ class KubeApiServer:
             if err.details is not None:
                 err.details["retryAfterSeconds"] = fault.retry_after
         return _Response(code, err.status(), headers=headers)
+
+    def _expired_continue(self, ctx: _Ctx) -> _Response:
+        """410 as etcd3's ``handleCompactedErrorForPaging`` builds it: ``NewResourceExpired`` with
+        the "inconsistentContinue" message and a token to carry on at the latest revision (rv -1)."""
+        cont = ctx.q("continue")
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": errors.INCONSISTENT_CONTINUE, "reason": "Expired", "code": 410}
+        if cont:
+            body["metadata"]["continue"] = self._encode_continue(-1, self._decode_continue(cont))
+        else:  # a list from the start cannot expire this way: the plain "too old" message
+            body["message"] = errors.EXPIRED_LIST
+        return _Response(410, body)
 
     def _authenticate(self, headers, path: str) -> str:
         auth = headers.get("Authorization") or ""
