@@ -388,6 +388,79 @@ def test_pagination_and_requests(kimpki, kube_api):
     assert lease["spec"]["holderIdentity"] == ""  # released: the next run need not wait
 
 
+def seed_copies(kimpki, kube_api, n: int, *, age: timedelta = DAY) -> None:
+    """``n`` managed Secrets that serve one certificate (cheap: one issuance)."""
+    make_ca(kimpki.home)
+    (template,) = credential(kimpki.home, "template", "t.example.com", age=age)
+    objs = []
+    for i in range(n):
+        s = json.loads(json.dumps(template))
+        s["metadata"]["name"] = f"cred-{i:04d}"
+        objs.append(s)
+    kube_api.put_objects(objs)
+    kube_api.clear_requests()
+
+
+def secret_lists(srv) -> list[dict]:
+    return [c for c in srv.calls(method="GET", resource="secrets") if not c["name"]]
+
+
+def test_an_expired_continue_token_is_listed_again_once_in_one_request(kimpki, kube_api):
+    """Issue 10 item 10: etcd compacted the revision a continue token points at (410 Expired on a
+    later page). renew lists again in one request, as client-go's pager does, and goes on."""
+    seed_copies(kimpki, kube_api, 1234)
+    kube_api.fail("GET", "secrets", status=410, query="continue")
+    res = kimpki("renew", "--dry-run", "--json", env=kube(kube_api))
+    assert res.code == 0, res.err
+    s = res.json
+    assert (s["checked"], s["due"], s["errors"]) == (1234, 0, [])
+    assert len({r["secret"] for r in s["results"]}) == 1234 or s["results"] == []
+    lists = secret_lists(kube_api)
+    assert [c["code"] for c in lists] == [200, 410, 200]
+    assert "limit=" not in lists[2]["query"] and "continue=" not in lists[2]["query"]
+    (notice,) = [l for l in res.err.splitlines() if " warning " in l]
+    assert "410 Expired" in notice and "listing them again in one request" in notice
+
+
+def test_a_list_that_expires_again_fails_the_run_clearly(kimpki, kube_api):
+    seed_copies(kimpki, kube_api, 600)
+    kube_api.fail("GET", "secrets", status=410, query="continue")
+    kube_api.fail("GET", "secrets", status=410, nth=2)
+    res = kimpki("status", "--cluster", env=kube(kube_api))
+    assert_one_line_error(res, 1, "expired the list of secrets", "and again when it was listed in one request",
+                          "run the command again")
+    assert [c["code"] for c in secret_lists(kube_api)] == [200, 410, 410]
+
+
+def test_429_with_retry_after_is_waited_out_and_said_in_the_log(kimpki, kube_api):
+    """Issue 10 item 11: API Priority and Fairness answers 429 with Retry-After. The LIST and the
+    resourceVersion-guarded PUT are sent again after the wait; the log says so."""
+    make_ca(kimpki.home)
+    kube_api.put_objects(credential(kimpki.home, "kim-credential", "kim.example.com", age=70 * DAY))
+    kube_api.clear_requests()
+    kube_api.fail("GET", "secrets", status=429, retry_after=1)
+    kube_api.fail("PUT", "secrets", status=429, retry_after=1)
+    res = kimpki("renew", "--log-format", "json", env=kube(kube_api))
+    assert res.code == 0, res.err
+    lines = [json.loads(l) for l in res.err.strip().splitlines()]
+    waits = [l for l in lines if l["event"] == "api_pushback"]
+    assert [l["level"] for l in waits] == ["warning", "warning"]
+    assert "list secrets" in waits[0]["message"] and "update secrets" in waits[1]["message"]
+    assert all("answered 429" in w["message"] and "retry after 1 s: waiting" in w["message"] for w in waits)
+    assert [c["code"] for c in secret_lists(kube_api)] == [429, 200]
+    assert [c["code"] for c in kube_api.calls(method="PUT", resource="secrets")] == [429, 200]
+    assert lines[-1]["renewed"] == 1
+
+
+def test_qps_and_burst_limit_the_client(kimpki, kube_api):
+    seed_copies(kimpki, kube_api, 3, age=70 * DAY)
+    res = kimpki("renew", "--qps", "50", "--burst", "2", "--json", env=kube(kube_api))
+    assert res.code == 0, res.err
+    assert res.json["renewed"] == 3
+    assert_one_line_error(kimpki("renew", "--burst", "5"), 2, "--burst needs --qps")
+    assert_one_line_error(kimpki("renew", "--qps", "-1"), 2, "--qps")
+
+
 def test_all_namespaces_and_one_namespace(kimpki, kube_api):
     make_ca(kimpki.home)
     kube_api.put_objects(credential(kimpki.home, "a", "a.example.com", age=70 * DAY, namespace="default")
@@ -509,6 +582,7 @@ def test_log_format_json_reports_a_fatal_error_as_json(kimpki, tmp_path):
     (["--manifests", "/nonexistent/folder"], "no such manifests folder"),
     (["--manifests", ".", "--kubeconfig", "x"], "--kubeconfig/--context choose a cluster"),
     (["--lock-wait", "-1"], "--lock-wait"),
+    (["--burst", "0", "--qps", "1"], "--burst"),
     (["--log-format", "xml"], "--log-format"),
 ])
 def test_usage_errors_exit_2_with_one_line(kimpki, args, needle):
