@@ -580,17 +580,100 @@ def test_istio_resources_served_at_all_versions(kube_api, custom):
         assert got["apiVersion"] == f"networking.istio.io/{v}" and got["kind"] == "Gateway"
         lst = custom.list_namespaced_custom_object("networking.istio.io", v, NS, "gateways")
         assert lst["kind"] == "GatewayList" and lst["items"][0]["apiVersion"] == f"networking.istio.io/{v}"
-    for plural, kind in (("virtualservices", "VirtualService"), ("destinationrules", "DestinationRule")):
-        body = {"apiVersion": "networking.istio.io/v1alpha3", "kind": kind,
-                "metadata": {"name": "r"}, "spec": {"host": "a"}}
-        out = custom.create_namespaced_custom_object("networking.istio.io", "v1alpha3", NS, plural, body)
-        assert out["kind"] == kind
-        assert kube_api.get_object(plural, NS, "r")["spec"] == {"host": "a"}
+    vs = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+          "metadata": {"name": "r"}, "spec": {"hosts": ["a"], "gateways": ["g"]}}
+    out = custom.create_namespaced_custom_object("networking.istio.io", "v1alpha3", NS, "virtualservices", vs)
+    assert out["kind"] == "VirtualService" and out["spec"] == {"hosts": ["a"], "gateways": ["g"]}
+    # DestinationRule has no schema here: every field is kept (preserve-unknown-fields)
+    dr = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "DestinationRule",
+          "metadata": {"name": "r"}, "spec": {"host": "a"}}
+    custom.create_namespaced_custom_object("networking.istio.io", "v1alpha3", NS, "destinationrules", dr)
+    assert kube_api.get_object("destinationrules", NS, "r")["spec"] == {"host": "a"}
     # body apiVersion must match the URL's for custom resources
     with pytest.raises(ApiException) as ei:
         custom.create_namespaced_custom_object("networking.istio.io", "v1", NS, "gateways", gateway("h", "v1beta1"))
     assert err(ei)[1]["message"] == ("the API version in the data (networking.istio.io/v1beta1) does not match "
                                      "the expected API version (networking.istio.io/v1)")
+
+
+# =========================================================================== fieldValidation
+def raw(api, method, path, body, query="", content_type="application/json"):
+    """One request through the client's own pool (its TLS and token); returns (status, headers,
+    decoded body): the client's typed methods hide response headers."""
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    api.update_params_for_auth(headers, [], ["BearerToken"], None, None, None)
+    resp = api.rest_client.pool_manager.request(
+        method, api.configuration.host + path + (("?" + query) if query else ""),
+        body=json.dumps(body).encode(), headers=headers)
+    return resp.status, resp.headers, json.loads(resp.data)
+
+
+VS_PATH = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices"
+VS_TYPO = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "vs"},
+           "spec": {"host": "a", "hosts": ["a"], "http": [{"route": [{"destination": {"host": "b"}}],
+                                                            "timout": "5s"}]}}
+
+
+def test_field_validation_strict_refuses_unknown_fields_with_the_decoders_message(kube_api, api):
+    code, _, body = raw(api, "POST", VS_PATH, VS_TYPO, "fieldValidation=Strict")
+    assert (code, body["reason"]) == (400, "BadRequest")
+    assert body["message"] == ('VirtualService in version "v1" cannot be handled as a VirtualService: strict '
+                               'decoding error: unknown field "spec.host", unknown field "spec.http[0].timout"')
+    assert kube_api.get_object("virtualservices", NS, "vs") is None
+    dep = deployment("d")
+    dep["spec"]["template"]["spec"]["containers"][0]["imagee"] = "x"
+    dep["spec"]["replica"] = 3
+    code, _, body = raw(api, "POST", f"/apis/apps/v1/namespaces/{NS}/deployments", dep, "fieldValidation=Strict")
+    assert code == 400 and body["message"] == (  # in the order the decoder meets them in the document
+        'Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: unknown field '
+        '"spec.template.spec.containers[0].imagee", unknown field "spec.replica"')
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "foo": 1},
+             "spec": {"holderIdentity": "a", "holder": "b"}}
+    code, _, body = raw(api, "POST", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases", lease,
+                        "fieldValidation=Strict")
+    assert code == 400 and body["message"].endswith(
+        'strict decoding error: unknown field "metadata.foo", unknown field "spec.holder"')
+
+
+def test_field_validation_default_is_warn_and_drops_the_fields(kube_api, api):
+    """No parameter (what the Python client sends) is Warn: stored without the unknown fields,
+    one Warning header per field."""
+    code, headers, body = raw(api, "POST", VS_PATH, VS_TYPO)
+    assert code == 201
+    assert headers["Warning"] == ('299 - "unknown field \\"spec.host\\"", '
+                                  '299 - "unknown field \\"spec.http[0].timout\\""')
+    stored = kube_api.get_object("virtualservices", NS, "vs")
+    assert stored["spec"] == {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "b"}}]}]}
+    assert body["spec"] == stored["spec"]
+    s = secret("s", {"k": "v"})
+    s["extra"] = True
+    code, headers, _ = raw(api, "POST", f"/api/v1/namespaces/{NS}/secrets", s, "fieldValidation=Ignore")
+    assert code == 201 and "Warning" not in headers
+    assert "extra" not in kube_api.get_object("secrets", NS, "s")
+    code, _, body = raw(api, "POST", f"/api/v1/namespaces/{NS}/secrets", secret("t"), "fieldValidation=strict")
+    assert code == 422 and body["message"] == (
+        'CreateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: "strict": '
+        'supported values: "Ignore", "Strict", "Warn"')
+
+
+def test_field_validation_on_patches_is_422_on_the_patch_field(kube_api, api):
+    kube_api.put_object({**gateway("g"), "metadata": {"name": "g", "namespace": NS}})
+    path = f"/apis/networking.istio.io/v1/namespaces/{NS}/gateways/g"
+    ops = [{"op": "add", "path": "/spec/servers/0/tls/credentialname", "value": "x"}]
+    code, _, body = raw(api, "PATCH", path, ops, "fieldValidation=Strict", "application/json-patch+json")
+    assert (code, body["reason"]) == (422, "Invalid")
+    assert body["message"].startswith(' "" is invalid: patch: Invalid value: "{\\"kind\\":\\"Gateway\\"')
+    assert body["message"].endswith(': strict decoding error: unknown field "spec.servers[0].tls.credentialname"')
+    code, headers, body = raw(api, "PATCH", path, ops, "", "application/json-patch+json")
+    assert code == 200 and "credentialname" in headers["Warning"]
+    assert "credentialname" not in kube_api.get_object("gateways", NS, "g")["spec"]["servers"][0]["tls"]
+    smp = {"spec": {"template": {"spec": {"containers": [{"name": "istio-proxy", "imagee": "x"}]}}}}
+    kube_api.put_object(deployment("d"))
+    code, _, body = raw(api, "PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/d", smp,
+                        "fieldValidation=Strict", "application/strategic-merge-patch+json")
+    assert code == 422 and body["message"] == (
+        ' "" is invalid: patch: Invalid value: "map[spec:map[template:map[spec:map[containers:[map[imagee:x '
+        'name:istio-proxy]]]]]]": strict decoding error: unknown field "spec.template.spec.containers[0].imagee"')
 
 
 def test_leases_and_configmaps(coord, core):

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from . import discovery, errors, protobuf, validation
+from . import discovery, errors, fields, protobuf, validation
 from .errors import ApiError, FieldError, GoLiteral
 from .patch import (PatchApplyError, PatchFormatError, apply_json_patch, apply_merge_patch,
                     apply_strategic_merge_patch, decode_json_patch, deepcopy)
@@ -69,6 +69,7 @@ class _Ctx:
     query: dict[str, list[str]]
     headers: Any
     user: str
+    warnings: list = field(default_factory=list)  # sent back as Warning headers
 
     def q(self, key: str, default: str | None = None) -> str | None:
         v = self.query.get(key)
@@ -655,6 +656,8 @@ class KubeApiServer:
                     time.sleep(fault.delay)
                 self._check_denied(ctx)
                 resp = self._execute(ctx, body)
+                if ctx.warnings:
+                    resp.headers["Warning"] = fields.warning_header(ctx.warnings)
         except ApiError as e:
             resp = _Response(e.code, e.status(), headers=e.headers)
         except Exception as e:  # pragma: no cover - bug in the stand-in: say so loudly
@@ -958,6 +961,14 @@ class KubeApiServer:
                 raise errors.bad_request(
                     f"the API version in the data ({api_version}) does not match the expected API version "
                     f"({ctx.rt.api_version(ctx.version)})")
+        if ctx.verb in ("create", "update") and isinstance(obj.get("metadata", {}), dict):
+            unknown = self._field_validation(ctx, obj)
+            if unknown and self._directive(ctx) == fields.STRICT:
+                shown_kind = kind or ctx.rt.kind
+                shown_version = (api_version or ctx.rt.api_version(ctx.version)).rpartition("/")[2]
+                raise errors.bad_request(
+                    f"{shown_kind} in version {errors.go_quote(shown_version)} cannot be handled as a "
+                    f"{ctx.rt.kind}: {fields.strict_decoding_error(unknown)}")
         obj.pop("kind", None)
         obj.pop("apiVersion", None)
         _meta(obj)
@@ -966,6 +977,31 @@ class KubeApiServer:
         elif ctx.rt.kind == "Lease":
             validation.normalize_lease(obj, ctx.version)
         return obj
+
+    # -- field validation
+    def _directive(self, ctx: _Ctx) -> str:
+        """``fieldValidation``, checked as ``ValidateCreateOptions`` / ``UpdateOptions`` /
+        ``PatchOptions`` do (422 on an unsupported value)."""
+        d = fields.directive(ctx.query)
+        if d not in fields.DIRECTIVES:
+            opts = {"create": "CreateOptions", "update": "UpdateOptions"}.get(ctx.verb, "PatchOptions")
+            raise errors.invalid(opts, "meta.k8s.io", "", [FieldError(
+                "FieldValueNotSupported", "fieldValidation", d,
+                "supported values: " + ", ".join(errors.go_quote(x) for x in fields.DIRECTIVES))])
+        return d
+
+    def _field_validation(self, ctx: _Ctx, obj: dict) -> list[str]:
+        """Drop the fields the kind does not have (the real decoder/pruner never stores them) and
+        return their paths; with ``Warn`` they become Warning headers. ``Strict`` is the caller's
+        to refuse, since a body and a patch are refused differently."""
+        d = self._directive(ctx)
+        schema = fields.schema_for(ctx.rt.kind, ctx.version)
+        if schema is None:
+            return []
+        unknown = fields.prune(obj, schema)
+        if unknown and d == fields.WARN:
+            ctx.warnings.extend(fields.unknown_field_errors(unknown))
+        return unknown
 
     # -- shared write logic
     def _namespace_exists(self, ns: str) -> bool:
@@ -1216,6 +1252,18 @@ class KubeApiServer:
                 raise errors.bad_request(f"the name of the object ({meta.get('name', '')}) does not match the name on the URL ({ctx.name})")
             if rt.namespaced and meta.get("namespace", "") != ctx.namespace:
                 raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            if not ctx.subresource:
+                typed = self._typed(rt, ctx.version, patched)
+                # patch.go shows the patched object (JSON/merge) or the patch map (strategic)
+                shown = (fields.go_value(patch_doc) if ct == STRATEGIC_PATCH
+                         else json.dumps(typed, separators=(",", ":")))
+                unknown = self._field_validation(ctx, typed)
+                if unknown and self._directive(ctx) == fields.STRICT:
+                    # patch.go: NewInvalid(GroupKind{}, "", patch: Invalid value: ...)
+                    raise errors.invalid("", "", "", [FieldError(
+                        "FieldValueInvalid", "patch", shown, fields.strict_decoding_error(unknown))])
+                for k in [k for k in patched if k not in typed]:
+                    del patched[k]
             if rt.kind == "Secret" and not ctx.subresource:
                 validation.normalize_secret(patched, ctx.version)
             return self._write_update(ctx, patched, old)
