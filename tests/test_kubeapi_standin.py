@@ -272,7 +272,7 @@ def test_put_with_stale_resource_version_is_409_conflict(core, apps):
     assert body["details"] == {"name": "gw", "group": "apps", "kind": "deployments"}
 
 
-def test_put_without_resource_version_is_unconditional_for_secrets_and_deployments(kube_api, core, apps, custom):
+def test_put_without_resource_version_is_unconditional_for_secrets_and_deployments_only(kube_api, core, apps, custom):
     core.create_namespaced_secret(NS, secret("x", {"a": "1"}))
     out = core.replace_namespaced_secret("x", NS, secret("x", {"a": "2"}))
     assert out.data == {"a": b64("2")}
@@ -288,6 +288,19 @@ def test_put_without_resource_version_is_unconditional_for_secrets_and_deploymen
     assert code == 422 and body["reason"] == "Invalid"
     assert body["message"] == ('Gateway.networking.istio.io "g" is invalid: metadata.resourceVersion: '
                                "Invalid value: 0x0: must be specified for an update")
+    # nor do Leases (leaseStrategy.AllowUnconditionalUpdate is false): a lock must be guarded
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+             "spec": {"holderIdentity": "a"}}
+    client.CoordinationV1Api(apps.api_client).create_namespaced_lease(NS, lease)
+    with pytest.raises(ApiException) as ei:
+        client.CoordinationV1Api(apps.api_client).replace_namespaced_lease("l", NS, lease)
+    code, body = err(ei)
+    assert (code, body["reason"]) == (422, "Invalid")
+    assert body["message"] == ('Lease.coordination.k8s.io "l" is invalid: metadata.resourceVersion: '
+                               "Invalid value: 0x0: must be specified for an update")
+    assert body["details"]["causes"] == [{"reason": "FieldValueInvalid", "message": "Invalid value: 0x0: must be "
+                                          "specified for an update", "field": "metadata.resourceVersion"}]
+    assert kube_api.get_object("leases", NS, "l")["spec"]["holderIdentity"] == "a"
 
 
 def test_noop_update_does_not_bump_resource_version(core):

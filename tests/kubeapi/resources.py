@@ -59,7 +59,8 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("configmaps", "configmap", "ConfigMap", "", ("v1",), short_names=("cm",)),
     ResourceType("deployments", "deployment", "Deployment", "apps", ("v1",), short_names=("deploy",),
                  categories=("all",), subresources=("status",), has_generation=True),
-    ResourceType("leases", "lease", "Lease", "coordination.k8s.io", ("v1",)),
+    # pkg/registry/coordination/lease/strategy.go: AllowUnconditionalUpdate() is false
+    ResourceType("leases", "lease", "Lease", "coordination.k8s.io", ("v1",), allow_unconditional_update=False),
     ResourceType("gateways", "gateway", "Gateway", ISTIO_GROUP, ISTIO_VERSIONS, short_names=("gw",),
                  categories=("istio-io", "networking-istio-io"), builtin=False,
                  subresources=("status",), has_generation=True, allow_unconditional_update=False),
