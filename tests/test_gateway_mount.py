@@ -44,7 +44,7 @@ def kubectl_patch(path, ops) -> dict:
 
 # -- the seed's patch as the oracle ------------------------------------------------------------------
 
-def test_mount_local_matches_the_seed_patch_and_a_second_run_changes_nothing(kimpki, tmp_path):
+def test_mount_local_matches_the_seed_patch_and_a_second_run_changes_nothing(kimpki, tmp_path, kube_api):
     seed = kubectl_patch(DEPLOYMENT_FILE, SEED_PATCH)
     args = ["gateway", "mount", "--secret", SECRET, "--mount-path", PATH, "--local", "-o", "json"]
     first = kimpki.ok(*args, "-f", DEPLOYMENT_FILE)
@@ -69,6 +69,17 @@ def test_mount_local_matches_the_seed_patch_and_a_second_run_changes_nothing(kim
     twice = kubectl_patch(once, SEED_PATCH)
     names = [v["name"] for v in pod(twice)["volumes"]]
     assert names.count("ingressgateway-bookinfo-certs") == 2
+    # ... and the API server (the stand-in, which validates pod volumes as ValidatePodSpec does) refuses it.
+    f = tmp_path / "twice.json"
+    twice["metadata"]["namespace"] = "istio-system"
+    f.write_text(json.dumps(twice))
+    env = {"KUBECONFIG": kube_api.kubeconfig_path, "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+    res = kubectl("create", "-f", f, env=env, check=False)
+    assert res.returncode == 1
+    i = names.index("ingressgateway-bookinfo-certs", names.index("ingressgateway-bookinfo-certs") + 1)
+    assert f'spec.template.spec.volumes[{i}].name: Duplicate value: "ingressgateway-bookinfo-certs"' in res.stderr
+    assert "mountPath: Invalid value: \"/etc/istio/ingressgateway-bookinfo-certs\": must be unique" in res.stderr
+    assert kube_api.get_object("deployments", "istio-system", twice["metadata"]["name"]) is None
 
 
 def test_kubectl_applies_our_ops_exactly_as_apply_json_patch_does(deployment, tmp_path):

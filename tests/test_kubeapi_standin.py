@@ -401,6 +401,35 @@ def test_deployment_generation(apps):
 
 
 # =========================================================================== patch
+def test_deployment_volumes_and_mounts_are_validated_like_validate_pod_spec(kube_api, apps):
+    d = deployment("gw")
+    pod = d["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "certs", "secret": {"secretName": "again"}})  # duplicate name
+    mounts = pod["containers"][0]["volumeMounts"]
+    mounts.append({"name": "missing", "mountPath": "/etc/missing"})  # names no volume
+    mounts.append({"name": "other", "mountPath": "/etc/certs"})  # a mountPath twice
+    with pytest.raises(ApiException) as ei:
+        apps.create_namespaced_deployment(NS, d)
+    code, body = err(ei)
+    assert (code, body["reason"]) == (422, "Invalid")
+    assert body["message"] == (
+        'Deployment.apps "gw" is invalid: [spec.template.spec.volumes[2].name: Duplicate value: "certs", '
+        'spec.template.spec.containers[0].volumeMounts[2].name: Not found: "missing", '
+        'spec.template.spec.containers[0].volumeMounts[3].mountPath: Invalid value: "/etc/certs": must be unique]')
+    assert [c["reason"] for c in body["details"]["causes"]] == [
+        "FieldValueDuplicate", "FieldValueNotFound", "FieldValueInvalid"]
+    assert body["details"]["causes"][0] == {"reason": "FieldValueDuplicate", "message": 'Duplicate value: "certs"',
+                                            "field": "spec.template.spec.volumes[2].name"}
+    assert kube_api.get_object("deployments", NS, "gw") is None
+    # the same rules on update: a JSON patch that adds the volume a second time is refused
+    apps.create_namespaced_deployment(NS, deployment("gw"))
+    ops = [{"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "other", "emptyDir": {}}}]
+    with pytest.raises(ApiException) as ei:
+        apps.patch_namespaced_deployment("gw", NS, ops)
+    assert err(ei)[1]["message"] == ('Deployment.apps "gw" is invalid: spec.template.spec.volumes[2].name: '
+                                     'Duplicate value: "other"')
+
+
 def test_json_patch_failures_are_422_with_empty_details(core):
     core.create_namespaced_secret(NS, secret("x", {"a": "1"}, labels={"l": "v"}))
     bad_patches = [

@@ -342,14 +342,64 @@ def validate_deployment(obj: dict) -> list[FieldError]:
         elif any(labels.get(k) != v for k, v in ml.items()):
             errs.append(FieldError("FieldValueInvalid", "spec.template.metadata.labels",
                                    GoLiteral(_go_map(labels)), "`selector` does not match template `labels`"))
-    containers = ((tmpl.get("spec") or {}).get("containers")) or []
+    pod = tmpl.get("spec") or {}
+    volumes = validate_volumes(pod.get("volumes") or [], "spec.template.spec.volumes", errs)
+    containers = pod.get("containers") or []
     if not containers:
         errs.append(FieldError("FieldValueRequired", "spec.template.spec.containers"))
+    for key in ("containers", "initContainers"):  # ValidatePodSpec's order
+        for i, c in enumerate(pod.get(key) or []):
+            if isinstance(c, dict):
+                validate_volume_mounts(c.get("volumeMounts") or [], volumes,
+                                       f"spec.template.spec.{key}[{i}].volumeMounts", errs)
     replicas = spec.get("replicas")
     if isinstance(replicas, int) and replicas < 0:
         errs.append(FieldError("FieldValueInvalid", "spec.replicas", replicas,
                                "must be greater than or equal to 0"))
     return errs
+
+
+def validate_volumes(volumes: list, path: str, errs: list[FieldError]) -> set[str]:
+    """``ValidateVolumes`` (pkg/apis/core/validation): names are required DNS-1123 labels and
+    unique. Returns the names of the volumes that validated, which mounts may name."""
+    names: set[str] = set()
+    for i, vol in enumerate(volumes):
+        if not isinstance(vol, dict):
+            continue
+        name = vol.get("name") or ""
+        name_path = f"{path}[{i}].name"
+        ok = True
+        if not name:
+            errs.append(FieldError("FieldValueRequired", name_path))
+            ok = False
+        else:
+            for msg in is_dns1123_label(name):
+                errs.append(FieldError("FieldValueInvalid", name_path, name, msg))
+                ok = False
+        if name in names:
+            errs.append(FieldError("FieldValueDuplicate", name_path, name))
+        elif ok:
+            names.add(name)
+    return names
+
+
+def validate_volume_mounts(mounts: list, volumes: set[str], path: str, errs: list[FieldError]) -> None:
+    """``ValidateVolumeMounts``: each mount names an existing volume, has a mountPath, and no two
+    mounts of one container share a mountPath."""
+    seen: set[str] = set()
+    for i, m in enumerate(mounts):
+        if not isinstance(m, dict):
+            continue
+        name, mount_path = m.get("name") or "", m.get("mountPath") or ""
+        if not name:
+            errs.append(FieldError("FieldValueRequired", f"{path}[{i}].name"))
+        if name not in volumes:
+            errs.append(FieldError("FieldValueNotFound", f"{path}[{i}].name", name))
+        if not mount_path:
+            errs.append(FieldError("FieldValueRequired", f"{path}[{i}].mountPath"))
+        if mount_path in seen:
+            errs.append(FieldError("FieldValueInvalid", f"{path}[{i}].mountPath", mount_path, "must be unique"))
+        seen.add(mount_path)
 
 
 def validate_deployment_update(new: dict, old: dict) -> list[FieldError]:
