@@ -399,15 +399,14 @@ def test_cluster_target_apply_then_no_writes(kube_env, tmp_path):
     dep = srv.get_object("deployments", "istio-system", "istio-ingressgateway")
     assert {"mount_path": BOOKINFO_MOUNT, "volume": "ingressgateway-bookinfo-certs",
             "secret": "istio-ingressgateway-bookinfo-certs"} in mounted_secrets(dep)
-    deployment_version = dep["metadata"]["resourceVersion"]
 
     start = len(srv.request_log)
     again = k.json("apply", "-f", policies, env=env)
     assert again["changes"] == 0
     assert writes(srv, start) == []  # converged: only GETs
     assert again["api_requests"] == {"cluster": len(srv.request_log) - start}
-    assert srv.get_object("deployments", "istio-system", "istio-ingressgateway")["metadata"]["resourceVersion"] == \
-        deployment_version
+    # (no resourceVersion assert: on a real cluster the Deployment's moves with its controller's
+    # status writes; "converged" means kimpki sent no write, which writes(...) == [] says)
     assert k.ok("plan", "-f", policies, env=env).out.strip() == "no changes"
 
     assert_one_line_error(k("issue", "evil.com", "--ca", "example.com"), 1,
