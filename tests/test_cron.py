@@ -1,8 +1,9 @@
 """``kimpki cron render``: the crontab line runs as cron would run it (a bare environment, ``sh``)
-against the stand-in API server; the Kubernetes objects pass ``kubernetes-validate`` (strict), their
-Role allows exactly what a real ``kimpki renew`` sent when the pod's steps were replayed, and the CA
-Secret passes ``kubectl apply --dry-run=server``. The stand-in serves neither batch/v1 nor RBAC,
-so those objects are checked by schema only."""
+against the stand-in API server; the Kubernetes objects pass ``kubernetes-validate`` (strict); the
+pod's steps replayed as the CronJob's ServiceAccount pass the stand-in's RBAC authorizer with the
+rendered Role (and fail, worded as the real authorizer words it, without one of its rules); the CA
+Secret passes ``kubectl apply --dry-run=server``. The stand-in does not serve batch/v1, so the
+CronJob is checked by schema only."""
 
 from __future__ import annotations
 
@@ -277,17 +278,40 @@ def test_the_ca_private_key_is_printed_only_when_asked(home_with_ca):
     assert "app.kubernetes.io/managed-by" not in secret["metadata"]["labels"]  # renew must never sweep it
 
 
-def rbac_allows(rules: list[dict], verb: str, resource: str, name: str | None) -> bool:
-    group = {"secrets": "", "leases": "coordination.k8s.io"}.get(resource)
-    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
-               and (not r.get("resourceNames") or (name is not None and name in r["resourceNames"]))
-               for r in rules)
+def apply_rbac(objs: dict, srv, tmp_path) -> str:
+    """kubectl apply the rendered ServiceAccount, Role and RoleBinding to the stand-in (as the
+    cluster admin), and return a kubeconfig that authenticates as that ServiceAccount: its
+    requests go through the stand-in's RBAC authorizer."""
+    docs = yaml.safe_dump_all([objs[k] for k in ("ServiceAccount", "Role", "RoleBinding")])
+    proc = subprocess.run([KUBECTL, "apply", "-f", "-"], input=docs, capture_output=True, text=True,
+                          env={**os.environ, "KUBECONFIG": srv.kubeconfig_path,
+                               "KUBECACHEDIR": str(tmp_path / "kube-cache")}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    sa = objs["ServiceAccount"]["metadata"]
+    return srv.service_account_kubeconfig(sa["namespace"], sa["name"])
 
 
-def test_the_pod_steps_renew_with_exactly_the_roles_permissions(kimpki, kube_env, tmp_path):
-    """Replays the pod: the CA Secret as files (as the kubelet mounts it), each init container's
-    command into an empty home, then the renew container, against the stand-in. Every request
-    renew sends is allowed by the rendered Role, and the Role grants nothing renew did not use."""
+def replay_pod(kimpki, objs: dict, kubeconfig: str, tmp_path):
+    """The pod's steps: the CA Secret as files (as the kubelet mounts it), each init container's
+    command into an empty home, then the renew container. Returns the last step's result."""
+    ca_dir = tmp_path / "etc-kimpki-ca"
+    ca_dir.mkdir(exist_ok=True)
+    for key, value in objs["Secret"]["data"].items():
+        (ca_dir / key).write_bytes(base64.b64decode(value))
+    pod = objs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod_env = {"KUBECONFIG": kubeconfig, "KIMPKI_HOME": str(tmp_path / "var-lib-kimpki" / "home")}
+    res = None
+    for ctr in pod["initContainers"] + pod["containers"]:
+        assert ctr["command"] == ["kimpki"]
+        args = [a.replace("/etc/kimpki/ca", str(ca_dir)) for a in ctr["args"]]
+        res = kimpki(*args, env=pod_env)
+        if ctr in pod["initContainers"]:
+            assert res.code == 0, (ctr["name"], res.err)
+    return res
+
+
+@pytest.fixture
+def renewal_setup(kimpki, kube_env):
     env = {"KUBECONFIG": kube_env.kubeconfig_path, "KIMPKI_CA_PASSPHRASE": PASSPHRASE}
     kimpki.ok("ca", "init", "example.com", env=env)  # an encrypted CA key
     kimpki.ok("issue", "kim.example.com", "--days", "1", env=env)
@@ -297,32 +321,57 @@ def test_the_pod_steps_renew_with_exactly_the_roles_permissions(kimpki, kube_env
     proc = subprocess.run([KUBECTL, "apply", "--dry-run=server", "-f", "-"], input=json.dumps(objs["Secret"]),
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     assert proc.returncode == 0 and "secret/kimpki-ca created (server dry run)" in proc.stdout, proc.stderr
-    ca_dir = tmp_path / "etc-kimpki-ca"
-    ca_dir.mkdir()
-    for key, value in objs["Secret"]["data"].items():
-        (ca_dir / key).write_bytes(base64.b64decode(value))
     assert sorted(objs["Secret"]["data"]) == ["example.com.crt", "example.com.key", "example.com.passphrase"]
-    pod = objs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    pod_env = {"KUBECONFIG": kube_env.kubeconfig_path, "KIMPKI_HOME": str(tmp_path / "var-lib-kimpki" / "home")}
+    return objs
+
+
+def test_the_pod_steps_renew_as_the_service_account_with_exactly_the_roles_permissions(
+        kimpki, kube_env, renewal_setup, tmp_path):
+    """Replays the pod as its ServiceAccount against the stand-in, whose RBAC authorizer judges
+    every request by the rendered Role and RoleBinding; and the Role grants nothing renew did
+    not use."""
+    objs = renewal_setup
+    sa_kubeconfig = apply_rbac(objs, kube_env, tmp_path)
     kube_env.clear_requests()
-    for ctr in pod["initContainers"] + pod["containers"]:
-        assert ctr["command"] == ["kimpki"]
-        args = [a.replace("/etc/kimpki/ca", str(ca_dir)) for a in ctr["args"]]
-        res = kimpki(*args, env=pod_env)
-        assert res.code == 0, (ctr["name"], res.err)
+    res = replay_pod(kimpki, objs, sa_kubeconfig, tmp_path)
+    assert res.code == 0, res.err
     events = [json.loads(line) for line in res.err.splitlines()]  # --log-format json
     assert [e["event"] for e in events] == ["renewed", "summary"] and events[-1]["renewed"] == 1
-    sent = {(r["verb"], r["resource"], r["name"]) for r in kube_env.calls()}
-    assert all(r["namespace"] == NS for r in kube_env.calls())
+    calls = kube_env.calls()
+    assert calls and all(r["namespace"] == NS for r in calls)
+    assert [r for r in calls if r["code"] == 403] == []  # the authorizer allowed every request
+    sent = {(r["verb"], r["resource"]) for r in calls}
     rules = objs["Role"]["rules"]
-    assert all(rbac_allows(rules, v, res_, n) for v, res_, n in sent), sent
-    used = {(v, res_) for v, res_, _ in sent}
     granted = {(v, res_) for r in rules for res_ in r["resources"] for v in r["verbs"]}
     # Nothing granted that renew did not use, except reading one Secret by name: this SIMPLE
     # renewal is guarded by the LIST's resourceVersion, but a 409 makes renew re-read the Secret,
     # and a MUTUAL credential's NAME-cacert Secret is looked up by name.
-    assert used <= granted and granted - used <= {("get", "secrets")}, (used, granted)
-    assert ("update", "secrets") in used  # the first run renewed the credential
+    assert sent <= granted and granted - sent <= {("get", "secrets")}, (sent, granted)
+    assert ("update", "secrets") in sent  # the first run renewed the credential
+
+
+@pytest.mark.parametrize("verb,resource,needle", [
+    ("update", "secrets", 'cannot update secrets in namespace "istio-system"; the Role needs: apiGroups [""], '
+                          'resources ["secrets"], verbs ["update"]'),
+    ("create", "leases", 'cannot create leases in namespace "istio-system"; the Role needs: apiGroups '
+                         '["coordination.k8s.io"], resources ["leases"], verbs ["create"]'),
+])
+def test_a_role_without_a_rule_renew_needs_is_refused_by_the_authorizer(
+        kimpki, kube_env, renewal_setup, tmp_path, verb, resource, needle):
+    """The same pod with one verb taken out of the Role: the stand-in answers 403 worded as the
+    RBAC authorizer does, and renew says which rule the Role lacks."""
+    objs = renewal_setup
+    for rule in objs["Role"]["rules"]:
+        if resource in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    sa_kubeconfig = apply_rbac(objs, kube_env, tmp_path)
+    kube_env.clear_requests()
+    res = replay_pod(kimpki, objs, sa_kubeconfig, tmp_path)
+    assert res.code == 1 and "Traceback" not in res.err
+    denied = [r for r in kube_env.calls() if r["code"] == 403]
+    assert [(r["verb"], r["resource"]) for r in denied] == [(verb, resource)]
+    said = " ".join(json.loads(line).get("reason") or json.loads(line)["message"] for line in res.err.splitlines())
+    assert 'User "system:serviceaccount:istio-system:kimpki-renew" ' + needle in said, said
 
 
 def test_the_printed_kubectl_line_makes_the_ca_secret_the_job_expects(home_with_ca, kube_env):

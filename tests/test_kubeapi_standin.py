@@ -852,6 +852,67 @@ def test_deny_is_403_with_rbac_wording(kube_api, core):
     assert core.list_namespaced_secret(NS).items
 
 
+def test_rbac_authorizes_a_service_account_by_its_bindings(kube_api):
+    sa = "system:serviceaccount:istio-system:renewer"
+    kube_api.put_objects([
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "renewer", "namespace": NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": NS},
+         "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "update"]},
+                   {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kimpki-renew"],
+                    "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "r", "namespace": NS},
+         "subjects": [{"kind": "ServiceAccount", "name": "renewer", "namespace": NS}],
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": NS}, "data": {"k": b64("v")}},
+    ])
+    api = config.new_client_from_config(config_file=kube_api.service_account_kubeconfig(NS, "renewer"))
+    try:
+        core, coord = client.CoreV1Api(api), client.CoordinationV1Api(api)
+        assert [s.metadata.name for s in core.list_namespaced_secret(NS).items] == ["s"]
+        with pytest.raises(ApiException) as ei:
+            core.read_namespaced_secret("s", NS)
+        code, body = err(ei)
+        assert (code, body["reason"]) == (403, "Forbidden")
+        assert body["message"] == (f'secrets "s" is forbidden: User "{sa}" cannot get resource "secrets" '
+                                   'in API group "" in the namespace "istio-system"')
+        assert body["details"] == {"name": "s", "kind": "secrets"}
+        with pytest.raises(ApiException) as ei:  # another namespace: the RoleBinding does not reach it
+            core.list_namespaced_secret("default")
+        assert err(ei)[1]["message"] == (f'secrets is forbidden: User "{sa}" cannot list resource "secrets" '
+                                         'in API group "" in the namespace "default"')
+        with pytest.raises(ApiException) as ei:  # resourceNames: only that lease, and never create (no name)
+            coord.read_namespaced_lease("other", NS)
+        assert err(ei)[1]["message"].startswith(f'leases.coordination.k8s.io "other" is forbidden: User "{sa}" '
+                                                'cannot get resource "leases" in API group "coordination.k8s.io"')
+        with pytest.raises(ApiException) as ei:
+            coord.read_namespaced_lease("kimpki-renew", NS)
+        assert err(ei)[0] == 404  # allowed, then not found
+        # a ClusterRoleBinding to a ClusterRole reaches every namespace; a binding to a missing
+        # role is the RBAC authorizer's reason on the denial
+        kube_api.put_objects([
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "read"},
+             "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "read"},
+             "subjects": [{"kind": "Group", "name": "system:serviceaccounts"}],
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "read"}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "gone", "namespace": NS},
+             "subjects": [{"kind": "User", "name": sa}],
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gone"}},
+        ])
+        assert core.read_namespaced_secret("s", NS).metadata.name == "s"
+        with pytest.raises(ApiException) as ei:
+            core.delete_namespaced_secret("s", NS)
+        assert err(ei)[1]["message"] == (
+            f'secrets "s" is forbidden: User "{sa}" cannot delete resource "secrets" in API group "" in the '
+            'namespace "istio-system": RBAC: role.rbac.authorization.k8s.io "gone" not found')
+        assert client.VersionApi(api).get_code().git_version  # non-resource paths: any authenticated user
+    finally:
+        api.close()
+    # the kubeconfig's own user is in system:masters: RBAC does not apply to it
+    assert kube_api.delete_object("secrets", NS, "s") is True
+
+
 def test_fail_nth_request_with_500_is_one_shot(kube_api, core):
     core.create_namespaced_secret(NS, secret("x", {"a": "1"}))
     h = kube_api.fail(method="PUT", resource="secrets", nth=2, status=500)

@@ -61,6 +61,14 @@ RESOURCES: tuple[ResourceType, ...] = (
                  categories=("all",), subresources=("status",), has_generation=True),
     # pkg/registry/coordination/lease/strategy.go: AllowUnconditionalUpdate() is false
     ResourceType("leases", "lease", "Lease", "coordination.k8s.io", ("v1",), allow_unconditional_update=False),
+    ResourceType("serviceaccounts", "serviceaccount", "ServiceAccount", "", ("v1",), short_names=("sa",)),
+    # RBAC objects, which the stand-in's authorizer evaluates (rbac.py)
+    ResourceType("roles", "role", "Role", "rbac.authorization.k8s.io", ("v1",)),
+    ResourceType("rolebindings", "rolebinding", "RoleBinding", "rbac.authorization.k8s.io", ("v1",)),
+    ResourceType("clusterroles", "clusterrole", "ClusterRole", "rbac.authorization.k8s.io", ("v1",),
+                 namespaced=False),
+    ResourceType("clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", "rbac.authorization.k8s.io",
+                 ("v1",), namespaced=False),
     ResourceType("gateways", "gateway", "Gateway", ISTIO_GROUP, ISTIO_VERSIONS, short_names=("gw",),
                  categories=("istio-io", "networking-istio-io"), builtin=False,
                  subresources=("status",), has_generation=True, allow_unconditional_update=False),

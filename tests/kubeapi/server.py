@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from . import discovery, errors, fields, protobuf, validation
+from . import discovery, errors, fields, protobuf, rbac, validation
 from .errors import ApiError, FieldError, GoLiteral
 from .patch import (PatchApplyError, PatchFormatError, apply_json_patch, apply_merge_patch,
                     apply_strategic_merge_patch, decode_json_patch, deepcopy)
@@ -326,7 +326,9 @@ class KubeApiServer:
         self.store = Store()
         self.user = user
         self.token = token or _secrets.token_urlsafe(24)
-        self._tokens = {self.token: user}
+        # bearer token -> who it authenticates; the kubeconfig's user is a cluster admin
+        self._tokens: dict[str, rbac.User] = {self.token: rbac.User(user, (rbac.MASTERS, "system:authenticated"))}
+        self._authorizer = rbac.Authorizer(self._rbac_lookup, self._rbac_objects)
         self.deployment_controller = deployment_controller
         self.requests: list[Request] = []
         self.request_log: list[dict] = []
@@ -565,6 +567,45 @@ class KubeApiServer:
             self._denials.append(h)
         return h
 
+    def service_account_kubeconfig(self, namespace: str, name: str) -> str:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (what the pod's
+        projected token is on a real cluster). Its requests go through the RBAC authorizer:
+        only the Roles and ClusterRoles bound to it allow anything (see rbac.py)."""
+        token = _secrets.token_urlsafe(24)
+        self._tokens[token] = rbac.service_account_user(namespace, name)
+        path = os.path.join(self.workdir, f"kubeconfig-sa-{namespace}-{name}")
+        with open(self.kubeconfig_path) as f:
+            cfg = yaml.safe_load(f)
+        cfg["users"] = [{"name": f"{namespace}-{name}", "user": {"token": token}}]
+        cfg["contexts"][0]["context"]["user"] = f"{namespace}-{name}"
+        cfg["contexts"][0]["context"]["namespace"] = namespace
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        return path
+
+    def _rbac_lookup(self, plural: str, namespace: str, name: str) -> dict | None:
+        rec = self.store.get(BY_KEY[f"{plural}.{rbac.RBAC_GROUP}"], namespace, name)
+        return rec.obj if rec else None
+
+    def _rbac_objects(self, plural: str) -> list[dict]:
+        rt = BY_KEY[f"{plural}.{rbac.RBAC_GROUP}"]
+        with self.store.lock:
+            recs, _, _ = self.store.list(rt, None if rt.namespaced else "", None, None, None)
+        return [r.obj for r in recs]
+
+    def _authorize(self, ctx: _Ctx, headers) -> None:
+        user = next((u for u in self._tokens.values() if u.name == ctx.user), None)
+        if user is None:
+            return
+        ok, reason = self._authorizer.authorize(user, ctx.verb, ctx.rt.group, ctx.rt.plural, ctx.subresource,
+                                                ctx.namespace, ctx.name)
+        if ok:
+            return
+        why = rbac.forbidden_message(user.name, ctx.verb, ctx.rt.group, ctx.rt.plural, ctx.subresource,
+                                     ctx.namespace)
+        raise errors.forbidden(ctx.rt.plural, ctx.rt.group, ctx.name, f"{why}: {reason}" if reason else why)
+
     def clear_faults(self) -> None:
         with self._fault_lock:
             self._faults.clear()
@@ -655,6 +696,7 @@ class KubeApiServer:
                 if fault is not None and fault.status == "delay":
                     time.sleep(fault.delay)
                 self._check_denied(ctx)
+                self._authorize(ctx, headers)
                 resp = self._execute(ctx, body)
                 if ctx.warnings:
                     resp.headers["Warning"] = fields.warning_header(ctx.warnings)
@@ -717,13 +759,13 @@ class KubeApiServer:
         user = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             raise errors.unauthorized()
-        return user
+        return user.name
 
     # ------------------------------------------------------------------ routing
     def _route(self, method: str, path: str, query, headers, user: str):
         segs = [s for s in path.split("/") if s]
         if method == "GET":
-            if path == "/version":
+            if segs == ["version"]:  # "/version/" too, as the real mux
                 return _Response(200, discovery.KUBE_VERSION)
             if path in ("/healthz", "/livez", "/readyz"):
                 return _Response(200, "ok", "text/plain; charset=utf-8")
