@@ -927,6 +927,42 @@ def test_fail_nth_request_with_500_is_one_shot(kube_api, core):
     assert kube_api.get_object("secrets", NS, "x")["data"] == {"a": b64("4")}
 
 
+def test_fail_410_429_503_answer_as_the_real_layers_do(kube_api, api, core):
+    for i in range(3):
+        kube_api.put_object(secret(f"s{i}", {"k": "v"}) | {"metadata": {"name": f"s{i}", "namespace": NS}})
+    kube_api.fail("GET", "secrets", status=410, query="continue")
+    first = json.loads(core.list_namespaced_secret(NS, limit=1, _preload_content=False).data)
+    assert first["metadata"]["continue"]  # the first page has no continue token: not hit
+    with pytest.raises(ApiException) as ei:
+        core.list_namespaced_secret(NS, limit=1, _continue=first["metadata"]["continue"])
+    code, body = err(ei)
+    assert (code, body["reason"], body["status"]) == (410, "Expired", "Failure")
+    assert body["message"].startswith("The provided continue parameter is too old to display a consistent list "
+                                      "result. You can start a new list without the continue parameter, or use "
+                                      "the continue token in this response")
+    assert "details" not in body  # NewResourceExpired sets none
+    token = json.loads(base64.urlsafe_b64decode(body["metadata"]["continue"] + "=="))
+    assert token["rv"] == -1 and token["start"] == f"{NS}/s0\x00"  # carry on at the latest revision
+    headers = {}
+    api.update_params_for_auth(headers, [], ["BearerToken"], None, None, None)
+
+    def get():  # retries=False: urllib3 itself would wait out a 429/503 Retry-After and resend a GET
+        return api.rest_client.pool_manager.request("GET", f"{kube_api.url}/api/v1/namespaces/{NS}/secrets",
+                                                    headers=headers, retries=False)
+
+    kube_api.fail("GET", "secrets", status=429, retry_after=2)
+    r = get()
+    assert (r.status, r.headers["Retry-After"], r.headers["Content-Type"]) == (429, "2", "text/plain; charset=utf-8")
+    assert r.data == b"Too many requests, please try again later.\n"  # APF's http.Error, not a Status
+    kube_api.fail("GET", "secrets", status=503, retry_after=1)
+    r = get()
+    assert (r.status, r.headers["Retry-After"]) == (503, "1")
+    assert json.loads(r.data) == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                  "message": "the server is currently unable to handle the request",
+                                  "reason": "ServiceUnavailable", "details": {"retryAfterSeconds": 1}, "code": 503}
+    assert [c["code"] for c in kube_api.calls("GET", "secrets")] == [200, 410, 429, 503]
+
+
 def test_fail_drop_closes_connection_without_response(kube_api, core):
     kube_api.fail(method="POST", resource="secrets", status="drop")
     with pytest.raises(urllib3.exceptions.HTTPError):
