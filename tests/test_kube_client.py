@@ -633,3 +633,17 @@ def test_client_side_rate_limit_is_a_token_bucket():
     for _ in range(1000):
         off.wait()
     assert len(slept) == 2  # off by default
+
+
+def test_server_warnings_are_said(noticed, kube_api):
+    """The server drops fields its schema lacks and, with no fieldValidation parameter (kimpki
+    sends none), says so in Warning headers: kimpki passes them on, as kubectl does."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "vs", "namespace": NS}, "spec": {"hosts": ["a"], "host": "typo"}}
+    res = noticed.apply(vs)
+    assert res.action == "created" and "host" not in kube_api.get_object("virtualservices", NS, "vs")["spec"]
+    assert noticed.lines == ['the Kubernetes API warned on create virtualservices "vs" in namespace "istio-system": '
+                             'unknown field "spec.host"']
+    from kimpki.kube.pushback import warnings_of
+
+    assert warnings_of('299 - "a \\"b\\"", 299 - "c"') == ['a "b"', "c"] and warnings_of(None) == []

@@ -25,7 +25,7 @@ from kimpki.kube import errors as kerr
 from kimpki.kube import objects
 from kimpki.kube.config import load, timeout_from_env
 from kimpki.kube.kinds import Kind, kind_of, kind_of_object, path, version_for
-from kimpki.kube.pushback import Pushback, RateLimiter, retry_after_seconds, write_is_guarded
+from kimpki.kube.pushback import Pushback, RateLimiter, retry_after_seconds, warnings_of, write_is_guarded
 
 JSON = "application/json"
 JSON_PATCH = "application/json-patch+json"
@@ -124,6 +124,10 @@ class Cluster:
             except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
                 raise kerr.from_transport(call, e, self.timeout) from None
             if 200 <= resp.status < 300:
+                # e.g. the unknown fields the server dropped (fieldValidation defaults to Warn):
+                # said, as kubectl and client-go's default warning handler say them
+                for text in warnings_of((resp.headers or {}).get("Warning")):
+                    pb.say(f"the Kubernetes API warned on {call.verb} {call.what}: {text}")
                 break
             code = resp.status
             if code == 429 or code >= 500:

@@ -19,6 +19,7 @@ The rules, and where they come from:
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ def retry_after_seconds(value: str | None) -> int | None:
     except ValueError:
         return None
     return max(seconds, 0)
+
+
+_WARNING = re.compile(r'\d{3} \S+ "((?:[^"\\]|\\.)*)"')
+
+
+def warnings_of(value: str | None) -> list[str]:
+    """The texts of a ``Warning`` response header (RFC 7234: ``299 - "text"``, several joined by
+    commas), as client-go's ``ParseWarningHeaders`` reads them."""
+    return [re.sub(r"\\(.)", r"\1", m.group(1)) for m in _WARNING.finditer(value or "")]
 
 
 def write_is_guarded(method: str, body, content_type: str) -> bool:
