@@ -647,3 +647,20 @@ def test_server_warnings_are_said(noticed, kube_api):
     from kimpki.kube.pushback import warnings_of
 
     assert warnings_of('299 - "a \\"b\\"", 299 - "c"') == ['a "b"', "c"] and warnings_of(None) == []
+
+
+@pytest.mark.parametrize("method,body,content_type,guarded", [
+    ("PUT", {"metadata": {"name": "a", "resourceVersion": "7"}}, "application/json", True),
+    ("PUT", {"metadata": {"name": "a"}}, "application/json", False),
+    ("POST", {"metadata": {"name": "a"}}, "application/json", True),
+    ("POST", {"metadata": {"generateName": "a-"}}, "application/json", False),
+    ("PATCH", [{"op": "test", "path": "/a", "value": 1}, {"op": "add", "path": "/b", "value": 2}],
+     "application/json-patch+json", True),
+    ("PATCH", [{"op": "add", "path": "/b", "value": 2}], "application/json-patch+json", False),
+    ("PATCH", {"spec": {}}, "application/merge-patch+json", False),
+    ("DELETE", None, "application/json", False),
+])
+def test_which_writes_may_be_resent(method, body, content_type, guarded):
+    from kimpki.kube.pushback import write_is_guarded
+
+    assert write_is_guarded(method, body, content_type) is guarded

@@ -6,8 +6,9 @@ The rules, and where they come from:
 * **Retry-After** (client-go ``rest/with_retry.go``: ``checkWait`` retries a 429 or any 5xx that
   carries an integer ``Retry-After``, after waiting that many seconds). kimpki does the same for
   reads and for writes that cannot apply twice: a PUT carrying ``metadata.resourceVersion`` (a
-  second copy is refused with 409), a POST (a second copy is refused with 409 AlreadyExists) and a
-  JSON patch that starts with a ``test`` op. Any other write is never resent. The waits of one
+  second copy is refused with 409), a POST of a named object (a second copy is refused with 409
+  AlreadyExists; a ``generateName`` one would be created twice) and a JSON patch that starts with
+  a ``test`` op. Any other write is never resent. The waits of one
   request add up to at most ``max_wait`` seconds; each one is said in the log.
 * **5xx on a read** without ``Retry-After``: a GET changes nothing, so it is tried again a few
   times with exponential backoff and jitter (``read_retries``).
@@ -53,8 +54,8 @@ def warnings_of(value: str | None) -> list[str]:
 
 def write_is_guarded(method: str, body, content_type: str) -> bool:
     """True when sending this write twice cannot apply it twice (see the module docstring)."""
-    if method == "POST":
-        return True
+    if method == "POST":  # a named create: a second copy is refused (409 AlreadyExists)
+        return isinstance(body, dict) and bool((body.get("metadata") or {}).get("name"))
     if method == "PUT":
         return isinstance(body, dict) and bool((body.get("metadata") or {}).get("resourceVersion"))
     if method == "PATCH" and content_type == "application/json-patch+json":
