@@ -20,7 +20,7 @@ def group():
     """Create, import, list and rotate certificate authorities.
 
     \b
-    The seed's root was:
+    The manual openssl step for a root was:
       openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 \\
         -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt
     kimpki's equivalent (v3, keyUsage, random serial, key 0600):
@@ -95,7 +95,7 @@ def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, p
 @json_option
 @click.pass_context
 def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file, as_json):
-    """Adopt an existing CA, such as the one the seed's first openssl command made.
+    """Adopt an existing CA, such as a root made by hand with 'openssl req -x509'.
 
     Checks that the key matches the certificate and that the certificate may sign;
     warns (without failing) about a v1 root or a missing keyUsage.

@@ -12,7 +12,7 @@ from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 MOUNT_EPILOG = """\b
-The seed's step for a second file-mounted host:
+The manual kubectl step for a second file-mounted host:
   kubectl -n istio-system patch --type=json deploy istio-ingressgateway -p '[{"op":"add",
     "path":"/spec/template/spec/containers/0/volumeMounts/0", ...}, {"op":"add", ...}]'
 is:
@@ -132,7 +132,7 @@ def _run(*, action: str, compute, deployment: str, namespace: str, container: st
 @click.option("--mount-path", required=True, metavar="PATH",
               help="Where the files appear in the container, e.g. /etc/istio/ingressgateway-bookinfo-certs.")
 @click.option("--volume-name", metavar="NAME",
-              help="Volume name (default: the Secret's name without 'istio-', as the seed did).")
+              help="Volume name (default: the Secret's name without 'istio-', as the manual steps named it).")
 @_target_options
 @cluster_options
 @json_option

@@ -9,7 +9,7 @@ from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 EPILOG = """\b
-The seed's four Gateways:
+The four Gateways of the manual steps:
   # file-mounted SIMPLE (istio-ingressgateway-certs at /etc/istio/ingressgateway-certs)
   kimpki gateway render --host kim.example.com --file-mounted --mode SIMPLE
   # file-mounted MUTUAL (CA file example.com.crt from istio-ingressgateway-ca-certs)
@@ -107,7 +107,7 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
 @click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the Gateway and VirtualService.")
 @click.option("--api-version", type=click.Choice(["v1", "v1beta1", "v1alpha3"]), default="v1", show_default=True,
-              help="networking.istio.io version to write (the seed used v1alpha3).")
+              help="networking.istio.io version to write (the manual steps used v1alpha3).")
 @click.option("--no-virtual-service", is_flag=True, help="Print only the Gateway.")
 @click.option("--validate/--no-validate", default=None,
               help="Check the output against Istio's CRD schema for its apiVersion (the default; "

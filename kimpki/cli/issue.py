@@ -46,7 +46,7 @@ def command(ctx, hosts, client, ca_name, org, days, key_type, name, out_dir, pas
     '*.example.com', or an IPv4/IPv6 address.
 
     \b
-    The seed's two openssl steps (req + x509 -req -set_serial 0) become:
+    The two manual openssl steps (req + x509 -req -set_serial 0) become:
       kimpki issue kim.example.com --org "kim organization" --out .
     \b
     More examples:

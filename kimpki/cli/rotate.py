@@ -10,7 +10,7 @@ from kimpki.errors import UsageError
 from kimpki.pki.keys import KEY_TYPES
 
 EPILOG = """\b
-The seed rotated by deleting the Secret and creating it again (a window with no credential):
+The manual steps rotated by deleting the Secret and creating it again (a window with no credential):
   kubectl delete -n istio-system secret kim-credential
   kubectl create -n istio-system secret generic kim-credential --from-file=key=... --from-file=cert=...
 kimpki updates it in place instead, so the gateway never goes without a certificate:

@@ -9,7 +9,7 @@ from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 EPILOG = """\b
-The seed's kubectl steps and kimpki's equivalents:
+The manual kubectl steps and kimpki's equivalents:
   kubectl create -n istio-system secret generic kim-credential \\
       --from-file=key=kim.example.com.key --from-file=cert=kim.example.com.crt
     kimpki secret create kim-credential --cert kim.example.com

@@ -29,7 +29,7 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
     a CSR whose signature does not verify is refused.
 
     \b
-    The seed's step
+    The manual openssl step
       openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key \\
         -set_serial 0 -in kim.example.com.csr -out kim.example.com.crt
     becomes

@@ -141,7 +141,7 @@ def create_ca(store: Store, name: str, key, *, key_type: keys.KeyType, org: str 
 
 def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
               key_passphrase: bytes | None, passphrase: bytes | None, now) -> CaResult:
-    """Adopt an existing CA (such as the seed's ``openssl req -x509`` root)."""
+    """Adopt an existing CA (such as a root made by hand with ``openssl req -x509``)."""
     name = safe_store_name(name)
     try:
         cert_data, key_data = cert_file.read_bytes(), key_file.read_bytes()
