@@ -6,8 +6,8 @@ import json
 
 import click
 
-from kimpki.cli.common import (cluster_options, emit, json_option, now_utc, open_store,
-                               passphrase_file_option, passphrase_source)
+from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, emit, json_option, no_cluster_hint, now_utc,
+                               open_store, passphrase_file_option, passphrase_source)
 
 EPILOG = """\b
 Examples:
@@ -57,7 +57,8 @@ def place_options(f):
     f = click.option("-n", "--namespace", metavar="NS",
                      help="Only this namespace (cluster default: istio-system; folders: every Secret).")(f)
     f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
-                     help="Sweep this folder of manifests (repeatable).")(f)
+                     help="A folder of manifests standing in for the cluster ('gateway serve' reads it): "
+                          "sweep its Secrets (repeatable).")(f)
     return f
 
 
@@ -264,7 +265,7 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
 
     store = open_store(ctx)
     try:
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
                                    all_namespaces=all_namespaces, cluster=not (manifests or policy),
                                    kubeconfig=kubeconfig, context=context)

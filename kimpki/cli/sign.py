@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import emit, json_option, now_utc, open_store, passphrase_file_option, passphrase_source
+from kimpki.cli.common import (days_option, emit, json_option, now_utc, open_store, passphrase_file_option,
+                               passphrase_source)
 from kimpki.cli.issue import issued_text
 from kimpki.errors import UsageError
 
@@ -16,7 +17,7 @@ from kimpki.errors import UsageError
 @click.option("--san", "sans", multiple=True, metavar="HOST", help="Add a subjectAltName (repeatable).")
 @click.option("--client", is_flag=True, help="Issue a client certificate instead of a server one.")
 @click.option("--ca", "ca_name", metavar="NAME", help="Issuing CA. Default: the default CA.")
-@click.option("--days", type=float, default=90, show_default=True)
+@days_option(90, "Validity in days.")
 @click.option("--name", help="Name in the store. Default: the first host.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the certificate chain here.")
 @passphrase_file_option

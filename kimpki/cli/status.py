@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, note, now_utc, open_store, table
+from kimpki.cli.common import MANIFESTS_HINT, emit, json_option, no_cluster_hint, note, now_utc, open_store, table
 from kimpki.cli.renew import check_places, place_options, rule_settings
 
 EPILOG = """\b
@@ -87,7 +87,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         if not prometheus:
             emit(data, as_json, _inventory_text)
     else:
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
                                    all_namespaces=all_namespaces, cluster=cluster, kubeconfig=kubeconfig,
                                    context=context)

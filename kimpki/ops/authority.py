@@ -103,7 +103,7 @@ def _cross_certificates(store: Store, ca: CaRecord) -> tuple[x509.Certificate, .
 
 
 def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None,
-            key_type: keys.KeyType, days: int, passphrase: bytes | None,
+            key_type: keys.KeyType, days: float, passphrase: bytes | None,
             parent: str | None, parent_passphrase: PassphraseSource, now) -> CaResult:
     name = safe_store_name(name)
     key = keys.generate_key(key_type)  # outside the lock: RSA-4096 can take a second
