@@ -99,7 +99,8 @@ def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file
     """Adopt an existing CA, such as a root made by hand with 'openssl req -x509'.
 
     Checks that the key matches the certificate and that the certificate may sign;
-    warns (without failing) about a v1 root or a missing keyUsage.
+    warns (without failing) about a v1 root or a missing keyUsage. Importing a CA the
+    store already has puts back its files if a damaged home lost them.
 
     \b
     Example:
@@ -116,6 +117,8 @@ def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file
                               passphrase=read_passphrase_file(passphrase_file), now=now)
     for w in res.warnings:
         note(f"kimpki: warning: {cert_file}: {w}")
+    if res.restored:
+        note(f"kimpki: CA {name} was already in the store; restored its missing files: {', '.join(res.restored)}")
     emit(res.to_dict(now), as_json, _ca_text)
 
 

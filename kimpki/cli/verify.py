@@ -61,10 +61,13 @@ def _ca_file(ctx: click.Context, ca_ref: str | None, cacert: str | None) -> tupl
         return None, None
     if Path(ca_ref).is_file():
         return ca_ref, None
+    from kimpki.store.store import read_ca_file
+
     try:
         ca = open_store(ctx).get_ca(ca_ref)
     except NotFoundError as e:  # exit 1, as every command that is given an unknown CA
         raise NotFoundError(f"--ca {ca_ref}: {e}") from None
+    read_ca_file(ca, ca.cert_path)  # a missing file is a damaged store, not a bad --ca
     return str(ca.cert_path), f"CA {ca.name}"
 
 
