@@ -42,15 +42,12 @@ class DaysType(click.ParamType):
     name = "days"
 
     def convert(self, value, param, ctx):
-        from kimpki.errors import UsageError
         from kimpki.pki.durations import parse_days
 
         if isinstance(value, float):
             return value
-        try:
-            return parse_days(value, f"--{param.name}" if param is not None else "--days")
-        except UsageError as e:
-            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+        # parse_days's UsageError is kimpki's own one-line error (exit 2), the same for every command.
+        return parse_days(value, f"--{param.name}" if param is not None else "--days")
 
 
 def days_option(default: float | None, help: str):
