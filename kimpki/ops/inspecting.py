@@ -50,7 +50,7 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
         data = source.read_bytes()
     except OSError as e:
         if not source.exists():
-            raise UsageError(f"{path}: no such file, and no certificate of that name in the store "
+            raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
                              f"(see 'kimpki list')") from None
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     certs = parse.load_certificates(data, str(source))
