@@ -416,9 +416,9 @@ def test_store_names_for_ca_and_client(kimpki, tmp_path):
         assert d["client_certificate"] == f"kim-client.example.com (serial {client['serial']})"
         assert d["served_chain"][0]["serial"] == server["serial"]
         res = verify_cli(HOST, "--connect", at(srv), "--ca", "nope", env=env)
-        assert_one_line_error(res, 2, "--ca nope: no CA named 'nope'")
+        assert_one_line_error(res, 1, "--ca nope: no CA named 'nope'")  # an unknown CA is exit 1 everywhere
         res = verify_cli(HOST, "--connect", at(srv), "--ca", "example.com", "--client", "nope", env=env)
-        assert_one_line_error(res, 2, "--client nope: no certificate named 'nope'")
+        assert_one_line_error(res, 1, "--client nope: no certificate named 'nope'")
 
 
 # --------------------------------------------------------------------------- the library
