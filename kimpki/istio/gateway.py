@@ -113,7 +113,7 @@ def port_names(servers: list[ServerSpec] | tuple[ServerSpec, ...]) -> list[str]:
 
 
 def default_gateway_name(hosts: list[str] | tuple[str, ...]) -> str:
-    """``kim.example.com`` → ``kim-gateway``; ``bookinfo.com`` → ``bookinfo-gateway`` (the names of the manual steps)."""
+    """``kim.example.com`` → ``kim-gateway``; ``bookinfo.com`` → ``bookinfo-gateway`` (as named by hand)."""
     return f"{_label_of(hosts[0])}-gateway"
 
 

@@ -56,7 +56,7 @@ class JsonPatchError(OperationError):
 # ---------------------------------------------------------------------------------------------
 
 def volume_name_for(secret_name: str) -> str:
-    """The manual steps' volume name for a Secret: ``istio-ingressgateway-bookinfo-certs`` → ``ingressgateway-bookinfo-certs``.
+    """The manual volume name for a Secret: ``istio-ingressgateway-bookinfo-certs`` → ``ingressgateway-bookinfo-certs``.
 
     Other names are kept (dots become dashes: a volume name is a DNS-1123 label), and names
     longer than 63 characters are shortened with a hash suffix.
