@@ -152,6 +152,8 @@ def test_every_json_option_prints_one_object(kimpki, tmp_path, kube_api):
         ("renew",): ["renew", "--manifests", deploy, "--dry-run"],
         ("status",): ["status"],
         ("cron", "render"): ["cron", "render", "--manifests", deploy],
+        ("revoke",): ["revoke", "from-csr", "--reason", "superseded"],
+        ("crl",): ["crl", "example.com-g2"],
         ("plan",): ["plan", "-f", policies],
         ("apply",): ["apply", "-f", policies],
     }
@@ -256,6 +258,8 @@ def test_every_days_option_takes_the_same_values(kimpki, tmp_path):
     ["ca", "rotate", "nosuch", "--manifests", "deploy", "--dry-run"],
     ["ca", "retire", "nosuch", "--manifests", "deploy", "--dry-run"],
     ["cron", "render", "--kubernetes", "--image", "registry.example.com/kimpki:1", "--ca", "nosuch"],
+    ["crl", "nosuch"],
+    ["revoke", "kim.example.com", "--ca", "nosuch"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_an_unknown_ca_exits_1_everywhere(site, args):
     assert_one_line_error(site(*args), 1, "no CA named 'nosuch'", "known: example.com")
