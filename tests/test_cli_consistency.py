@@ -217,11 +217,16 @@ def test_f_and_manifests_each_have_one_meaning():
     assert option(commands()[("gateway", "serve")], "--manifests") is not None
 
 
-def test_check_reads_the_folder_under_either_spelling(site):
+def test_check_and_gateway_serve_read_the_folder_under_either_spelling(site, tmp_path):
     by_f = site("check", "-f", "deploy", "--json")
     by_manifests = site("check", "--manifests", "deploy", "--json")
     assert by_f.code == by_manifests.code == 0
     assert json.loads(by_f.out)["findings"] == json.loads(by_manifests.out)["findings"]
+    # A folder with a Secret but no Gateway: both spellings read it, and say so before any Envoy starts.
+    shutil.copy(site.cwd / "deploy" / "kim-credential.yaml", tmp_path)
+    for spelling in ("-f", "--manifests"):
+        assert_one_line_error(site("gateway", "serve", spelling, tmp_path, timeout=60), 1,
+                              "no Gateway server can be served")
 
 
 # ------------------------------------------------------------------------------------- --days
