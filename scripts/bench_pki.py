@@ -1,10 +1,10 @@
 """Time whole processes, alternating A and B so machine drift hits both; print medians and ratios.
 
 Sequences compared (each run in a fresh temporary directory):
-  seed-rsa   the seed's three openssl commands (root, CSR, x509 -req), RSA-2048
-  kimpki-rsa `kimpki ca init` + `kimpki issue` with --key-type rsa-2048
-  kimpki-ec  `kimpki ca init` + `kimpki issue` with the default EC P-256
-  help       `kimpki --help`
+  openssl-rsa  the three manual openssl commands (root, CSR, x509 -req), RSA-2048
+  kimpki-rsa   `kimpki ca init` + `kimpki issue` with --key-type rsa-2048
+  kimpki-ec    `kimpki ca init` + `kimpki issue` with the default EC P-256
+  help         `kimpki --help`
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench_common import compare  # scripts/ is on sys.path: this script's own f
 KIMPKI = [str(Path(sys.executable).with_name("kimpki"))]
 
 
-def seed_rsa(d: Path) -> list[list[str]]:
+def openssl_rsa(d: Path) -> list[list[str]]:
     return [
         ["openssl", "req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048",
          "-subj", "/O=example Inc./CN=example.com", "-keyout", "example.com.key", "-out", "example.com.crt"],
@@ -65,8 +65,8 @@ def main():
     print(f"# {args.runs} alternating runs after one warm-up; python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs; {subprocess.run(['openssl', 'version'], capture_output=True, text=True).stdout.strip()}\n")
     rsa, ec = kimpki_seq("rsa-2048"), kimpki_seq("ec-p256")
-    compare("kimpki-rsa", lambda: run_once(rsa), "seed-rsa", lambda: run_once(seed_rsa), args.runs, width=11)
-    compare("kimpki-ec", lambda: run_once(ec), "seed-rsa", lambda: run_once(seed_rsa), args.runs, width=11)
+    compare("kimpki-rsa", lambda: run_once(rsa), "openssl-rsa", lambda: run_once(openssl_rsa), args.runs, width=11)
+    compare("kimpki-ec", lambda: run_once(ec), "openssl-rsa", lambda: run_once(openssl_rsa), args.runs, width=11)
     run_once(help_seq)
     t = [run_once(help_seq) for _ in range(args.runs)]
     print(f"{'help':<11} median {statistics.median(t):.3f}s  (min {min(t):.3f}, max {max(t):.3f})")

@@ -101,7 +101,7 @@ def write_commands(work: Path, home: Path, hosts: list[str], port: int) -> dict[
 def sanity_check(commands: dict[str, list[str]], n: int) -> None:
     for name in ("verify-all", "verify-http"):
         proc = subprocess.run(commands[name] + ["--json"], capture_output=True, text=True)
-        rows = json.loads(proc.stdout) if proc.stdout.strip() else []
+        rows = json.loads(proc.stdout)["items"] if proc.stdout.strip() else []
         passed = sum(1 for r in rows if r["ok"])
         if proc.returncode != 0 or len(rows) != n or passed != n:
             sys.exit(f"bench: {name} checked {len(rows)} hosts, {passed} passed (want {n}): {proc.stderr.strip()}")

@@ -1,8 +1,8 @@
-"""Replay the operator notes' secure-gateway story with kimpki and print a short transcript.
+"""Replay the manual secure-gateway setup with kimpki and print a short transcript.
 
 Every step runs the real `kimpki` CLI against a throw-away home; the gateway is the real Envoy
 proxy (`kimpki gateway serve`) fed by file-based SDS; handshakes are checked by `kimpki verify`.
-After the seed's steps come the tools that replace its hard cutovers, against the same Envoy:
+After the manual steps come the tools that replace its hard cutovers, against the same Envoy:
 `kimpki rotate` under continuous handshakes, `kimpki ca rotate` / `ca retire`, then `status`,
 `renew --dry-run`, `cron render` and a metrics textfile. Exits non-zero as soon as a step fails.
 """

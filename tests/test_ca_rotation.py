@@ -76,7 +76,7 @@ def write_secret(k: Kimpki, folder: Path, file: str, *args: str) -> None:
 
 
 def ca_states(k: Kimpki) -> dict[str, tuple]:
-    return {r["name"]: (r["state"], r["default"], r["successor"], r["predecessor"]) for r in k.json("ca", "list")}
+    return {r["name"]: (r["state"], r["default"], r["successor"], r["predecessor"]) for r in k.json("ca", "list")["items"]}
 
 
 # --------------------------------------------------------------------------- bundles
@@ -177,7 +177,7 @@ def test_a_rerun_reuses_the_successor_and_changes_nothing_done(kimpki, tmp_path)
     write_secret(k, deploy, "kim-new.yaml", "kim-new-credential", "--cert", "kim-new.example.com", "--mutual")
     first = k.json("ca", "rotate", OLD, "--manifests", deploy)
     assert first["successor_action"] == "created"
-    files, versions = folder_bytes(deploy), k.json("list", "--all")
+    files, versions = folder_bytes(deploy), k.json("list", "--all")["items"]
 
     again = k.json("ca", "rotate", OLD, "--manifests", deploy)
     assert (again["successor"], again["successor_action"]) == (NEW, "reused")
@@ -186,7 +186,7 @@ def test_a_rerun_reuses_the_successor_and_changes_nothing_done(kimpki, tmp_path)
     # kim.example.com is in the store but in no place this rotation looks at: it is left alone, and said so.
     assert again["remaining"] == [f"server certificate kim.example.com is current and was issued by {OLD}"]
     assert again["ready_to_retire"] is False
-    assert folder_bytes(deploy) == files and k.json("list", "--all") == versions
+    assert folder_bytes(deploy) == files and k.json("list", "--all")["items"] == versions
     assert list(ca_states(k)) == [OLD, NEW]
     assert k.json("issue", "kim.example.com")["ca_name"] == NEW  # the successor is the default now
     text = k.ok("ca", "rotate", OLD, "--manifests", deploy).out
@@ -267,7 +267,7 @@ def test_an_encrypted_ca_key_needs_a_passphrase_for_the_successor(kimpki, tmp_pa
     assert list(ca_states(k)) == [OLD]
     rep = k.json("ca", "rotate", OLD, "--manifests", empty, "--passphrase-file", pw)
     assert rep["successor_action"] == "created"
-    (succ,) = [r for r in k.json("ca", "list") if r["name"] == NEW]
+    (succ,) = [r for r in k.json("ca", "list")["items"] if r["name"] == NEW]
     assert succ["encrypted"] is True
     assert b"ENCRYPTED" in (k.home / "cas" / NEW / "ca.key").read_bytes()
 
@@ -285,7 +285,7 @@ def test_an_intermediate_is_replaced_under_the_same_root(kimpki, tmp_path):
     rep = k.json("ca", "rotate", "example-issuing", "--manifests", deploy)
     assert (rep["successor"], rep["cross_certificate"]) == ("example-issuing-g2", None)
     assert rep["default_ca"] == OLD  # the intermediate was not the default
-    (row,) = [r for r in k.json("ca", "list") if r["name"] == "example-issuing-g2"]
+    (row,) = [r for r in k.json("ca", "list")["items"] if r["name"] == "example-issuing-g2"]
     assert (row["kind"], row["parent"], row["subject"]) == ("intermediate", OLD, "CN=example-issuing G2,O=example Inc.")
     root, issuing2 = ca_cert(k, OLD), ca_cert(k, "example-issuing-g2")
     leaf, *chain = data(secrets_in(deploy)["kim-credential"], "cert")

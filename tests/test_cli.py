@@ -47,7 +47,7 @@ def test_ca_list_and_default(kimpki):
     kimpki.ok("ca", "init", "example.com", "--org", "example Inc.")
     kimpki.ok("ca", "init", "second")
     kimpki.ok("ca", "init", "inter", "--parent", "second")
-    cas = kimpki.json("ca", "list")
+    cas = kimpki.json("ca", "list")["items"]
     assert [(c["name"], c["default"], c["kind"], c["parent"]) for c in cas] == [
         ("example.com", True, "root", None), ("second", False, "root", None), ("inter", False, "intermediate", "second")]
     text = kimpki.ok("ca", "list").out
@@ -116,7 +116,7 @@ def test_list_states(kimpki):
     kimpki.ok("ca", "init", "root")
     kimpki.ok("issue", "fresh.example.com", "--days", "90")
     kimpki.ok("issue", "soon.example.com", "--days", "0.5")
-    rows = {r["name"]: r for r in kimpki.json("list")}
+    rows = {r["name"]: r for r in kimpki.json("list")["items"]}
     assert rows["fresh.example.com"]["state"] == "valid"
     assert rows["soon.example.com"]["state"] == "valid"  # 12h lifetime, renew in the last 4h
     assert set(rows["fresh.example.com"]) >= {"name", "hosts", "serial", "ca", "not_after", "days_left", "state"}

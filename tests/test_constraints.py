@@ -110,7 +110,7 @@ def test_issue_outside_the_constraints_is_refused_with_one_line(constrained):
     res = constrained("issue", "evil.com", "--ca", "example.com")
     assert_one_line_error(res, 1, "kimpki: error: CA 'example.com' refuses this certificate: "
                                   "evil.com is not in allowedDomains (example.com, bookinfo.com)")
-    assert constrained.json("list") == []  # nothing was issued
+    assert constrained.json("list")["items"] == []  # nothing was issued
     res = constrained("issue", "kim.example.com", "*.example.com", "10.0.0.7")
     assert_one_line_error(res, 1, "wildcard *.example.com is not allowed (allowWildcards is false) (and 1 more)")
     res = constrained("issue", "kim.example.com", "--days", "400")

@@ -182,7 +182,6 @@ def test_rendering_a_crontab_line_stays_light_and_writes_nothing(kimpki):
     (["--kubernetes", "--image", IMAGE, "--schedule", "0 4 * * 7"], "day-of-week 7 is out of range 0-6 (write 0 "
                                                                    "for Sunday)"),
     (["--kubernetes", "--image", IMAGE, "--time-zone", "Mars/Olympus"], "unknown --time-zone 'Mars/Olympus'"),
-    (["--kubernetes", "--image", IMAGE, "--ca", "nope"], "no CA 'nope' in the kimpki home"),
     (["--kubernetes", "--image", IMAGE, "-o", "json", "--json"], "either -o/--output"),
     (["--renew-before", "banana"], "invalid --renew-before 'banana'"),
     (["--jitter", "200%"], "invalid --jitter '200%'"),

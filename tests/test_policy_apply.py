@@ -477,7 +477,7 @@ def test_a_rotated_ca_stands_for_the_policys_ca(tmp_path):
     assert k.ok("plan", "-f", policies).out.strip() == "no changes"
     k.ok("ca", "retire", "example.com", "--manifests", out)
     assert k.ok("plan", "-f", policies).out.strip() == "no changes"
-    successor = next(c["name"] for c in k.json("ca", "list") if c["name"] != "example.com")
+    successor = next(c["name"] for c in k.json("ca", "list")["items"] if c["name"] != "example.com")
     assert_one_line_error(k("issue", "evil.com", "--ca", successor), 1,
                           f"CA '{successor}' refuses this certificate: evil.com is not in allowedDomains")
 
@@ -527,12 +527,12 @@ spec: {hosts: [kim.example.com], ca: issuing}
     res = k("apply", "-f", policies)
     assert_one_line_error(res, 2, f"{policies}/pki.yaml:13: CertificateAuthority issuing: $ISSUING_PASSPHRASE "
                                   "(its passphrase) is not set")
-    assert k.json("ca", "list") == []  # refused before anything changed
+    assert k.json("ca", "list")["items"] == []  # refused before anything changed
     env = {"ISSUING_PASSPHRASE": "battery staple"}
     report = k.json("apply", "-f", policies, env=env)
     assert actions(report) == [("create", "CertificateAuthority", "root"), ("set", "Constraints", "root"),
                                ("create", "CertificateAuthority", "issuing"), ("issue", "Certificate", "kim.example.com")]
-    cas = {c["name"]: c for c in k.json("ca", "list")}
+    cas = {c["name"]: c for c in k.json("ca", "list")["items"]}
     assert (cas["root"]["encrypted"], cas["issuing"]["encrypted"], cas["issuing"]["parent"]) == (True, True, "root")
     # The root's constraints hold below the intermediate too.
     res = k("issue", "evil.com", "--ca", "issuing", env={"KIMPKI_CA_PASSPHRASE": "battery staple"})

@@ -602,7 +602,7 @@ def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home)
         assert store_state(home.home)["current"] == [d["new_serial"]]
     print(f"\nkills that left a half-written version directory (ignored by the store): {torn}")
     print("re-runs after each kill: " + "; ".join(outcomes))
-    assert home.ok("list", "--all", "--json").json
+    assert home.ok("list", "--all", "--json").json["items"]
 
 
 # -- zero downtime: a real Envoy gateway serves through the rotation ---------------------------------

@@ -50,9 +50,9 @@ def test_reissue_keeps_the_previous_version_and_its_key(kimpki):
     assert Path(second["key"]).read_bytes() != key_before
     current = kimpki.home / "certs/kim.example.com/current"
     assert os.readlink(current) == f"versions/{second['serial']}"
-    rows = kimpki.json("list", "--all")
+    rows = kimpki.json("list", "--all")["items"]
     assert [r["version"] for r in rows] == ["previous", "current"]
-    assert [r["serial"] for r in kimpki.json("list")] == [second["serial"]]
+    assert [r["serial"] for r in kimpki.json("list")["items"]] == [second["serial"]]
 
 
 def test_four_concurrent_issues_all_succeed_with_distinct_serials(kimpki):
@@ -62,7 +62,7 @@ def test_four_concurrent_issues_all_succeed_with_distinct_serials(kimpki):
              for i in range(4)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1] for o in outs]
-    rows = kimpki.json("list")
+    rows = kimpki.json("list")["items"]
     assert sorted(r["name"] for r in rows) == [f"h{i}.example.com" for i in range(4)]
     assert len({r["serial"] for r in rows}) == 4
     db = sqlite3.connect(kimpki.home / "inventory.db")
@@ -74,7 +74,7 @@ def test_concurrent_first_use_creates_exactly_one_default_ca(kimpki):
                               env=kimpki.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(4)]
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
-    assert [c["name"] for c in kimpki.json("ca", "list")] == ["kimpki-ca"]
+    assert [c["name"] for c in kimpki.json("ca", "list")["items"]] == ["kimpki-ca"]
 
 
 def test_passphrase_protected_ca(kimpki, tmp_path):
@@ -92,7 +92,7 @@ def test_passphrase_protected_ca(kimpki, tmp_path):
     bad.write_text("wrong\n")
     assert_one_line_error(kimpki("issue", "kim.example.com", "--passphrase-file", bad), 1, "wrong passphrase")
     assert key_file.read_bytes() == before
-    assert kimpki.json("list") == []
+    assert kimpki.json("list")["items"] == []
     # Right passphrase, from the file or from the environment.
     assert kimpki("issue", "kim.example.com", "--passphrase-file", pw).code == 0
     assert kimpki("issue", "b.example.com", env={"KIMPKI_CA_PASSPHRASE": "correct horse"}).code == 0
@@ -116,10 +116,10 @@ def test_a_kill_during_issue_leaves_the_store_readable(kimpki):
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
-    rows = kimpki.json("list", "--all")
+    rows = kimpki.json("list", "--all")["items"]
     assert first["serial"] in [r["serial"] for r in rows]
     assert Path(first["key"]).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    cur = kimpki.json("list")
+    cur = kimpki.json("list")["items"]
     assert len(cur) == 1
     target = kimpki.home / "certs/kim.example.com/current"
     assert (target / "cert.crt").exists() and (target / "cert.key").exists()

@@ -45,9 +45,9 @@ def verify_json(*args, code: int, reason: str | None, **kw) -> dict:
     assert d["ok"] is (code == 0)
     if code == 1:
         assert_one_line_error(res, 1, d["message"])
-        # the message names the failing check
+        # the message starts with the reason (one word), then the failed check's detail
         failed = [c for c in d["checks"] if not c["ok"]]
-        assert len(failed) == 1 and d["message"] == f"{failed[0]['name']}: {failed[0]['detail']}"
+        assert len(failed) == 1 and d["message"] == f"{d['reason']}: {failed[0]['detail']}"
     else:
         assert res.err == ""
         assert all(c["ok"] for c in d["checks"])
@@ -166,7 +166,7 @@ def test_ip_address_host_and_ipv6_connect(pki):
 def test_mutual_against_simple_server_is_not_demanded(pki, max_version):
     with TLSServer(pki.server, max_version=max_version) as srv:
         d = verify_json(*mutual_args(srv, pki), code=1, reason="client_certificate_not_demanded")
-    assert d["message"] == ("client_certificate_demanded: the server never asked for a client certificate "
+    assert d["message"] == ("client_certificate_not_demanded: the server never asked for a client certificate "
                             "(it serves SIMPLE TLS)")
 
 
@@ -181,7 +181,7 @@ def test_optional_client_auth_is_not_demanded(pki):
 def test_client_cert_from_another_ca_is_refused(pki, max_version):
     with TLSServer(pki.server, client_ca=pki.ca.cert, max_version=max_version) as srv:
         d = verify_json(*mutual_args(srv, pki, pki.other_client), code=1, reason="client_certificate_refused")
-    assert d["message"].startswith("client_certificate_accepted: the server refused client certificate "
+    assert d["message"].startswith("client_certificate_refused: the server refused client certificate "
                                    "kim-client.example.com.client.crt (unknown ca alert)")
     # the server itself was verified before it refused us
     assert names(d)[:4] == ["connect", "trust", "hostname", "expiry"]
@@ -201,8 +201,9 @@ def test_simple_check_of_a_mutual_gateway_is_never_a_pass(pki, max_version, http
     with TLSServer(pki.server, client_ca=pki.ca.cert, max_version=max_version) as srv:
         d = verify_json(*simple_args(srv, pki), *extra, code=1, reason="client_certificate_refused")
     alert = "handshake failure alert" if max_version else "certificate required alert"
-    assert d["message"] == (f"accepted: the server refused a client without a certificate ({alert}); "
-                            f"it looks MUTUAL: check with --cert FILE --key FILE")
+    assert d["message"] == (f"client_certificate_refused: the server refused a client without a certificate ({alert}); "
+                            f"it looks MUTUAL: check with a client certificate, --client NAME (from the store) or "
+                            f"--cert FILE --key FILE")
     assert d["http_status"] is None
 
 
@@ -267,7 +268,7 @@ def test_expired_server_certificate(pki):
 def test_unknown_sni_is_tls_error(pki):
     with TLSServer(pki.server, sni={HOST: pki.server}, strict_sni=True) as srv:
         d = verify_json(*simple_args(srv, pki, "nope.example.com"), code=1, reason="tls_error")
-    assert d["message"] == "handshake: the server has no certificate for SNI nope.example.com (unrecognized name alert)"
+    assert d["message"] == "tls_error: the server has no certificate for SNI nope.example.com (unrecognized name alert)"
 
 
 # --------------------------------------------------------------------------- network and HTTP failures
@@ -276,7 +277,7 @@ def test_closed_port_is_connection_refused(pki):
     port = free_port()
     d = verify_json(HOST, "--connect", f"127.0.0.1:{port}", "--cacert", pki.ca.cert, code=1,
                     reason="connection_refused")
-    assert d["message"] == f"connect: 127.0.0.1:{port} refused the connection (nothing listens on port {port}?)"
+    assert d["message"] == f"connection_refused: 127.0.0.1:{port} refused the connection (nothing listens on port {port}?)"
     assert d["served_chain"] == [] and d["tls_version"] is None
 
 
@@ -284,7 +285,7 @@ def test_http_status_500(pki):
     with TLSServer(pki.server, routes={"/health": (500, b"boom")}) as srv:
         d = verify_json(*simple_args(srv, pki), "--http-path", "/health", code=1, reason="http_status")
     assert (d["http_status"], d["http_body_bytes"]) == (500, 4)
-    assert d["message"] == "http: GET /health -> 500 (4 bytes), expected 2xx"
+    assert d["message"] == "http_status: GET /health -> 500 (4 bytes), expected 2xx"
 
 
 def test_blackhole_times_out_within_timeout(pki):
@@ -295,7 +296,7 @@ def test_blackhole_times_out_within_timeout(pki):
         elapsed = time.monotonic() - t0
         assert report.reason is Reason.TIMEOUT
         assert 0.6 < elapsed < 1.2, elapsed
-        assert report.message == f"handshake: no TLS handshake with 127.0.0.1:{hole.port} within 0.7 s"
+        assert report.message == f"timeout: no TLS handshake with 127.0.0.1:{hole.port} within 0.7 s"
         d = verify_json(HOST, "--connect", f"127.0.0.1:{hole.port}", "--cacert", pki.ca.cert, "--mode", "mutual",
                         "--cert", pki.client.cert, "--key", pki.client.key, "--timeout", "1", code=1,
                         reason="timeout")
@@ -415,9 +416,9 @@ def test_store_names_for_ca_and_client(kimpki, tmp_path):
         assert d["client_certificate"] == f"kim-client.example.com (serial {client['serial']})"
         assert d["served_chain"][0]["serial"] == server["serial"]
         res = verify_cli(HOST, "--connect", at(srv), "--ca", "nope", env=env)
-        assert_one_line_error(res, 2, "--ca nope: no CA named 'nope'")
+        assert_one_line_error(res, 1, "--ca nope: no CA named 'nope'")  # an unknown CA is exit 1 everywhere
         res = verify_cli(HOST, "--connect", at(srv), "--ca", "example.com", "--client", "nope", env=env)
-        assert_one_line_error(res, 2, "--client nope: no certificate named 'nope'")
+        assert_one_line_error(res, 1, "--client nope: no certificate named 'nope'")
 
 
 # --------------------------------------------------------------------------- the library
@@ -453,7 +454,7 @@ def test_report_to_dict_is_json_ready(pki):
 def test_bad_input_is_a_report_reason_in_the_library(pki):
     report = check_endpoint(make_target(HOST, ca_file="/nonexistent.crt"))
     assert report.reason is Reason.BAD_INPUT
-    assert report.message == "input: cannot read CA file /nonexistent.crt: No such file or directory"
+    assert report.message == "bad_input: cannot read CA file /nonexistent.crt: No such file or directory"
 
 
 @pytest.mark.parametrize("text, expected", [

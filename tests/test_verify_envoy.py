@@ -156,7 +156,7 @@ def verify_json(site, host: str, *args: str, code: int, reason: str | None) -> d
     if code:
         assert_one_line_error(res, code, d["message"])
         failed = [c for c in d["checks"] if not c["ok"]]
-        assert len(failed) == 1 and d["message"] == f"{failed[0]['name']}: {failed[0]['detail']}"
+        assert len(failed) == 1 and d["message"] == f"{d['reason']}: {failed[0]['detail']}"
     else:
         assert res.err == "" and all(c["ok"] for c in d["checks"])
     return d
@@ -283,7 +283,7 @@ def test_expired_server_certificate_is_expiry(site):
 def test_client_certificate_from_another_ca_is_refused(site):
     d = verify_json(site, "kim-new.example.com", "--ca", "example.com", "--client", "stranger.example.com",
                     code=1, reason="client_certificate_refused")
-    assert d["message"].startswith("client_certificate_accepted: the server refused client certificate "
+    assert d["message"].startswith("client_certificate_refused: the server refused client certificate "
                                    "stranger.example.com")
     assert "unknown ca alert" in d["message"]
     r = curl(site, "kim-new.example.com", *cacert(site), *client_files(site.stranger))
@@ -296,7 +296,7 @@ def test_client_certificate_from_another_ca_is_refused(site):
 def test_mutual_mode_against_a_simple_server_is_not_demanded(site):
     d = verify_json(site, "kim.example.com", "--ca", "example.com", "--client", "kim-client.example.com",
                     "--mode", "mutual", code=1, reason="client_certificate_not_demanded")
-    assert d["message"] == ("client_certificate_demanded: the server never asked for a client certificate "
+    assert d["message"] == ("client_certificate_not_demanded: the server never asked for a client certificate "
                             "(it serves SIMPLE TLS)")
     # curl without a client certificate gets the page: nothing demands one.
     r = curl(site, "kim.example.com", *cacert(site))
@@ -305,7 +305,7 @@ def test_mutual_mode_against_a_simple_server_is_not_demanded(site):
 
 def test_unknown_sni_is_tls_error(site):
     d = verify_json(site, "unknown.example.com", "--ca", "example.com", code=1, reason="tls_error")
-    assert d["message"] == (f"handshake: 127.0.0.1:{site.port} closed the connection during the TLS handshake, "
+    assert d["message"] == (f"tls_error: 127.0.0.1:{site.port} closed the connection during the TLS handshake, "
                             f"before presenting a certificate (does it serve SNI unknown.example.com?)")
     assert d["served_chain"] == []
     r = curl(site, "unknown.example.com", *cacert(site))
@@ -319,7 +319,7 @@ def test_closed_port_is_connection_refused(site):
     res = site.k("verify", "kim.example.com", "--connect", f"127.0.0.1:{port}", "--ca", "example.com", "--json")
     d = res.json
     assert (res.code, d["reason"]) == (1, "connection_refused")
-    assert d["message"] == f"connect: 127.0.0.1:{port} refused the connection (nothing listens on port {port}?)"
+    assert d["message"] == f"connection_refused: 127.0.0.1:{port} refused the connection (nothing listens on port {port}?)"
     assert_one_line_error(res, 1, d["message"])
     r = subprocess.run(["curl", "-sS", "--resolve", f"kim.example.com:{port}:127.0.0.1", "--cacert", site.ca["cert"],
                         f"https://kim.example.com:{port}/health"], capture_output=True, timeout=15)
@@ -329,7 +329,7 @@ def test_closed_port_is_connection_refused(site):
 def test_verify_all_checks_every_server_certificate_on_the_gateway(site):
     """--all: every current server certificate in the inventory, on one gateway."""
     res = site.k("verify", "--all", "--connect", f"127.0.0.1:{site.port}", "--json")
-    rows = {r["host"]: r for r in res.json}
+    rows = {r["host"]: r for r in res.json["items"]}
     assert sorted(rows) == ["expired.example.com", "kim-new.example.com", "kim.example.com",
                             "portal.apps.example.com", "reload.example.com"]  # no client certificates
     assert all(rows[h]["ok"] for h in ("kim.example.com", "portal.apps.example.com", "reload.example.com"))

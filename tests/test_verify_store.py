@@ -33,7 +33,7 @@ def test_verify_all_checks_every_server_certificate_concurrently(kimpki):
     creds = {h: issued(kimpki.json("issue", h)) for h in hosts}
     kimpki.ok("issue", "--client", "kim-client.example.com")  # client certificates are not checked
     with TLSServer(creds[hosts[0]], sni=creds) as srv:
-        rows = kimpki.json("verify", "--all", "--connect", f"127.0.0.1:{srv.port}", "--http-path", "/health")
+        rows = kimpki.json("verify", "--all", "--connect", f"127.0.0.1:{srv.port}", "--http-path", "/health")["items"]
         assert sorted(r["host"] for r in rows) == sorted(hosts) and all(r["ok"] for r in rows)
         out = kimpki.ok("verify", "--all", "--connect", f"127.0.0.1:{srv.port}").out
         assert "12 passed, 0 failed" in out
@@ -54,11 +54,11 @@ def test_verify_all_checks_a_mutual_gateway_with_a_client_certificate_from_the_s
     with TLSServer(issued(server), client_ca=Path(server["ca"])) as srv:
         # No client certificate yet: the refusal says how to make --all able to check it.
         res = kimpki("verify", "--all", "--connect", f"127.0.0.1:{srv.port}", "--json")
-        (row,) = res.json
+        (row,) = res.json["items"]
         assert (res.code, row["reason"]) == (1, "client_certificate_refused")
         assert "kimpki issue --client NAME --ca example.com" in row["message"]
         client = kimpki.json("issue", "--client", "kim-client.example.com")
-        (row,) = kimpki.json("verify", "--all", "--connect", f"127.0.0.1:{srv.port}")
+        (row,) = kimpki.json("verify", "--all", "--connect", f"127.0.0.1:{srv.port}")["items"]
         assert row["ok"] and row["mode"] == "mutual", row
         assert row["client_certificate"] and "kim-client.example.com" in row["client_certificate"]
         assert [c["name"] for c in row["checks"] if c["name"] == "current"] == ["current"]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import (cluster_options, emit, json_option, note, now_utc, open_store,
-                               passphrase_file_option, passphrase_source, read_passphrase_file, table)
+from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, days_option, emit, json_option, no_cluster_hint,
+                               note, now_utc, open_store, passphrase_file_option, passphrase_source,
+                               read_passphrase_file, table)
 from kimpki.errors import OperationError
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 
@@ -20,7 +21,7 @@ def group():
     """Create, import, list and rotate certificate authorities.
 
     \b
-    The seed's root was:
+    The manual openssl step for a root was:
       openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 \\
         -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt
     kimpki's equivalent (v3, keyUsage, random serial, key 0600):
@@ -55,7 +56,7 @@ def _ca_text(d: dict) -> str:
 @click.option("--org", help="Subject organisation (O), e.g. \"example Inc.\".")
 @click.option("--common-name", help="Subject common name (CN). Default: NAME.")
 @key_type_option
-@click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True, help="Validity in days.")
+@days_option(3650, "Validity in days.")
 @click.option("--parent", metavar="ROOT", help="Make an intermediate CA (pathLen 0) signed by this CA.")
 @passphrase_file_option
 @click.option("--parent-passphrase-file", type=click.Path(dir_okay=False),
@@ -95,10 +96,11 @@ def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, p
 @json_option
 @click.pass_context
 def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file, as_json):
-    """Adopt an existing CA, such as the one the seed's first openssl command made.
+    """Adopt an existing CA, such as a root made by hand with 'openssl req -x509'.
 
     Checks that the key matches the certificate and that the certificate may sign;
-    warns (without failing) about a v1 root or a missing keyUsage.
+    warns (without failing) about a v1 root or a missing keyUsage. Importing a CA the
+    store already has puts back its files if a damaged home lost them.
 
     \b
     Example:
@@ -115,6 +117,8 @@ def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file
                               passphrase=read_passphrase_file(passphrase_file), now=now)
     for w in res.warnings:
         note(f"kimpki: warning: {cert_file}: {w}")
+    if res.restored:
+        note(f"kimpki: CA {name} was already in the store; restored its missing files: {', '.join(res.restored)}")
     emit(res.to_dict(now), as_json, _ca_text)
 
 
@@ -153,7 +157,8 @@ def place_options(f):
                      help="Also the cluster when --manifests is given (without --manifests the cluster "
                           "is the only place).")(f)
     f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
-                     help="A folder of manifests ('gateway serve' reads it) instead of the cluster; repeatable.")(f)
+                     help="A folder of manifests standing in for the cluster ('gateway serve' reads it): "
+                          "its Secrets are read and rewritten in place; repeatable.")(f)
     f = click.option("-n", "--namespace", metavar="NS",
                      help="Only credentials in this namespace (cluster: default istio-system; "
                           "folders: every namespace).")(f)
@@ -274,8 +279,7 @@ def _retire_text(d: dict) -> str:
 @group.command("rotate", epilog=ROTATE_EPILOG)
 @click.argument("name")
 @click.option("--new-name", metavar="NEW", help="The successor's name. Default: NAME-g2 (then -g3, ...).")
-@click.option("--days", type=click.FloatRange(min=0, min_open=True),
-              help="The successor's validity. Default: the same lifetime as NAME.")
+@days_option(None, "The successor's validity in days. Default: the same lifetime as NAME.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), help="The successor's key. Default: NAME's key type.")
 @passphrase_file_option
 @place_options
@@ -295,7 +299,7 @@ def rotate(ctx, name, new_name, days, key_type, passphrase_file, namespace, mani
     from kimpki.ops import ca_rotation
 
     store = open_store(ctx)
-    with ExitStack() as stack:
+    with ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
         targets = ca_rotation.open_targets(stack, manifests=manifests, cluster=use_cluster, kubeconfig=kubeconfig,
                                            context=context, namespace=namespace)
         report = ca_rotation.rotate(store, targets, name, now=now_utc(), new_name=new_name, days=days,
@@ -324,7 +328,7 @@ def retire(ctx, old, namespace, manifests, use_cluster, kubeconfig, context, dry
     from kimpki.ops import ca_rotation
 
     store = open_store(ctx)
-    with ExitStack() as stack:
+    with ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
         targets = ca_rotation.open_targets(stack, manifests=manifests, cluster=use_cluster, kubeconfig=kubeconfig,
                                            context=context, namespace=namespace)
         report = ca_rotation.retire(store, targets, old, now=now_utc(), dry_run=dry_run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, note, now_utc, table
+from kimpki.cli.common import MANIFESTS_HINT, emit, json_option, no_cluster_hint, note, now_utc, table
 from kimpki.istio import contract as c
 
 GATEWAY_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -86,9 +86,9 @@ def _text(report) -> str:
 @click.option("--kubeconfig", metavar="FILE", help="kubeconfig file. Default: $KUBECONFIG, else ~/.kube/config, "
                                                    "else the in-cluster service account.")
 @click.option("--context", metavar="NAME", help="kubeconfig context. Default: its current-context.")
-@click.option("-f", "--filename", "files", multiple=True, metavar="PATH",
+@click.option("-f", "--filename", "--manifests", "files", multiple=True, metavar="PATH",
               help="Analyse manifest files or folders (Gateways, Secrets, the gateway Deployment) offline "
-                   "instead of a cluster. Repeatable.")
+                   "instead of a cluster. Repeatable; --manifests DIR is the same.")
 @click.option("--warn-days", type=click.IntRange(min=0), default=30, show_default=True,
               help="Warn when a certificate has fewer days left.")
 @json_option
@@ -121,10 +121,11 @@ def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_
     now = now_utc()
     if files:
         if kubeconfig or context:
-            raise click.UsageError("-f analyses files offline; it does not go with --kubeconfig/--context")
+            raise click.UsageError("-f/--manifests analyses files offline; it does not go with --kubeconfig/--context")
         given = ctx.get_parameter_source("namespace") is not click.core.ParameterSource.DEFAULT
         report = _from_files(list(files), namespace, given, warn_days, now)
     else:
-        report = _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, now)
+        with no_cluster_hint(MANIFESTS_HINT.replace("work on", "check")):
+            report = _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, now)
     emit(report.to_dict(), as_json, lambda _d: _text(report))
     return 0 if report.ok else 1

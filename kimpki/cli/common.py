@@ -1,4 +1,5 @@
-"""Pieces every command shares: the --json flag, output rendering, the store handle."""
+"""Pieces every command shares, so that an option means the same everywhere: --json and
+-o/--output, --days, the store handle, the hint for a missing kubeconfig."""
 
 from __future__ import annotations
 
@@ -11,7 +12,47 @@ import click
 
 from kimpki import secret_env
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help='Print one JSON object on stdout (a list as {"items": [...]}).')
+
+
+def output_options(help: str):
+    """What every command that prints Kubernetes objects takes: ``-o/--output yaml|json`` for the
+    objects themselves (as ``kubectl ... -o`` prints them; ``help`` says which and the default)
+    and ``--json`` for a summary object (one or the other: :func:`check_output`)."""
+
+    def decorate(f):
+        f = json_option(f)
+        return click.option("-o", "--output", type=click.Choice(["yaml", "json"]), help=help)(f)
+
+    return decorate
+
+
+def check_output(output: str | None, as_json: bool, what: str) -> None:
+    """-o prints the objects and --json a summary: one or the other."""
+    from kimpki.errors import UsageError
+
+    if output and as_json:
+        raise UsageError(f"give either -o/--output ({what}) or --json (a summary), not both")
+
+
+class DaysType(click.ParamType):
+    """Every --days: a positive number of days, fractions allowed, or a duration (12h, 2w)."""
+
+    name = "days"
+
+    def convert(self, value, param, ctx):
+        from kimpki.pki.durations import parse_days
+
+        if isinstance(value, float):
+            return value
+        # parse_days's UsageError is kimpki's own one-line error (exit 2), the same for every command.
+        return parse_days(value, f"--{param.name}" if param is not None else "--days")
+
+
+def days_option(default: float | None, help: str):
+    return click.option("--days", type=DaysType(), default=default, show_default=default is not None,
+                        metavar="DAYS", help=help + " Fractions (0.5) and durations (12h, 2w) are taken too.")
 
 
 def home_of(ctx: click.Context) -> str | None:
@@ -25,6 +66,18 @@ def open_store(ctx: click.Context):
     return Store.open(home_of(ctx))
 
 
+def existing_store(ctx: click.Context):
+    """The store if the home already has one, else None: commands that only read never create
+    a home as a side effect."""
+    from pathlib import Path
+
+    from kimpki.store import Store, default_home
+
+    home = home_of(ctx)
+    root = Path(home).expanduser() if home else default_home()
+    return Store.open(root) if (root / "inventory.db").exists() else None
+
+
 def _default(o: Any):
     if isinstance(o, datetime):
         return o.isoformat().replace("+00:00", "Z")
@@ -32,9 +85,12 @@ def _default(o: Any):
 
 
 def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:
-    """Print ``data`` as JSON, or as human text rendered by ``text``."""
+    """Print ``data`` as JSON, or as human text rendered by ``text`` (which gets ``data`` as given).
+
+    ``--json`` always prints one object: a list becomes ``{"items": [...]}``, as kubectl's List."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False, default=_default))
+        doc = {"items": data} if isinstance(data, list) else data
+        click.echo(json.dumps(doc, indent=2, sort_keys=False, default=_default))
         return
     if text is None:
         return
@@ -121,6 +177,26 @@ def render_objects(objs: list[dict], fmt: str) -> str:
 
     return "---\n".join(yaml.safe_dump(o, sort_keys=False, default_flow_style=False, width=1 << 16)
                         for o in objs).rstrip("\n")
+
+
+def no_cluster_hint(alternative: str):
+    """Around a command's cluster access: a missing kubeconfig says what to do without a
+    cluster (e.g. "or work on a folder of manifests with --manifests DIR"), then stops."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def hinted():
+        from kimpki.kube.errors import NoConfigError  # light: kube.errors does not import kubernetes
+
+        try:
+            yield
+        except NoConfigError as e:
+            raise NoConfigError(f"{e}, {alternative}") from None
+
+    return hinted()
+
+
+MANIFESTS_HINT = "or work on a folder of manifests with --manifests DIR"
 
 
 def cluster_options(f):

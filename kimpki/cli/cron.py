@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import cluster_options, emit, home_of, json_option, note, passphrase_file_option
+from kimpki.cli.common import (check_output, cluster_options, emit, home_of, note, output_options,
+                               passphrase_file_option)
 from kimpki.istio import contract as c
 from kimpki.ops import cron  # light: no store, no kubernetes
 from kimpki.ops.cron import CA_SECRET as DEFAULT_CA_SECRET
@@ -106,9 +107,7 @@ def group():
 @click.option("--with-ca-secret", is_flag=True,
               help="--kubernetes: print that Secret too. It contains the CA private keys.")
 @click.option("--time-zone", metavar="TZ", help=f"--kubernetes: the CronJob's timeZone (default {DEFAULT_TIME_ZONE}).")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]),
-              help="--kubernetes: print the objects as YAML documents (default) or one JSON List.")
-@json_option
+@output_options("--kubernetes: print the objects as YAML documents (default) or one JSON List.")
 @click.pass_context
 def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context, log_file, log_format, renew_before,
            jitter, textfile, pushgateway, job, passphrase_file, image, ca_names, ca_secret_name, with_ca_secret, time_zone, output, as_json):
@@ -130,8 +129,7 @@ def render(ctx, schedule, kubernetes, namespace, manifests, kubeconfig, context,
     if not kubernetes and given:
         opt = next(iter(given)).replace("_", "-")
         raise UsageError(f"--{opt} only applies with --kubernetes")
-    if output and as_json:
-        raise UsageError("give either -o/--output (the objects) or --json (a summary), not both")
+    check_output(output, as_json, "the objects")
     if manifests and (kubeconfig or context):
         raise UsageError("--kubeconfig/--context choose a cluster, but --manifests sweeps folders only; drop one")
 

@@ -15,7 +15,7 @@ GATEWAY_COMMANDS = {
 }
 
 EPILOG = """\b
-Examples (the seed's steps):
+Examples (the manual kubectl steps they replace):
   kimpki gateway render --host kim.example.com --credential kim-credential --mode SIMPLE
   kimpki gateway render --host kim.example.com --file-mounted --mode MUTUAL --ca-file-name example.com.crt
   kimpki gateway mount --secret istio-ingressgateway-bookinfo-certs \\

@@ -6,13 +6,13 @@ import json
 
 import click
 
-from kimpki.cli.common import cluster_options, emit, json_option, note, render_objects
+from kimpki.cli.common import check_output, cluster_options, emit, no_cluster_hint, note, output_options, render_objects
 from kimpki.cli.gateway import load_objects
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 MOUNT_EPILOG = """\b
-The seed's step for a second file-mounted host:
+The manual kubectl step for a second file-mounted host:
   kubectl -n istio-system patch --type=json deploy istio-ingressgateway -p '[{"op":"add",
     "path":"/spec/template/spec/containers/0/volumeMounts/0", ...}, {"op":"add", ...}]'
 is:
@@ -45,8 +45,7 @@ RETRIES = 3
 
 
 def _target_options(f):
-    f = click.option("-o", "--output", type=click.Choice(["yaml", "json"]),
-                     help="Print the patched Deployment (with --local: default yaml).")(f)
+    f = output_options("Print the patched Deployment in this format (with --local: default yaml).")(f)
     f = click.option("-f", "--filename", "filename", metavar="FILE",
                      help="With --local: the Deployment manifest to patch.")(f)
     f = click.option("--local", is_flag=True, help="Patch the manifest given with -f and print it; no cluster.")(f)
@@ -78,8 +77,7 @@ def _run(*, action: str, compute, deployment: str, namespace: str, container: st
          as_json: bool, describe: dict, nothing: str, done: str) -> None:
     from kimpki.istio.volumes import apply_json_patch
 
-    if output and as_json:
-        raise UsageError("give either -o/--output (the Deployment) or --json (a summary), not both")
+    check_output(output, as_json, "the Deployment")
     if filename and not local:
         raise UsageError("-f FILE goes with --local (to patch the cluster's Deployment, leave -f out)")
     summary = {"action": None, "deployment": deployment, "namespace": namespace, "container": container,
@@ -102,7 +100,8 @@ def _run(*, action: str, compute, deployment: str, namespace: str, container: st
     from kimpki.kube import Cluster
     from kimpki.ops.deployment_patch import patch_deployment
 
-    with Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
+    with no_cluster_hint("or patch a manifest file with --local -f FILE"), \
+            Cluster.connect(kubeconfig=kubeconfig, context=context) as cluster:
         outcome = patch_deployment(
             cluster, namespace, deployment, compute, dry_run=dry_run, retries=RETRIES,
             on_retry=lambda e: note(f"kimpki: deployment/{deployment} changed while patching ({e}); retrying"))
@@ -132,10 +131,9 @@ def _run(*, action: str, compute, deployment: str, namespace: str, container: st
 @click.option("--mount-path", required=True, metavar="PATH",
               help="Where the files appear in the container, e.g. /etc/istio/ingressgateway-bookinfo-certs.")
 @click.option("--volume-name", metavar="NAME",
-              help="Volume name (default: the Secret's name without 'istio-', as the seed did).")
+              help="Volume name (default: the Secret's name without 'istio-', as the manual steps named it).")
 @_target_options
 @cluster_options
-@json_option
 def mount(secret_name, mount_path, volume_name, deployment, namespace, container, dry_run, local, filename, output,
           kubeconfig, context, as_json):
     """Mount Secret SECRET read-only at PATH in the ingress gateway's istio-proxy container."""
@@ -159,7 +157,6 @@ def mount(secret_name, mount_path, volume_name, deployment, namespace, container
 @click.option("--mount-path", metavar="PATH", help="The mount path to remove.")
 @_target_options
 @cluster_options
-@json_option
 def unmount(secret_name, mount_path, deployment, namespace, container, dry_run, local, filename, output,
             kubeconfig, context, as_json):
     """Remove a Secret's volumeMount from the istio-proxy container (and its volume, if unused)."""

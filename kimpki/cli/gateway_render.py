@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import note
+from kimpki.cli.common import check_output, emit, note, output_options
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 EPILOG = """\b
-The seed's four Gateways:
+The four Gateways of the manual steps:
   # file-mounted SIMPLE (istio-ingressgateway-certs at /etc/istio/ingressgateway-certs)
   kimpki gateway render --host kim.example.com --file-mounted --mode SIMPLE
   # file-mounted MUTUAL (CA file example.com.crt from istio-ingressgateway-ca-certs)
@@ -107,14 +107,14 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
 @click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the Gateway and VirtualService.")
 @click.option("--api-version", type=click.Choice(["v1", "v1beta1", "v1alpha3"]), default="v1", show_default=True,
-              help="networking.istio.io version to write (the seed used v1alpha3).")
+              help="networking.istio.io version to write (the manual steps used v1alpha3).")
 @click.option("--no-virtual-service", is_flag=True, help="Print only the Gateway.")
 @click.option("--validate/--no-validate", default=None,
               help="Check the output against Istio's CRD schema for its apiVersion (the default; "
                    "--validate also says so on stderr).")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@output_options("Print the Gateway and VirtualService in this format (default yaml).")
 def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, to_service, service_namespace,
-            name, namespace, api_version, no_virtual_service, validate, output):
+            name, namespace, api_version, no_virtual_service, validate, output, as_json):
     """Print a Gateway (and a VirtualService routing its hosts) for kubectl or 'gateway apply'.
 
     Nothing is read from the store or the cluster: the output only names Secrets or file
@@ -124,6 +124,7 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     from kimpki.cli.common import render_objects
     from kimpki.istio import gateway as g
 
+    check_output(output, as_json, "the objects")
     servers = build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name)
     svc, port = g.parse_service(to_service)
     all_hosts = [h for s in servers for h in s.hosts]
@@ -152,4 +153,10 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
                                      f"{o['apiVersion']} schema: {errs[0]}")
             if validate:
                 note(f"kimpki: valid against Istio's {objs[0]['apiVersion']} schemas")
-    click.echo(render_objects(objs, output))
+    if as_json:
+        emit({"gateway": gw_name, "namespace": namespace, "api_version": gw["apiVersion"],
+              "servers": [{"hosts": sv["hosts"], "port": sv["port"]["name"], "mode": sv["tls"]["mode"],
+                           "credential": sv["tls"].get("credentialName")} for sv in gw["spec"]["servers"]],
+              "objects": objs}, True)
+        return
+    click.echo(render_objects(objs, output or "yaml"))

@@ -45,8 +45,9 @@ def _port_mapping(port: int, maps: tuple[str, ...]) -> dict[int, int]:
 
 @click.command("serve", epilog=EPILOG,
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-f", "--filename", "paths", multiple=True, required=True, metavar="PATH",
-              help="A manifest file or a folder of them (YAML, multi-document). Repeatable.")
+@click.option("-f", "--filename", "--manifests", "paths", multiple=True, required=True, metavar="PATH",
+              help="A manifest file or a folder of them (YAML, multi-document). Repeatable; --manifests DIR "
+                   "is the same.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True,
               help="Local port for the Gateway's port 443 (0 = any free port).")
 @click.option("--map", "maps", multiple=True, metavar="GW:LOCAL",

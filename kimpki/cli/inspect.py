@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, now_utc, open_store
+from kimpki.cli.common import emit, existing_store, json_option, now_utc, open_store
 
 
 def _text(d: dict) -> str:
@@ -34,12 +34,13 @@ def _text(d: dict) -> str:
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", metavar="FILE|NAME")
 @click.option("--ca", "ca_ref", metavar="NAME|FILE", help="Also check the chain against this CA (store name or PEM file).")
 @json_option
 @click.pass_context
 def command(ctx, file, ca_ref, as_json):
-    """Show subject, issuer, serial, SANs, validity, key and fingerprint of every certificate in FILE.
+    """Show subject, issuer, serial, SANs, validity, key and fingerprint of every certificate in FILE,
+    or in the current certificate NAME of the store (a name 'kimpki list' shows, or a host).
 
     FILE may be PEM (several certificates, e.g. a chain) or DER. With --ca the chain is
     checked too, and the exit code is 1 when it does not verify.
@@ -47,11 +48,12 @@ def command(ctx, file, ca_ref, as_json):
     \b
     Examples:
       kimpki inspect kim.example.com.crt
+      kimpki inspect kim.example.com --ca example.com       # from the store
       kimpki inspect kim.example.com.crt --ca example.com.crt --json
     """
     from kimpki.ops.inspecting import inspect_file
 
-    d = inspect_file(file, ca_ref, lambda: open_store(ctx), now_utc())
+    d = inspect_file(file, ca_ref, lambda: open_store(ctx), now_utc(), lambda: existing_store(ctx))
     emit(d, as_json, _text)
     if d.get("chain") and not d["chain"]["ok"]:
         if not as_json:

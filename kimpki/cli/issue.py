@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import (emit, json_option, note, now_utc, open_store, passphrase_file_option,
+from kimpki.cli.common import (days_option, emit, json_option, note, now_utc, open_store, passphrase_file_option,
                                passphrase_source)
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 
@@ -31,7 +31,7 @@ def issued_text(d: dict) -> str:
 @click.option("--client", is_flag=True, help="Issue a client certificate (extendedKeyUsage clientAuth).")
 @click.option("--ca", "ca_name", metavar="NAME", help="Issuing CA. Default: the default CA (created if none exists).")
 @click.option("--org", help="Subject organisation (O), e.g. \"kim organization\".")
-@click.option("--days", type=float, default=90, show_default=True, help="Validity in days.")
+@days_option(90, "Validity in days.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE.value, show_default=True)
 @click.option("--name", help="Name in the store. Default: the first HOST.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -46,7 +46,7 @@ def command(ctx, hosts, client, ca_name, org, days, key_type, name, out_dir, pas
     '*.example.com', or an IPv4/IPv6 address.
 
     \b
-    The seed's two openssl steps (req + x509 -req -set_serial 0) become:
+    The two manual openssl steps (req + x509 -req -set_serial 0) become:
       kimpki issue kim.example.com --org "kim organization" --out .
     \b
     More examples:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from kimpki.cli.common import (cluster_options, emit, json_option, now_utc, open_store,
-                               passphrase_file_option, passphrase_source)
+from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, emit, json_option, no_cluster_hint, now_utc,
+                               open_store, passphrase_file_option, passphrase_source)
 
 EPILOG = """\b
 Examples:
@@ -23,7 +23,9 @@ Places: --manifests and --policy name the places to sweep; without them, the clu
 (--kubeconfig, --context; -n NS, default istio-system, or --all-namespaces).
 When: from the certificate each Secret serves, in the last third of its lifetime
 unless --renew-before (a duration before notAfter, or a percentage of the lifetime)
-or the policy's renewBefore says otherwise. --jitter renews up to that much earlier,
+or the policy's renewBefore says otherwise (one at least as long as a certificate's
+lifetime falls back to the third; the log and --json "warnings" say so, once per run).
+--jitter renews up to that much earlier,
 by a fixed amount per certificate serial, so that certificates issued together do
 not all fall due in the same run. A policy's maintenanceWindows (on a Credential or
 its Target) confine renewal to those times: a due credential outside them is
@@ -57,7 +59,8 @@ def place_options(f):
     f = click.option("-n", "--namespace", metavar="NS",
                      help="Only this namespace (cluster default: istio-system; folders: every Secret).")(f)
     f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
-                     help="Sweep this folder of manifests (repeatable).")(f)
+                     help="A folder of manifests standing in for the cluster ('gateway serve' reads it): "
+                          "sweep its Secrets (repeatable).")(f)
     return f
 
 
@@ -276,7 +279,7 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
 
     store = open_store(ctx)
     try:
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
                                    all_namespaces=all_namespaces, cluster=not (manifests or policy),
                                    kubeconfig=kubeconfig, context=context, client=client)
@@ -297,6 +300,8 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
         log("info", "lock_busy", summary.lock.get("busy_message") or "another run holds the renewal lock; nothing done",
             lock=summary.lock)
     else:
+        for w in summary.warnings:  # once per run, not once per credential
+            log("warning", "renew_before_fallback", w)
         for err in summary.errors:
             log("error", "error", f"cannot read {err['place']}: {err['reason']}", place=err["place"],
                 reason=err["reason"])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import (cluster_options, emit, json_option, note, now_utc, open_store,
-                               passphrase_file_option, passphrase_source)
+from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, days_option, emit, json_option, no_cluster_hint,
+                               note, now_utc, open_store, passphrase_file_option, passphrase_source)
 from kimpki.errors import UsageError
 from kimpki.pki.keys import KEY_TYPES
 
 EPILOG = """\b
-The seed rotated by deleting the Secret and creating it again (a window with no credential):
+The manual steps rotated by deleting the Secret and creating it again (a window with no credential):
   kubectl delete -n istio-system secret kim-credential
   kubectl create -n istio-system secret generic kim-credential --from-file=key=... --from-file=cert=...
 kimpki updates it in place instead, so the gateway never goes without a certificate:
@@ -46,10 +46,10 @@ def _text(d: dict) -> str:
 @click.option("-n", "--namespace", metavar="NS",
               help="The Secret's namespace (default istio-system; with --manifests: wherever NAME is).")
 @click.option("--manifests", type=click.Path(file_okay=False), metavar="DIR",
-              help="Rotate the Secret in this folder of manifests instead of a cluster.")
+              help="A folder of manifests standing in for the cluster ('gateway serve' reads it): the Secret "
+                   "is rewritten there in place.")
 @click.option("--new-ca", metavar="CA", help="Issue from (and, for MUTUAL, publish) this store CA instead.")
-@click.option("--days", type=click.FloatRange(min=0, min_open=True),
-              help="Validity of the new certificate. Default: the same lifetime as the old one.")
+@days_option(None, "Validity of the new certificate in days. Default: the same lifetime as the old one.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), help="Default: the old certificate's key type.")
 @click.option("--dry-run", is_flag=True, help="Say what would be rotated; issue and write nothing.")
 @click.option("--force", is_flag=True, help="Update the Secret even though kimpki's label is missing.")
@@ -75,7 +75,8 @@ def command(ctx, name, namespace, manifests, new_ca, days, key_type, dry_run, fo
     if manifests is None and namespace is None:
         from kimpki.istio.contract import DEFAULT_NAMESPACE
         namespace = DEFAULT_NAMESPACE
-    with open_place(manifests=manifests, kubeconfig=kubeconfig, context=context) as place:
+    with no_cluster_hint(MANIFESTS_HINT), open_place(manifests=manifests, kubeconfig=kubeconfig,
+                                                      context=context) as place:
         res = rotate_credential(store, place, name, namespace, now=now_utc(),
                                 passphrase=passphrase_source(passphrase_file), new_ca=new_ca, force=force,
                                 dry_run=dry_run, days=days, key_type=parse_key_type(key_type) if key_type else None)

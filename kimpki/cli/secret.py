@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import cluster_options, emit, json_option, note, now_utc, open_store, render_objects
+from kimpki.cli.common import (check_output, cluster_options, emit, no_cluster_hint, note, now_utc, open_store,
+                               output_options, render_objects)
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
 EPILOG = """\b
-The seed's kubectl steps and kimpki's equivalents:
+The manual kubectl steps and kimpki's equivalents:
   kubectl create -n istio-system secret generic kim-credential \\
       --from-file=key=kim.example.com.key --from-file=cert=kim.example.com.crt
     kimpki secret create kim-credential --cert kim.example.com
@@ -70,11 +71,9 @@ def group():
 @click.option("--ca-file-name", metavar="FILE",
               help="With --file-mounted --mutual: the CA's file name (default <CA name>.crt, e.g. example.com.crt).")
 @click.option("--dry-run", is_flag=True, help="Print the Secret(s) instead of writing them; no cluster needed.")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]),
-              help="Print the Secret(s) in this format (with --dry-run: what would be written; default yaml).")
 @click.option("--force", is_flag=True, help="Update an existing Secret that kimpki does not manage.")
 @cluster_options
-@json_option
+@output_options("Print the Secret(s) in this format (with --dry-run: what would be written; default yaml).")
 @click.pass_context
 def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, file_mounted, ca_file_name,
            dry_run, output, force, kubeconfig, context, as_json):
@@ -88,8 +87,7 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     from kimpki.ops import credentials
     from kimpki.pki.parse import rfc3339
 
-    if output and as_json:
-        raise UsageError("give either -o/--output (the Secrets) or --json (a summary), not both")
+    check_output(output, as_json, "the Secrets")
     if ca_name and not mutual:
         raise UsageError("--ca chooses the CA published for MUTUAL: add --mutual")
     spec = CredentialSpec(name=name, namespace=namespace, format=fmt or ("tls" if file_mounted else "generic"),
@@ -139,7 +137,8 @@ def _write(store, prepared, *, force: bool, kubeconfig: str | None, context: str
     from kimpki.ops.credentials import deployment_record, publish
     from kimpki.ops.places import ClusterPlace
 
-    with ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
+    with no_cluster_hint("or print the Secrets with --dry-run -o yaml"), \
+            ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
         results, warnings = publish(place, prepared, force=force)
     for w in warnings:
         note(f"kimpki: warning: {w}")

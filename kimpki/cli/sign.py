@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import emit, json_option, now_utc, open_store, passphrase_file_option, passphrase_source
+from kimpki.cli.common import (days_option, emit, json_option, now_utc, open_store, passphrase_file_option,
+                               passphrase_source)
 from kimpki.cli.issue import issued_text
 from kimpki.errors import UsageError
 
@@ -16,7 +17,7 @@ from kimpki.errors import UsageError
 @click.option("--san", "sans", multiple=True, metavar="HOST", help="Add a subjectAltName (repeatable).")
 @click.option("--client", is_flag=True, help="Issue a client certificate instead of a server one.")
 @click.option("--ca", "ca_name", metavar="NAME", help="Issuing CA. Default: the default CA.")
-@click.option("--days", type=float, default=90, show_default=True)
+@days_option(90, "Validity in days.")
 @click.option("--name", help="Name in the store. Default: the first host.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the certificate chain here.")
 @passphrase_file_option
@@ -29,7 +30,7 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
     a CSR whose signature does not verify is refused.
 
     \b
-    The seed's step
+    The manual openssl step
       openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key \\
         -set_serial 0 -in kim.example.com.csr -out kim.example.com.crt
     becomes

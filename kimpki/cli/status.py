@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import emit, json_option, note, now_utc, open_store, table
+from kimpki.cli.common import (MANIFESTS_HINT, emit, existing_store, json_option, no_cluster_hint, note, now_utc,
+                               open_store, table)
 from kimpki.cli.renew import check_places, place_options, rule_settings
 
 EPILOG = """\b
@@ -62,7 +63,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     """Show every credential with hosts, notAfter, days left, renewal date and state."""
     import contextlib
 
-    from kimpki.ops.renewing import inventory_status, open_targets, survey
+    from kimpki.ops.renewing import inventory_status, open_targets, result_warnings, survey
 
     if as_json and output not in (None, "json"):
         raise click.UsageError(f"--json and -o {output} contradict each other")
@@ -78,8 +79,11 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     cluster = bool(use_cluster or kubeconfig or context or ((namespace or all_namespaces) and not (manifests or policy)))
     if not (cluster or manifests or policy):
         store = open_store(ctx)
-        rows = inventory_status(store, settings, now)
-        data = {"source": "store", "time": _t(now), "certificates": rows, "counts": _counts(rows)}
+        warnings: list[str] = []
+        rows = inventory_status(store, settings, now, warnings)
+        data = {"source": "store", "time": _t(now), "certificates": rows, "counts": _counts(rows),
+                "warnings": warnings}
+        _warn(warnings)
         if prometheus or textfile:
             from kimpki.ops.metrics import store_samples
 
@@ -87,7 +91,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         if not prometheus:
             emit(data, as_json, _inventory_text)
     else:
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, no_cluster_hint(MANIFESTS_HINT):
             targets = open_targets(stack, manifests=manifests, policy=policy, namespace=namespace,
                                    all_namespaces=all_namespaces, cluster=cluster, kubeconfig=kubeconfig,
                                    context=context)
@@ -96,12 +100,14 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         skipped = [{"secret": r.secret, "namespace": r.namespace, "place": r.place, "reason": r.reason}
                    for r in results if r.state == "ca-bundle"]
         rows = creds
+        warnings = result_warnings(results)
         data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
-                "credentials": creds, "skipped": skipped, "counts": _counts(creds)}
+                "credentials": creds, "skipped": skipped, "counts": _counts(creds), "warnings": warnings}
+        _warn(warnings)
         if prometheus or textfile:
             from kimpki.ops.metrics import place_samples
 
-            _metrics(place_samples(results, _existing_store(ctx)), now, prometheus, textfile)
+            _metrics(place_samples(results, existing_store(ctx)), now, prometheus, textfile)
         if not prometheus:
             emit(data, as_json, _places_text)
     if fail_on:
@@ -123,16 +129,9 @@ def _metrics(samples, now, to_stdout: bool, textfile: str | None) -> None:
         click.echo(exposition(registry), nl=False)
 
 
-def _existing_store(ctx):
-    """The local store when the home has one (to name CAs as it does); never creates a home."""
-    from pathlib import Path
-
-    from kimpki.cli.common import home_of
-    from kimpki.store import Store, default_home
-
-    home = home_of(ctx)
-    root = Path(home).expanduser() if home else default_home()
-    return Store.open(root) if (root / "inventory.db").exists() else None
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        note(f"kimpki: warning: {w}")
 
 
 def _t(t) -> str:

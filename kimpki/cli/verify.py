@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import emit, json_option, open_store
+from kimpki.cli.common import emit, existing_store, json_option, open_store
 from kimpki.errors import NotFoundError, OperationError, UsageError
 
 EPILOG = """\b
@@ -21,7 +21,7 @@ Examples:
       --cert client.crt --key client.key --http-path /health
 \b
   # the same with certificates from the kimpki store, a local gateway on port 8443
-  kimpki verify kim.example.com --connect 127.0.0.1:8443 --ca example.com \
+  kimpki verify kim.example.com --connect 127.0.0.1:8443 --ca example.com \\
       --client kim-client.example.com
   kimpki verify kim.example.com --connect '[::1]:8443' --ca example.com --json
 \b
@@ -32,12 +32,23 @@ until it sees a session ticket or an alert), MUTUAL: client_certificate_accepted
 client_certificate_demanded (a second connection without a certificate must be refused),
 and with --http-path: http (GET over HTTP/1.1 answers 2xx).
 \b
-Failure reasons (JSON "reason"): trust, hostname, expiry, client_certificate_not_demanded,
-client_certificate_refused, http_status, connection_refused, timeout, tls_error.
+Failure reasons (JSON "reason", and the first word of the error line):
+  {reasons}.
 \b
-Exit codes: 0 every check passed, 1 a check failed (the failed check on stderr, the
-report on stdout), 2 usage error or unreadable CA/certificate/key file.
+Exit codes: 0 every check passed, 1 a check failed (the reason on stderr, the report
+on stdout) or an unknown --ca/--client name, 2 usage error or unreadable
+CA/certificate/key file.
 """
+
+
+def _reasons_text() -> str:
+    """Every failure reason, from the one list scripts rely on (a usage error is exit 2 instead)."""
+    import textwrap
+
+    from kimpki.verify.report import Reason
+
+    names = ", ".join(r.value for r in Reason if r is not Reason.BAD_INPUT)
+    return "\n  ".join(textwrap.wrap(names, 86))
 
 
 def _ca_file(ctx: click.Context, ca_ref: str | None, cacert: str | None) -> tuple[str | None, str | None]:
@@ -50,10 +61,13 @@ def _ca_file(ctx: click.Context, ca_ref: str | None, cacert: str | None) -> tupl
         return None, None
     if Path(ca_ref).is_file():
         return ca_ref, None
+    from kimpki.store.store import read_ca_file
+
     try:
         ca = open_store(ctx).get_ca(ca_ref)
-    except NotFoundError as e:
-        raise UsageError(f"--ca {ca_ref}: {e}") from None
+    except NotFoundError as e:  # exit 1, as every command that is given an unknown CA
+        raise NotFoundError(f"--ca {ca_ref}: {e}") from None
+    read_ca_file(ca, ca.cert_path)  # a missing file is a damaged store, not a bad --ca
     return str(ca.cert_path), f"CA {ca.name}"
 
 
@@ -67,7 +81,7 @@ def _client_files(ctx: click.Context, client: str | None, cert: str | None,
     try:
         rec = open_store(ctx).get_cert(client)
     except NotFoundError as e:
-        raise UsageError(f"--client {client}: {e}") from None
+        raise NotFoundError(f"--client {client}: {e}") from None
     if not rec.has_key:
         raise UsageError(f"--client {client}: the store has no private key for it (signed from a CSR); "
                          f"use --cert FILE --key FILE")
@@ -103,16 +117,6 @@ def render(d: dict) -> str:
         lines.append(f"           SANs {sans}; not after {c['not_after']} ({left})")
     lines.append("PASS" if d["ok"] else f"FAIL ({d['reason']})")
     return "\n".join(lines)
-
-
-def _existing_store(ctx: click.Context):
-    """The store if the home already has one: verify never creates a home as a side effect."""
-    from kimpki.cli.common import home_of
-    from kimpki.store import Store, default_home
-
-    home = home_of(ctx)
-    root = Path(home).expanduser() if home else default_home()
-    return Store.open(root) if (root / "inventory.db").exists() else None
 
 
 def render_all(rows: list[dict]) -> str:
@@ -154,7 +158,7 @@ def _until_passed(check, wait: float) -> list:
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
-@click.command("verify", epilog=EPILOG)
+@click.command("verify", epilog=EPILOG.format(reasons=_reasons_text()))
 @click.argument("host", required=False)
 @click.option("--all", "check_all", is_flag=True,
               help="Check every current server certificate in the store concurrently (SIMPLE; "
@@ -166,7 +170,7 @@ def _until_passed(check, wait: float) -> list:
 @click.option("--cacert", type=click.Path(dir_okay=False), metavar="FILE",
               help="Trust the certificates in this PEM file, like curl --cacert. "
                    "Without --ca/--cacert: the system trust store.")
-@click.option("--client", metavar="NAME", help="Show this client certificate from the kimpki store.")
+@click.option("--client", metavar="NAME", help="Present this client certificate from the kimpki store.")
 @click.option("--cert", type=click.Path(dir_okay=False), metavar="FILE", help="Client certificate (PEM), with --key.")
 @click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
               help="The client certificate's private key (PEM).")
@@ -202,7 +206,7 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
             from kimpki.ops.metrics import check_textfile_path
 
             check_textfile_path(textfile)
-        store = _existing_store(ctx)
+        store = existing_store(ctx)
         reports = _until_passed(lambda: verify_all(store, connect=connect, http_path=http_path, timeout=timeout)
                                 if store else [], wait)
         rows = [r.to_dict() for r in reports]
@@ -220,7 +224,7 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
         raise UsageError("--textfile goes with --all (a monitoring sweep of every certificate)")
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
                             key=key, mode=mode, http_path=http_path, timeout=timeout)
-    store = _existing_store(ctx)
+    store = existing_store(ctx)
 
     def check_once() -> list:
         report = check_endpoint(target)

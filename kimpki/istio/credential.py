@@ -13,7 +13,7 @@ always ``Opaque`` because the API server insists that a ``kubernetes.io/tls`` Se
 
 File-mounted (legacy) gateways read files, not Secrets: the credential defaults to
 ``istio-ingressgateway-certs`` in the TLS form (``tls.crt``, ``tls.key``), and for MUTUAL the CA
-goes into ``istio-ingressgateway-ca-certs`` under ``<ca-name>.crt`` (``example.com.crt`` in the seed).
+goes into ``istio-ingressgateway-ca-certs`` under ``<ca-name>.crt`` (``example.com.crt`` in the manual steps).
 
 The certificate value is always the leaf plus intermediates, never the root: clients hold the
 root already, and a root in the served chain only costs bytes. Every Secret carries the label
@@ -178,7 +178,7 @@ def annotations_for(spec: CredentialSpec, prov: Provenance, role: str = ROLE_CRE
 
 
 def default_ca_file_name(ca_name: str) -> str:
-    """``example.com`` → ``example.com.crt``: the seed's file name for the CA of a file-mounted gateway."""
+    """``example.com`` → ``example.com.crt``: the manual steps' file name for the CA of a file-mounted gateway."""
     return ca_name if ca_name.endswith(".crt") else ca_name + ".crt"
 
 

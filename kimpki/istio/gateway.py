@@ -1,7 +1,7 @@
 """Gateway and VirtualService manifests for an Istio ingress gateway, and Istio's Gateway rules (pure).
 
 :func:`render_gateway` builds one ``networking.istio.io`` Gateway with one HTTPS server per
-credential on port 443 (``selector: {istio: ingressgateway}``, as in the seed), and
+credential on port 443 (``selector: {istio: ingressgateway}``, as in the manual steps), and
 :func:`render_virtual_service` routes the servers' hosts through it to a Service
 (``kim-gateway-service:8080`` by default). A server gets its certificate either from a Secret
 through SDS (``credentialName``) or from files mounted into the gateway pod
@@ -63,7 +63,7 @@ class ServerSpec:
     def file_mounted(cls, hosts, mode: str = "SIMPLE", mount_path: str = c.FILE_MOUNTED_CERTS_PATH,
                      ca_file_name: str | None = None, ca_mount_path: str = c.FILE_MOUNTED_CA_PATH) -> "ServerSpec":
         """Files of a mounted ``kubernetes.io/tls`` Secret: ``<mount_path>/tls.crt`` and ``tls.key``;
-        for MUTUAL the CA file ``<ca_mount_path>/<ca_file_name>`` (``example.com.crt`` in the seed)."""
+        for MUTUAL the CA file ``<ca_mount_path>/<ca_file_name>`` (``example.com.crt`` in the manual steps)."""
         mode = mode.upper()
         mount_path = mount_path.rstrip("/") or "/"
         ca = None
@@ -96,7 +96,7 @@ def _label_of(host: str) -> str:
 
 def port_names(servers: list[ServerSpec] | tuple[ServerSpec, ...]) -> list[str]:
     """Unique port names: ``https`` for a single server, else ``https-<first label of its first host>``
-    (the seed's ``https-kim`` and ``https-kim-new``), numbered when labels repeat."""
+    (the manual steps' ``https-kim`` and ``https-kim-new``), numbered when labels repeat."""
     names: list[str] = []
     for s in servers:
         if s.port_name:
@@ -113,7 +113,7 @@ def port_names(servers: list[ServerSpec] | tuple[ServerSpec, ...]) -> list[str]:
 
 
 def default_gateway_name(hosts: list[str] | tuple[str, ...]) -> str:
-    """``kim.example.com`` → ``kim-gateway``; ``bookinfo.com`` → ``bookinfo-gateway`` (the seed's names)."""
+    """``kim.example.com`` → ``kim-gateway``; ``bookinfo.com`` → ``bookinfo-gateway`` (as named by hand)."""
     return f"{_label_of(hosts[0])}-gateway"
 
 

@@ -2,7 +2,7 @@
 
 A file-mounted (legacy) gateway reads a host's certificate from files, so each extra host needs
 its own Secret plus a ``secret`` volume and a ``volumeMount`` in the ``istio-proxy`` container.
-The seed did it by hand::
+The manual steps did it by hand::
 
     kubectl -n istio-system patch --type=json deploy istio-ingressgateway -p '[
       {"op":"add","path":"/spec/template/spec/containers/0/volumeMounts/0",
@@ -24,7 +24,7 @@ to run again and again:
   writes (the Deployment controller updates ``status`` all the time) do not fail the patch.
   When a list does not exist yet, the operation adds it whole, after testing the whole pod spec.
 
-Items are appended with ``/-`` (the seed inserted at index 0; order means nothing to Kubernetes).
+Items are appended with ``/-`` (the manual patch inserted at index 0; order means nothing to Kubernetes).
 :func:`apply_json_patch` applies operations to a dict, for ``--local`` and for tests.
 """
 
@@ -56,7 +56,7 @@ class JsonPatchError(OperationError):
 # ---------------------------------------------------------------------------------------------
 
 def volume_name_for(secret_name: str) -> str:
-    """The seed's volume name for a Secret: ``istio-ingressgateway-bookinfo-certs`` → ``ingressgateway-bookinfo-certs``.
+    """The manual volume name for a Secret: ``istio-ingressgateway-bookinfo-certs`` → ``ingressgateway-bookinfo-certs``.
 
     Other names are kept (dots become dashes: a volume name is a DNS-1123 label), and names
     longer than 63 characters are shortened with a hash suffix.

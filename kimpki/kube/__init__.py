@@ -12,11 +12,11 @@ Importing this package is cheap: ``kubernetes`` is imported inside :meth:`Cluste
 
 from kimpki.kube.client import Cluster, UpsertResult
 from kimpki.kube.errors import (AlreadyExists, ConfigError, Conflict, ConnectionLost, Expired, Forbidden,
-                                ImmutableSecretType, Invalid, KubeError, NamespaceNotFound, NotFound,
-                                NotServed, ServerError, Timeout, Unauthorized, Unmanaged, Unreachable)
+                                ImmutableSecretType, Invalid, KubeError, NamespaceNotFound, NoConfigError,
+                                NotFound, NotServed, ServerError, Timeout, Unauthorized, Unmanaged, Unreachable)
 
 __all__ = [
     "Cluster", "UpsertResult", "KubeError", "ConfigError", "Unreachable", "Timeout", "ConnectionLost",
-    "Expired", "Unauthorized", "Forbidden", "NotFound", "NamespaceNotFound", "NotServed", "AlreadyExists", "Conflict",
-    "Invalid", "ImmutableSecretType", "ServerError", "Unmanaged",
+    "Expired", "Unauthorized", "Forbidden", "NotFound", "NamespaceNotFound", "NoConfigError", "NotServed",
+    "AlreadyExists", "Conflict", "Invalid", "ImmutableSecretType", "ServerError", "Unmanaged",
 ]

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kimpki.errors import KimpkiError
-from kimpki.kube.errors import ConfigError, one_line
+from kimpki.kube.errors import ConfigError, NoConfigError, one_line
 
 DEFAULT_TIMEOUT = 10.0
 TIMEOUT_ENV = "KIMPKI_KUBE_TIMEOUT"
@@ -48,7 +48,7 @@ def find_source(kubeconfig: str | None, environ=None) -> Source:
         return Source("kubeconfig", home)
     if env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT"):
         return Source("in-cluster")
-    raise ConfigError(NO_CONFIG)
+    raise NoConfigError(NO_CONFIG)
 
 
 def timeout_from_env(timeout: float | None) -> float:

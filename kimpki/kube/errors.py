@@ -31,6 +31,11 @@ class ConfigError(KubeError):
     """No usable kubeconfig or in-cluster configuration."""
 
 
+class NoConfigError(ConfigError):
+    """No configuration at all (no --kubeconfig, $KUBECONFIG, ~/.kube/config or service account):
+    a command that can work without a cluster adds how (``cli.common.no_cluster_hint``)."""
+
+
 class Unreachable(KubeError):
     """Connection refused, host name unknown, TLS handshake failed."""
 

@@ -3,7 +3,7 @@
 A kind is named as kubectl shows it (``Secret``, ``Gateway``); its API group, default version,
 plural and scope come from :data:`KINDS`. Istio kinds default to ``networking.istio.io/v1`` and
 take the version from an object's ``apiVersion`` when it names that group (``v1beta1``,
-``v1alpha3`` as the seed's manifests do).
+``v1alpha3`` as the manual steps' manifests do).
 """
 
 from __future__ import annotations

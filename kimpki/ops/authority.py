@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
 
-from kimpki.errors import OperationError, UsageError
+from kimpki.errors import KimpkiError, OperationError, UsageError
 from kimpki.pki import keys, parse, profiles
 from kimpki.pki.names import safe_store_name
 from kimpki.store import CaRecord, Store
+from kimpki.store.store import ca_repair_fix, damaged, read_ca_file
 
 PassphraseSource = Callable[[str], bytes | None]
 """Called with the CA's name when its key is encrypted; returns the passphrase or None."""
@@ -29,6 +30,7 @@ class CaResult:
     record: CaRecord
     cert: x509.Certificate
     warnings: list[str]
+    restored: list[str] = field(default_factory=list)  # files a re-import put back (a damaged home)
 
     def to_dict(self, now) -> dict:
         info = parse.describe(self.cert, now)
@@ -52,11 +54,17 @@ class CaResult:
             "predecessor": self.record.predecessor,
             "retired_at": parse.rfc3339(self.record.retired_at) if self.record.retired_at else None,
             "warnings": self.warnings,
+            "restored": self.restored,
         }
 
 
 def read_ca_cert(ca: CaRecord) -> x509.Certificate:
-    return parse.load_certificates(ca.cert_path.read_bytes(), str(ca.cert_path))[0]
+    """CA ``ca``'s certificate; a missing or garbled file is a damaged store (StoreDamaged)."""
+    data = read_ca_file(ca, ca.cert_path)
+    try:
+        return parse.load_certificates(data, str(ca.cert_path))[0]
+    except KimpkiError as e:
+        raise damaged(ca.dir.parent.parent, ca.cert_path, f"holds no certificate ({e})", ca_repair_fix(ca)) from None
 
 
 def root_of(store: Store, ca: CaRecord) -> CaRecord:
@@ -75,7 +83,7 @@ def load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> pro
         raise OperationError(f"CA {ca.name!r} was retired on {parse.rfc3339(ca.retired_at)} and may no "
                              f"longer issue{instead}")
     cert = read_ca_cert(ca)
-    pem = ca.key_path.read_bytes()
+    pem = read_ca_file(ca, ca.key_path)
     pw = passphrase(ca.name) if keys.key_is_encrypted(pem) else None
     key = keys.load_key(pem, pw, what=f"key of CA {ca.name!r}")
     chain: list[x509.Certificate] = []
@@ -99,11 +107,11 @@ def _cross_certificates(store: Store, ca: CaRecord) -> tuple[x509.Certificate, .
     old = store.find_ca(ca.predecessor)
     if old is None or old.retired_at is not None:
         return ()
-    return tuple(parse.load_certificates(ca.cross_path.read_bytes(), str(ca.cross_path)))
+    return tuple(parse.load_certificates(read_ca_file(ca, ca.cross_path), str(ca.cross_path)))
 
 
 def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None,
-            key_type: keys.KeyType, days: int, passphrase: bytes | None,
+            key_type: keys.KeyType, days: float, passphrase: bytes | None,
             parent: str | None, parent_passphrase: PassphraseSource, now) -> CaResult:
     name = safe_store_name(name)
     key = keys.generate_key(key_type)  # outside the lock: RSA-4096 can take a second
@@ -141,7 +149,7 @@ def create_ca(store: Store, name: str, key, *, key_type: keys.KeyType, org: str 
 
 def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
               key_passphrase: bytes | None, passphrase: bytes | None, now) -> CaResult:
-    """Adopt an existing CA (such as the seed's ``openssl req -x509`` root)."""
+    """Adopt an existing CA (such as a root made by hand with ``openssl req -x509``)."""
     name = safe_store_name(name)
     try:
         cert_data, key_data = cert_file.read_bytes(), key_file.read_bytes()
@@ -165,6 +173,9 @@ def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
                              "(importing intermediates is not supported yet)")
     if now > cert.not_valid_after_utc:
         raise OperationError(f"{cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    existing = store.find_ca(name)
+    if existing is not None:
+        return _restore(store, existing, cert, key, passphrase=passphrase, cert_file=cert_file)
     warnings = parse.profile_warnings(cert)
     kt = keys.key_type_of(key)
     with store.locked():
@@ -175,6 +186,27 @@ def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
                            key_type=kt.value if kt else None, encrypted=bool(passphrase),
                            imported=True, now=now)
     return CaResult(rec, cert, warnings)
+
+
+def _restore(store: Store, ca: CaRecord, cert: x509.Certificate, key, *, passphrase: bytes | None,
+             cert_file: Path) -> CaResult:
+    """``ca import`` of a CA the store already has: put back the files a damaged home lost
+    (see ``store.read_ca_file``). Anything else is a name clash."""
+    if ca.serial != parse.serial_hex(cert):
+        raise OperationError(f"a CA named {ca.name!r} already exists (see 'kimpki ca list'), and {cert_file} "
+                             f"is another certificate (serial {parse.serial_hex(cert)}, not {ca.serial})")
+    with store.locked():
+        try:
+            read_ca_cert(ca)
+            cert_pem = None
+        except KimpkiError:  # missing or garbled: the one being imported is the same certificate
+            cert_pem = parse.certs_to_pem([cert])
+        key_pem = None if ca.key_path.exists() else keys.key_to_pem(key, passphrase)
+        if cert_pem is None and key_pem is None:
+            raise OperationError(f"a CA named {ca.name!r} already exists (see 'kimpki ca list')")
+        store.restore_ca_files(ca, cert_pem=cert_pem, key_pem=key_pem, encrypted=bool(passphrase))
+    restored = [str(p) for p, data in ((ca.cert_path, cert_pem), (ca.key_path, key_pem)) if data is not None]
+    return CaResult(store.get_ca(ca.name), cert, [], restored=restored)
 
 
 def list_cas(store: Store) -> list[CaResult]:

@@ -1,6 +1,6 @@
 """CA rotation with an overlap: ``kimpki ca rotate`` and ``kimpki ca retire``.
 
-A hard CA cutover (the seed's way) breaks clients at once: a gateway that checks client
+A hard CA cutover (the manual way) breaks clients at once: a gateway that checks client
 certificates against the new CA refuses every client still holding one from the old CA, and
 clients that trust only the old root refuse a server certificate from the new one. Rotation
 with an overlap keeps both CAs good until nothing needs the old one:

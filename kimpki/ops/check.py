@@ -231,7 +231,7 @@ class _Server:
 
 
 def _load_chain(raw: bytes, notes: list[str] | None = None) -> list[x509.Certificate]:
-    """Certificates in ``raw``; library warnings (a zero serial, as the seed's ``-set_serial 0``
+    """Certificates in ``raw``; library warnings (a zero serial, as the manual ``-set_serial 0``
     makes) are collected into ``notes`` instead of being printed."""
     import warnings
 

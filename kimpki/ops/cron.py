@@ -44,7 +44,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kimpki.errors import OperationError, UsageError
+from kimpki.errors import NotFoundError, OperationError, UsageError
 
 NAME = "kimpki-renew"
 CA_SECRET = "kimpki-ca"
@@ -219,8 +219,9 @@ def cas_from_store(store, names: list[str] | tuple[str, ...] = ()) -> list[CaMat
     if names:
         missing = [n for n in names if n not in records]
         if missing:
-            raise UsageError(f"no CA {missing[0]!r} in the kimpki home {store.home} "
-                             f"(it has: {', '.join(sorted(records)) or 'none'})")
+            # exit 1, as every command that is given an unknown CA
+            raise NotFoundError(f"no CA named {missing[0]!r} in the kimpki home {store.home} "
+                                f"(known: {', '.join(sorted(records)) or 'none'})")
         chosen = [records[n] for n in dict.fromkeys(names)]
     else:
         chosen = [ca for ca in records.values() if ca.state != "retired"]

@@ -29,13 +29,32 @@ def _ca_certs(ca_ref: str, open_store: Callable[[], Store]) -> tuple[list, list,
     return [certs[-1]], certs[:-1], f"CA {ca_ref}"
 
 
-def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store], now: datetime) -> dict:
+def _stored_certificate(name: str, existing_store: Callable[[], Store | None]) -> Path | None:
+    """The current certificate file of ``name`` in the store (a name from 'kimpki list', or a host
+    of a current server certificate), or None (also when there is no store yet)."""
+    store = existing_store()
+    if store is None:
+        return None
+    rec = store.find_cert(name) or store.current_for_host(name)
+    return rec.cert_path if rec is not None else None
+
+
+def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store], now: datetime,
+                 existing_store: Callable[[], Store | None] = lambda: None) -> dict:
+    """What the certificate file ``path`` holds; a ``path`` that is no file may name a
+    certificate in the store (as 'kimpki list' shows it)."""
+    source = Path(path)
+    if not source.exists():
+        source = _stored_certificate(path, existing_store) or source
     try:
-        data = Path(path).read_bytes()
+        data = source.read_bytes()
     except OSError as e:
+        if not source.exists():
+            raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
+                             f"(see 'kimpki list')") from None
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    certs = parse.load_certificates(data, path)
-    out = {"file": str(Path(path).resolve()), "certificates": [parse.describe(c, now) for c in certs]}
+    certs = parse.load_certificates(data, str(source))
+    out = {"file": str(source.resolve()), "certificates": [parse.describe(c, now) for c in certs]}
     if ca_ref:
         roots, inter, label = _ca_certs(ca_ref, open_store)
         try:

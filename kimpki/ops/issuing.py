@@ -110,7 +110,7 @@ def sign_csr(store: Store, csr_data: bytes, *, source: str, extra_sans: list[str
 
 
 def export_files(result: IssueResult, out_dir: Path) -> list[str]:
-    """Copy the certificate files out of the store under the seed's names: <name>.crt/.key, ca.crt."""
+    """Copy the certificate files out of the store as the manual openssl steps named them: <name>.crt/.key, ca.crt."""
     ensure_private_dir(out_dir) if not out_dir.exists() else None
     r = result.record
     stem = r.name

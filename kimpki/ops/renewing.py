@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from kimpki.errors import KimpkiError
@@ -108,6 +108,7 @@ class CredentialResult:
     reason: str | None = None
     new_serial: str | None = None
     new_not_after: str | None = None
+    renew_before_fallback: bool = False  # renew_before >= the lifetime: the last third applies instead
     cred: ManagedCredential | None = field(default=None, repr=False)
     target: SweepTarget | None = field(default=None, repr=False)
     source: dict | None = field(default=None, repr=False)  # the Secret as read
@@ -150,6 +151,7 @@ class CredentialResult:
             "days_left": days,
             "renewal_time": _t(self.renewal_time),
             "renew_before": self.renew_before,
+            "renew_before_fallback": self.renew_before_fallback,
             "maintenance_windows": [w.describe() for w in self.windows],
             # Due (or expired) with windows: renew (inside one), defer (to next_window) or override.
             "window_decision": self.window.action if self.window is not None else None,
@@ -167,6 +169,27 @@ class CredentialResult:
 
 def _t(t: datetime | None) -> str | None:
     return parse.rfc3339(t) if t is not None else None
+
+
+def fallback_warnings(found: Iterable[tuple[str, str, timedelta]]) -> list[str]:
+    """One line per renew-before that is not shorter than some certificates' lifetimes
+    (``(ref, rule, lifetime)`` each), said once per run instead of silently applying the third."""
+    by_rule: dict[str, list[tuple[str, timedelta]]] = {}
+    for ref, rule, lifetime in found:
+        by_rule.setdefault(rule, []).append((ref, lifetime))
+    out = []
+    for rule, items in by_rule.items():
+        ref, lifetime = items[0]
+        more = f" and {len(items) - 1} more" if len(items) > 1 else ""
+        out.append(f"renew-before {rule} is not shorter than the lifetime of {ref} "
+                   f"({lifetime / timedelta(days=1):.1f} days){more}: renewal starts in the last third of "
+                   f"the lifetime instead (cert-manager's rule)")
+    return out
+
+
+def result_warnings(results: Iterable[CredentialResult]) -> list[str]:
+    return fallback_warnings((r.ref, r.renew_before, r.not_after - r.not_before)
+                             for r in results if r.renew_before_fallback)
 
 
 @dataclass
@@ -227,6 +250,10 @@ class RenewalSummary:
         return self.failed == 0 and not self.errors
 
     @property
+    def warnings(self) -> list[str]:
+        return result_warnings(self.results)
+
+    @property
     def next_due(self) -> CredentialResult | None:
         """The credential (not due now) that falls due first."""
         waiting = [r for r in self.results if r.state in (VALID, NOT_YET_VALID) and r.renewal_time is not None]
@@ -249,6 +276,7 @@ class RenewalSummary:
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
+            "warnings": self.warnings,
             "api_requests": self.requests,
             "results": [r.to_dict(self.now) for r in self.results],
         }
@@ -372,6 +400,7 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
     res.serial = parse.serial_hex(served)
     res.not_before, res.not_after = served.not_valid_before_utc, served.not_valid_after_utc
     res.renewal_time = renewal_time(res.not_before, res.not_after, rule, jitter=settings.jitter, key=res.serial)
+    res.renew_before_fallback = rule.falls_back(res.not_after - res.not_before)
     res.state = _state(res.not_before, res.not_after, res.renewal_time, now)
     if res.windows and res.state in RENEWABLE:
         res.window = window_decision(res.windows, now, res.not_before, res.not_after)
@@ -560,10 +589,12 @@ def _unique_places(targets: list[SweepTarget]) -> list[SecretPlace]:
 
 
 # ------------------------------------------------------------------------------------- status
-def inventory_status(store: Store, settings: RenewalSettings, now: datetime) -> list[dict]:
+def inventory_status(store: Store, settings: RenewalSettings, now: datetime,
+                     warnings: list[str] | None = None) -> list[dict]:
     """``kimpki status`` without a place: the store's current server certificates, each with its
-    state and where it was deployed."""
+    state and where it was deployed. ``warnings`` gets :func:`fallback_warnings`, when given."""
     rows = []
+    fallbacks = []
     for rec in store.list_certs():
         if rec.kind != "server":
             continue
@@ -580,8 +611,13 @@ def inventory_status(store: Store, settings: RenewalSettings, now: datetime) -> 
             "days_left": int((rec.not_after - now).total_seconds() // 86400),
             "renewal_time": _t(renew_at),
             "renew_before": rule.describe(),
+            "renew_before_fallback": rule.falls_back(rec.not_after - rec.not_before),
             "state": _state(rec.not_before, rec.not_after, renew_at, now),
             "pending_serial": pending.serial if pending is not None else None,
             "deployed_to": rec.deployed_to,
         })
+        if rows[-1]["renew_before_fallback"]:
+            fallbacks.append((rec.name, rows[-1]["renew_before"], rec.not_after - rec.not_before))
+    if warnings is not None:
+        warnings += fallback_warnings(fallbacks)
     return rows

@@ -65,6 +65,8 @@ def find_target(store: Store, *, name: str | None, serial: str | None, ca: str |
     """What to revoke, as an unrecorded Revocation (times filled in by ``revoke``)."""
     if (name is None) == (serial is None):
         raise UsageError("give the certificate's NAME or --serial HEX (one of them)")
+    if ca is not None:
+        store.get_ca(ca)  # an unknown CA is NotFoundError (exit 1), as in every command
     if name is not None:
         rec = store.find_cert(name)
         if rec is None:

@@ -49,6 +49,11 @@ class RenewBefore:
             return _describe_duration(self.duration)
         return f"{self.fraction * 100:g}%"
 
+    def falls_back(self, lifetime: timedelta) -> bool:
+        """A fixed duration at least as long as the lifetime would renew for ever: the default
+        third applies instead (cert-manager's rule). Callers say so; the rule stays."""
+        return self.duration is not None and self.duration >= lifetime
+
 
 @dataclass(frozen=True)
 class Jitter:
@@ -112,8 +117,7 @@ def renewal_time(not_before: datetime, not_after: datetime, rule: RenewBefore | 
     rule = rule or RenewBefore.parse(None)
     lifetime = not_after - not_before
     before = rule.duration if rule.duration is not None else lifetime * rule.fraction
-    if before >= lifetime:
-        # A renew-before as long as the lifetime would renew forever; fall back to the default third.
+    if rule.falls_back(lifetime):
         before = lifetime / 3
     at = not_after - before
     if jitter is not None and key is not None:

@@ -106,6 +106,65 @@ CREATE TABLE IF NOT EXISTS crls (
 """
 
 
+class StoreDamaged(OperationError):
+    """A file of the home is missing or unreadable: a damaged store, not a bug (exit 1)."""
+
+
+def damaged(home: Path, path: Path, problem: str, fix: str) -> StoreDamaged:
+    """One line: which store, which file, what is wrong with it, and what to do."""
+    return StoreDamaged(f"the kimpki store {home} is damaged: {path} {problem}; {fix}")
+
+
+def restore_home_fix(home: Path) -> str:
+    """What to do when the inventory itself is lost."""
+    return (f"restore it from a backup, or start a new home and re-import each CA from this one "
+            f"(mv {home} {home}.damaged; kimpki ca import NAME --cert {home}.damaged/cas/NAME/ca.crt "
+            f"--key {home}.damaged/cas/NAME/ca.key)")
+
+
+class _Connection(sqlite3.Connection):
+    """An inventory connection whose corruption errors say so (``StoreDamaged``). Only plain
+    ``DatabaseError`` ("file is not a database", "database disk image is malformed") is
+    corruption; its subclasses (IntegrityError, a locked database, ...) pass unchanged."""
+
+    def _damaged(self, e: sqlite3.DatabaseError) -> StoreDamaged:
+        path = Path(self.db_path)
+        return damaged(path.parent, path, f"is not a readable SQLite inventory ({e})", restore_home_fix(path.parent))
+
+    def execute(self, *args, **kwargs):
+        try:
+            return super().execute(*args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:
+                raise
+            raise self._damaged(e) from None
+
+    def executescript(self, *args, **kwargs):
+        try:
+            return super().executescript(*args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:
+                raise
+            raise self._damaged(e) from None
+
+
+def read_ca_file(ca: "CaRecord", path: Path) -> bytes:
+    """A file of CA ``ca`` (its certificate, key, chain or cross certificate); a missing or
+    unreadable one is a damaged store, with what to do about it."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        problem = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})"
+        raise damaged(ca.dir.parent.parent, path, f"{problem} (CA {ca.name!r})", ca_repair_fix(ca)) from None
+
+
+def ca_repair_fix(ca: "CaRecord") -> str:
+    if ca.parent is not None:  # an intermediate cannot be imported: only a backup has its files
+        return f"restore {ca.dir} from a backup"
+    return (f"restore {ca.dir} from a backup, or re-import the CA from its files: "
+            f"kimpki ca import {ca.name} --cert FILE --key FILE")
+
+
 def default_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "kimpki"
@@ -223,7 +282,8 @@ class Store:
             if new:
                 # Create it 0600 before SQLite opens it.
                 os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
-            self._db = sqlite3.connect(db_path, timeout=LOCK_TIMEOUT, isolation_level=None)
+            self._db = sqlite3.connect(db_path, timeout=LOCK_TIMEOUT, isolation_level=None, factory=_Connection)
+            self._db.db_path = str(db_path)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
@@ -316,6 +376,18 @@ class Store:
         if self.get_setting("default_ca") is None:
             self.set_setting("default_ca", name)
         return self.get_ca(name)
+
+    def restore_ca_files(self, ca: CaRecord, *, cert_pem: bytes | None, key_pem: bytes | None,
+                         encrypted: bool) -> None:
+        """Write back the files of CA ``ca`` a damaged home lost (``kimpki ca import`` of the same
+        CA): the certificate (replacing a garbled one) and, when given, the key, which is only
+        ever created, never overwritten. Call inside ``locked()``."""
+        ensure_private_dir(ca.dir)
+        if cert_pem is not None:
+            write_atomic(ca.cert_path, cert_pem, PUBLIC_FILE)
+        if key_pem is not None:
+            write_new(ca.key_path, key_pem, PRIVATE_FILE)
+            self.db.execute("UPDATE cas SET encrypted=? WHERE name=?", (int(encrypted), ca.name))
 
     def set_successor(self, old: str, new: str) -> None:
         """Record that CA ``new`` replaces CA ``old``. Call inside ``locked()``."""

@@ -558,7 +558,7 @@ def _refused(report: Report, target: Target, alert: str) -> Report:
                              f"the server refused client certificate {target.client_name} ({alert}){hint}")
     return report.failed("accepted", Reason.CLIENT_CERTIFICATE_REFUSED,
                          f"the server refused a client without a certificate ({alert}); it looks MUTUAL: "
-                         f"check with --cert FILE --key FILE")
+                         f"check with a client certificate, --client NAME (from the store) or --cert FILE --key FILE")
 
 
 def _after_handshake_failure(report: Report, target: Target, att: _Attempt, what: str) -> Report:

@@ -126,10 +126,11 @@ class Report:
         self.checks.append(Check(name, True, detail))
 
     def failed(self, name: str, reason: Reason, detail: str) -> "Report":
-        """Record the failing check; the message names it: ``hostname: kim.example.com is not ...``."""
+        """Record the failing check; the message starts with the reason, the one word scripts and
+        the README use: ``client_certificate_refused: the server refused ...``."""
         self.checks.append(Check(name, False, detail))
         self.reason = reason
-        self.message = f"{name}: {detail}"
+        self.message = f"{reason.value}: {detail}"
         return self
 
     def to_dict(self) -> dict:

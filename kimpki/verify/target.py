@@ -165,8 +165,8 @@ def make_target(host: str, *, connect: str | None = None, ca_file: str | None = 
     except ValueError:
         raise UsageError(f"unknown mode {mode!r}: use simple or mutual") from None
     if mode is Mode.MUTUAL and not client_cert:
-        raise UsageError("mode mutual needs a client certificate (--cert FILE --key FILE) "
-                         "to prove the gateway accepts it")
+        raise UsageError("mode mutual needs a client certificate to prove the gateway accepts it: "
+                         "--client NAME (from the store) or --cert FILE --key FILE")
     if http_path is not None and (not http_path.startswith("/") or any(c in http_path for c in " \r\n")):
         raise UsageError(f"--http-path {http_path!r} must start with '/' and contain no spaces, e.g. /health")
     if not timeout or timeout <= 0:
