@@ -107,8 +107,7 @@ def test_status_prometheus_has_every_certificate_with_cas(store):
                  by_name(out, "kimpki_certificate_not_after_timestamp_seconds")}
     assert set(not_after) == {("ca", "example.com"), ("ca", "example-issuing"), ("server", "kim.example.com"),
                               ("server", "soon.example.com"), ("client", "kim-client.example.com")}
-    data = store.json("list")
-    listed = {r["name"]: r for r in (data["items"] if isinstance(data, dict) else data)}
+    listed = {r["name"]: r for r in store.json("list")["items"]}
     kim = not_after[("server", "kim.example.com")]
     assert kim.labels["ca"] == "example-issuing" and kim.labels["serial"] == listed["kim.example.com"]["serial"]
     assert not_after[("ca", "example-issuing")].labels["ca"] == "example.com"  # the issuer of the intermediate

@@ -210,3 +210,13 @@ def test_ocsp_responses_for_staples_good_and_revoked(home, tmp_path):
         out = (r.stdout + r.stderr).decode()
         assert r.returncode == 0 and "Response verify OK" in out, out
         assert f": {status}" in out
+
+
+def test_revoke_ca_must_be_the_issuer(home):
+    home.ok("ca", "init", "other.example")
+    assert_one_line_error(home("revoke", "c1.example.com", "--ca", "other.example"), 2,
+                          "was issued by CA 'example.com', not 'other.example'")
+    serial = home.json("list")["items"][0]["serial"]
+    assert_one_line_error(home("revoke", "--serial", serial, "--ca", "other.example"), 1,
+                          f"no certificate with serial {serial} issued by CA 'other.example'")
+    assert home.json("crl", "example.com")["revoked_entries"] == 0
