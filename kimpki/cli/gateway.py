@@ -38,7 +38,7 @@ def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
 
     from kimpki import safe_yaml
     from kimpki.errors import UsageError
-    from kimpki.localgw.manifests import manifest_files
+    from kimpki.localgw.manifests import check_shape, manifest_files
 
     texts: list[tuple[str, str]] = []
     for p in paths:
@@ -47,19 +47,22 @@ def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
             continue
         texts.extend((str(f), safe_yaml.read_text(f)) for f in manifest_files([p]))
     out: list[tuple[str, dict]] = []
+    counts: dict[str, int] = {}  # objects per source, as check_shape counts them
 
-    def add(source: str, doc) -> None:
+    def add(source: str, text: str, doc) -> None:
         if doc is None:
             return
         if not isinstance(doc, dict):
             raise UsageError(f"{source}: a document is not a mapping")
         if str(doc.get("kind") or "").endswith("List") and isinstance(doc.get("items"), list):
             for item in doc["items"]:
-                add(source, item)
+                add(source, text, item)
             return
         out.append((source, doc))
+        counts[source] = counts.get(source, 0) + 1
+        check_shape(doc, source, text, counts[source])
 
     for source, text in texts:
         for d in safe_yaml.load_all(text, source):
-            add(source, d)
+            add(source, text, d)
     return out

@@ -145,19 +145,6 @@ def _write_verify_metrics(path: str, reports: list) -> None:
                                          for r in reports))
 
 
-def _until_passed(check, wait: float) -> list:
-    """Run ``check`` (returning reports) again every quarter second until all pass or ``wait``
-    seconds are over; the last reports count."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while True:
-        reports = check()
-        if all(r.ok for r in reports) or time.monotonic() >= deadline:
-            return reports
-        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-
-
 @click.command("verify", epilog=EPILOG.format(reasons=_reasons_text()))
 @click.argument("host", required=False)
 @click.option("--all", "check_all", is_flag=True,
@@ -181,7 +168,8 @@ def _until_passed(check, wait: float) -> list:
               help="Give up on the whole check after this long.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Repeat the check until it passes or SECONDS have passed, e.g. right after 'kimpki "
-                   "rotate' while the gateway picks up the new certificate.")
+                   "rotate' while the gateway picks up the new certificate; a last attempt gets only "
+                   "what is left of SECONDS.")
 @click.option("--textfile", metavar="FILE.prom",
               help="With --all: write kimpki_verify_handshake_ok and kimpki_verify_serving_current per host "
                    "to FILE.prom (node_exporter's textfile collector), whatever the outcome.")
@@ -196,7 +184,9 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
     subjectAltNames.
     """
     from kimpki.ops.verifying import compare_with_store, current_for, verify_all
-    from kimpki.verify import Reason, check_endpoint
+    from dataclasses import replace
+
+    from kimpki.verify import Reason, check_endpoint, until_passed
 
     if check_all:
         if host or ca_ref or cacert or client or cert or key or mode:
@@ -207,8 +197,8 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
 
             check_textfile_path(textfile)
         store = existing_store(ctx)
-        reports = _until_passed(lambda: verify_all(store, connect=connect, http_path=http_path, timeout=timeout)
-                                if store else [], wait)
+        reports = until_passed(lambda t: verify_all(store, connect=connect, http_path=http_path, timeout=t)
+                               if store else [], wait=wait, timeout=timeout)
         rows = [r.to_dict() for r in reports]
         if textfile:
             _write_verify_metrics(textfile, reports)
@@ -226,14 +216,14 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
                             key=key, mode=mode, http_path=http_path, timeout=timeout)
     store = existing_store(ctx)
 
-    def check_once() -> list:
-        report = check_endpoint(target)
+    def check_once(timeout: float) -> list:
+        report = check_endpoint(replace(target, timeout=timeout))
         if report.reason is Reason.BAD_INPUT:
             raise UsageError(report.message.split(": ", 1)[-1])
         compare_with_store(report, current_for(store, target.host))
         return [report]
 
-    (report,) = _until_passed(check_once, wait)
+    (report,) = until_passed(check_once, wait=wait, timeout=target.timeout)
     emit(report.to_dict(), as_json, render)
     if not report.ok:
         raise OperationError(report.message)

@@ -130,8 +130,76 @@ def parse_manifests(texts: Iterable[tuple[str, str]]) -> Manifests:
         for doc in safe_yaml.load_all(text, source):
             for d in _flatten(doc):
                 n += 1
+                check_shape(d, source, text, n)
                 docs.append((f"{source}#{n}", d))
     return _classify(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes: fields whose type is wrong are refused at their FILE:LINE (kubectl would refuse them too)
+# ---------------------------------------------------------------------------------------------
+
+def _type_word(value: Any) -> str:
+    return {list: "a list", dict: "a mapping", str: f"the string {value!r}"}.get(type(value), f"{value!r}")
+
+
+def shape_problem(obj: dict) -> tuple[str, str] | None:
+    """``(top-level key, message)`` for the first field of ``obj`` with the wrong type, else None."""
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        return "metadata", f"metadata must be a mapping (name: ..., namespace: ...), not {_type_word(meta)}"
+    if obj.get("kind") != "Secret":
+        return None
+    name = (meta or {}).get("name")
+    for key, values in (("data", "base64 strings"), ("stringData", "strings")):
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return key, f"Secret {name}: {key} must be a mapping of keys to {values}, not {_type_word(value)}"
+        bad = next((k for k, v in value.items() if isinstance(v, (dict, list))), None)
+        if bad is not None:
+            return key, f"Secret {name}: {key}.{bad} must be a string, not {_type_word(value[bad])}"
+    return None
+
+
+def check_shape(obj: dict, source: str, text: str, index: int) -> None:
+    """Refuse ``obj`` (the ``index``-th object of ``text``, 1-based, as :func:`_flatten` counts)
+    with ``FILE:LINE: message`` when :func:`shape_problem` finds something."""
+    problem = shape_problem(obj)
+    if problem is not None:
+        key, message = problem
+        line = _key_line(text, index, key)
+        raise UsageError(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+def _key_line(text: str, index: int, key: str) -> int | None:
+    """The line of ``key`` in the ``index``-th object of ``text`` (only on the error path: the
+    text is composed again, for its nodes' positions)."""
+    n = 0
+    try:
+        for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            for node in _flat_nodes(doc):
+                n += 1
+                if n == index:
+                    for k, _ in node.value:
+                        if isinstance(k, yaml.ScalarNode) and k.value == key:
+                            return k.start_mark.line + 1
+                    return node.start_mark.line + 1
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+def _flat_nodes(node: Any) -> list[yaml.MappingNode]:
+    """:func:`_flatten` on composed nodes."""
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    fields = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+    kind, items = fields.get("kind"), fields.get("items")
+    if isinstance(kind, yaml.ScalarNode) and kind.value.endswith("List") and isinstance(items, yaml.SequenceNode):
+        return [m for item in items.value for m in _flat_nodes(item)]
+    return [node]
 
 
 def _flatten(doc: Any) -> list[dict]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from kimpki.errors import UsageError
-from kimpki.pki.names import HostName, parse_host
+from kimpki.pki.names import HostName, parse_hosts
+
+
+_WEAK_DIGESTS = (hashes.SHA1, hashes.MD5)
 
 
 def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest:
@@ -17,9 +22,23 @@ def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest
             csr = x509.load_der_x509_csr(data)
     except ValueError as e:
         raise UsageError(f"{source}: not a readable certificate signing request ({e})") from None
+    try:
+        digest = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        digest = None
+    if isinstance(digest, _WEAK_DIGESTS):
+        # OpenSSL 3 no longer verifies these signatures: without this check such a CSR reads as tampered.
+        raise UsageError(f"{source}: the CSR is signed with {digest.name.upper().replace('SHA1', 'SHA-1')}, "
+                         f"which kimpki does not accept: make it again with SHA-256 (openssl req -sha256)")
     if not csr.is_signature_valid:
         raise UsageError(f"{source}: the CSR's signature does not verify (tampered or corrupt)")
     return csr
+
+
+# What the CSR may ask for; kimpki issues DNS names and IP addresses only (the certificate
+# profile has nothing else, and a silently dropped name would surprise whoever asked for it).
+_SAN_WORDS = {x509.RFC822Name: "email", x509.UniformResourceIdentifier: "URI", x509.OtherName: "otherName",
+              x509.DirectoryName: "dirName", x509.RegisteredID: "RID"}
 
 
 def csr_hosts(csr: x509.CertificateSigningRequest, extra: list[str]) -> list[HostName]:
@@ -30,19 +49,22 @@ def csr_hosts(csr: x509.CertificateSigningRequest, extra: list[str]) -> list[Hos
         raws.append(str(cns[0].value))
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        raws += san.get_values_for_type(x509.DNSName)
-        raws += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        pass
+        san = []
+    for name in san:
+        if isinstance(name, x509.DNSName):
+            raws.append(name.value)
+        elif isinstance(name, x509.IPAddress):
+            raws.append(str(name.value))
+        else:
+            word = _SAN_WORDS.get(type(name), type(name).__name__)
+            shown = f"{word}:{name.value}" if isinstance(name.value, str) else word
+            raise UsageError(f"the CSR asks for subjectAltName {shown}: kimpki issues DNS names and IP "
+                             f"addresses only; make the CSR without it")
     raws += list(extra)
     if not raws:
         raise UsageError("the CSR names no host (no CN, no subjectAltName): add --san HOST")
-    out: list[HostName] = []
-    for raw in raws:
-        h = parse_host(raw)
-        if h not in out:
-            out.append(h)
-    return out
+    return parse_hosts(raws)  # linear, and at most MAX_SANS names
 
 
 def csr_org(csr: x509.CertificateSigningRequest) -> str | None:

@@ -73,7 +73,19 @@ def signature_hash_for(issuer_key) -> hashes.HashAlgorithm:
     return hashes.SHA256()
 
 
+# OpenSSL's PEM routines take at most 1023 bytes (PEM_BUFSIZE 1024, with the terminating NUL).
+MAX_PASSPHRASE_BYTES = 1023
+
+
+def check_passphrase(passphrase: bytes | None) -> bytes | None:
+    if passphrase is not None and len(passphrase) > MAX_PASSPHRASE_BYTES:
+        raise UsageError(f"the passphrase is {len(passphrase)} bytes long; OpenSSL takes at most "
+                         f"{MAX_PASSPHRASE_BYTES}")
+    return passphrase
+
+
 def key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    check_passphrase(passphrase)
     enc = (serialization.BestAvailableEncryption(passphrase) if passphrase
            else serialization.NoEncryption())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
@@ -86,6 +98,8 @@ def key_is_encrypted(pem: bytes) -> bool:
 def load_key(pem: bytes, passphrase: bytes | None = None, what: str = "private key") -> PrivateKey:
     """Load a PEM (or DER) private key; a clear OperationError for a wrong or missing passphrase."""
     encrypted = key_is_encrypted(pem)
+    if encrypted:
+        check_passphrase(passphrase)  # a longer one cannot have encrypted it: not "wrong passphrase"
     if encrypted and not passphrase:
         raise OperationError(f"the {what} is encrypted: give --passphrase-file or set KIMPKI_CA_PASSPHRASE")
     try:

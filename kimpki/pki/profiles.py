@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kimpki.errors import UsageError
+from kimpki.pki.durations import lifetime_days
 from kimpki.pki.keys import PrivateKey, signature_hash_for
 from kimpki.pki.names import HostName
 
@@ -65,9 +66,7 @@ def random_serial() -> int:
 
 
 def validity(now: datetime, days: float) -> tuple[datetime, datetime]:
-    if days <= 0:
-        raise UsageError(f"--days must be positive, got {days:g}")
-    return now - BACKDATE, now + timedelta(days=days)
+    return now - BACKDATE, now + lifetime_days(days)
 
 
 def build_name(common_name: str | None, org: str | None) -> x509.Name:

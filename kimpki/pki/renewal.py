@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kimpki.errors import UsageError
-from kimpki.pki.durations import parse_duration
+from kimpki.pki.durations import DurationOutOfRange, parse_duration
 
 _PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
 
@@ -40,7 +40,9 @@ class RenewBefore:
                 raise UsageError(f"invalid {option} {text!r}: a percentage must be between 0 and 100")
             return cls(fraction=pct / 100)
         try:
-            return cls(duration=parse_duration(text))
+            return cls(duration=parse_duration(text, option))
+        except DurationOutOfRange:
+            raise
         except UsageError:
             raise UsageError(f"invalid {option} {text!r}: use a duration (30d, 12h) or a percentage (25%)") from None
 
@@ -74,7 +76,9 @@ class Jitter:
                 raise UsageError(f"invalid {option} {text!r}: a percentage must be at least 0 and below 100")
             return cls(fraction=pct / 100) if pct else None
         try:
-            d = parse_duration(text)
+            d = parse_duration(text, option)
+        except DurationOutOfRange:
+            raise
         except UsageError:
             raise UsageError(f"invalid {option} {text!r}: use a duration (2h, 1d) or a percentage (10%)") from None
         return cls(duration=d) if d else None

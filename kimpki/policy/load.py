@@ -24,9 +24,9 @@ from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import CredentialSpec, default_ca_file_name
 from kimpki.pki.constraints import NameConstraints, violations
-from kimpki.pki.durations import parse_duration
+from kimpki.pki.durations import DurationOutOfRange, check_lifetime, parse_duration
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
-from kimpki.pki.names import parse_host, parse_hosts, safe_store_name
+from kimpki.pki.names import check_san_count, parse_host, parse_hosts, safe_store_name
 from kimpki.pki.renewal import RenewBefore
 from kimpki.pki.windows import MaintenanceWindow, parse_time_of_day, parse_weekdays, parse_zone
 from kimpki.policy import model as m
@@ -112,8 +112,9 @@ def _check_name(kind: str, name: str, meta: Fields) -> None:
 
 
 def _duration(spec: Fields, key: str, default: str):
+    """A certificate lifetime (``duration``, ``maxDuration``): checked here, not first at apply."""
     text, node = spec.text_or_number(key, default=default)
-    return spec.check(key, node, lambda: parse_duration(text))
+    return spec.check(key, node, lambda: check_lifetime(parse_duration(text), f"lifetime {text!r}"))
 
 
 def _key_type(spec: Fields):
@@ -227,11 +228,11 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
 
 def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Certificate:
     spec.allow("hosts", "usage", "ca", "org", "keyType", "duration", "renewBefore")
-    hosts = []
+    hosts: dict[str, None] = {}  # ordered, and a linear duplicate check
     for text, node in spec.strings("hosts", required=True, non_empty=True):
-        h = spec.check("hosts", node, lambda: parse_hosts([text])[0])
-        if h.value not in hosts:
-            hosts.append(h.value)
+        h = spec.check("hosts", node, lambda: parse_host(text))
+        hosts[h.value] = None
+    spec.check("hosts", spec.node_of("hosts"), lambda: check_san_count(len(hosts)))
     usage = spec.string("usage", default="server")
     if usage not in ("server", "client"):
         raise spec.error(spec.node_of("usage"), f"spec.usage must be server or client, not {usage!r}")
@@ -241,7 +242,9 @@ def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.C
     rb = RenewBefore.parse(None)
     if rb_text is not None:
         try:
-            rb = RenewBefore.parse(rb_text)
+            rb = RenewBefore.parse(rb_text, "spec.renewBefore")
+        except DurationOutOfRange as e:
+            raise spec.error(rb_node, str(e)) from None
         except UsageError:
             raise spec.error(rb_node, f"spec.renewBefore must be a duration (30d, 12h) or a percentage of the "
                                       f"lifetime (25%), not {rb_text!r}") from None

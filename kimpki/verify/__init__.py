@@ -10,10 +10,11 @@ No click, no kubernetes: ``kimpki.cli.verify`` renders reports, the store suppli
 
 from kimpki.verify.handshake import ALERT_WAIT, BadInput, ContextCache, check_endpoint, check_many, make_context
 from kimpki.verify.report import Check, Reason, Report, ServedCert
+from kimpki.verify.retry import until_passed
 from kimpki.verify.target import DEFAULT_PORT, DEFAULT_TIMEOUT, Mode, Target, make_target, split_host_port
 
 __all__ = [
     "ALERT_WAIT", "BadInput", "Check", "ContextCache", "DEFAULT_PORT", "DEFAULT_TIMEOUT", "Mode", "Reason",
     "Report", "ServedCert", "Target", "check_endpoint", "check_many", "make_context", "make_target",
-    "split_host_port",
+    "split_host_port", "until_passed",
 ]

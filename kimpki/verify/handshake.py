@@ -505,7 +505,7 @@ def _connect_failure(report: Report, target: Target, err: BaseException | None) 
                              f"{ep} refused the connection (nothing listens on port {target.port}?)")
     if isinstance(err, socket.gaierror):
         hint = "" if target.address else "; give the gateway's address with --connect ADDR[:PORT]"
-        return report.failed("connect", Reason.CONNECTION_REFUSED,
+        return report.failed("connect", Reason.NAME_RESOLUTION,
                              f"cannot resolve {target.connect_address} ({err.strerror}){hint}")
     words = getattr(err, "strerror", None) or str(err)
     return report.failed("connect", Reason.CONNECTION_REFUSED, f"cannot connect to {ep}: {words}")
@@ -591,7 +591,7 @@ def check_endpoint(target: Target, *, contexts: ContextCache | None = None,
     started = time.perf_counter()
     report = Report(host=target.host, address=target.connect_address, port=target.port, mode=target.mode.value,
                     ca=target.trust_name, client_certificate=target.client_name, http_path=target.http_path,
-                    checked_at=datetime.now(timezone.utc))
+                    checked_at=datetime.now(timezone.utc), timeout_s=target.timeout)
     try:
         _check(target, report, contexts or ContextCache(), alert_wait)
     except BadInput as e:

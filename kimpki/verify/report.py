@@ -25,7 +25,8 @@ class Reason(str, Enum):
     CLIENT_CERTIFICATE_NOT_DEMANDED = "client_certificate_not_demanded"  # MUTUAL: anonymous client accepted
     CLIENT_CERTIFICATE_REFUSED = "client_certificate_refused"  # server refused our (or no) client cert
     HTTP_STATUS = "http_status"        # --http-path answered non-2xx (or not HTTP at all)
-    CONNECTION_REFUSED = "connection_refused"  # no TCP connection (refused, unreachable, unresolvable)
+    CONNECTION_REFUSED = "connection_refused"  # no TCP connection (refused, unreachable)
+    NAME_RESOLUTION = "name_resolution"  # the address to connect to does not resolve (DNS)
     TIMEOUT = "timeout"                # the check did not finish within the timeout
     TLS_ERROR = "tls_error"            # any other TLS failure (no shared cipher, unknown SNI, not TLS)
     BAD_INPUT = "bad_input"            # unreadable CA, certificate or key file (a usage error)
@@ -113,6 +114,8 @@ class Report:
     http_body_bytes: int | None = None
     checked_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     duration_ms: float = 0.0
+    timeout_s: float | None = None  # this check's timeout (with --wait, a last attempt gets what is left)
+    attempts: int = 1  # checks made with --wait; this report is the last one's
 
     @property
     def ok(self) -> bool:
@@ -154,4 +157,6 @@ class Report:
             "client_certificate": self.client_certificate,
             "checked_at": rfc3339(self.checked_at),
             "duration_ms": round(self.duration_ms, 1),
+            "timeout_s": self.timeout_s,
+            "attempts": self.attempts,
         }

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -16,6 +17,19 @@ from kimpki.errors import UsageError
 
 DEFAULT_PORT = 443
 DEFAULT_TIMEOUT = 5.0
+# A TLS check (connect, handshakes, a GET) that needs more than 5 minutes is broken, not slow;
+# and ``socket`` refuses values it cannot turn into a timestamp (1e300, inf, nan).
+MAX_TIMEOUT = 300.0
+MAX_WAIT = 3600.0  # an hour: longer than any gateway takes to pick up a new certificate
+
+
+def check_seconds(value: float, option: str, maximum: float, *, zero_ok: bool = False) -> float:
+    """A number of seconds typed by a user: finite, positive (or 0 when ``zero_ok``), at most ``maximum``."""
+    low_ok = value >= 0 if zero_ok else value > 0
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= maximum):
+        least = "at least 0" if zero_ok else "more than 0"
+        raise UsageError(f"{option} must be {least} and at most {maximum:g} seconds, not {value!r}")
+    return float(value)
 
 
 class Mode(str, Enum):
@@ -169,8 +183,7 @@ def make_target(host: str, *, connect: str | None = None, ca_file: str | None = 
                          "--client NAME (from the store) or --cert FILE --key FILE")
     if http_path is not None and (not http_path.startswith("/") or any(c in http_path for c in " \r\n")):
         raise UsageError(f"--http-path {http_path!r} must start with '/' and contain no spaces, e.g. /health")
-    if not timeout or timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, not {timeout!r}")
+    check_seconds(timeout, "--timeout", MAX_TIMEOUT)
     return Target(host=name, ca_file=ca_file, address=address, port=port or DEFAULT_PORT, mode=mode,
                   client_cert=client_cert, client_key=client_key, http_path=http_path,
                   timeout=float(timeout), ca_label=ca_label, client_label=client_label)
