@@ -57,7 +57,7 @@ def test_bad_names_raise_usage_error(raw, why):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("raw", ["../x", "..", ".hidden", "a/b", "x" * 201, ""])
+@pytest.mark.parametrize("raw", ["../x", "..", ".hidden", "a/b", "x" * 252, "*." + "x" * 242, "a:b", ""])
 def test_store_names_never_escape_the_home(raw):
     with pytest.raises(UsageError):
         safe_store_name(raw)

@@ -310,7 +310,7 @@ def test_json_keys_and_formats(pki):
         d = verify_json(*mutual_args(srv, pki), "--http-path", "/health", code=0, reason=None)
     assert list(d) == ["host", "address", "port", "mode", "ok", "reason", "message", "checks", "tls_version",
                        "cipher", "alpn", "served_chain", "http_path", "http_status", "http_body_bytes", "ca",
-                       "client_certificate", "checked_at", "duration_ms"]
+                       "client_certificate", "checked_at", "duration_ms", "timeout_s", "attempts"]
     assert all(list(c) == ["name", "ok", "detail"] for c in d["checks"])
     leaf = d["served_chain"][0]
     assert list(leaf) == ["subject", "issuer", "serial", "dns_names", "ip_addresses", "not_before", "not_after",
