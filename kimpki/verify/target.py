@@ -27,8 +27,9 @@ def check_seconds(value: float, option: str, maximum: float, *, zero_ok: bool = 
     """A number of seconds typed by a user: finite, positive (or 0 when ``zero_ok``), at most ``maximum``."""
     low_ok = value >= 0 if zero_ok else value > 0
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= maximum):
-        least = "at least 0" if zero_ok else "more than 0"
-        raise UsageError(f"{option} must be {least} and at most {maximum:g} seconds, not {value!r}")
+        what = f"a number of seconds from 0 to {maximum:g}" if zero_ok else \
+            f"a positive number of seconds, at most {maximum:g}"
+        raise UsageError(f"{option} must be {what}, not {value!r}")
     return float(value)
 
 
