@@ -176,6 +176,8 @@ def check_shape(obj: dict, source: str, text: str, index: int) -> None:
 def _key_line(text: str, index: int, key: str) -> int | None:
     """The line of ``key`` in the ``index``-th object of ``text`` (only on the error path: the
     text is composed again, for its nodes' positions)."""
+    import yaml  # here, not at the top: only this error path needs nodes
+
     n = 0
     try:
         for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
@@ -191,8 +193,10 @@ def _key_line(text: str, index: int, key: str) -> int | None:
     return None
 
 
-def _flat_nodes(node: Any) -> list[yaml.MappingNode]:
+def _flat_nodes(node: Any) -> list:
     """:func:`_flatten` on composed nodes."""
+    import yaml
+
     if not isinstance(node, yaml.MappingNode):
         return []
     fields = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
