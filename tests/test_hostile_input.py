@@ -84,19 +84,22 @@ def test_verify_timeout_and_wait_out_of_range(kimpki, option, value, needle):
 
 @pytest.mark.parametrize("where", ["file", "env"])
 def test_passphrase_over_1023_bytes(kimpki, tmp_path, where):
-    long, ok = tmp_path / "long", tmp_path / "ok"
-    long.write_text("p" * 1024 + "\n")
-    ok.write_text("p" * 1023 + "\n")
-    how = (lambda f: dict(args=["--passphrase-file", f], env=None)) if where == "file" else \
-        (lambda f: dict(args=[], env={"KIMPKI_CA_PASSPHRASE": f.read_text().strip()}))
+    def given(length: int) -> dict:
+        """How the passphrase reaches kimpki: --passphrase-file or KIMPKI_CA_PASSPHRASE."""
+        if where == "env":
+            return dict(args=[], env={"KIMPKI_CA_PASSPHRASE": "p" * length})
+        path = tmp_path / f"pw{length}"
+        path.write_text("p" * length + "\n")
+        return dict(args=["--passphrase-file", path], env=None)
+
+    too_long, longest = given(1024), given(1023)
     needle = "the passphrase is 1024 bytes long; OpenSSL takes at most 1023"
-    a = how(long)
-    assert_one_line_error(kimpki("ca", "init", "ex", *a["args"], env=a["env"]), 2, needle)
-    b = how(ok)
-    kimpki.ok("ca", "init", "ex", *b["args"], env=b["env"])
-    kimpki.ok("issue", "kim.example.com", "--ca", "ex", *b["args"], env=b["env"])
+    assert_one_line_error(kimpki("ca", "init", "ex", *too_long["args"], env=too_long["env"]), 2, needle)
+    kimpki.ok("ca", "init", "ex", *longest["args"], env=longest["env"])
+    kimpki.ok("issue", "kim.example.com", "--ca", "ex", *longest["args"], env=longest["env"])
     # Against the encrypted CA: not "wrong passphrase" (no passphrase that long can have encrypted it).
-    assert_one_line_error(kimpki("issue", "kim.example.com", "--ca", "ex", *a["args"], env=a["env"]), 2, needle)
+    res = kimpki("issue", "kim.example.com", "--ca", "ex", *too_long["args"], env=too_long["env"])
+    assert_one_line_error(res, 2, needle)
 
 
 # --------------------------------------------------------------------------- policies
