@@ -57,7 +57,7 @@ def test_ca_init_common_name_and_encrypted_keys_for_root_and_intermediate(kimpki
     assert leaf["name"] == "kim-prod" and leaf["dns_names"] == ["kim.example.com"]
     assert (kimpki.home / "certs/kim-prod/current/cert.crt").exists()
     assert not (kimpki.home / "certs/kim.example.com").exists()
-    assert [r["name"] for r in kimpki.json("list")] == ["kim-prod"]
+    assert [r["name"] for r in kimpki.json("list")["items"]] == ["kim-prod"]
     openssl("verify", "-CAfile", d["cert"], "-untrusted", i["cert"], leaf["cert"])
 
 

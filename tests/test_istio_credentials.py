@@ -24,7 +24,13 @@ from kimpki.pki.parse import fingerprint_sha256
 from kimpki.store import Store
 from tests.istio_helpers import DEPLOYMENT_FILE, decoded, issue_in_process
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(timezone.utc)  # the CAs' and the dated leaves' clock (days apart: a slow suite is fine)
+
+
+def now() -> datetime:
+    """The checks' clock: the real time, since the leaves are issued when the fixture runs, which on
+    a loaded machine can be minutes after this module was imported (past the 5-minute backdating)."""
+    return datetime.now(timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def store(home):
 def prepare(store, cert, **spec):
     ca_name = spec.pop("ca_name", None)
     name = spec.pop("name", "kim-credential") if not spec.get("file_mounted") else spec.pop("name", None)
-    return credentials.prepare(store, cert, cred.CredentialSpec(name=name, **spec), now=NOW, ca_name=ca_name)
+    return credentials.prepare(store, cert, cred.CredentialSpec(name=name, **spec), now=now(), ca_name=ca_name)
 
 
 def test_generic_simple_is_cert_and_key_with_label_and_provenance(store):
@@ -170,7 +176,7 @@ def test_a_key_that_does_not_match_is_refused(home, tmp_path):
     rec.key_path.chmod(0o600)
     rec.key_path.write_bytes(keys.key_to_pem(keys.generate_key()))
     with pytest.raises(OperationError, match="does not match the certificate"):
-        credentials.prepare(s, "kim.example.com", cred.CredentialSpec("kim-credential"), now=NOW)
+        credentials.prepare(s, "kim.example.com", cred.CredentialSpec("kim-credential"), now=now())
     s.close()
 
 

@@ -130,11 +130,11 @@ def test_every_cluster_command_writes_where_context_says_and_nowhere_else(kimpki
 
     rotate = ["ca", "rotate", "example.com", "--manifests", deploy, "--cluster", *in_b]
     k.ok(*rotate, "--namespace", NS, "--dry-run", env=env)
-    assert bundles() == [[old], [old]] and "example.com-g2" not in {c["name"] for c in k.json("ca", "list")}
+    assert bundles() == [[old], [old]] and "example.com-g2" not in {c["name"] for c in k.json("ca", "list")["items"]}
     rep = k.json(*rotate, "-n", NS, "--days", "400", "--key-type", "ec-p384", env=env)
     assert len(rep["places"]) == 2 and rep["ready_to_retire"] is True, rep
     assert bundles() == [[old, new], [old, new]]
-    g2 = {c["name"]: c for c in k.json("ca", "list")}["example.com-g2"]
+    g2 = {c["name"]: c for c in k.json("ca", "list")["items"]}["example.com-g2"]
     assert g2["key_type"] == "EC P-384" and 399 <= g2["days_left"] <= 400, g2
     retire = ["ca", "retire", "example.com", "--manifests", deploy, "--cluster", *in_b]
     dry = k.json(*retire, "-n", NS, "--dry-run", env=env)

@@ -166,6 +166,8 @@ def test_wrong_passphrase_records_nothing(kimpki, tmp_path):
     states = {line.split()[0]: line.split()[-1] for line in kimpki.ok("list").out.splitlines()[1:]}
     assert states["x.example.com"] == "valid"
     assert kimpki.json("revoke", "x.example.com", "--passphrase-file", pw)["crl"]["crl_number"] == 1
+    assert_one_line_error(kimpki("crl", "locked.example", "--refresh", "--passphrase-file", wrong), 1)
+    assert kimpki.json("crl", "locked.example", "--refresh", "--passphrase-file", pw)["crl_number"] == 2
 
 
 def test_expired_certificates_leave_the_crl():
