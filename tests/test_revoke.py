@@ -222,3 +222,42 @@ def test_revoke_ca_must_be_the_issuer(home):
     assert_one_line_error(home("revoke", "--serial", serial, "--ca", "other.example"), 1,
                           f"no certificate with serial {serial} issued by CA 'other.example'")
     assert home.json("crl", "example.com")["revoked_entries"] == 0
+
+
+def test_verify_names_a_revocation_refusal(home, tmp_path):
+    """openssl s_server checking client certificates against the CA's CRL sends the
+    certificate_revoked alert: kimpki verify reports it as its own reason."""
+    import socket
+
+    from tests.tlspeers import free_port
+
+    home.ok("issue", "kim.example.com")
+    home.ok("revoke", "c1.example.com", "--reason", "keyCompromise")
+    crl = tmp_path / "crl.pem"
+    home.ok("crl", "example.com", "--out", crl)
+    server_dir = home.home / "certs" / "kim.example.com" / "current"
+    port = free_port()
+    srv = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", server_dir / "cert.crt",
+                            "-key", server_dir / "cert.key", "-CAfile", ca_file(home), "-Verify", "1",
+                            "-verify_return_error", "-CRL", crl, "-crl_check", "-quiet", "-naccept", "100"],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and srv.poll() is None, "openssl s_server did not start"
+                time.sleep(0.1)
+        args = ["verify", "kim.example.com", "--connect", f"127.0.0.1:{port}", "--ca", "example.com", "--json"]
+        revoked = home(*args, "--client", "c1.example.com")
+        accepted = home(*args, "--client", "c2.example.com")
+    finally:
+        srv.kill()
+        srv.wait()
+    assert revoked.code == 1 and revoked.json["reason"] == "client_certificate_revoked", revoked.out + revoked.err
+    assert "client_certificate_revoked: " in revoked.err and "Traceback" not in revoked.err
+    assert accepted.json["ok"] is True, accepted.out

@@ -551,6 +551,10 @@ def _server_verified(report: Report, target: Target) -> None:
 
 def _refused(report: Report, target: Target, alert: str) -> Report:
     if target.client_cert:
+        if "certificate revoked" in alert:
+            return report.failed("client_certificate_accepted", Reason.CLIENT_CERTIFICATE_REVOKED,
+                                 f"the server refused client certificate {target.client_name} as revoked ({alert}): "
+                                 f"its CA's CRL lists it")
         hint = ""
         if "unknown ca" in alert or "bad certificate" in alert or "certificate unknown" in alert:
             hint = "; is it issued by a CA in the gateway credential's ca.crt?"

@@ -24,6 +24,7 @@ class Reason(str, Enum):
     EXPIRY = "expiry"                  # a served certificate is expired or not yet valid
     CLIENT_CERTIFICATE_NOT_DEMANDED = "client_certificate_not_demanded"  # MUTUAL: anonymous client accepted
     CLIENT_CERTIFICATE_REFUSED = "client_certificate_refused"  # server refused our (or no) client cert
+    CLIENT_CERTIFICATE_REVOKED = "client_certificate_revoked"  # refused with a certificate_revoked alert (CRL)
     HTTP_STATUS = "http_status"        # --http-path answered non-2xx (or not HTTP at all)
     CONNECTION_REFUSED = "connection_refused"  # no TCP connection (refused, unreachable)
     NAME_RESOLUTION = "name_resolution"  # the address to connect to does not resolve (DNS)
