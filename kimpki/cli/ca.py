@@ -12,6 +12,9 @@ from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, days_option, emi
 from kimpki.errors import OperationError
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 
+unencrypted_key_option = click.option(
+    "--unencrypted-key", is_flag=True,
+    help="Store the CA key in the clear although its parent's key (or the --key file) is encrypted.")
 key_type_option = click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE.value,
                                show_default=True, help="Key algorithm and size.")
 
@@ -61,13 +64,16 @@ def _ca_text(d: dict) -> str:
 @passphrase_file_option
 @click.option("--parent-passphrase-file", type=click.Path(dir_okay=False),
               help="Passphrase file for the --parent CA's key (else KIMPKI_CA_PASSPHRASE or a prompt).")
+@unencrypted_key_option
 @json_option
 @click.pass_context
-def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, parent_passphrase_file, as_json):
+def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, parent_passphrase_file,
+         unencrypted_key, as_json):
     """Create a self-signed root CA called NAME (default kimpki-ca), or an intermediate with --parent.
 
     The first CA becomes the default for 'kimpki issue'. With --passphrase-file (or
-    KIMPKI_CA_PASSPHRASE) the CA key is encrypted at rest.
+    KIMPKI_CA_PASSPHRASE) the CA key is encrypted at rest. Under a parent whose key is
+    encrypted, a key without a passphrase needs --unencrypted-key.
 
     \b
     Examples:
@@ -80,7 +86,8 @@ def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, p
     now = now_utc()
     res = authority.init_ca(store, name, org=org, common_name=common_name, key_type=parse_key_type(key_type),
                             days=days, passphrase=read_passphrase_file(passphrase_file), parent=parent,
-                            parent_passphrase=passphrase_source(parent_passphrase_file), now=now)
+                            parent_passphrase=passphrase_source(parent_passphrase_file), now=now,
+                            unencrypted_key=unencrypted_key)
     emit(res.to_dict(now), as_json, _ca_text)
 
 
@@ -93,14 +100,17 @@ def init(ctx, name, org, common_name, key_type, days, parent, passphrase_file, p
 @click.option("--key-passphrase-file", type=click.Path(dir_okay=False),
               help="Passphrase file for an encrypted --key.")
 @passphrase_file_option
+@unencrypted_key_option
 @json_option
 @click.pass_context
-def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file, as_json):
+def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file, unencrypted_key, as_json):
     """Adopt an existing CA, such as a root made by hand with 'openssl req -x509'.
 
     Checks that the key matches the certificate and that the certificate may sign;
     warns (without failing) about a v1 root or a missing keyUsage. Importing a CA the
-    store already has puts back its files if a damaged home lost them.
+    store already has puts back its files if a damaged home lost them. The key is stored
+    encrypted with --passphrase-file (or KIMPKI_CA_PASSPHRASE) when given; an encrypted
+    --key stays encrypted with its own passphrase unless --unencrypted-key.
 
     \b
     Example:
@@ -114,7 +124,8 @@ def import_(ctx, name, cert_file, key_file, key_passphrase_file, passphrase_file
     if key_passphrase_file:
         key_pw = read_passphrase_file(key_passphrase_file)
     res = authority.import_ca(store, name, Path(cert_file), Path(key_file), key_passphrase=key_pw,
-                              passphrase=read_passphrase_file(passphrase_file), now=now)
+                              passphrase=read_passphrase_file(passphrase_file), now=now,
+                              unencrypted_key=unencrypted_key)
     for w in res.warnings:
         note(f"kimpki: warning: {cert_file}: {w}")
     if res.restored:

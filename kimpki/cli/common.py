@@ -104,6 +104,16 @@ def note(message: str) -> None:
     click.echo(message, err=True)
 
 
+def stdout_will_hold_keys() -> None:
+    """Call before printing private keys: standard output redirected to a file others can read
+    (``> deploy/x.yaml`` under umask 022) is made 0600 first, and the user is told."""
+    from kimpki.store.fs import tighten_stdout
+
+    path = tighten_stdout("it would receive private keys")
+    if path:
+        note(f"kimpki: {path} was readable by other users; made it 0600 (it holds private keys)")
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [len(h) for h in headers]
     for r in rows:

@@ -245,6 +245,10 @@ def _render_kubernetes(ctx, schedule, namespace, renew_args, image, ca_names, ca
         create_secret = cron.ca_secret_command(settings, _abs(passphrase_file) if passphrase_file else None)
         note(f"kimpki: note: the CronJob imports CA {', '.join(ca.name for ca in cas)} from Secret "
              f"{namespace}/{ca_secret_name}; create it first (it holds the CA private key): {create_secret}")
+    if with_ca_secret:
+        from kimpki.cli.common import stdout_will_hold_keys
+
+        stdout_will_hold_keys()  # the CA Secret holds the CA private keys
     if as_json:
         emit({"namespace": namespace, "schedule": objects[-1]["spec"]["schedule"], "time_zone": time_zone,
               "image": settings.image, "cas": [ca.name for ca in cas], "ca_secret": ca_secret_name,

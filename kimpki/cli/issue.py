@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kimpki.cli.common import (days_option, emit, json_option, note, now_utc, open_store, passphrase_file_option,
-                               passphrase_source)
+                               passphrase_source, read_passphrase_file)
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES, parse_key_type
 
 
@@ -60,7 +60,8 @@ def command(ctx, hosts, client, ca_name, org, days, key_type, name, out_dir, pas
     store = open_store(ctx)
     now = now_utc()
     if ca_name is None:
-        created = authority.ensure_default_ca(store, now)
+        # Encrypted with the passphrase when one is given, as every CA key kimpki writes.
+        created = authority.ensure_default_ca(store, now, read_passphrase_file(passphrase_file))
         if created is not None:
             note(f"kimpki: no CA existed; created the default CA {created.name!r} at {created.cert_path}")
     res = issuing.issue(store, list(hosts), kind=LeafKind.CLIENT if client else LeafKind.SERVER,

@@ -29,6 +29,7 @@ COMMANDS = {
     "plan": ("kimpki.cli.policy:plan", "Show what 'apply' would change to match policy files."),
     "apply": ("kimpki.cli.policy:apply", "Converge CAs, certificates, Secrets and Gateways to policy files."),
     "cron": ("kimpki.cli.cron:group", "Print a crontab line or Kubernetes CronJob that runs 'kimpki renew'."),
+    "gc": ("kimpki.cli.gc:command", "Collect what killed runs left in the store (orphan versions, temp files)."),
 }
 
 EPILOG = """\b

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from kimpki.cli.common import (check_output, cluster_options, emit, no_cluster_hint, note, now_utc, open_store,
-                               output_options, render_objects)
+                               output_options, render_objects, stdout_will_hold_keys)
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
@@ -111,6 +111,7 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
                  f"--mount-path /etc/istio/{spec.secret_name.removeprefix('istio-')}")
 
     if output or (dry_run and not as_json):
+        stdout_will_hold_keys()  # the credential Secret holds the certificate's key
         click.echo(render_objects([r["object"] for r in results], output or "yaml"))
         return
     summary = {

@@ -38,7 +38,7 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
     """
     from kimpki.ops import issuing
     from kimpki.pki.profiles import LeafKind
-    from kimpki.store.fs import PUBLIC_FILE, write_atomic
+    from kimpki.store.fs import PUBLIC_FILE, write_output
 
     try:
         data = Path(csr_file).read_bytes()
@@ -49,6 +49,7 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
                            kind=LeafKind.CLIENT if client else LeafKind.SERVER, ca_name=ca_name,
                            days=days, name=name, now=now_utc(), passphrase=passphrase_source(passphrase_file))
     if out_file:
-        write_atomic(Path(out_file).resolve(), res.record.cert_path.read_bytes(), PUBLIC_FILE)
-        res.out_files = [str(Path(out_file).resolve())]
+        # Not resolved: a link planted at --out is replaced, its target left alone.
+        write_output(out_file, res.record.cert_path.read_bytes(), PUBLIC_FILE)
+        res.out_files = [str(Path(out_file).absolute())]
     emit(res.to_dict(), as_json, issued_text)

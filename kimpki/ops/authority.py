@@ -110,27 +110,68 @@ def _cross_certificates(store: Store, ca: CaRecord) -> tuple[x509.Certificate, .
     return tuple(parse.load_certificates(read_ca_file(ca, ca.cross_path), str(ca.cross_path)))
 
 
+UNENCRYPTED_KEY_FLAG = "--unencrypted-key"
+
+
+def _key_protection(name: str, passphrase: bytes | None, unencrypted_key: bool, parent: CaRecord | None) -> None:
+    """The rule for every CA key kimpki writes: encrypted with the passphrase when one is given;
+    in the clear under an encrypted parent only when asked for explicitly."""
+    if passphrase and unencrypted_key:
+        raise UsageError(f"{UNENCRYPTED_KEY_FLAG} and a passphrase (--passphrase-file or KIMPKI_CA_PASSPHRASE) "
+                         "contradict each other; drop one")
+    if parent is not None and parent.encrypted and not passphrase and not unencrypted_key:
+        raise UsageError(f"the key of CA {parent.name!r} is encrypted but no passphrase was given for the key of "
+                         f"{name!r}: give --passphrase-file (or KIMPKI_CA_PASSPHRASE), or {UNENCRYPTED_KEY_FLAG} to store "
+                         "it in the clear")
+
+
+def check_may_sign_ca(store: Store, parent: CaRecord) -> None:
+    """Refuse a CA under ``parent`` when a pathLenConstraint above it forbids one: leaves under
+    it would fail every verifier ("path length constraint exceeded")."""
+    below = 0  # CA certificates between the ancestor looked at and the new CA
+    ca: CaRecord | None = parent
+    while ca is not None:
+        limit = parse.path_length(read_ca_cert(ca))
+        if limit is not None and below + 1 > limit:
+            if ca is parent:
+                raise OperationError(f"CA {parent.name!r} has pathLen:{limit} and may not sign another CA "
+                                     f"(verifiers would refuse every leaf below it): issue leaves from it, "
+                                     f"or create the CA under {parent.parent or 'another root'!r}")
+            raise OperationError(f"CA {ca.name!r} above {parent.name!r} has pathLen:{limit}: no further CA may be "
+                                 f"created under {parent.name!r} (verifiers would refuse every leaf below it)")
+        below += 1
+        ca = store.get_ca(ca.parent) if ca.parent else None
+
+
 def init_ca(store: Store, name: str, *, org: str | None, common_name: str | None,
             key_type: keys.KeyType, days: float, passphrase: bytes | None,
-            parent: str | None, parent_passphrase: PassphraseSource, now) -> CaResult:
+            parent: str | None, parent_passphrase: PassphraseSource, now,
+            unencrypted_key: bool = False) -> CaResult:
     name = safe_store_name(name)
+    if parent is not None:  # refuse before the key is generated
+        p = store.get_ca(parent)
+        _key_protection(name, passphrase, unencrypted_key, p)
+        check_may_sign_ca(store, p)
     key = keys.generate_key(key_type)  # outside the lock: RSA-4096 can take a second
     with store.locked():
         return create_ca(store, name, key, key_type=key_type, org=org, common_name=common_name, days=days,
-                         passphrase=passphrase, parent=parent, parent_passphrase=parent_passphrase, now=now)
+                         passphrase=passphrase, parent=parent, parent_passphrase=parent_passphrase, now=now,
+                         unencrypted_key=unencrypted_key)
 
 
 def create_ca(store: Store, name: str, key, *, key_type: keys.KeyType, org: str | None,
               common_name: str | None, days: float, passphrase: bytes | None, parent: str | None,
-              parent_passphrase: PassphraseSource, now) -> CaResult:
+              parent_passphrase: PassphraseSource, now, unencrypted_key: bool = False) -> CaResult:
     """:func:`init_ca` with a key already generated. Call inside ``store.locked()``."""
     if store.find_ca(name) is not None:
         raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
     not_before, not_after = profiles.validity(now, days)
     chain_pem = None
+    _key_protection(name, passphrase, unencrypted_key, store.get_ca(parent) if parent else None)
     if parent is None:
         cert = profiles.make_root(key, common_name or name, org, not_before, not_after)
     else:
+        check_may_sign_ca(store, store.get_ca(parent))
         issuer = load_issuer(store, store.get_ca(parent), parent_passphrase)
         if not_after > issuer.cert.not_valid_after_utc:
             not_after = issuer.cert.not_valid_after_utc  # an intermediate never outlives its parent
@@ -148,13 +189,20 @@ def create_ca(store: Store, name: str, key, *, key_type: keys.KeyType, org: str 
 
 
 def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
-              key_passphrase: bytes | None, passphrase: bytes | None, now) -> CaResult:
-    """Adopt an existing CA (such as a root made by hand with ``openssl req -x509``)."""
+              key_passphrase: bytes | None, passphrase: bytes | None, now,
+              unencrypted_key: bool = False) -> CaResult:
+    """Adopt an existing CA (such as a root made by hand with ``openssl req -x509``).
+
+    The key is stored encrypted with ``passphrase`` when given; an encrypted key file stays
+    encrypted (with its own passphrase) unless ``unencrypted_key`` asks for it in the clear."""
     name = safe_store_name(name)
+    _key_protection(name, passphrase, unencrypted_key, None)
     try:
         cert_data, key_data = cert_file.read_bytes(), key_file.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {e.filename}: {e.strerror}") from None
+    if passphrase is None and not unencrypted_key and keys.key_is_encrypted(key_data):
+        passphrase = key_passphrase  # (None: load_key below says the passphrase is missing)
     certs = parse.load_certificates(cert_data, str(cert_file))
     cert = certs[0]
     key = keys.load_key(key_data, key_passphrase, what=f"key in {key_file}")
@@ -213,13 +261,14 @@ def list_cas(store: Store) -> list[CaResult]:
     return [CaResult(ca, read_ca_cert(ca), []) for ca in store.list_cas()]
 
 
-def ensure_default_ca(store: Store, now) -> CaRecord | None:
-    """Create a default CA when none exists at all (as mkcert does); returns it if created."""
+def ensure_default_ca(store: Store, now, passphrase: bytes | None = None) -> CaRecord | None:
+    """Create a default CA when none exists at all (as mkcert does), its key encrypted with
+    ``passphrase`` when one is given; returns it if created."""
     if store.list_cas():
         return None
     try:
         res = init_ca(store, DEFAULT_CA_NAME, org="kimpki", common_name="kimpki default CA",
-                      key_type=keys.DEFAULT_KEY_TYPE, days=DEFAULT_CA_DAYS, passphrase=None,
+                      key_type=keys.DEFAULT_KEY_TYPE, days=DEFAULT_CA_DAYS, passphrase=passphrase,
                       parent=None, parent_passphrase=no_passphrase, now=now)
     except OperationError:
         # Another process created it first: fine.

@@ -247,7 +247,9 @@ def create_successor(store: Store, old: CaRecord, *, new_name: str | None, days:
     with store.locked():
         res = authority.create_ca(store, name, key, key_type=kt, org=_subject_attr(old_cert, NameOID.ORGANIZATION_NAME),
                                   common_name=cn, days=days or _lifetime_days(old.not_before, old.not_after),
-                                  passphrase=passphrase, parent=old.parent, parent_passphrase=signing, now=now)
+                                  passphrase=passphrase, parent=old.parent, parent_passphrase=signing, now=now,
+                                  # a key kept in the clear by choice: its successor's too
+                                  unencrypted_key=not old.encrypted and not passphrase)
         if old.parent is None:
             issuer = authority.load_issuer(store, old, signing)
             serial = authority.fresh_serial(store, old.name)

@@ -153,6 +153,9 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
                 raise type(e)(f"{e} (already written: {written})") from None
             raise
         done.append({"name": meta["name"], "action": res.action, "object": res.object})
+        if res.tightened:
+            warnings.append(f"{res.tightened} was readable by other users; made it 0600 (it holds the private "
+                            f"key of secret/{meta['name']})")
     if spec.mutual and not spec.ca_secret and not spec.file_mounted:
         stale = c.cacert_secret_name(spec.secret_name)
         if place.get(spec.namespace, stale) is not None:

@@ -308,7 +308,7 @@ def kubernetes_objects(s: CronJobSettings) -> list[dict]:
         args = ["ca", "import", ca.name, "--cert", f"{POD_CA_DIR}/{ca.name}.crt", "--key", f"{POD_CA_DIR}/{ca.name}.key"]
         if ca.encrypted:
             # the pod's home is memory-backed and lives as long as the pod: the key stays unencrypted there
-            args += ["--key-passphrase-file", f"{POD_CA_DIR}/{ca.name}.passphrase"]
+            args += ["--key-passphrase-file", f"{POD_CA_DIR}/{ca.name}.passphrase", "--unencrypted-key"]
         init.append({"name": f"import-ca-{i}", "image": s.image, "imagePullPolicy": s.image_pull_policy,
                      "command": ["kimpki"], "args": args, "env": env(),
                      "volumeMounts": mounts(ca=True), "securityContext": _security_context(),

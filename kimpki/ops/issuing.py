@@ -15,7 +15,7 @@ from kimpki.pki import csr as csrmod
 from kimpki.pki import keys, parse, profiles
 from kimpki.pki.names import HostName, parse_hosts, safe_store_name
 from kimpki.store import CertRecord, Store
-from kimpki.store.fs import PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, write_atomic
+from kimpki.store.fs import PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, write_output
 
 
 @dataclass
@@ -115,12 +115,12 @@ def export_files(result: IssueResult, out_dir: Path) -> list[str]:
     r = result.record
     stem = r.name
     written = []
-    write_atomic(out_dir / f"{stem}.crt", r.cert_path.read_bytes(), PUBLIC_FILE)
+    write_output(out_dir / f"{stem}.crt", r.cert_path.read_bytes(), PUBLIC_FILE)
     written.append(str(out_dir / f"{stem}.crt"))
     if r.has_key:
-        write_atomic(out_dir / f"{stem}.key", r.key_path.read_bytes(), PRIVATE_FILE)
+        write_output(out_dir / f"{stem}.key", r.key_path.read_bytes(), PRIVATE_FILE)
         written.append(str(out_dir / f"{stem}.key"))
-    write_atomic(out_dir / "ca.crt", r.ca_path.read_bytes(), PUBLIC_FILE)
+    write_output(out_dir / "ca.crt", r.ca_path.read_bytes(), PUBLIC_FILE)
     written.append(str(out_dir / "ca.crt"))
     result.out_files = written
     return written

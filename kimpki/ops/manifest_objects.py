@@ -10,6 +10,7 @@ comments stay byte-identical. A new object is appended to a file named by the ca
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,9 +19,23 @@ import yaml
 
 from kimpki import safe_yaml
 from kimpki.errors import OperationError, UsageError
-from kimpki.store.fs import PUBLIC_FILE, write_atomic
+from kimpki.store.fs import PRIVATE_FILE, PUBLIC_FILE, write_output
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def file_mode(path: Path, private: bool) -> tuple[int, bool]:
+    """The mode to write ``path`` with: 0600 when it will hold a private key, whoever made it
+    and however (``... -o yaml > deploy/x.yaml`` under umask 022 makes it 0644), else the
+    file's own mode (0644 for a new file). Second: True when that tightens the file."""
+    try:
+        st = path.lstat()
+        old = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None  # a link is replaced
+    except FileNotFoundError:
+        old = None
+    if private:
+        return PRIVATE_FILE, old is not None and bool(old & 0o077)
+    return (old if old is not None else PUBLIC_FILE), False
 
 
 def dump_yaml(obj: dict) -> str:
@@ -127,7 +142,9 @@ class ManifestFolder:
             self.rewrite(found, desired)
         return "updated", current
 
-    def append(self, file_name: str, obj: dict) -> None:
+    def append(self, file_name: str, obj: dict, *, private: bool = False) -> bool:
+        """Add ``obj`` as a new document of ``file_name`` (created if missing). ``private``: it
+        holds a private key, the file becomes 0600. Returns True when that tightened the file."""
         path = self.folder / file_name
         if path.suffix.lower() == ".json":
             raise UsageError(f"cannot add a document to the JSON file {path}")
@@ -135,14 +152,16 @@ class ManifestFolder:
             text = path.read_text(encoding="utf-8")
             sep = "" if not text or text.endswith("\n") else "\n"
             new = text + sep + "---\n" + dump_yaml(obj)
-            mode = path.stat().st_mode & 0o777
         else:
-            new, mode = dump_yaml(obj), PUBLIC_FILE
-        write_atomic(path, new.encode("utf-8"), mode)
+            new = dump_yaml(obj)
+        mode, tightened = file_mode(path, private)
+        write_output(path, new.encode("utf-8"), mode)
+        return tightened
 
-    def rewrite(self, found: Found, new: dict) -> None:
+    def rewrite(self, found: Found, new: dict, *, private: bool = False) -> bool:
         """Replace one document of ``found.path``, atomically; the rest of the file stays
-        byte-identical. Refused when the file changed since it was read."""
+        byte-identical. Refused when the file changed since it was read. ``private``: the file
+        holds a private key and becomes 0600; returns True when that tightened it."""
         now_text = read_text(found.path)
         if now_text != found.text:
             raise OperationError(f"{found.path} changed while kimpki was updating {new.get('kind')} "
@@ -156,7 +175,9 @@ class ManifestFolder:
             text = json.dumps(doc, indent=2) + "\n"
         else:
             text = replace_document(found, new)
-        write_atomic(found.path, text.encode("utf-8"), found.path.stat().st_mode & 0o777)
+        mode, tightened = file_mode(found.path, private)
+        write_output(found.path, text.encode("utf-8"), mode)
+        return tightened
 
     def write_file(self, file_name: str, text: str, *, dry_run: bool = False) -> tuple[str, str | None]:
         """Make ``file_name`` hold exactly ``text``: ("created" | "updated" | "unchanged", old text)."""
@@ -165,7 +186,7 @@ class ManifestFolder:
         if old == text:
             return "unchanged", old
         if not dry_run:
-            write_atomic(path, text.encode("utf-8"), (path.stat().st_mode & 0o777) if old is not None else PUBLIC_FILE)
+            write_output(path, text.encode("utf-8"), file_mode(path, False)[0])
         return ("created" if old is None else "updated"), old
 
 

@@ -25,7 +25,7 @@ from typing import Iterator
 from kimpki.errors import OperationError, UsageError
 from kimpki.istio import contract as c
 from kimpki.ops.manifest_objects import Found, ManifestFolder, dump_yaml
-from kimpki.store.fs import PRIVATE_FILE, write_atomic
+from kimpki.store.fs import PRIVATE_FILE, write_output
 
 MANAGED_SELECTOR = f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}"
 
@@ -38,6 +38,8 @@ class WriteResult:
     action: str
     object: dict
     previous: dict | None
+    tightened: str | None = None  # a file made 0600 because it now holds a private key
+
 
     @property
     def changed(self) -> bool:
@@ -202,7 +204,7 @@ class ManifestsPlace(SecretPlace):
                 if path.exists():
                     raise OperationError(f"{path} exists but holds no Secret {name}; refusing to overwrite it")
                 if not dry_run:
-                    write_atomic(path, dump_yaml(desired).encode("utf-8"), PRIVATE_FILE)
+                    write_output(path, dump_yaml(desired).encode("utf-8"), PRIVATE_FILE)
                 return WriteResult("created", desired, None)
             current = found.object
             seen = self._seen.get(self._key(found))
@@ -218,10 +220,26 @@ class ManifestsPlace(SecretPlace):
             new = objects.merge_secret(current, desired)
             if objects.secret_unchanged(current, new):
                 return WriteResult("unchanged", current, current)
+            tightened = None
             if not dry_run:
-                self._folder.rewrite(found, new)
+                if self._folder.rewrite(found, new, private=holds_private_key(new)):
+                    tightened = str(found.path)
                 self._seen[self._key(found)] = copy.deepcopy(new)
-            return WriteResult("updated", new, current)
+            return WriteResult("updated", new, current, tightened)
+
+
+def holds_private_key(secret: dict) -> bool:
+    """True when a value of the Secret is a PEM private key (``key``, ``tls.key``, ...)."""
+    import base64
+    import binascii
+
+    for value in (secret.get("data") or {}).values():
+        try:
+            if b"PRIVATE KEY-----" in base64.b64decode(str(value), validate=False):
+                return True
+        except (binascii.Error, ValueError):
+            continue
+    return any("PRIVATE KEY-----" in str(v) for v in (secret.get("stringData") or {}).values())
 
 
 def open_place(*, manifests: str | Path | None = None, kubeconfig: str | None = None,

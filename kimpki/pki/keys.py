@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from enum import Enum
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -91,8 +92,20 @@ def key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
 
-def key_is_encrypted(pem: bytes) -> bool:
-    return b"ENCRYPTED" in pem.split(b"\n", 1)[0]
+def key_is_encrypted(data: bytes) -> bool:
+    """True for a passphrase-protected key: PKCS#8 ``ENCRYPTED PRIVATE KEY`` or traditional
+    OpenSSL PEM (``Proc-Type: 4,ENCRYPTED``, what ``openssl genrsa -aes256`` writes), wherever
+    the PEM block starts in the file; for DER, whether it needs a password to load."""
+    text = data.lstrip()
+    if text.startswith(b"-----"):
+        return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in text or b"Proc-Type: 4,ENCRYPTED" in text
+    try:
+        serialization.load_der_private_key(data, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        return True
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    return False
 
 
 def load_key(pem: bytes, passphrase: bytes | None = None, what: str = "private key") -> PrivateKey:
@@ -105,8 +118,10 @@ def load_key(pem: bytes, passphrase: bytes | None = None, what: str = "private k
     try:
         loader = (serialization.load_pem_private_key if pem.lstrip().startswith(b"-----")
                   else serialization.load_der_private_key)
-        key = loader(pem, password=passphrase if encrypted else None)
-    except (ValueError, TypeError) as e:
+        # Blank lines before the PEM block are fine for a person (and openssl): drop them.
+        key = loader(pem.lstrip() if loader is serialization.load_pem_private_key else pem,
+                     password=passphrase if encrypted else None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         if encrypted:
             raise OperationError(f"cannot decrypt the {what}: wrong passphrase") from None
         raise OperationError(f"cannot read the {what}: {e}") from None

@@ -56,6 +56,23 @@ def is_ca(cert: x509.Certificate) -> bool:
         return cert.version is x509.Version.v1 and cert.issuer == cert.subject
 
 
+def path_length(cert: x509.Certificate) -> int | None:
+    """basicConstraints pathLenConstraint: how many CA certificates may follow this one on a
+    path (None: no limit, or not a CA)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
+
+
+def may_sign_certificates(cert: x509.Certificate) -> bool:
+    """False when a keyUsage extension is present without keyCertSign (no keyUsage: any use)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
 def extended_key_usages(cert: x509.Certificate) -> list[str]:
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -1,12 +1,15 @@
-"""Safe file writes: private directories, atomic replace, and never-clobber for keys."""
+"""Safe file writes: private directories, atomic replace, never-clobber for keys, and the
+ownership checks (as ssh's StrictModes) that keep another user's links and folders out of the store."""
 
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
-from kimpki.errors import OperationError
+from kimpki.errors import OperationError, UsageError
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -84,3 +87,95 @@ def point_symlink(link: Path, target: str) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
+
+
+# ------------------------------------------------------------------------------------ ownership
+def check_owned_dir(path: Path, what: str) -> os.stat_result:
+    """Refuse ``path`` unless it is a real directory (not a symbolic link), owned by the user
+    running kimpki and writable by nobody else: otherwise another user could plant links or
+    files in it (ssh's StrictModes rule)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise OperationError(f"cannot use {what} {path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise OperationError(f"{what} {path} is a symbolic link; kimpki does not follow links inside its store: "
+                             "move it away")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OperationError(f"{what} {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise OperationError(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
+                             "refusing to use a folder another user controls")
+    if st.st_mode & 0o022:
+        raise OperationError(f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                             f"refusing to use it: chmod 700 {path} once you trust its content")
+    return st
+
+
+def private_subdir(base: Path, *parts: str, create: bool = True) -> Path:
+    """``base/parts...``, each level checked with :func:`check_owned_dir` (``base`` itself is
+    the caller's to check) and created 0700 when missing (with ``create``); a level we own but
+    others may read is tightened to 0700. Returns the path (with ``create=False``, possibly missing)."""
+    path = base
+    for part in parts:
+        path = path / part
+        if create:
+            try:
+                os.mkdir(path, PRIVATE_DIR)
+            except FileExistsError:  # there already, or created concurrently by another kimpki process
+                pass
+        elif not os.path.lexists(path):
+            return base.joinpath(*parts)
+        st = check_owned_dir(path, "the store folder")
+        if stat.S_IMODE(st.st_mode) != PRIVATE_DIR:
+            os.chmod(path, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+    return path
+
+
+# ------------------------------------------------------------------------ files at a user's path
+def tighten_to_private(path: Path) -> bool:
+    """Make an existing file 0600 if it is readable by others; True when it was tightened."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+    if mode & 0o077:
+        os.chmod(path, PRIVATE_FILE)
+        return True
+    return False
+
+
+def write_output(path: Path | str, data: bytes, mode: int = PUBLIC_FILE) -> None:
+    """Write a file at a path the user chose (``sign --out``, ``issue --out``, a manifests folder).
+
+    The one helper for those: atomic (readers see old or new), and the last component is
+    replaced, never followed: a symbolic link planted there (say by another user in /tmp) is
+    replaced by the new file; its target is left alone. The path is not resolved."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise UsageError(f"{path} is a directory")
+    try:
+        write_atomic(path, data, mode)
+    except OSError as e:
+        raise OperationError(f"cannot write {path}: {e.strerror}") from None
+
+
+def tighten_stdout(what: str) -> str | None:
+    """When standard output is a regular file (``... -o yaml > deploy/x.yaml``) about to receive
+    private keys, make it 0600 whoever created it; returns its path when it was tightened."""
+    try:
+        fd = sys.stdout.fileno()
+        st = os.fstat(fd)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+        return None
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    except OSError as e:
+        raise OperationError(f"standard output is a file other users can read and it cannot be made 0600 "
+                             f"({e.strerror}); {what}: write to a file you own") from None
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "standard output"

@@ -18,6 +18,19 @@ Layout under the home directory (every directory 0700, every key 0600)::
 Re-issuing a name adds a version and moves ``current``; older versions stay for rollback.
 A version can be ``pending`` (issued, not yet deployed: rotation resumes from it).
 
+Ownership (as ssh's StrictModes): the home and every folder of the store must be real
+directories owned by the user running kimpki and writable by nobody else, or kimpki refuses to
+use them; it follows no symbolic link inside the store but the ``current`` links it makes
+itself, and those must point at ``versions/<serial>``.
+
+Crash safety: every mutation holds the ``.lock`` file and one SQLite transaction. The inventory
+is the truth and the files follow it: a version's files are written before its row commits (a
+kill in between leaves a folder no row names), and ``current`` moves only after the commit (a
+kill in between leaves it on the previous version). The first mutation of every run repairs
+both (:meth:`Store.collect_garbage`): folders and ``.tmp-*`` files no row names are removed and
+each ``current`` link is pointed again at the version the inventory calls current.
+``kimpki gc`` does the same on demand, and also drops pending versions nobody will finish.
+
 CA rotation needs no schema change: the settings table records ``ca-successor:<old>`` = new,
 ``ca-predecessor:<new>`` = old and ``ca-retired:<old>`` = the time it was retired, so homes made
 before rotation existed open unchanged.
@@ -27,17 +40,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
 from kimpki.errors import NotFoundError, OperationError
 from kimpki.store.lock import file_lock
-from kimpki.store.fs import (PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, point_symlink,
-                             write_atomic, write_new)
+from kimpki.store.fs import (PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, check_owned_dir, ensure_private_dir,
+                             point_symlink, private_subdir, write_atomic, write_new)
 
 LOCK_TIMEOUT = 60.0
 
@@ -257,10 +271,39 @@ class CertRecord:
         return self.dns_names + self.ip_addresses
 
 
+# A pending version older than this is one nobody will finish (rotate resumes its own within
+# seconds or, after a failure, on the next run: renew's is daily).
+PENDING_BOUND = timedelta(days=7)
+# A ``.tmp-*`` file in the home itself (renew's holder note, written under renew's own lock
+# rather than the store's) is collected only once it is older than any write takes.
+TMP_BOUND = timedelta(minutes=10)
+
+
+@dataclass
+class Garbage:
+    """What :meth:`Store.collect_garbage` removed (or, for a dry run, would remove)."""
+
+    orphans: list[str] = field(default_factory=list)  # version or CA folders no inventory row names
+    temporary_files: list[str] = field(default_factory=list)  # ``.tmp-*`` left by a killed write
+    stale_pending: list[dict] = field(default_factory=list)  # {name, serial, created_at}
+    repaired_links: list[str] = field(default_factory=list)  # ``current`` links pointed again
+
+    @property
+    def empty(self) -> bool:
+        return not (self.orphans or self.temporary_files or self.stale_pending or self.repaired_links)
+
+    def to_dict(self) -> dict:
+        return {"orphans": self.orphans, "temporary_files": self.temporary_files,
+                "stale_pending": self.stale_pending, "repaired_links": self.repaired_links}
+
+
 class Store:
     def __init__(self, home: Path):
         self.home = home
         self._db: sqlite3.Connection | None = None
+        self._checked: set[tuple[str, ...]] = set()  # store folders already checked (ownership)
+        self._after_commit: list = []
+        self._collected = False  # the first mutation of a run collects what a killed run left
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -269,10 +312,15 @@ class Store:
         if path.exists() and not path.is_dir():
             raise OperationError(f"the kimpki home {path} is not a directory")
         try:
-            ensure_private_dir(path)
+            if not path.exists():
+                ensure_private_dir(path)
         except OSError as e:
             raise OperationError(f"cannot create the kimpki home {path}: {e.strerror}") from None
-        return cls(path.resolve())
+        path = path.resolve()  # the home itself may be a link; what it points to is checked
+        st = check_owned_dir(path, "the kimpki home")
+        if st.st_mode & 0o077:
+            os.chmod(path, PRIVATE_DIR)  # ours and written by nobody else: only readable, tighten
+        return cls(path)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -298,13 +346,21 @@ class Store:
     def locked(self) -> Iterator["Store"]:
         """Hold the home's lock and one SQLite transaction: all or nothing, one writer at a time."""
         with file_lock(self.home / ".lock", LOCK_TIMEOUT):
+            if not self._collected:
+                self._collected = True
+                self._collect(datetime.now(timezone.utc), None, False)  # what a killed run left behind
             self.db.execute("BEGIN IMMEDIATE")
+            self._after_commit = []
             try:
                 yield self
             except BaseException:
                 self.db.execute("ROLLBACK")
+                self._after_commit = []
                 raise
             self.db.execute("COMMIT")
+            actions, self._after_commit = self._after_commit, []
+            for action in actions:  # files that follow the inventory (``current`` links)
+                action()
 
     # -- settings ----------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
@@ -319,8 +375,15 @@ class Store:
     def ca_dir(self, name: str) -> Path:
         return self.home / "cas" / name
 
+    def _check_folders(self, *parts: str) -> None:
+        """Ownership checks of the store folders ``parts`` leads through (those that exist)."""
+        if parts not in self._checked:
+            private_subdir(self.home, *parts, create=False)
+            self._checked.add(parts)
+
     def _ca_from_row(self, row: sqlite3.Row, default: str | None) -> CaRecord:
         name = row["name"]
+        self._check_folders("cas", name)
         retired = self.get_setting(RETIRED_KEY + name)
         return CaRecord(name=name, parent=row["parent"], serial=row["serial"], subject=row["subject"],
                         not_before=_dt(row["not_before"]), not_after=_dt(row["not_after"]),
@@ -358,10 +421,9 @@ class Store:
         """Record a new CA and write its files. Call inside ``locked()``."""
         if self.find_ca(name) is not None:
             raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
-        d = self.ca_dir(name)
-        if d.exists() and any(d.iterdir()):
+        d = private_subdir(self.home, "cas", name)
+        if any(d.iterdir()):
             raise OperationError(f"{d} exists but is not in the inventory; move it away first")
-        ensure_private_dir(d)
         write_new(d / "ca.key", key_pem, PRIVATE_FILE)
         write_atomic(d / "ca.crt", cert_pem, PUBLIC_FILE)
         if chain_pem:
@@ -415,6 +477,7 @@ class Store:
         return self.home / "certs" / name
 
     def _cert_from_row(self, row: sqlite3.Row) -> CertRecord:
+        self._check_folders("certs", row["name"], "versions", row["serial"])
         return CertRecord(
             id=row["id"], name=row["name"], kind=row["kind"], ca=row["ca"], serial=row["serial"],
             subject=row["subject"], dns_names=json.loads(row["dns_names"]),
@@ -435,12 +498,12 @@ class Store:
         current version (returned second) becomes ``previous``; ``"pending"`` leaves it alone.
         """
         self.record_serial(ca, serial)
-        base = ensure_private_dir(self.cert_dir(name))
-        vdir = ensure_private_dir(base / "versions")
-        vdir = vdir / serial
-        if vdir.exists():
-            raise OperationError(f"{vdir} already exists; refusing to overwrite it")
-        ensure_private_dir(vdir)
+        vdir = private_subdir(self.home, "certs", name, "versions") / serial
+        try:
+            os.mkdir(vdir, PRIVATE_DIR)
+        except FileExistsError:
+            raise OperationError(f"{vdir} already exists; refusing to overwrite it") from None
+        os.chmod(vdir, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
         if key_pem is not None:
             write_new(vdir / "cert.key", key_pem, PRIVATE_FILE)
         write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE)
@@ -459,13 +522,16 @@ class Store:
         return self.get_cert_by_id(record_id), previous
 
     def make_current(self, record_id: int) -> CertRecord | None:
-        """Promote a version to current (after its deployment); returns the version it replaced."""
+        """Promote a version to current (after its deployment); returns the version it replaced.
+        Call inside ``locked()``: the ``current`` link moves once the inventory has committed
+        (a kill in between is repaired by the next run, see the module doc)."""
         rec = self.get_cert_by_id(record_id)
         previous = self.find_cert(rec.name)
         if previous is not None and previous.id != rec.id:
             self.db.execute("UPDATE certificates SET state='previous' WHERE id=?", (previous.id,))
         self.db.execute("UPDATE certificates SET state='current' WHERE id=?", (rec.id,))
-        point_symlink(self.cert_dir(rec.name) / "current", f"versions/{rec.serial}")
+        link = self.cert_dir(rec.name) / "current"
+        self._after_commit.append(lambda: point_symlink(link, f"versions/{rec.serial}"))
         return previous if previous is not None and previous.id != rec.id else None
 
     def get_cert_by_id(self, record_id: int) -> CertRecord:
@@ -508,3 +574,85 @@ class Store:
         rec = self.get_cert_by_id(record_id)
         places = [p for p in rec.deployed_to if p != where] + [where]
         self.db.execute("UPDATE certificates SET deployed_to=? WHERE id=?", (json.dumps(places), record_id))
+
+    # -- leftovers of killed runs --------------------------------------------------------------
+    def collect_garbage(self, *, now: datetime, pending_bound: timedelta | None = PENDING_BOUND,
+                        dry_run: bool = False) -> Garbage:
+        """Remove what killed runs left (see the module doc), under the store's lock: version
+        and CA folders and ``.tmp-*`` files no inventory row names, and ``current`` links that do
+        not point at the inventory's current version. With ``pending_bound``, also pending
+        versions created longer ago than that: a running rotate finishes its pending version
+        within seconds of creating it, so a bound of days never takes one a command still holds.
+        (The first ``locked()`` of every run does the same without the pending versions.)
+        Do not call it inside ``locked()``."""
+        with file_lock(self.home / ".lock", LOCK_TIMEOUT):
+            self._collected = True
+            return self._collect(now, pending_bound, dry_run)
+
+    def _collect(self, now: datetime, pending_bound: timedelta | None, dry_run: bool) -> Garbage:
+        found = Garbage()
+        if not (self.home / "inventory.db").exists():
+            return found  # a new home: nothing can be left over
+        rows = self.db.execute("SELECT id, name, serial, state, created_at FROM certificates").fetchall()
+        known = {(r["name"], r["serial"]) for r in rows}
+        cas = {r["name"] for r in self.db.execute("SELECT name FROM cas").fetchall()}
+        current = {r["name"]: r["serial"] for r in rows if r["state"] == "current"}
+        removals: list[Path] = []
+        for base in (self.home / "cas", self.home / "certs"):
+            if base.is_dir() and not base.is_symlink():
+                for dirpath, dirnames, filenames in os.walk(base):  # os.walk follows no links by default
+                    found.temporary_files += [str(Path(dirpath) / f) for f in filenames if f.startswith(".tmp-")]
+        for f in self.home.glob(".tmp-*"):
+            try:
+                age = now - datetime.fromtimestamp(f.lstat().st_mtime, timezone.utc)
+            except OSError:
+                continue
+            if age > TMP_BOUND:
+                found.temporary_files.append(str(f))
+        ca_base = self.home / "cas"
+        if ca_base.is_dir() and not ca_base.is_symlink():
+            found.orphans += [str(d) for d in sorted(ca_base.iterdir()) if d.name not in cas
+                              and not d.name.startswith(".tmp-")]
+        certs = self.home / "certs"
+        names = sorted(p.name for p in certs.iterdir()) if certs.is_dir() and not certs.is_symlink() else []
+        for name in names:
+            versions = certs / name / "versions"
+            if versions.is_dir() and not versions.is_symlink():
+                for v in sorted(versions.iterdir()):
+                    if (name, v.name) not in known and not v.name.startswith(".tmp-"):
+                        found.orphans.append(str(v))
+            link = certs / name / "current"
+            want = f"versions/{current[name]}" if name in current else None
+            have = os.readlink(link) if link.is_symlink() else None
+            if have != want and (want is not None or os.path.lexists(link)):
+                found.repaired_links.append(str(link))
+        if pending_bound is not None:
+            for r in rows:
+                if r["state"] == "pending" and now - _dt(r["created_at"]) > pending_bound:
+                    found.stale_pending.append({"id": r["id"], "name": r["name"], "serial": r["serial"],
+                                                "created_at": r["created_at"]})
+        if dry_run or found.empty:
+            return found
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for p in found.stale_pending:
+                # The row goes; the serial stays in ``serials`` (never issued twice).
+                self.db.execute("DELETE FROM certificates WHERE id=?", (p["id"],))
+                removals.append(self.cert_dir(p["name"]) / "versions" / p["serial"])
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        for f in found.temporary_files:
+            Path(f).unlink(missing_ok=True)
+        for v in [Path(v) for v in found.orphans] + removals:
+            shutil.rmtree(v, ignore_errors=True)
+        for link in found.repaired_links:
+            name = Path(link).parent.name
+            if name in current:
+                point_symlink(Path(link), f"versions/{current[name]}")
+            elif os.path.lexists(link):
+                os.unlink(link)
+        for p in found.stale_pending:
+            del p["id"]
+        return found
