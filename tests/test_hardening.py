@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -329,6 +330,20 @@ def test_attack_gc_collects_temp_files_and_abandoned_pending_versions(kimpki):
     assert_one_line_error(kimpki("gc", "--pending-older-than", "soon"), 2, "invalid duration")
 
 
+def _has_open(pid: int, path: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_gc_waits_for_the_store_lock(kimpki):
     kimpki.ok("issue", "kim.example.com")
     code = """
@@ -348,8 +363,10 @@ def test_gc_waits_for_the_store_lock(kimpki):
         orphan.mkdir()  # "being written" by the lock holder
         gc = subprocess.Popen([sys.executable, "-m", "kimpki", "gc", "--json"], env=kimpki.env,
                               stdout=subprocess.PIPE, text=True)
-        with pytest.raises(subprocess.TimeoutExpired):
-            gc.wait(timeout=1)  # still waiting for the lock: nothing touched yet
+        lock = os.path.realpath(kimpki.home / ".lock")
+        while gc.poll() is None and not _has_open(gc.pid, lock):
+            time.sleep(0.01)  # until gc is waiting for the lock (or, wrongly, done)
+        assert gc.poll() is None, "gc ran while another process held the store lock"
         assert orphan.exists()
         holder.stdin.write("\n")
         holder.stdin.flush()

@@ -440,7 +440,7 @@ def test_manifests_rotation_rewrites_only_that_document(home):
     assert served_serial_of(new) == d["new_serial"] != d["old_serial"] == served_serial_of(old)
     assert spki(leaf_and_key(new)[0]) != spki(leaf_and_key(old)[0])
     assert decoded(new)["cacert"] == decoded(old)["cacert"]
-    assert stat.S_IMODE(f.stat().st_mode) == 0o640
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600  # it holds a private key: 0600 whoever made it 0640
     assert other.read_bytes() == other_bytes
     assert sorted(p.name for p in folder.iterdir()) == ["kim-credential.yaml", "kim-new.yaml"]
     store = Store.open(home.home)

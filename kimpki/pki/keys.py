@@ -118,9 +118,7 @@ def load_key(pem: bytes, passphrase: bytes | None = None, what: str = "private k
     try:
         loader = (serialization.load_pem_private_key if pem.lstrip().startswith(b"-----")
                   else serialization.load_der_private_key)
-        # Blank lines before the PEM block are fine for a person (and openssl): drop them.
-        key = loader(pem.lstrip() if loader is serialization.load_pem_private_key else pem,
-                     password=passphrase if encrypted else None)
+        key = loader(pem, password=passphrase if encrypted else None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         if encrypted:
             raise OperationError(f"cannot decrypt the {what}: wrong passphrase") from None

@@ -633,16 +633,17 @@ class Store:
                                                 "created_at": r["created_at"]})
         if dry_run or found.empty:
             return found
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for p in found.stale_pending:
-                # The row goes; the serial stays in ``serials`` (never issued twice).
-                self.db.execute("DELETE FROM certificates WHERE id=?", (p["id"],))
-                removals.append(self.cert_dir(p["name"]) / "versions" / p["serial"])
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        if found.stale_pending:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for p in found.stale_pending:
+                    # The row goes; the serial stays in ``serials`` (never issued twice).
+                    self.db.execute("DELETE FROM certificates WHERE id=?", (p["id"],))
+                    removals.append(self.cert_dir(p["name"]) / "versions" / p["serial"])
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")  # the rows first: a kill now leaves folders the next run collects
         for f in found.temporary_files:
             Path(f).unlink(missing_ok=True)
         for v in [Path(v) for v in found.orphans] + removals:
