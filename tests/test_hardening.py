@@ -137,6 +137,19 @@ def test_attack_issue_out_symlink_does_not_follow(kimpki, tmp_path):
     assert not key.is_symlink() and mode(key) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
 
 
+def test_attack_status_textfile_symlink_does_not_follow(kimpki, tmp_path):
+    kimpki.ok("issue", "kim.example.com")
+    victim = _victim(tmp_path)
+    textdir = kimpki.cwd / "textfile"  # node_exporter's folder, which other users may write
+    textdir.mkdir()
+    prom = textdir / "kimpki.prom"
+    prom.symlink_to(victim)
+    kimpki.ok("status", "--textfile", prom)
+    assert victim.read_text() == "precious\n"
+    assert not prom.is_symlink() and "kimpki_" in prom.read_text()
+    assert sorted(p.name for p in textdir.iterdir()) == ["kimpki.prom"]  # no temporary file left
+
+
 # ------------------------------------------------------------------------- 3. path length constraints
 def test_attack_ca_under_a_pathlen0_intermediate_is_refused(kimpki):
     kimpki.ok("ca", "init", "root")
