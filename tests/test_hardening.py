@@ -150,6 +150,16 @@ def test_attack_status_textfile_symlink_does_not_follow(kimpki, tmp_path):
     assert sorted(p.name for p in textdir.iterdir()) == ["kimpki.prom"]  # no temporary file left
 
 
+def test_attack_crl_out_symlink_does_not_follow(kimpki, tmp_path):
+    kimpki.ok("ca", "init", "root")
+    victim = _victim(tmp_path)
+    out = kimpki.cwd / "root.crl"
+    out.symlink_to(victim)
+    kimpki.ok("crl", "root", "--out", out)
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink() and out.read_bytes().startswith(b"-----BEGIN X509 CRL-----")
+
+
 # ------------------------------------------------------------------------- 3. path length constraints
 def test_attack_ca_under_a_pathlen0_intermediate_is_refused(kimpki):
     kimpki.ok("ca", "init", "root")

@@ -97,9 +97,9 @@ def crl(ctx, ca_name, out_file, der, refresh, next_update, passphrase_file, as_j
 
         data = revoking.parse_crl(res.pem, res.path).public_bytes(Encoding.DER)
     if out_file:
-        from kimpki.store.fs import PUBLIC_FILE, write_atomic
+        from kimpki.store.fs import PUBLIC_FILE, write_output
 
-        write_atomic(Path(out_file), data, PUBLIC_FILE)
+        write_output(out_file, data, PUBLIC_FILE)  # a link planted at FILE is replaced, not followed
         note(f"kimpki: CRL {res.number} of CA {res.ca} written to {out_file}")
     if as_json:
         emit({**res.to_dict(), "out_file": out_file}, True)

@@ -169,14 +169,18 @@ def check_textfile_path(path: str) -> None:
 
 
 def write_textfile(path: str, registry) -> None:
-    """Atomically (temporary name in the same folder, then rename): a scrape never sees half a file."""
-    from prometheus_client import write_to_textfile
+    """Atomically (temporary name in the same folder, then rename): a scrape never sees half a file.
+    Through kimpki's one writer for user-chosen paths rather than prometheus_client's
+    write_to_textfile, whose temporary file has a predictable name it opens following links."""
+    from prometheus_client import generate_latest
+
+    from kimpki.store.fs import PUBLIC_FILE, write_output
 
     check_textfile_path(path)
     try:
-        write_to_textfile(path, registry)
-    except OSError as e:
-        raise OperationError(f"cannot write --textfile {path}: {e.strerror or e}") from None
+        write_output(path, generate_latest(registry), PUBLIC_FILE)
+    except OperationError as e:
+        raise OperationError(f"--textfile: {e}") from None
 
 
 def previous_last_success(path: str) -> datetime | None:
