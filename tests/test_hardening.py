@@ -240,9 +240,12 @@ def test_attack_planted_cas_symlink_is_not_followed(kimpki, tmp_path):
     theirs.mkdir()
     os.chown(theirs, OTHER_UID, OTHER_UID)
     kimpki.home.mkdir(mode=0o700)
+    (theirs / "their-folder").mkdir()
     (kimpki.home / "cas").symlink_to(theirs)  # planted while the home was world-writable
     assert_one_line_error(kimpki("ca", "init", "root"), 1, "symbolic link")
-    assert list(theirs.iterdir()) == []
+    # Nor cleaned through: their folder is no CA of the inventory, but it is not kimpki's to remove.
+    assert_one_line_error(kimpki("gc"), 1, "symbolic link")
+    assert [p.name for p in theirs.iterdir()] == ["their-folder"]
 
 
 def test_attack_substituted_ca_folder_is_not_used_to_sign(kimpki, tmp_path):

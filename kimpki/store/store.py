@@ -297,6 +297,16 @@ class Garbage:
                 "stale_pending": self.stale_pending, "repaired_links": self.repaired_links}
 
 
+def _entries(path: Path | str) -> list[os.DirEntry]:
+    """A folder's entries, sorted by name (none when it is missing or not a folder: scandir
+    follows no link below the folder itself, and the store's own folders are checked links-free)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 class Store:
     def __init__(self, home: Path):
         self.home = home
@@ -598,34 +608,46 @@ class Store:
         cas = {r["name"] for r in self.db.execute("SELECT name FROM cas").fetchall()}
         current = {r["name"]: r["serial"] for r in rows if r["state"] == "current"}
         removals: list[Path] = []
-        for base in (self.home / "cas", self.home / "certs"):
-            if base.is_dir() and not base.is_symlink():
-                for dirpath, dirnames, filenames in os.walk(base):  # os.walk follows no links by default
-                    found.temporary_files += [str(Path(dirpath) / f) for f in filenames if f.startswith(".tmp-")]
+        # Where a killed write can leave something: ``cas/<name>/`` (CA files, CRLs), ``certs/<name>/``
+        # (the ``current`` link's temporary) and ``versions/``. A version folder is written once,
+        # in the transaction that adds its row, so one with a row holds no leftovers.
+        tmp, orphans = found.temporary_files, found.orphans
+        for top in ("cas", "certs"):  # no link, no foreign folder, before anything is removed from them
+            private_subdir(self.home, top, create=False)
+        for ca in _entries(self.home / "cas"):
+            if ca.name.startswith(".tmp-"):
+                tmp.append(ca.path)
+            elif ca.is_dir(follow_symlinks=False):
+                if ca.name not in cas:
+                    orphans.append(ca.path)
+                else:
+                    tmp += [e.path for e in _entries(ca.path) if e.name.startswith(".tmp-")]
+        for cert in _entries(self.home / "certs"):
+            if cert.name.startswith(".tmp-"):
+                tmp.append(cert.path)
+                continue
+            if not cert.is_dir(follow_symlinks=False):
+                continue
+            name = cert.name
+            tmp += [e.path for e in _entries(cert.path) if e.name.startswith(".tmp-")]
+            versions = Path(cert.path) / "versions"
+            for v in _entries(versions) if not versions.is_symlink() else []:
+                if v.name.startswith(".tmp-"):
+                    tmp.append(v.path)
+                elif (name, v.name) not in known and v.is_dir(follow_symlinks=False):
+                    orphans.append(v.path)
+            link = Path(cert.path) / "current"
+            want = f"versions/{current[name]}" if name in current else None
+            have = os.readlink(link) if link.is_symlink() else None
+            if have != want and (want is not None or os.path.lexists(link)):
+                found.repaired_links.append(str(link))
         for f in self.home.glob(".tmp-*"):
             try:
                 age = now - datetime.fromtimestamp(f.lstat().st_mtime, timezone.utc)
             except OSError:
                 continue
             if age > TMP_BOUND:
-                found.temporary_files.append(str(f))
-        ca_base = self.home / "cas"
-        if ca_base.is_dir() and not ca_base.is_symlink():
-            found.orphans += [str(d) for d in sorted(ca_base.iterdir()) if d.name not in cas
-                              and not d.name.startswith(".tmp-")]
-        certs = self.home / "certs"
-        names = sorted(p.name for p in certs.iterdir()) if certs.is_dir() and not certs.is_symlink() else []
-        for name in names:
-            versions = certs / name / "versions"
-            if versions.is_dir() and not versions.is_symlink():
-                for v in sorted(versions.iterdir()):
-                    if (name, v.name) not in known and not v.name.startswith(".tmp-"):
-                        found.orphans.append(str(v))
-            link = certs / name / "current"
-            want = f"versions/{current[name]}" if name in current else None
-            have = os.readlink(link) if link.is_symlink() else None
-            if have != want and (want is not None or os.path.lexists(link)):
-                found.repaired_links.append(str(link))
+                tmp.append(str(f))
         if pending_bound is not None:
             for r in rows:
                 if r["state"] == "pending" and now - _dt(r["created_at"]) > pending_bound:
@@ -647,7 +669,9 @@ class Store:
         for f in found.temporary_files:
             Path(f).unlink(missing_ok=True)
         for v in [Path(v) for v in found.orphans] + removals:
-            shutil.rmtree(v, ignore_errors=True)
+            if os.path.lexists(v):
+                check_owned_dir(v, "the store folder")  # never remove what another user put there
+                shutil.rmtree(v, ignore_errors=True)
         for link in found.repaired_links:
             name = Path(link).parent.name
             if name in current:
