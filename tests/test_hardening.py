@@ -302,6 +302,28 @@ def test_attack_kill_between_key_and_inventory_is_collected_by_the_next_run(kimp
     assert sorted(v.name for v in versions.iterdir()) == [r["serial"] for r in rows]
 
 
+def test_attack_kill_during_ca_init_is_collected_by_gc_only(kimpki):
+    proc = run_python(kimpki, """
+        import os, signal
+        from kimpki.store import store as s
+        real = s.Store.add_ca
+        def add_then_die(self, *a, **kw):
+            real(self, *a, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)
+        s.Store.add_ca = add_then_die
+        from kimpki.cli.main import main
+        main(["ca", "init", "root"])
+    """)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = kimpki.home / "cas/root"
+    assert (left / "ca.key").exists() and kimpki.json("ca", "list") == []
+    kimpki.ok("ca", "init", "other")  # other runs leave a CA key alone ...
+    assert (left / "ca.key").exists()
+    assert_one_line_error(kimpki("ca", "init", "root"), 1, "kimpki gc")
+    assert kimpki.json("gc")["orphans"] == [str(left)]  # ... until asked
+    kimpki.ok("ca", "init", "root")
+
+
 def test_attack_kill_between_inventory_and_current_link_is_repaired(kimpki):
     first = kimpki.json("issue", "kim.example.com")
     proc = run_python(kimpki, """

@@ -27,9 +27,10 @@ Crash safety: every mutation holds the ``.lock`` file and one SQLite transaction
 is the truth and the files follow it: a version's files are written before its row commits (a
 kill in between leaves a folder no row names), and ``current`` moves only after the commit (a
 kill in between leaves it on the previous version). The first mutation of every run repairs
-both (:meth:`Store.collect_garbage`): folders and ``.tmp-*`` files no row names are removed and
-each ``current`` link is pointed again at the version the inventory calls current.
-``kimpki gc`` does the same on demand, and also drops pending versions nobody will finish.
+both (:meth:`Store.collect_garbage`): version folders and ``.tmp-*`` files no row names are
+removed and each ``current`` link is pointed again at the version the inventory calls current.
+``kimpki gc`` does the same on demand, and also removes CA folders no row names (a CA key goes
+only when asked) and drops pending versions nobody will finish.
 
 CA rotation needs no schema change: the settings table records ``ca-successor:<old>`` = new,
 ``ca-predecessor:<new>`` = old and ``ca-retired:<old>`` = the time it was retired, so homes made
@@ -358,7 +359,8 @@ class Store:
         with file_lock(self.home / ".lock", LOCK_TIMEOUT):
             if not self._collected:
                 self._collected = True
-                self._collect(datetime.now(timezone.utc), None, False)  # what a killed run left behind
+                # What a killed run left behind; not CA folders: a CA key is only removed when asked.
+                self._collect(datetime.now(timezone.utc), None, False, ca_folders=False)
             self.db.execute("BEGIN IMMEDIATE")
             self._after_commit = []
             try:
@@ -433,7 +435,8 @@ class Store:
             raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
         d = private_subdir(self.home, "cas", name)
         if any(d.iterdir()):
-            raise OperationError(f"{d} exists but is not in the inventory; move it away first")
+            raise OperationError(f"{d} exists but is not in the inventory (left by a killed run?): "
+                                 "'kimpki gc' removes it, or move it away")
         write_new(d / "ca.key", key_pem, PRIVATE_FILE)
         write_atomic(d / "ca.crt", cert_pem, PUBLIC_FILE)
         if chain_pem:
@@ -593,13 +596,15 @@ class Store:
         not point at the inventory's current version. With ``pending_bound``, also pending
         versions created longer ago than that: a running rotate finishes its pending version
         within seconds of creating it, so a bound of days never takes one a command still holds.
-        (The first ``locked()`` of every run does the same without the pending versions.)
+        (The first ``locked()`` of every run does the same without the pending versions and
+        the CA folders: a CA key is removed only when asked.)
         Do not call it inside ``locked()``."""
         with file_lock(self.home / ".lock", LOCK_TIMEOUT):
             self._collected = True
             return self._collect(now, pending_bound, dry_run)
 
-    def _collect(self, now: datetime, pending_bound: timedelta | None, dry_run: bool) -> Garbage:
+    def _collect(self, now: datetime, pending_bound: timedelta | None, dry_run: bool, *,
+                 ca_folders: bool = True) -> Garbage:
         found = Garbage()
         if not (self.home / "inventory.db").exists():
             return found  # a new home: nothing can be left over
@@ -619,7 +624,8 @@ class Store:
                 tmp.append(ca.path)
             elif ca.is_dir(follow_symlinks=False):
                 if ca.name not in cas:
-                    orphans.append(ca.path)
+                    if ca_folders:
+                        orphans.append(ca.path)
                 else:
                     tmp += [e.path for e in _entries(ca.path) if e.name.startswith(".tmp-")]
         for cert in _entries(self.home / "certs"):
