@@ -36,7 +36,8 @@ def command(ctx, bound, dry_run, as_json):
     versions older than --pending-older-than that no run will finish, and 'current' links
     that do not point at the inventory's current version. Holds the store's lock, so nothing
     a running command is writing is touched; the first change any command makes to the
-    store collects the same leftovers (without the pending versions).
+    store collects the same leftovers but CA folders (a CA key goes only when asked) and
+    pending versions.
     """
     from kimpki.pki.durations import parse_duration
 
