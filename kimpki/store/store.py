@@ -457,7 +457,7 @@ class Store:
         """Write back the files of CA ``ca`` a damaged home lost (``kimpki ca import`` of the same
         CA): the certificate (replacing a garbled one) and, when given, the key, which is only
         ever created, never overwritten. Call inside ``locked()``."""
-        ensure_private_dir(ca.dir)
+        private_subdir(self.home, "cas", ca.name)
         if cert_pem is not None:
             write_atomic(ca.cert_path, cert_pem, PUBLIC_FILE)
         if key_pem is not None:
