@@ -154,6 +154,7 @@ def test_every_json_option_prints_one_object(kimpki, tmp_path, kube_api):
         ("cron", "render"): ["cron", "render", "--manifests", deploy],
         ("revoke",): ["revoke", "from-csr", "--reason", "superseded"],
         ("crl",): ["crl", "example.com-g2"],
+        ("gc",): ["gc", "--dry-run"],
         ("plan",): ["plan", "-f", policies],
         ("apply",): ["apply", "-f", policies],
     }

@@ -40,7 +40,7 @@ def test_attack_default_ca_made_by_issue_is_encrypted_with_the_passphrase(kimpki
     assert "created the default CA" in res.err
     key = (kimpki.home / "cas/kimpki-ca/ca.key").read_bytes()
     assert key.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    assert kimpki.json("ca", "list")[0]["encrypted"] is True
+    assert kimpki.json("ca", "list")["items"][0]["encrypted"] is True
     assert_one_line_error(kimpki("issue", "b.example.com"), 1, "encrypted")
     kimpki.ok("issue", "b.example.com", env={"KIMPKI_CA_PASSPHRASE": "s3cret"})
 
@@ -165,7 +165,7 @@ def test_attack_ca_under_a_pathlen0_intermediate_is_refused(kimpki):
     kimpki.ok("ca", "init", "root")
     kimpki.ok("ca", "init", "sub", "--parent", "root")
     assert_one_line_error(kimpki("ca", "init", "sub2", "--parent", "sub"), 1, "pathLen:0", "'sub'")
-    assert "sub2" not in [c["name"] for c in kimpki.json("ca", "list")]
+    assert "sub2" not in [c["name"] for c in kimpki.json("ca", "list")["items"]]
     assert not (kimpki.home / "cas/sub2").exists()
 
 
@@ -292,7 +292,7 @@ def test_attack_kill_between_key_and_inventory_is_collected_by_the_next_run(kimp
     """)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     versions = kimpki.home / "certs/kim.example.com/versions"
-    rows = kimpki.json("list", "--all")
+    rows = kimpki.json("list", "--all")["items"]
     orphans = [v for v in versions.iterdir() if v.name not in {r["serial"] for r in rows}]
     assert len(orphans) == 1 and (orphans[0] / "cert.key").exists()  # a key and no inventory row
     listed = kimpki.json("gc", "--dry-run")
@@ -316,7 +316,7 @@ def test_attack_kill_during_ca_init_is_collected_by_gc_only(kimpki):
     """)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     left = kimpki.home / "cas/root"
-    assert (left / "ca.key").exists() and kimpki.json("ca", "list") == []
+    assert (left / "ca.key").exists() and kimpki.json("ca", "list")["items"] == []
     kimpki.ok("ca", "init", "other")  # other runs leave a CA key alone ...
     assert (left / "ca.key").exists()
     assert_one_line_error(kimpki("ca", "init", "root"), 1, "kimpki gc")
@@ -336,7 +336,7 @@ def test_attack_kill_between_inventory_and_current_link_is_repaired(kimpki):
         main(["issue", "kim.example.com"])
     """)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    current = kimpki.json("list")[0]["serial"]
+    current = kimpki.json("list")["items"][0]["serial"]
     # The inventory committed first: it names the new version, which exists in full.
     assert current != first["serial"]
     link = kimpki.home / "certs/kim.example.com/current"
@@ -370,7 +370,7 @@ def test_attack_gc_collects_temp_files_and_abandoned_pending_versions(kimpki):
     done = kimpki.json("gc")
     assert [p["name"] for p in done["stale_pending"]] == ["old.example.com"]
     assert not tmp.exists()
-    left = {r["name"]: r["version"] for r in kimpki.json("list", "--all")}
+    left = {r["name"]: r["version"] for r in kimpki.json("list", "--all")["items"]}
     assert left == {"new.example.com": "pending"}  # an hour old: a run may still finish it
     assert not (kimpki.home / "certs/old.example.com/versions").exists() or \
         list((kimpki.home / "certs/old.example.com/versions").iterdir()) == []
