@@ -82,12 +82,14 @@ def test_no_help_text_says_seed():
     """Users never saw "the seed": no --help of any command, group or the root says it."""
     from kimpki.cli.main import cli
 
-    def helps(cmd: click.Command, path: tuple[str, ...]):
-        ctx = click.Context(cmd, info_name=" ".join(("kimpki",) + path))
+    def helps(cmd: click.Command, path: tuple[str, ...], parent: click.Context | None = None):
+        # Contexts as click makes them (the root's -h/--help inherited): click caches a command's
+        # help option at its first use, and a bare context would leave later `kimpki X -h` refused.
+        ctx = click.Context(cmd, parent=parent, info_name=path[-1] if path else "kimpki", **cmd.context_settings)
         yield path, cmd.get_help(ctx)
         if isinstance(cmd, click.Group):
             for name in cmd.list_commands(ctx):
-                yield from helps(cmd.get_command(ctx, name), path + (name,))
+                yield from helps(cmd.get_command(ctx, name), path + (name,), ctx)
 
     said = [" ".join(p) or "kimpki" for p, text in helps(cli, ()) if re.search(r"\bseed", text, re.I)]
     assert said == []
