@@ -8,15 +8,13 @@ handshake while the credential it serves is rotated."""
 from __future__ import annotations
 
 import base64
-import ctypes
+import fnmatch
 import os
-import select
 import shutil
 import signal
 import socket
 import ssl
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -476,52 +474,25 @@ def test_manifests_kubectl_style_secret_and_duplicates(home):
 
 # -- SIGKILL at every step of the store write ---------------------------------------------------------
 
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_ISDIR = 0x8, 0x80, 0x100, 0x40000000
-
-
-class Inotify:
-    """The kernel's file events for a few directories (ctypes; Linux), to kill a process at a step."""
-
-    def __init__(self):
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        assert self.fd >= 0, os.strerror(ctypes.get_errno())
-        self.dirs: dict[int, Path] = {}
-
-    def watch(self, directory: Path) -> None:
-        wd = self._libc.inotify_add_watch(self.fd, str(directory).encode(), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
-        assert wd >= 0, os.strerror(ctypes.get_errno())
-        self.dirs[wd] = directory
-
-    def events(self, timeout: float) -> list[tuple[Path, int, str]]:
-        if not select.select([self.fd], [], [], timeout)[0]:
-            return []
-        buf, out, i = os.read(self.fd, 65536), [], 0
-        while i < len(buf):
-            wd, mask, _cookie, size = struct.unpack_from("iIII", buf, i)
-            out.append((self.dirs.get(wd), mask, buf[i + 16:i + 16 + size].rstrip(b"\0").decode()))
-            i += 16 + size
-        return out
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# The steps of one rotation as the file system sees them: (what, directory kind, name prefix, mask,
-# whether the pending version is committed by then for sure).
+# The steps of one rotation into a manifests folder, in order, as the store's write functions name
+# them (kimpki.store.fs.kill_point, "STEP PARENT/NAME"): (what, KIMPKI_TEST_KILL_AT pattern,
+# whether the pending version is committed to the inventory by then, which serial the manifest
+# serves afterwards: "old" or "pending").
 KILL_STEPS = [
-    ("new version directory made", "versions", "", IN_CREATE | IN_ISDIR, False),
-    ("new key being written", "version", ".tmp-", IN_CREATE, False),
-    ("new key in place (cert.key)", "version", "cert.key", IN_CREATE, False),
-    ("certificate in place (cert.crt)", "version", "cert.crt", IN_MOVED_TO, False),
-    ("CA certificate in place; inventory commit next", "version", "ca.crt", IN_MOVED_TO, False),
-    ("pending recorded; manifest being written", "manifests", ".tmp-", IN_CREATE, True),
-    ("manifest replaced; not promoted yet", "manifests", "kim.yaml", IN_MOVED_TO, True),
-    ("current link being moved", "cert", ".tmp-link-", IN_CREATE, True),
+    ("new version directory made", "mkdir versions/*", False, "old"),
+    ("new key complete in a temporary file", "temp */cert.key", False, "old"),
+    ("new key in place (cert.key)", "placed */cert.key", False, "old"),
+    ("certificate in place (cert.crt)", "placed */cert.crt", False, "old"),
+    ("CA certificate in place; inventory commit next", "placed */ca.crt", False, "old"),
+    ("pending recorded; new manifest in a temporary file", "temp deploy/kim.yaml", True, "old"),
+    ("manifest replaced; not promoted yet", "placed deploy/kim.yaml", True, "pending"),
+    ("current link made beside the old one", "temp kim.example.com/current", True, "pending"),
+    ("current link moved; inventory commit next", "placed kim.example.com/current", True, "pending"),
 ]
 
 
-def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home):
+@pytest.mark.parametrize("what,kill_at,committed,served", KILL_STEPS, ids=[s[1] for s in KILL_STEPS])
+def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home, what, kill_at, committed, served):
     from datetime import datetime, timezone
 
     from kimpki.ops.inspecting import inventory
@@ -531,78 +502,63 @@ def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home)
     (folder / "kim.yaml").write_text(secret_yaml(home, "kim-credential", "--cert", "kim.example.com"))
     cert_dir = home.home / "certs" / "kim.example.com"
     versions = cert_dir / "versions"
-    torn = []  # version directories a kill left half-written
-    outcomes = []
-    for what, where, prefix, mask, committed in KILL_STEPS:
-        store = Store.open(home.home)
-        old = store.get_cert("kim.example.com")
-        store.close()
-        old_key = old.key_path.read_bytes()
-        before_dirs = set(os.listdir(versions))
+    store = Store.open(home.home)
+    old = store.get_cert("kim.example.com")
+    store.close()
+    old_key = old.key_path.read_bytes()
+    before_dirs = set(os.listdir(versions))
 
-        notify = Inotify()
-        for d in (versions, cert_dir, folder):
-            notify.watch(d)
-        proc = subprocess.Popen([sys.executable, "-m", "kimpki", "rotate", "kim-credential", "--manifests", folder],
-                                env=home.env, cwd=home.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        killed = False
-        try:
-            while not killed and proc.poll() is None:
-                for directory, m, name in notify.events(0.05):
-                    kind = ("versions" if directory == versions else "cert" if directory == cert_dir
-                            else "manifests" if directory == folder else "version")
-                    if kind == "versions" and m & IN_ISDIR:
-                        notify.watch(versions / name)
-                    if kind == where and m & mask == mask and name.startswith(prefix):
-                        proc.send_signal(signal.SIGKILL)
-                        killed = True
-                        break
-        finally:
-            notify.close()
-            proc.wait(30)
-        assert killed and proc.returncode == -signal.SIGKILL, (what, proc.returncode, proc.stderr.read())
+    # The store's own kill point: the process SIGKILLs itself at exactly this step.
+    marker = home.cwd / "killed-at"
+    res = home("rotate", "kim-credential", "--manifests", folder,
+               env={"KIMPKI_TEST_KILL_AT": kill_at, "KIMPKI_TEST_KILL_MARKER": str(marker)})
+    assert res.code == -signal.SIGKILL, (what, res.code, res.err)
+    (landed,) = marker.read_text().splitlines()  # one kill, at the step asked for
+    step, where = landed.split(" ", 1)
+    assert f"{step} {where}" == landed and fnmatch.fnmatchcase(landed, kill_at), landed
+    new_dirs = set(os.listdir(versions)) - before_dirs
+    assert len(new_dirs) == 1, new_dirs  # the kill came during the new version's write, not before
+    (new_serial,) = new_dirs
+    if kill_at.startswith("mkdir"):
+        assert where == f"versions/{new_serial}", landed
+    elif kill_at.endswith(("cert.key", "cert.crt", "ca.crt")):
+        assert where.startswith(new_serial + "/"), (landed, new_serial)
 
-        # The store is readable and consistent; the old key is intact.
-        store = Store.open(home.home)
-        rows = inventory(store, datetime.now(timezone.utc), include_history=True)
-        states = {r["serial"]: r["version"] for r in rows if r["name"] == "kim.example.com"}
-        current = [s for s, st in states.items() if st == "current"]
-        assert len(current) == 1, (what, states)
-        # SIGKILL is asynchronous: on a busy machine the process may finish the step (even the
-        # whole rotation) before the signal lands. Either way nothing may be lost.
-        finished = current != [old.serial]
-        pending = [s for s, st in states.items() if st == "pending"]
-        store.close()
-        assert bool(pending) or finished or not committed, what
-        assert old.key_path.read_bytes() == old_key and stat.S_IMODE(old.key_path.stat().st_mode) == 0o600
-        target = (cert_dir / "current").resolve()
-        assert target.name in states, what  # a version the inventory knows (current, or pending being promoted)
-        linked_cert = x509.load_pem_x509_certificates((target / "cert.crt").read_bytes())[0]
-        assert keys.key_matches(keys.load_key((target / "cert.key").read_bytes()), linked_cert.public_key())
-        for new_dir in set(os.listdir(versions)) - before_dirs:
-            if new_dir not in states:
-                torn.append((what, sorted(os.listdir(versions / new_dir))))
-        # The manifest serves either the old certificate or the complete pending one, with its key.
-        served = yaml.safe_load((folder / "kim.yaml").read_text())
-        cert, key = leaf_and_key(served)
-        assert keys.key_matches(key, cert.public_key())
-        assert served_serial_of(served) in [old.serial, *pending, *current], what
-        if finished:
-            assert served_serial_of(served) == current[0], what
+    # The store is readable and consistent; the old key is intact.
+    store = Store.open(home.home)
+    rows = inventory(store, datetime.now(timezone.utc), include_history=True)
+    store.close()
+    states = {r["serial"]: r["version"] for r in rows if r["name"] == "kim.example.com"}
+    # Nothing was promoted: the old version is current, and the new one is pending exactly when its
+    # inventory row was committed before the kill (otherwise the store does not know it at all).
+    expected = {old.serial: "current", **({new_serial: "pending"} if committed else {})}
+    assert states == expected, (what, states)
+    assert old.key_path.read_bytes() == old_key and stat.S_IMODE(old.key_path.stat().st_mode) == 0o600
+    # The `current` link: the old version, or (killed between moving it and the commit) the pending
+    # one, which is complete with its key.
+    target = (cert_dir / "current").resolve().name
+    assert target == (new_serial if kill_at == "placed kim.example.com/current" else old.serial), what
+    linked = cert_dir / "versions" / target
+    linked_cert = x509.load_pem_x509_certificates((linked / "cert.crt").read_bytes())[0]
+    assert keys.key_matches(keys.load_key((linked / "cert.key").read_bytes()), linked_cert.public_key())
+    # The manifest serves either the old certificate or the complete pending one, with its key.
+    manifest = yaml.safe_load((folder / "kim.yaml").read_text())
+    cert, key = leaf_and_key(manifest)
+    assert keys.key_matches(key, cert.public_key())
+    assert served_serial_of(manifest) == (old.serial if served == "old" else new_serial), what
 
-        # A re-run finishes the job, with the pending certificate when there is one (or, when the
-        # kill came too late, simply rotates again).
-        d = home.json("rotate", "kim-credential", "--manifests", folder)
-        if pending:
-            assert d["action"] == "resumed" and [d["new_serial"]] == pending, what
-        outcomes.append(f"{what}: {d['action']}" + (" (the kill landed after the rotation finished)" if finished else ""))
-        assert d["old_serial"] == current[0]
-        assert served_serial_of(yaml.safe_load((folder / "kim.yaml").read_text())) == d["new_serial"]
-        assert (cert_dir / "current").resolve().name == d["new_serial"]
-        assert store_state(home.home)["current"] == [d["new_serial"]]
-    print(f"\nkills that left a half-written version directory (ignored by the store): {torn}")
-    print("re-runs after each kill: " + "; ".join(outcomes))
-    assert home.ok("list", "--all", "--json").json["items"]
+    # A re-run finishes the job: with the pending certificate when the inventory has it, else with
+    # a new one (the half-written version directory is ignored).
+    d = home.json("rotate", "kim-credential", "--manifests", folder)
+    assert d["old_serial"] == old.serial
+    if committed:
+        assert (d["action"], d["new_serial"]) == ("resumed", new_serial), what
+    else:
+        assert d["action"] == "rotated" and d["new_serial"] not in (old.serial, new_serial), what
+    assert served_serial_of(yaml.safe_load((folder / "kim.yaml").read_text())) == d["new_serial"]
+    assert (cert_dir / "current").resolve().name == d["new_serial"]
+    assert store_state(home.home)["current"] == [d["new_serial"]]
+    assert d["new_serial"] in [r["serial"] for r in home.json("list", "--all")["items"]]
 
 
 # -- zero downtime: a real Envoy gateway serves through the rotation ---------------------------------

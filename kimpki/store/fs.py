@@ -3,7 +3,9 @@ ownership checks (as ssh's StrictModes) that keep another user's links and folde
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -14,6 +16,32 @@ from kimpki.errors import OperationError, UsageError
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 PUBLIC_FILE = 0o644
+
+# Test hook (see kill_point): the step at which a process kills itself, and the file it names it in.
+KILL_AT_ENV = "KIMPKI_TEST_KILL_AT"
+KILL_MARKER_ENV = "KIMPKI_TEST_KILL_MARKER"
+
+
+def kill_point(step: str, path: Path) -> None:
+    """A test hook, inert unless ``$KIMPKI_TEST_KILL_AT`` is set: the tests' way to SIGKILL a
+    kimpki process exactly at one step of a write, to prove that a crash there loses nothing.
+
+    Each step of a write calls it: ``mkdir`` (a directory made), ``temp`` (the new content is
+    complete in a temporary file beside ``path``, not yet in place) and ``placed`` (renamed or
+    linked into place). When ``"STEP PARENT/NAME"`` (e.g. ``placed 4f3a…/cert.key``) matches the
+    variable's shell pattern, the step is appended to ``$KIMPKI_TEST_KILL_MARKER`` (when set), so
+    that the test can assert where the kill landed, and the process kills itself."""
+    pattern = os.environ.get(KILL_AT_ENV)
+    if not pattern:
+        return
+    where = f"{step} {path.parent.name}/{path.name}"
+    if not fnmatch.fnmatchcase(where, pattern):
+        return
+    marker = os.environ.get(KILL_MARKER_ENV)
+    if marker:
+        with open(marker, "a", encoding="utf-8") as f:
+            f.write(where + "\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -29,6 +57,7 @@ def ensure_private_dir(path: Path) -> Path:
         except FileExistsError:  # created concurrently by another kimpki process
             pass
         os.chmod(d, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+        kill_point("mkdir", d)
     if path.stat().st_mode & 0o077:
         os.chmod(path, PRIVATE_DIR)
     return path
@@ -60,17 +89,20 @@ def _write_temp(directory: Path, data: bytes, mode: int) -> Path:
 def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_FILE) -> None:
     """Write ``data`` to ``path`` via temp file, fsync and rename: readers see old or new, never half."""
     tmp = _write_temp(path.parent, data, mode)
+    kill_point("temp", path)
     try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    kill_point("placed", path)
 
 
 def write_new(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Like write_atomic, but refuse to replace an existing file (keys are never overwritten)."""
     tmp = _write_temp(path.parent, data, mode)
+    kill_point("temp", path)
     try:
         os.link(tmp, path)  # link() fails if ``path`` exists: an atomic no-clobber create
     except FileExistsError:
@@ -78,6 +110,7 @@ def write_new(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+    kill_point("placed", path)
 
 
 def point_symlink(link: Path, target: str) -> None:
@@ -85,8 +118,10 @@ def point_symlink(link: Path, target: str) -> None:
     tmp = link.parent / f".tmp-link-{os.getpid()}-{link.name}"
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
+    kill_point("temp", link)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
+    kill_point("placed", link)
 
 
 # ------------------------------------------------------------------------------------ ownership

@@ -51,7 +51,7 @@ from typing import Iterator
 
 from kimpki.errors import NotFoundError, OperationError
 from kimpki.store.lock import file_lock
-from kimpki.store.fs import (PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, check_owned_dir, ensure_private_dir,
+from kimpki.store.fs import (PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, check_owned_dir, ensure_private_dir, kill_point,
                              point_symlink, private_subdir, write_atomic, write_new)
 
 LOCK_TIMEOUT = 60.0
@@ -517,6 +517,7 @@ class Store:
         except FileExistsError:
             raise OperationError(f"{vdir} already exists; refusing to overwrite it") from None
         os.chmod(vdir, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+        kill_point("mkdir", vdir)
         if key_pem is not None:
             write_new(vdir / "cert.key", key_pem, PRIVATE_FILE)
         write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE)
