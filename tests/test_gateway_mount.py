@@ -102,7 +102,7 @@ def test_the_guard_fails_the_whole_patch_when_the_lists_changed_since_the_read(d
     f = tmp_path / "other.json"
     f.write_text(json.dumps(other))
     res = kubectl("patch", "--local", "--type=json", "-f", f, "-p", json.dumps(ops), "-o", "json", check=False)
-    assert res.returncode != 0 and "test" in res.stderr.lower()
+    assert res.returncode == 1 and "test" in res.stderr.lower(), res.stderr
     # Containers reordered: the container-name test catches a patch aimed at the wrong index.
     moved = copy.deepcopy(deployment)
     pod(moved)["containers"].insert(0, {"name": "sidecar", "image": "x"})

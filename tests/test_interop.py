@@ -77,10 +77,12 @@ def test_openssl_verify_accepts_direct_and_intermediate_chains(kimpki, tmp_path)
     client = kimpki.json("issue", "--client", "kim-client", "--ca", "root")
     assert openssl("verify", "-purpose", "sslserver", "-CAfile", root, direct["cert"]).returncode == 0
     assert openssl("verify", "-purpose", "sslclient", "-CAfile", root, client["cert"]).returncode == 0
-    assert openssl("verify", "-purpose", "sslclient", "-CAfile", root, direct["cert"], check=False).returncode != 0
+    refused = openssl("verify", "-purpose", "sslclient", "-CAfile", root, direct["cert"], check=False)
+    assert refused.returncode == 2 and b"error 26 at 0 depth lookup: unsuitable certificate purpose" in refused.stdout + refused.stderr
     # The wrong root fails.
     kimpki.ok("ca", "init", "other")
-    assert openssl("verify", "-CAfile", kimpki.home / "cas/other/ca.crt", direct["cert"], check=False).returncode != 0
+    refused = openssl("verify", "-CAfile", kimpki.home / "cas/other/ca.crt", direct["cert"], check=False)
+    assert refused.returncode == 2 and b"error 20 at 0 depth lookup: unable to get local issuer certificate" in refused.stdout + refused.stderr
 
 
 def test_the_seeds_exact_openssl_root_is_importable_and_its_leaves_verify(kimpki, tmp_path):
@@ -104,8 +106,12 @@ def test_the_seeds_exact_openssl_root_is_importable_and_its_leaves_verify(kimpki
     assert openssl("verify", "-CAfile", seed / "example.com.crt", signed["cert"]).returncode == 0
 
 
-def _serve(ctx: ssl.SSLContext):
-    """A one-connection TLS server on loopback; returns (port, thread, result dict)."""
+HELLO_HTTP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+
+
+def _serve(ctx: ssl.SSLContext, http: bool = False):
+    """A one-connection TLS server on loopback that says "hello" (as an HTTP response to one
+    request with ``http``); returns (port, thread, result dict)."""
     sock = socket.create_server(("127.0.0.1", 0))
     result = {}
 
@@ -114,7 +120,12 @@ def _serve(ctx: ssl.SSLContext):
         try:
             with ctx.wrap_socket(conn, server_side=True) as tls:
                 result["peer"] = tls.getpeercert()
-                tls.sendall(b"hello")
+                if http:
+                    request = b""
+                    while b"\r\n\r\n" not in request and (chunk := tls.recv(4096)):
+                        request += chunk
+                    result["request"] = request
+                tls.sendall(HELLO_HTTP if http else b"hello")
         except (ssl.SSLError, OSError) as e:
             result["error"] = e
         finally:
@@ -195,11 +206,25 @@ def test_ssl_mutual_without_or_with_foreign_client_certificate_fails(pki, which)
     t.join(5)
 
 
+def _curl(port: int, cafile: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"kim.example.com:{port}:127.0.0.1",
+                           "--cacert", cafile, f"https://kim.example.com:{port}/"], capture_output=True, text=True,
+                          timeout=30)
+
+
 def test_curl_accepts_the_server_certificate(pki):
     assert shutil.which("curl")
-    port, t, _ = _serve(_server_ctx(pki))
-    # curl's own verification (OpenSSL + SAN matching): it fails only on the non-HTTP reply, not on TLS.
-    proc = subprocess.run(["curl", "-sS", "--max-time", "5", "--resolve", f"kim.example.com:{port}:127.0.0.1",
-                           "--cacert", pki["root"], f"https://kim.example.com:{port}/"], capture_output=True, text=True)
-    assert "SSL certificate problem" not in proc.stderr and "certificate" not in proc.stderr.lower(), proc.stderr
+    port, t, result = _serve(_server_ctx(pki), http=True)
+    # curl's own verification (OpenSSL + SAN matching) passes, and it gets the page.
+    proc = _curl(port, pki["root"])
     t.join(5)
+    assert (proc.returncode, proc.stdout) == (0, "hello"), proc.stderr
+    assert result["request"].startswith(b"GET / HTTP/")
+
+
+def test_curl_refuses_the_server_certificate_against_another_ca(pki):
+    port, t, _ = _serve(_server_ctx(pki), http=True)
+    proc = _curl(port, pki["other"])
+    t.join(5)
+    assert proc.returncode == 60, proc.stderr  # CURLE_PEER_FAILED_VERIFICATION
+    assert "SSL certificate problem: unable to get local issuer certificate" in proc.stderr

@@ -13,7 +13,6 @@ import yaml
 from cryptography import x509
 
 from kimpki.errors import OperationError, UsageError
-from kimpki.istio import contract as c
 from kimpki.istio import credential as cred
 from kimpki.istio.gateway import ServerSpec, render_gateway
 from kimpki.istio.volumes import apply_json_patch, mount_ops
@@ -227,4 +226,3 @@ def test_a_second_file_mounted_host_is_served_once_its_volume_is_mounted(store):
     plans, warnings = _plans(*secrets, gw, patched)
     assert warnings == [] and plans[0].credential == f"Secret {name} mounted at {path}"
     assert base64.b64decode(secrets[0]["data"]["tls.crt"]).decode() == plans[0].certificates[0].cert_pem
-    assert c.FILE_MOUNTED_CERTS_SECRET != name

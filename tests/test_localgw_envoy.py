@@ -20,6 +20,7 @@ from kimpki.errors import OperationError
 from kimpki.localgw.runner import ENVOY_MISSING, LocalGateway, find_envoy
 from tests.localgw_pki import (b64, deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
                                make_ca, make_leaf, tls_secret_yaml)
+from tests.tlspeers import assert_curl_refused
 
 BOOKINFO_MOUNT = "/etc/istio/ingressgateway-bookinfo-certs"
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,34 +155,25 @@ def test_mutual_accepts_a_client_certificate_from_the_cacert_secret(gateway, pki
 def test_mutual_refuses_no_client_certificate_and_one_from_another_ca(gateway, pki):
     # TLS 1.3: the client's handshake completes, then Envoy sends "certificate required" (alert 116).
     r = s_client(gateway, "kim-new.example.com", "-CAfile", str(pki["ca"].cert), request=True)
-    assert r.returncode != 0
+    assert r.returncode == 1, r.stderr
     assert "alert certificate required" in r.stderr and "200 OK" not in r.stdout
     r = curl(gateway, "kim-new.example.com", "/health", "--cacert", str(pki["ca"].cert))
-    assert_refused(r, "alert certificate required")
+    assert_curl_refused(r, "alert certificate required")
     # TLS 1.2: the handshake itself fails.
     r = s_client(gateway, "kim-new.example.com", "-tls1_2", "-CAfile", str(pki["ca"].cert))
-    assert r.returncode != 0 and "alert handshake failure" in r.stderr
+    assert r.returncode == 1 and "alert handshake failure" in r.stderr, r.stderr
     # A client certificate from the decoy CA in the credential's own ca.crt is not trusted:
     # Envoy uses the -cacert Secret only.
     r = curl(gateway, "kim-new.example.com", "/health", "--cacert", str(pki["ca"].cert),
              "--cert", str(pki["stranger"].cert), "--key", str(pki["stranger"].key))
-    assert_refused(r, "alert unknown ca")
-
-
-def assert_refused(r: subprocess.CompletedProcess, alert: str) -> None:
-    """curl either reads Envoy's alert (exit 56) or, racing it, finds the connection closed while
-    sending its first request bytes (exit 16 "Send failure" with HTTP/2); never a response."""
-    assert r.stdout == ""
-    assert r.returncode in (16, 56), r.stderr
-    if r.returncode == 56:
-        assert alert in r.stderr
+    assert_curl_refused(r, "alert unknown ca")
 
 
 def test_unknown_sni_gets_no_certificate(gateway, pki):
     # No filter chain matches (no server has host "*"): Envoy resets the connection after the
     # ClientHello, so no certificate at all is presented.
     r = s_client(gateway, "unknown.example.com")
-    assert r.returncode != 0
+    assert r.returncode == 1, r.stderr
     assert "no peer certificate available" in r.stdout
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         served_serial(gateway.ports[443], "unknown.example.com", pki["ca"].cert)

@@ -28,6 +28,7 @@ from kimpki.store import Store
 from tests.conftest import ROOT, Kimpki, assert_one_line_error
 from tests.istio_helpers import DEPLOYMENT_FILE, kubectl, kubectl_json
 from tests.kubeapi.fixtures import *  # noqa: F401,F403
+from tests.tlspeers import assert_curl_refused
 
 POLICIES = ROOT / "policies"
 BOOKINFO_MOUNT = "/etc/istio/ingressgateway-bookinfo-certs"
@@ -217,7 +218,7 @@ def test_envoy_serves_kim_simple(applied, served):
 def test_envoy_serves_kim_new_mutual(applied, served):
     paths = store_paths(applied["k"].home)
     without = served.curl("kim-new.example.com", "--cacert", str(paths["ca"]))
-    assert without.returncode != 0  # no client certificate: refused
+    assert_curl_refused(without, "alert certificate required")  # no client certificate: refused
     r = served.curl("kim-new.example.com", "--cacert", str(paths["ca"]), "--cert", str(paths["client_cert"]),
                     "--key", str(paths["client_key"]))
     assert (r.returncode, r.stdout) == (0, '{"status":"UP"}'), r.stderr

@@ -311,6 +311,7 @@ def test_a_failed_update_fails_the_run_and_the_rerun_finishes_with_the_pending_c
                          + credential(kimpki.home, "b-credential", "b.example.com", age=70 * DAY)
                          + credential(kimpki.home, "c-credential", "c.example.com", age=70 * DAY))
     a_before = kube_api.get_object("secrets", NS, "a-credential")
+    others_before = {n: served_serial(kube_api.get_object("secrets", NS, n)) for n in ("b-credential", "c-credential")}
     kube_api.clear_requests()
     kube_api.fail(method="PUT", resource="secrets", name="a-credential", status=500)
     res = kimpki("renew", "--json", env=kube(kube_api))
@@ -325,8 +326,13 @@ def test_a_failed_update_fails_the_run_and_the_rerun_finishes_with_the_pending_c
     assert kube_api.get_object("secrets", NS, "a-credential") == a_before  # still served as it was
     pending = [v for v in versions(kimpki.home, "a.example.com") if v.state == "pending"]
     assert len(pending) == 1 and pending[0].serial in failed["reason"]
-    for name in ("b-credential", "c-credential"):
-        assert served_serial(kube_api.get_object("secrets", NS, name)) != served_serial(a_before)
+    # b and c were renewed all the same: each serves a new serial, the one now current in the store.
+    renewed = {r["secret"]: r["new_serial"] for r in s["results"] if r["action"] == "renewed"}
+    assert sorted(renewed) == ["b-credential", "c-credential"]
+    for name, host in (("b-credential", "b.example.com"), ("c-credential", "c.example.com")):
+        served_now = served_serial(kube_api.get_object("secrets", NS, name))
+        assert served_now == renewed[name] != others_before[name]
+        assert [v.serial for v in versions(kimpki.home, host) if v.state == "current"] == [served_now]
     # The re-run: only a is due now, and it goes out with the pending certificate.
     again = kimpki("renew", "--json", env=kube(kube_api))
     assert again.code == 0, again.err

@@ -31,7 +31,7 @@ from cryptography import x509
 
 from tests.conftest import Kimpki, Result, assert_one_line_error
 from tests.localgw_pki import generic_secret_yaml
-from tests.tlspeers import free_port
+from tests.tlspeers import assert_curl_refused, free_port
 
 UP = b'{"status":"UP"}'
 SIMPLE_CHECKS = ["connect", "trust", "hostname", "expiry", "accepted", "http", "current"]
@@ -240,7 +240,7 @@ def test_mutual_pass(site, how):
     assert "HTTP/1.1 200 OK" in r.stdout and UP.decode() in r.stdout
     # ... and without a client certificate both refuse, as verify's "demanded" check saw.
     r = curl(site, "kim-new.example.com", *cacert(site))
-    assert r.returncode != 0 and r.stdout == b""
+    assert_curl_refused(r, "alert certificate required")
 
 
 # --------------------------------------------------------------------------- failures
@@ -252,7 +252,7 @@ def test_wrong_ca_is_trust(site):
     r = curl(site, "kim.example.com", *cacert(site, site.other_ca))
     assert r.returncode == 60 and b"certificate" in r.stderr
     r = s_client(site, "kim.example.com", "-CAfile", site.other_ca["cert"])
-    assert r.returncode != 0 and "unable to get local issuer certificate" in r.stdout + r.stderr
+    assert r.returncode == 1 and "unable to get local issuer certificate" in r.stdout + r.stderr, r.stderr
 
 
 def test_host_name_outside_the_san_is_hostname(site):
@@ -265,7 +265,7 @@ def test_host_name_outside_the_san_is_hostname(site):
     r = curl(site, "shop.apps.example.com", *cacert(site))
     assert r.returncode == 60 and b"shop.apps.example.com" in r.stderr
     r = s_client(site, "shop.apps.example.com", "-CAfile", site.ca["cert"], "-verify_hostname", "shop.apps.example.com")
-    assert r.returncode != 0 and "hostname mismatch" in r.stdout + r.stderr
+    assert r.returncode == 1 and "hostname mismatch" in r.stdout + r.stderr, r.stderr
 
 
 def test_expired_server_certificate_is_expiry(site):
@@ -277,7 +277,7 @@ def test_expired_server_certificate_is_expiry(site):
     r = curl(site, "expired.example.com", *cacert(site))
     assert r.returncode == 60 and b"expired" in r.stderr
     r = s_client(site, "expired.example.com", "-CAfile", site.ca["cert"])
-    assert r.returncode != 0 and "certificate has expired" in r.stdout + r.stderr
+    assert r.returncode == 1 and "certificate has expired" in r.stdout + r.stderr, r.stderr
 
 
 def test_client_certificate_from_another_ca_is_refused(site):
@@ -287,7 +287,7 @@ def test_client_certificate_from_another_ca_is_refused(site):
                                    "stranger.example.com")
     assert "unknown ca alert" in d["message"]
     r = curl(site, "kim-new.example.com", *cacert(site), *client_files(site.stranger))
-    assert r.returncode != 0 and r.stdout == b""
+    assert_curl_refused(r, "alert unknown ca")
     r = s_client(site, "kim-new.example.com", "-CAfile", site.ca["cert"],
                  "-cert", site.stranger["cert"], "-key", site.stranger["key"], request=True)
     assert "alert unknown ca" in r.stderr and "200 OK" not in r.stdout
@@ -311,7 +311,7 @@ def test_unknown_sni_is_tls_error(site):
     r = curl(site, "unknown.example.com", *cacert(site))
     assert r.returncode == 35, r.stderr  # CURLE_SSL_CONNECT_ERROR
     r = s_client(site, "unknown.example.com", "-CAfile", site.ca["cert"])
-    assert r.returncode != 0 and "no peer certificate available" in r.stdout
+    assert r.returncode == 1 and "no peer certificate available" in r.stdout, r.stderr
 
 
 def test_closed_port_is_connection_refused(site):

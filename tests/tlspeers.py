@@ -214,6 +214,7 @@ class Handshake:
     ok: bool
     error: str | None = None
     client_cert: bool = False
+    client_serial: str | None = None  # hex, of the client certificate the server accepted
     version: str | None = None
     alpn: str | None = None
     request: str | None = None
@@ -322,6 +323,10 @@ class TLSServer:
             hs.sni = getattr(tls, "_kimpki_sni", None)
             hs.ok = True
             hs.client_cert = tls.getpeercert() not in (None, {})
+            if hs.client_cert:
+                from cryptography import x509
+                hs.client_serial = format(
+                    x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number, "x")
             hs.version = tls.version()
             hs.alpn = tls.selected_alpn_protocol()
             if hs.alpn == "h2":
@@ -432,3 +437,16 @@ class OpenSSLServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def assert_curl_refused(r: subprocess.CompletedProcess, alert: str) -> None:
+    """curl got no response from a TLS server that refused its client certificate (or its lack of
+    one) after a TLS 1.3 handshake: either it read the server's alert (exit 56, the alert named on
+    stderr) or, racing it, it found the connection closed while sending its first request bytes
+    (exit 16 "Send failure" with HTTP/2)."""
+    out = r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout
+    err = r.stderr.decode() if isinstance(r.stderr, bytes) else r.stderr
+    assert out == "", out
+    assert r.returncode in (16, 56), (r.returncode, err)
+    if r.returncode == 56:
+        assert alert in err, err
