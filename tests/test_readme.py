@@ -8,6 +8,7 @@ rotation, CA rotation, status, renew) as one session; the policy block on a copy
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,17 +16,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from tests.conftest import ROOT
 from tests.tlspeers import free_port
 
 BLOCKS = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
-def run(script: str, cwd: Path, home: Path, timeout: float = 240, path_first: Path | None = None
-        ) -> subprocess.CompletedProcess:
+def run(script: str, cwd: Path, home: Path, timeout: float = 240, path_first: Path | None = None,
+        **variables: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMPKI_")}
     env["KIMPKI_HOME"] = str(home)
     env["PORT"] = str(free_port())  # the README's gateway port (8443 when unset): never a fixed one here
+    env.update(variables)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TMPDIR"] = str(cwd / ".tmp")  # the gateway's run folder and a kept Envoy log stay in the test's folder
     (cwd / ".tmp").mkdir(exist_ok=True)
@@ -52,15 +57,37 @@ def test_every_bash_block_is_covered():
 
 
 def test_quick_tour(tmp_path):
-    r = run(block("kimpki ca init example-issuing"), tmp_path, tmp_path / "home")
+    home = tmp_path / "home"
+    r = run(block("kimpki ca init example-issuing"), tmp_path, home)
     assert r.returncode == 0, r.stderr + r.stdout
+    # Each line does what its comment says.
+    assert "CA example.com (root, default)" in r.stdout and "CA example-issuing (intermediate)" in r.stdout
+    cas = {p.parent.name: x509.load_pem_x509_certificate(p.read_bytes()) for p in home.glob("cas/*/ca.crt")}
+    assert cas["example-issuing"].issuer == cas["example.com"].subject
+    server = x509.load_pem_x509_certificates((home / "certs/kim.example.com/current/cert.crt").read_bytes())[0]
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in sans] == ["kim.example.com", "*.kim.example.com", "10.0.0.7"]
+    assert server.issuer == cas["example.com"].subject  # the root stayed the default CA
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey) and server.public_key().curve.name == "secp256r1"
+    assert round((server.not_valid_after_utc - server.not_valid_before_utc).total_seconds() / 86400) == 90
+    assert sorted(p.name for p in (tmp_path / "client").iterdir()) == \
+        ["ca.crt", "kim-client.example.com.crt", "kim-client.example.com.key"]
+    listed = {line.split()[0]: line.split() for line in r.stdout.splitlines()
+              if line.startswith(("kim.example.com ", "kim-client.example.com "))}
+    assert (listed["kim.example.com"][1], listed["kim.example.com"][-1]) == ("server", "valid")
+    assert (listed["kim-client.example.com"][1], listed["kim-client.example.com"][-1]) == ("client", "valid")
+    inspected = json.loads(r.stdout[r.stdout.index("\n{") + 1:])
+    assert inspected["chain"]["ok"] and inspected["chain"]["against"] == "CA example.com"
+    assert inspected["certificates"][0]["extended_key_usage"] == ["client_auth"]
 
 
 def test_gateway_walk_through_on_a_local_envoy(tmp_path):
     script = "\n".join([block("mkdir -p deploy"), block("kimpki gateway serve -f deploy/"),
                         block("kimpki rotate kim-credential --manifests"), block("kimpki status -o prometheus")])
-    r = run(script, tmp_path, tmp_path / "home")
+    port = free_port()
+    r = run(script, tmp_path, tmp_path / "home", PORT=str(port))
     assert r.returncode == 0, r.stderr + r.stdout
+    assert f"on https://127.0.0.1:{port}" in (tmp_path / "gateway.log").read_text() + r.stdout
     assert r.stdout.count("PASS") >= 3 and "2 passed, 0 failed" in r.stdout
     assert "rotated" in r.stdout and "MUTUAL bundles widened" in r.stdout
     assert "nothing due" in r.stderr
