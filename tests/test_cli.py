@@ -1,5 +1,6 @@
 """The CLI as a user meets it: JSON contracts, inspect, sign, list, errors, start-up imports."""
 
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -112,16 +113,51 @@ def test_sign_csr_adds_sans_and_refuses_a_bad_signature(kimpki, tmp_path):
     assert_one_line_error(kimpki("sign", tmp_path / "bad.csr"), 2, "signature does not verify")
 
 
-def test_list_states(kimpki):
+def list_at(capsys, home: Path, when: datetime, *args: str) -> str:
+    """`kimpki list` run in this process with the clock at ``when`` (time-machine)."""
+    import time_machine
+
+    from kimpki.cli.main import main
+
+    capsys.readouterr()
+    with time_machine.travel(when, tick=False), pytest.raises(SystemExit) as e:
+        main(["--home", str(home), "list", *args])
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    return out
+
+
+def test_list_states(kimpki, capsys):
     kimpki.ok("ca", "init", "root")
-    kimpki.ok("issue", "fresh.example.com", "--days", "90")
-    kimpki.ok("issue", "soon.example.com", "--days", "0.5")
-    rows = {r["name"]: r for r in kimpki.json("list")["items"]}
-    assert rows["fresh.example.com"]["state"] == "valid"
-    assert rows["soon.example.com"]["state"] == "valid"  # 12h lifetime, renew in the last 4h
-    assert set(rows["fresh.example.com"]) >= {"name", "hosts", "serial", "ca", "not_after", "days_left", "state"}
-    out = kimpki.ok("list").out
-    assert out.splitlines()[0].split()[:3] == ["NAME", "KIND", "HOSTS"]
+    fresh = kimpki.json("issue", "fresh.example.com", "--days", "90")
+    soon = kimpki.json("issue", "soon.example.com", "--days", "0.5")
+    issued = datetime.fromisoformat(soon["not_before"].replace("Z", "+00:00")) + timedelta(minutes=5)
+
+    def states(when: datetime) -> dict[str, str]:
+        rows = json.loads(list_at(capsys, kimpki.home, when, "--json"))["items"]
+        return {r["name"].split(".")[0]: r["state"] for r in rows}
+
+    # The renewal window is the last third of the lifetime (cert-manager's rule): for the 12-hour
+    # certificate the last 4 hours, for the 90-day one the last 30 days.
+    h, d = timedelta(hours=1), timedelta(days=1)
+    assert states(issued) == {"fresh": "valid", "soon": "valid"}
+    assert states(issued + 7 * h) == {"fresh": "valid", "soon": "valid"}
+    assert states(issued + 9 * h) == {"fresh": "valid", "soon": "expiring"}
+    assert states(issued + 13 * h) == {"fresh": "valid", "soon": "expired"}
+    assert states(issued + 59 * d) == {"fresh": "valid", "soon": "expired"}
+    assert states(issued + 61 * d) == {"fresh": "expiring", "soon": "expired"}
+    assert states(issued + 91 * d) == {"fresh": "expired", "soon": "expired"}
+    assert states(issued - h) == {"fresh": "not-yet-valid", "soon": "not-yet-valid"}  # notBefore is 5 minutes back
+    # The text table says the same in its STATE column, with the days left.
+    table = list_at(capsys, kimpki.home, issued + 61 * d).splitlines()
+    assert table[0].split()[:3] == ["NAME", "KIND", "HOSTS"] and table[0].split()[-1] == "STATE"
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    days_left = json.loads(list_at(capsys, kimpki.home, issued + 61 * d, "--json"))["items"][0]["days_left"]
+    assert days_left in (28, 29)  # 29 days less the seconds between notBefore and notAfter's rounding
+    assert rows["fresh.example.com"][-2:] == [str(days_left), "expiring"] and rows["soon.example.com"][-1] == "expired"
+    assert rows["fresh.example.com"][3] == fresh["serial"][:16]
+    row = json.loads(list_at(capsys, kimpki.home, issued, "--json"))["items"][0]
+    assert set(row) >= {"name", "hosts", "serial", "ca", "not_after", "days_left", "state"}
 
 
 def test_import_refuses_a_mismatched_key(kimpki, tmp_path):
