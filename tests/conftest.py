@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,20 @@ def openssl(*args, input: bytes | None = None, check: bool = True, cwd=None) -> 
     if check:
         assert proc.returncode == 0, proc.stderr.decode()
     return proc
+
+
+# How long a test waits for a condition before it gives up. Only a broken test ever reaches it: it
+# is no speed claim (those are measured by scripts/bench), so it is generous for a loaded machine.
+WAIT_CEILING = 60.0
+
+
+def wait_until(condition, what: str, timeout: float = WAIT_CEILING, interval: float = 0.02):
+    """Poll ``condition`` until it returns something truthy, and return that; fail naming ``what``
+    after ``timeout`` seconds. Tests wait on conditions, never on sleeps or wall-clock budgets."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout:.0f} s"
+        time.sleep(interval)

@@ -13,7 +13,6 @@ import base64
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.conftest import Kimpki, assert_one_line_error
+from tests.conftest import Kimpki, assert_one_line_error, wait_until
 from tests.istio_helpers import kubectl_json
 from tests.kubeapi.fixtures import *  # noqa: F401,F403
 from tests.test_verify_envoy import ServedGateway
@@ -358,17 +357,6 @@ def served_chain(site, host: str) -> list[x509.Certificate]:
     return pem_certs("".join(re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", r.stdout, re.S)))
 
 
-def wait_until(what: str, check, timeout: float = 10.0):
-    """Poll (the gateway picks file changes up within a fraction of a second) instead of sleeping."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"the gateway did not {what} within {timeout:.0f} s"
-        time.sleep(0.1)
-
-
 def verify_mutual(site, *trust_and_client: str, code: int) -> dict:
     res = site.k("verify", "kim-new.example.com", "--connect", f"127.0.0.1:{site.port}", "--mode", "mutual",
                  *trust_and_client, "--json")
@@ -389,11 +377,11 @@ def test_gateway_accepts_old_and_new_clients_during_the_overlap_and_only_new_one
     (reissued,) = rep["clients"]
     new_client = (reissued["cert"], reissued["key"])
     new_trust = str(k.home / "cas" / NEW / "ca.crt")
-    chain = wait_until("serve kim-new.example.com's new certificate", lambda: (
+    chain = wait_until(lambda: (
         c if (c := served_chain(site, "kim-new.example.com")) and format(c[0].serial_number, "x") ==
-        served["kim-new-credential"] else None))
-    wait_until("serve kim.example.com's new certificate", lambda: format(
-        served_chain(site, "kim.example.com")[0].serial_number, "x") == served["kim-credential"])
+        served["kim-new-credential"] else None), "the gateway to serve kim-new.example.com's new certificate")
+    wait_until(lambda: format(served_chain(site, "kim.example.com")[0].serial_number, "x") == served["kim-credential"],
+               "the gateway to serve kim.example.com's new certificate")
     # The server certificate comes from NEW, followed by NEW certified by OLD.
     assert [(c.subject.rfc4514_string(), c.issuer.rfc4514_string()) for c in chain] == [
         ("CN=kim-new.example.com,O=kim organization", NEW_SUBJECT), (NEW_SUBJECT, OLD_SUBJECT)]
@@ -410,8 +398,8 @@ def test_gateway_accepts_old_and_new_clients_during_the_overlap_and_only_new_one
 
     ret = k.json("ca", "retire", OLD, "--manifests", site.manifests)
     assert ret["action"] == "retired"
-    wait_until("refuse the old client certificate", lambda: refused(
-        curl(site, "kim-new.example.com", new_trust, old_client)))
+    wait_until(lambda: refused(curl(site, "kim-new.example.com", new_trust, old_client)),
+               "the gateway to refuse the old client certificate")
     r = curl(site, "kim-new.example.com", new_trust, old_client)
     assert refused(r), (r.returncode, r.stderr)
     d = verify_mutual(site, "--ca", NEW, "--cert", old_client[0], "--key", old_client[1], code=1)

@@ -14,7 +14,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -151,10 +150,8 @@ def test_wrong_or_missing_token_is_401_unauthorized(kube_api, token):
                                    "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
 
 
-def test_server_start_is_fast_and_stop_closes_port():
-    t = time.perf_counter()
+def test_server_starts_and_stop_closes_port():
     srv = KubeApiServer().start()
-    assert time.perf_counter() - t < 1.0
     port = srv.port
     srv.stop()
     with pytest.raises(urllib.error.URLError):
@@ -584,25 +581,21 @@ def test_list_pagination_limit_and_continue(kube_api, core):
     assert err(ei)[0] == 400 and err(ei)[1]["reason"] == "BadRequest"
 
 
-def test_ten_thousand_secrets_seed_and_page_quickly(kube_api, api):
+def test_ten_thousand_secrets_seed_and_page(kube_api, api):
+    """10,000 Secrets page through in 500s. How fast (seeding, LIST pages) is measured by
+    ``scripts/bench renew sweep``, which loads and lists as many."""
     data = {"tls.crt": b64("c" * 1200), "tls.key": b64("k" * 250)}
-    t0 = time.perf_counter()
     for i in range(10_000):
         kube_api.put_object({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                              "metadata": {"name": f"cred-{i:05d}", "namespace": NS,
                                           "labels": {"kimpki.io/managed": "true"}},
                              "data": data})
-    seed = time.perf_counter() - t0
-    assert seed < 2.0, f"seeding 10k secrets took {seed:.2f}s"
 
     core = client.CoreV1Api(api)
-    t0 = time.perf_counter()
     first = core.list_namespaced_secret(NS, limit=500, label_selector="kimpki.io/managed=true",
                                         _preload_content=False)
-    one_page = time.perf_counter() - t0
     body = json.loads(first.data)
     assert len(body["items"]) == 500 and body["metadata"]["continue"]
-    assert one_page < 0.5, f"one page of 500 took {one_page:.2f}s"
     total, cont = len(body["items"]), body["metadata"]["continue"]
     while cont:
         r = json.loads(core.list_namespaced_secret(NS, limit=500, _continue=cont, _preload_content=False).data)

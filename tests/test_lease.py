@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 import stat
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.kubeapi.fixtures import *  # noqa: F401,F403  (kube_api, kube_env, kube_client)
 
 from kimpki.kube import Cluster
@@ -67,16 +67,6 @@ def seed(srv, holder: str, renew: datetime, *, duration: int = 60, transitions: 
                            "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
                                     "acquireTime": micro_time(acquire or renew), "renewTime": micro_time(renew),
                                     "leaseTransitions": transitions}})
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------- LeaseLock
@@ -367,7 +357,7 @@ def test_a_waiting_run_gets_the_lease_when_the_holder_lets_go(kube_api, cluster,
     gets_before = len(kube_api.calls("GET", "leases"))
 
     def let_go_once_the_second_run_has_polled():
-        wait_until(lambda: len(kube_api.calls("GET", "leases")) >= gets_before + 2, what="a second poll")
+        wait_until(lambda: len(kube_api.calls("GET", "leases")) >= gets_before + 2, "a second poll")
         release.set()
 
     helper = threading.Thread(target=let_go_once_the_second_run_has_polled)
@@ -382,7 +372,7 @@ def test_a_waiting_run_gets_the_lease_when_the_holder_lets_go(kube_api, cluster,
 def test_the_heartbeat_renews_the_lease_while_held(kube_api, cluster):
     with renewal_lock(cluster=cluster, namespace=NS, renew_every=0.02) as lock:
         first = stored(kube_api)["spec"]["renewTime"]
-        wait_until(lambda: stored(kube_api)["spec"]["renewTime"] != first, what="a renewal")
+        wait_until(lambda: stored(kube_api)["spec"]["renewTime"] != first, "a renewal")
         spec = stored(kube_api)["spec"]
         assert spec["holderIdentity"] == lock.identity and spec["acquireTime"] == first
         lock.check()
@@ -392,7 +382,7 @@ def test_the_heartbeat_renews_the_lease_while_held(kube_api, cluster):
 def test_a_lease_taken_over_while_held_is_reported_lost_and_not_released(kube_api, cluster):
     with renewal_lock(cluster=cluster, namespace=NS, renew_every=0.02) as lock:
         seed(kube_api, "thief", datetime.now(timezone.utc))  # an admin forced it, say
-        wait_until(lambda: lock.lost, what="the loss to be noticed")
+        wait_until(lambda: lock.lost, "the loss to be noticed")
         assert lock.lost == f"lease {NS}/{NAME} was taken over by thief"
         with pytest.raises(LockLost) as ei:
             lock.check()

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from kimpki.errors import OperationError
 from kimpki.localgw.runner import ENVOY_MISSING, LocalGateway, find_envoy
 from tests.localgw_pki import (b64, deployment_with_secret_volume, gateway_yaml, generic_secret_yaml, https_server,
                                make_ca, make_leaf, tls_secret_yaml)
+from tests.conftest import wait_until
 from tests.tlspeers import assert_curl_refused
 
 BOOKINFO_MOUNT = "/etc/istio/ingressgateway-bookinfo-certs"
@@ -201,7 +201,6 @@ def test_private_files_and_admin_interface(gateway):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         assert stat.S_IMODE(f.parent.stat().st_mode) == 0o700
     assert gateway.admin_address == f"unix:{wd / 'admin.sock'}"
-    assert gateway.startup_seconds < 10
 
 
 # -- reloading -------------------------------------------------------------------------------------
@@ -218,12 +217,10 @@ def test_hot_reload_of_a_secret_and_of_a_new_server_keeps_envoy(pki, tmp_path):
         try:
             fresh = make_leaf(tmp_path / "pki", ca, "kim.example.com", tag="-renewed")
             assert fresh.serial != pki["kim"].serial
-            t0 = time.monotonic()
             (folder / "kim-credential.yaml").write_text(
                 generic_secret_yaml("kim-credential", {"key": fresh.key, "cert": fresh.cert, "cacert": ca.cert}))
-            while served_serial(port, "kim.example.com", ca.cert) != fresh.serial:
-                assert time.monotonic() - t0 < 2.0, "the new certificate was not served within 2 s"
-                time.sleep(0.02)
+            wait_until(lambda: served_serial(port, "kim.example.com", ca.cert) == fresh.serial,
+                       "the new certificate to be served")
             assert gw.pid == pid and gw.ports[443] == port
             # The other servers still have their certificates.
             assert served_serial(port, "bookinfo.com", ca.cert) == pki["bookinfo"].serial
@@ -232,15 +229,14 @@ def test_hot_reload_of_a_secret_and_of_a_new_server_keeps_envoy(pki, tmp_path):
             extra = make_leaf(tmp_path / "pki", ca, "extra.example.com")
             (folder / "extra.yaml").write_text(tls_secret_yaml("extra-credential", extra) + "---\n" + gateway_yaml(
                 "extra-gateway", [https_server("extra.example.com", "https-extra", credential="extra-credential")]))
-            t0 = time.monotonic()
-            while True:
+
+            def serves_extra() -> bool:
                 try:
-                    if served_serial(port, "extra.example.com", ca.cert) == extra.serial:
-                        break
-                except (ssl.SSLError, ConnectionResetError):
-                    pass
-                assert time.monotonic() - t0 < 3.0, "the new server was not served within 3 s"
-                time.sleep(0.02)
+                    return served_serial(port, "extra.example.com", ca.cert) == extra.serial
+                except (ssl.SSLError, ConnectionResetError):  # no filter chain for it yet
+                    return False
+
+            wait_until(serves_extra, "the new server to be served")
             assert gw.pid == pid
         finally:
             stop.set()
@@ -269,7 +265,9 @@ def test_reload_rewrites_only_changed_secret_files(pki, tmp_path):
         result = gw.poll_once()
         assert result.error.startswith(f"{folder / 'gateways.yaml'}:1: not valid YAML") and not result.changed
         assert gw.pid is not None and len(gw.plans) == 3
-        assert served_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert) == fresh.serial
+        # Envoy picks the rewritten SDS file up asynchronously: wait for it (not a speed claim).
+        wait_until(lambda: served_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert) == fresh.serial,
+                   "the gateway to serve bookinfo.com's new serial")
 
 
 # -- process handling -------------------------------------------------------------------------------
@@ -348,11 +346,13 @@ def test_plain_http_servers_answer_by_host_and_redirect_to_the_local_https_port(
     with LocalGateway([folder], port_map={443: https_port, 80: 0}) as gw:
         http = gw.ports[80]
         r = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "-H", "Host: kim.example.com",
-                            f"http://127.0.0.1:{http}/health"], capture_output=True, text=True)
-        assert r.stdout.startswith("HTTP/1.1 301")
+                            f"http://127.0.0.1:{http}/health"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.startswith("HTTP/1.1 301"), r.stderr
         assert f"location: https://kim.example.com:{https_port}/health" in r.stdout
         assert "x-kimpki-gateway: http-gateway/http-kim" in r.stdout
-        r = subprocess.run(["curl", "-sS", "-D", "-", f"http://127.0.0.1:{http}/health"], capture_output=True, text=True)
+        r = subprocess.run(["curl", "-sS", "-D", "-", f"http://127.0.0.1:{http}/health"], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("HTTP/1.1 200") and r.stdout.endswith('{"status":"UP"}')
         assert "x-kimpki-gateway: http-gateway/http-any" in r.stdout
         assert f"serving * (PLAIN) on http://127.0.0.1:{http}" in gw.serving_lines()

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography import x509
 
-from tests.conftest import Kimpki, Result, assert_one_line_error
+from tests.conftest import Kimpki, Result, assert_one_line_error, wait_until
 from tests.localgw_pki import generic_secret_yaml
 from tests.tlspeers import assert_curl_refused, free_port
 
@@ -354,19 +353,17 @@ def test_rewritten_secret_manifest_is_served_without_restarting_envoy(site):
     assert d["served_chain"][0]["serial"] == old and new in d["message"]
 
     yaml_text = k.ok("secret", "create", "reload-credential", "--cert", host, "--dry-run", "-o", "yaml").out
-    t0 = time.monotonic()
     (site.manifests / "reload-credential.yaml").write_text(yaml_text)
     served = []
-    while True:
+
+    def reports_new() -> Result | None:
         res = verify(site, host, "--ca", "example.com")
-        elapsed = time.monotonic() - t0
         served.append(res.json["served_chain"][0]["serial"])
-        if served[-1] == new:
-            break
-        assert elapsed < 2.0, f"still serving {served} {elapsed:.2f} s after the manifest was rewritten"
-    print(f"{host}: new serial reported {elapsed:.2f} s after the rewrite ({len(served)} verify runs)")
+        return res if served[-1] == new else None
+
+    # How fast the reload is, is measured by scripts/bench reload; here only that it happens.
+    res = wait_until(reports_new, f"the gateway to serve {host}'s new serial (served so far: {served})")
     assert res.code == 0 and res.json["ok"], res.err
-    assert elapsed < 2.0, f"the new serial was reported {elapsed:.2f} s after the manifest was rewritten"
     assert set(served) <= {old, new}
 
     # The same Envoy process: alive, still the one gateway serve started, no second start-up.
