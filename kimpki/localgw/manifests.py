@@ -18,9 +18,9 @@ The credential rules are Istio's (see :mod:`kimpki.istio.contract`):
   mounted into the ``istio-proxy`` container of a Deployment manifest given. The file name is the
   Secret's data key (or an ``items`` path).
 
-Secrets are looked up by name; when several Secrets share a name, the one in the gateway's
-namespace (the Deployment's, else ``istio-system``) wins, then one without a namespace (what
-``kubectl create secret --dry-run=client -o yaml`` writes), then any other.
+Secrets are looked up by name in the gateway's namespace (the Deployment's, else ``istio-system``),
+as Istio does; a Secret without a namespace (what ``kubectl create secret --dry-run=client -o
+yaml`` writes) counts as in it. A Secret of that name in another namespace is not found.
 """
 
 from __future__ import annotations
@@ -495,7 +495,8 @@ def _tls_options(tls: dict) -> TlsOptions:
 
 class SecretIndex:
     """Secrets by name: the one in the gateway's namespace wins, then one without a namespace
-    (``kubectl create secret --dry-run=client -o yaml``), then any other."""
+    (``kubectl create secret --dry-run=client -o yaml``). Istio reads only the gateway's own
+    namespace, so a Secret elsewhere is not found."""
 
     def __init__(self, secrets: Iterable[SecretDoc], namespace: str):
         self.namespace = namespace
@@ -505,7 +506,7 @@ class SecretIndex:
 
     def get(self, name: str) -> SecretDoc | None:
         found = self.by_name.get(name) or []
-        for want in (lambda s: s.namespace == self.namespace, lambda s: s.namespace is None, lambda s: True):
+        for want in (lambda s: s.namespace == self.namespace, lambda s: s.namespace is None):
             matching = [s for s in found if want(s)]
             if matching:
                 return matching[-1]  # the later document wins, as with kubectl apply
