@@ -310,8 +310,9 @@ def test_offline_manifests(kimpki, pki, tmp_path):
 
     bad = write_manifests(tmp_path / "bad", seed_gateways(), replace_secret(
         secrets, generic_secret("kim-credential", pki["expired"]["cert"], pki["expired"]["key"], ns=None)))
-    data = kimpki("check", "-f", bad, "--json", ok=False).json
-    assert data["ok"] is False
+    res = kimpki("check", "-f", bad, "--json")
+    data = res.json
+    assert res.code == 1 and data["ok"] is False, res.err
     assert [(f["credential"], f["code"]) for f in data["findings"] if f["status"] == "error"] == [
         ("kim-credential", "IST0161")]
     res = kimpki("check", "-f", bad / "gateway.yaml", "-f", bad / "kim-new-credential.yaml", "--json")
