@@ -181,7 +181,7 @@ def test_renew_textfile_keeps_the_last_success_when_a_run_fails(store, tmp_path)
     # A run that fails (the folder is gone) still writes, with success 0 and the earlier success kept.
     shutil.rmtree(deploy)
     res = store("renew", "--manifests", deploy, "--textfile", prom)
-    assert res.code != 0
+    assert_one_line_error(res, 2, f"no such manifests folder: {deploy}")
     second = renew_metrics(prom.read_text())
     assert second["kimpki_renew_success"] == 0.0
     assert second["kimpki_renew_last_success_timestamp_seconds"] == first["kimpki_renew_last_success_timestamp_seconds"]
@@ -244,7 +244,8 @@ def test_renew_pushes_to_a_pushgateway(store, tmp_path):
         assert ok["kimpki_renew_success"] == 1.0
         # A failing run pushes success 0 without erasing the Pushgateway's last success.
         shutil.rmtree(deploy)
-        assert store("renew", "--manifests", deploy, "--pushgateway", srv.url, "--job", "kimpki-test").code != 0
+        failed = store("renew", "--manifests", deploy, "--pushgateway", srv.url, "--job", "kimpki-test")
+        assert_one_line_error(failed, 2, f"no such manifests folder: {deploy}")
         after = {s.name: s.value for s in samples(scrape(srv.url + "/metrics"))
                  if s.name.startswith("kimpki_renew_") and s.labels.get("job") == "kimpki-test"}
         assert after["kimpki_renew_success"] == 0.0

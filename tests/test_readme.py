@@ -106,7 +106,7 @@ def test_gateway_block_ends_with_serves_error_when_envoy_cannot_start(tmp_path):
     setup = run(block("mkdir -p deploy"), tmp_path, tmp_path / "home")
     assert setup.returncode == 0, setup.stderr + setup.stdout
     r = run(block("kimpki gateway serve -f deploy/"), tmp_path, tmp_path / "home", timeout=60, path_first=fake)
-    assert r.returncode != 0
+    assert r.returncode == 1, r.stdout + r.stderr  # the first verify's exit code ended the block
     assert "kimpki: error: Envoy exited" in r.stdout, r.stdout + r.stderr  # the loop printed serve's log
     assert "connection_refused" in r.stdout + r.stderr  # and the next line ran, failed, and ended the block
 
