@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +24,7 @@ from kimpki.ops.converge import converge
 from kimpki.pki.keys import KeyType
 from kimpki.policy import load_policy
 from kimpki.store import Store
-from tests.conftest import ROOT, Kimpki, assert_one_line_error
+from tests.conftest import ROOT, Kimpki, assert_one_line_error, wait_until
 from tests.istio_helpers import DEPLOYMENT_FILE, kubectl, kubectl_json
 from tests.kubeapi.fixtures import *  # noqa: F401,F403
 from tests.tlspeers import assert_curl_refused
@@ -291,12 +290,8 @@ def test_changed_hosts_are_reissued_and_served_without_restart(tmp_path):
         new_serial = applied["actions"][0]["serial"]
 
         # The running Envoy picks up the new Secret and Gateway through its file watch.
-        deadline = time.monotonic() + 10
-        while True:
-            r = gw.curl("www.kim.example.com", "--cacert", str(paths["ca"]))
-            if r.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        r = wait_until(lambda: (c := gw.curl("www.kim.example.com", "--cacert", str(paths["ca"]))).returncode == 0 and c,
+                       "the gateway to serve www.kim.example.com")
         assert (r.returncode, r.stdout) == (0, '{"status":"UP"}'), r.stderr
         assert gw.served_serial("kim.example.com", paths["ca"]) == new_serial != old_serial
         assert gw.proc.poll() is None

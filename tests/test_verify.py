@@ -299,9 +299,11 @@ def test_blackhole_times_out_within_timeout(pki):
         assert elapsed >= 0.6, elapsed
         assert report.message == f"timeout: no TLS handshake with 127.0.0.1:{hole.port} within 0.7 s"
         d = verify_json(HOST, "--connect", f"127.0.0.1:{hole.port}", "--cacert", pki.ca.cert, "--mode", "mutual",
-                        "--cert", pki.client.cert, "--key", pki.client.key, "--timeout", "1", code=1,
+                        "--cert", pki.client.cert, "--key", pki.client.key, "--timeout", "2", code=1,
                         reason="timeout")
-        assert d["duration_ms"] < 1300  # one deadline for all connections of the check
+        # One deadline for all connections of the check: less than two timeouts (the boundary of
+        # that claim, not a speed target; the margin is a whole timeout for a loaded machine).
+        assert d["duration_ms"] < 4000, d["duration_ms"]
 
 
 # --------------------------------------------------------------------------- output
