@@ -39,7 +39,8 @@ def test_ca_init_common_name_and_encrypted_keys_for_root_and_intermediate(kimpki
     assert root_key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert "Private-Key: (2048 bit" in openssl("pkey", "-in", root_key, "-passin", f"file:{root_pw}", "-noout",
                                                "-text").stdout.decode()
-    assert openssl("pkey", "-in", root_key, "-passin", "pass:wrong", "-noout", check=False).returncode != 0
+    wrong = openssl("pkey", "-in", root_key, "-passin", "pass:wrong", "-noout", check=False)
+    assert wrong.returncode == 1 and b"bad decrypt" in wrong.stderr, wrong.stderr
     assert round(lifetime_days(cert_of(d["cert"]))) == 30
 
     # The intermediate needs the root's passphrase to be signed, and gets its own.
@@ -75,7 +76,8 @@ def test_ca_import_decrypts_with_the_key_passphrase_and_stores_under_a_new_one(k
     assert d["encrypted"] is True
     stored = kimpki.home / "cas/example.com/ca.key"
     openssl("pkey", "-in", stored, "-passin", f"file:{new_pw}", "-noout")
-    assert openssl("pkey", "-in", stored, "-passin", f"file:{old_pw}", "-noout", check=False).returncode != 0
+    old = openssl("pkey", "-in", stored, "-passin", f"file:{old_pw}", "-noout", check=False)
+    assert old.returncode == 1 and b"bad decrypt" in old.stderr, old.stderr  # the old passphrase opens it no more
 
 
 def test_sign_client_csr_with_an_encrypted_ca(kimpki, tmp_path):

@@ -243,11 +243,15 @@ def gateway(pki, tmp_path_factory):
         port = None
         while port is None:
             line = proc.stdout.readline()
-            assert line, "gateway serve ended before it served anything"
+            if not line:
+                proc.wait(30)
+                pytest.fail(f"gateway serve ended ({proc.returncode}) before it served anything: {proc.stderr.read()}")
             if line.startswith("serving "):
                 port = int(line.rsplit(":", 1)[1])
+        log = []
         while "ready in" not in (line := proc.stderr.readline()):
-            assert line, "gateway serve ended before it was ready"
+            assert line, f"gateway serve ended before it was ready: {''.join(log)}"
+            log.append(line)
         yield SimpleNamespace(kimpki=k, port=port)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -20,19 +20,12 @@ import pytest
 from kimpki.errors import OperationError
 from kimpki.localgw import envoy_process as ep
 from kimpki.localgw.runner import LocalGateway
+from tests.conftest import wait_until
 from tests.test_localgw_envoy import pki, served_serial, write_manifests  # noqa: F401  (pki: a fixture)
 from tests.test_safe_yaml import list_bomb
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"
-
-
-def wait_for(condition, what: str, timeout: float = 20.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(interval)
-    return result
 
 
 def running(pid: int) -> bool:
@@ -147,9 +140,9 @@ def test_sigkill_of_gateway_serve_takes_envoy_and_its_keys_with_it(pki, folder):
         assert list((first.run_folder / "sds").glob("*/sds.json")), "the run folder holds the keys"
         first.proc.kill()  # SIGKILL: no handler, no atexit, no finally
         first.proc.wait(10)
-        wait_for(lambda: not running(first.envoy_pid), "Envoy gone after its parent was killed")
-        wait_for(lambda: port_free(port), "the port free again")
-        wait_for(lambda: not first.run_folder.exists(), "the killed run's key folder removed")
+        wait_until(lambda: not running(first.envoy_pid), "Envoy gone after its parent was killed")
+        wait_until(lambda: port_free(port), "the port free again")
+        wait_until(lambda: not first.run_folder.exists(), "the killed run's key folder removed")
     finally:
         first.stop()
     second = Serve(folder, port)  # the same port: no "Address already in use"
@@ -169,8 +162,8 @@ def test_sigkill_with_the_watchdog_gone_too_envoy_dies_and_next_start_removes_th
         os.kill(watchdog, signal.SIGKILL)
         first.proc.kill()
         first.proc.wait(10)
-        wait_for(lambda: not running(first.envoy_pid), "Envoy gone by its parent-death signal")
-        wait_for(lambda: port_free(port), "the port free again")
+        wait_until(lambda: not running(first.envoy_pid), "Envoy gone by its parent-death signal")
+        wait_until(lambda: port_free(port), "the port free again")
         assert list((first.run_folder / "sds").glob("*/sds.json")), "left behind with its keys"
     finally:
         first.stop()
