@@ -85,10 +85,8 @@ def decoded(secret: dict) -> dict[str, bytes]:
 
 
 def issue_in_process(home: Path, hosts: list[str], *, ca_name: str | None = None, not_before: datetime | None = None,
-                     not_after: datetime | None = None, client: bool = False, name: str | None = None,
-                     now: datetime | None = None):
-    """Issue through kimpki.ops.issuing against a test home (for validity windows the CLI does not offer).
-    ``now``: the issuing time, for tests that use one fixed clock throughout."""
+                     not_after: datetime | None = None, client: bool = False, name: str | None = None):
+    """Issue through kimpki.ops.issuing against a test home (for validity windows the CLI does not offer)."""
     from kimpki.ops import issuing
     from kimpki.pki.profiles import LeafKind
     from kimpki.store import Store
@@ -96,7 +94,7 @@ def issue_in_process(home: Path, hosts: list[str], *, ca_name: str | None = None
     store = Store.open(home)
     try:
         return issuing.issue(store, hosts, kind=LeafKind.CLIENT if client else LeafKind.SERVER, ca_name=ca_name,
-                             now=now or datetime.now(timezone.utc), passphrase=lambda _: None, name=name,
+                             now=datetime.now(timezone.utc), passphrase=lambda _: None, name=name,
                              not_before=not_before, not_after=not_after).to_dict()
     finally:
         store.close()

@@ -42,14 +42,13 @@ def home(tmp_path_factory):
                           days=365, passphrase=None, parent=parent, parent_passphrase=authority.no_passphrase,
                           now=NOW)
     store.close()
-    # One clock for the whole module (NOW): the fixture may run minutes after the module was imported.
-    issue_in_process(h, ["kim.example.com", "10.0.0.7"], ca_name="example.com", now=NOW)
-    issue_in_process(h, ["kim-new.example.com"], ca_name="inter", now=NOW)
-    issue_in_process(h, ["kim-client.example.com"], ca_name="example.com", client=True, now=NOW)
+    issue_in_process(h, ["kim.example.com", "10.0.0.7"], ca_name="example.com")
+    issue_in_process(h, ["kim-new.example.com"], ca_name="inter")
+    issue_in_process(h, ["kim-client.example.com"], ca_name="example.com", client=True)
     issue_in_process(h, ["old.example.com"], ca_name="example.com", not_before=NOW - timedelta(days=3),
-                     not_after=NOW - timedelta(days=1), now=NOW)
+                     not_after=NOW - timedelta(days=1))
     issue_in_process(h, ["future.example.com"], ca_name="example.com", not_before=NOW + timedelta(days=1),
-                     not_after=NOW + timedelta(days=5), now=NOW)
+                     not_after=NOW + timedelta(days=5))
     return h
 
 
