@@ -173,7 +173,7 @@ def test_usage_errors_exit_2(kimpki):
     assert_one_line_error(kimpki("issue"), 2, "Missing argument 'HOST [HOST...]'")
     assert_one_line_error(kimpki("issue", "kim.example.com", "--key-type", "dsa"), 2,
                           "'dsa' is not one of 'ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'")
-    assert_one_line_error(kimpki("issue", "kim.example.com", "--days", "banana"), 2, "'banana' is not a valid")
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--days", "banana"), 2, "invalid --days 'banana'")
     assert_one_line_error(kimpki("nonsense"), 2, "No such command 'nonsense'")
     assert_one_line_error(kimpki("issue", "kim.example.com", "--days", "-3"), 2, "positive")
 

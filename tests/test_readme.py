@@ -67,7 +67,7 @@ def test_quick_tour(tmp_path):
     server = x509.load_pem_x509_certificates((home / "certs/kim.example.com/current/cert.crt").read_bytes())[0]
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(n.value) for n in sans] == ["kim.example.com", "*.kim.example.com", "10.0.0.7"]
-    assert server.issuer == cas["example.com"].subject  # the root stayed the default CA
+    assert server.issuer == cas["example-issuing"].subject  # issued by the intermediate (--ca)
     assert isinstance(server.public_key(), ec.EllipticCurvePublicKey) and server.public_key().curve.name == "secp256r1"
     assert round((server.not_valid_after_utc - server.not_valid_before_utc).total_seconds() / 86400) == 90
     assert sorted(p.name for p in (tmp_path / "client").iterdir()) == \
@@ -78,6 +78,8 @@ def test_quick_tour(tmp_path):
     assert (listed["kim-client.example.com"][1], listed["kim-client.example.com"][-1]) == ("client", "valid")
     inspected = json.loads(r.stdout[r.stdout.index("\n{") + 1:])
     assert inspected["chain"]["ok"] and inspected["chain"]["against"] == "CA example.com"
+    assert inspected["chain"]["path"] == ["CN=kim-client.example.com", "CN=example-issuing",
+                                          "CN=example.com,O=example Inc."]
     assert inspected["certificates"][0]["extended_key_usage"] == ["client_auth"]
 
 
