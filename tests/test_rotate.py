@@ -474,24 +474,26 @@ def test_manifests_kubectl_style_secret_and_duplicates(home):
 # -- SIGKILL at every step of the store write ---------------------------------------------------------
 
 # The steps of one rotation into a manifests folder, in order, as the store's write functions name
-# them (kimpki.store.fs.kill_point, "STEP PARENT/NAME"): (what, KIMPKI_TEST_KILL_AT pattern,
-# whether the pending version is committed to the inventory by then, which serial the manifest
-# serves afterwards: "old" or "pending").
+# them (kimpki.store.fs.kill_point, "STEP PARENT/NAME"): (what, KIMPKI_TEST_KILL_AT pattern, what
+# the inventory holds afterwards: nothing new / the new version "pending" / "promoted" to current,
+# which serial the manifest serves: "old" or "new", where the `current` link points: "old" or "new").
 KILL_STEPS = [
-    ("new version directory made", "mkdir versions/*", False, "old"),
-    ("new key complete in a temporary file", "temp */cert.key", False, "old"),
-    ("new key in place (cert.key)", "placed */cert.key", False, "old"),
-    ("certificate in place (cert.crt)", "placed */cert.crt", False, "old"),
-    ("CA certificate in place; inventory commit next", "placed */ca.crt", False, "old"),
-    ("pending recorded; new manifest in a temporary file", "temp deploy/kim.yaml", True, "old"),
-    ("manifest replaced; not promoted yet", "placed deploy/kim.yaml", True, "pending"),
-    ("current link made beside the old one", "temp kim.example.com/current", True, "pending"),
-    ("current link moved; inventory commit next", "placed kim.example.com/current", True, "pending"),
+    ("new version directory made", "mkdir versions/*", "nothing", "old", "old"),
+    ("new key complete in a temporary file", "temp */cert.key", "nothing", "old", "old"),
+    ("new key in place (cert.key)", "placed */cert.key", "nothing", "old", "old"),
+    ("certificate in place (cert.crt)", "placed */cert.crt", "nothing", "old", "old"),
+    ("CA certificate in place; inventory commit next", "placed */ca.crt", "nothing", "old", "old"),
+    ("pending recorded; new manifest in a temporary file", "temp deploy/kim.yaml", "pending", "old", "old"),
+    ("manifest replaced; not promoted yet", "placed deploy/kim.yaml", "pending", "new", "old"),
+    # The link follows the committed inventory: killed before it moved, the next run repairs it.
+    ("promoted; current link made beside the old one", "temp kim.example.com/current", "promoted", "new", "old"),
+    ("promoted; current link moved", "placed kim.example.com/current", "promoted", "new", "new"),
 ]
 
 
-@pytest.mark.parametrize("what,kill_at,committed,served", KILL_STEPS, ids=[s[1] for s in KILL_STEPS])
-def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home, what, kill_at, committed, served):
+@pytest.mark.parametrize("what,kill_at,inventory_holds,served,linked", KILL_STEPS, ids=[s[1] for s in KILL_STEPS])
+def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home, what, kill_at, inventory_holds,
+                                                                          served, linked):
     from datetime import datetime, timezone
 
     from kimpki.ops.inspecting import inventory
@@ -528,29 +530,36 @@ def test_sigkill_at_each_step_leaves_a_readable_store_and_a_rerun_finishes(home,
     rows = inventory(store, datetime.now(timezone.utc), include_history=True)
     store.close()
     states = {r["serial"]: r["version"] for r in rows if r["name"] == "kim.example.com"}
-    # Nothing was promoted: the old version is current, and the new one is pending exactly when its
-    # inventory row was committed before the kill (otherwise the store does not know it at all).
-    expected = {old.serial: "current", **({new_serial: "pending"} if committed else {})}
+    expected = {"nothing": {old.serial: "current"},
+                "pending": {old.serial: "current", new_serial: "pending"},
+                "promoted": {old.serial: "previous", new_serial: "current"}}[inventory_holds]
     assert states == expected, (what, states)
     assert old.key_path.read_bytes() == old_key and stat.S_IMODE(old.key_path.stat().st_mode) == 0o600
-    # The `current` link: the old version, or (killed between moving it and the commit) the pending
-    # one, which is complete with its key.
     target = (cert_dir / "current").resolve().name
-    assert target == (new_serial if kill_at == "placed kim.example.com/current" else old.serial), what
-    linked = cert_dir / "versions" / target
-    linked_cert = x509.load_pem_x509_certificates((linked / "cert.crt").read_bytes())[0]
-    assert keys.key_matches(keys.load_key((linked / "cert.key").read_bytes()), linked_cert.public_key())
-    # The manifest serves either the old certificate or the complete pending one, with its key.
+    assert target == (new_serial if linked == "new" else old.serial), what
+    linked_dir = cert_dir / "versions" / target
+    linked_cert = x509.load_pem_x509_certificates((linked_dir / "cert.crt").read_bytes())[0]
+    assert keys.key_matches(keys.load_key((linked_dir / "cert.key").read_bytes()), linked_cert.public_key())
+    # The manifest serves either the old certificate or the complete new one, with its key.
     manifest = yaml.safe_load((folder / "kim.yaml").read_text())
     cert, key = leaf_and_key(manifest)
     assert keys.key_matches(key, cert.public_key())
-    assert served_serial_of(manifest) == (old.serial if served == "old" else new_serial), what
+    assert served_serial_of(manifest) == (new_serial if served == "new" else old.serial), what
 
-    # A re-run finishes the job: with the pending certificate when the inventory has it, else with
-    # a new one (the half-written version directory is ignored).
+    # kimpki gc (what the next run's first mutation does too) removes what the inventory does not
+    # name and points `current` at the inventory's current version.
+    gc = home.json("gc")
+    assert [Path(o).name for o in gc["orphans"]] == ([new_serial] if inventory_holds == "nothing" else []), gc
+    stale_link = inventory_holds == "promoted" and linked == "old"
+    assert [Path(x).name for x in gc["repaired_links"]] == (["current"] if stale_link else []), gc
+    current_serial = new_serial if inventory_holds == "promoted" else old.serial
+    assert (cert_dir / "current").resolve().name == current_serial
+
+    # A re-run finishes the job: with the pending certificate when the inventory has it, else
+    # (nothing recorded, or the rotation was complete) it rotates afresh.
     d = home.json("rotate", "kim-credential", "--manifests", folder)
-    assert d["old_serial"] == old.serial
-    if committed:
+    assert d["old_serial"] == current_serial
+    if inventory_holds == "pending":
         assert (d["action"], d["new_serial"]) == ("resumed", new_serial), what
     else:
         assert d["action"] == "rotated" and d["new_serial"] not in (old.serial, new_serial), what

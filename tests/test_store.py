@@ -109,23 +109,23 @@ def test_a_ca_is_never_overwritten(kimpki):
 
 
 # The steps of one re-issue as the store's write functions name them (kimpki.store.fs.kill_point):
-# (KIMPKI_TEST_KILL_AT pattern, what the `current` link points at afterwards).
+# (KIMPKI_TEST_KILL_AT pattern, whether the inventory committed the new version, where the
+# `current` link points afterwards: "old" or "new").
 ISSUE_KILL_STEPS = [
-    ("mkdir versions/*", "old"),
-    ("temp */cert.key", "old"),
-    ("placed */cert.key", "old"),
-    ("temp */cert.crt", "old"),
-    ("placed */cert.crt", "old"),
-    ("placed */ca.crt", "old"),
-    ("temp kim.example.com/current", "old"),
-    # The link is moved inside the inventory transaction: killed before the commit, it names a
-    # complete version the inventory does not know; the next issue moves it again.
-    ("placed kim.example.com/current", "new"),
+    ("mkdir versions/*", False, "old"),
+    ("temp */cert.key", False, "old"),
+    ("placed */cert.key", False, "old"),
+    ("temp */cert.crt", False, "old"),
+    ("placed */cert.crt", False, "old"),
+    ("placed */ca.crt", False, "old"),
+    # The link moves after the commit: killed before it moved, the next run repairs it.
+    ("temp kim.example.com/current", True, "old"),
+    ("placed kim.example.com/current", True, "new"),
 ]
 
 
-@pytest.mark.parametrize("kill_at,linked", ISSUE_KILL_STEPS, ids=[s[0] for s in ISSUE_KILL_STEPS])
-def test_a_kill_during_issue_leaves_the_previous_version_intact(kimpki, kill_at, linked):
+@pytest.mark.parametrize("kill_at,committed,linked", ISSUE_KILL_STEPS, ids=[s[0] for s in ISSUE_KILL_STEPS])
+def test_a_kill_during_issue_leaves_the_previous_version_intact(kimpki, kill_at, committed, linked):
     kimpki.ok("ca", "init", "root")
     first = kimpki.json("issue", "kim.example.com")
     versions = kimpki.home / "certs/kim.example.com/versions"
@@ -136,9 +136,10 @@ def test_a_kill_during_issue_leaves_the_previous_version_intact(kimpki, kill_at,
     (landed,) = marker.read_text().splitlines()
     assert fnmatch.fnmatchcase(landed, kill_at), landed
     (new_serial,) = set(os.listdir(versions)) - {first["serial"]}  # killed while writing the new version
-    # The inventory rolled back: only the first version, still current, its key untouched.
+    # The inventory is all or nothing: the new version is current only once its row committed.
     rows = kimpki.json("list", "--all")["items"]
-    assert [(r["serial"], r["version"]) for r in rows] == [(first["serial"], "current")]
+    assert [(r["serial"], r["version"]) for r in rows] == (
+        [(first["serial"], "previous"), (new_serial, "current")] if committed else [(first["serial"], "current")])
     assert Path(first["key"]).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert mode(first["key"]) == 0o600
     target = (kimpki.home / "certs/kim.example.com/current").resolve()
@@ -147,9 +148,16 @@ def test_a_kill_during_issue_leaves_the_previous_version_intact(kimpki, kill_at,
     db = sqlite3.connect(kimpki.home / "inventory.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+    # kimpki gc (the next mutation does the same): the uncommitted folder goes, the link follows
+    # the inventory.
+    gc = kimpki.json("gc")
+    assert [Path(o).name for o in gc["orphans"]] == ([] if committed else [new_serial]), gc
+    assert [Path(x).name for x in gc["repaired_links"]] == (["current"] if committed and linked == "old" else []), gc
+    current = new_serial if committed else first["serial"]
+    assert (kimpki.home / "certs/kim.example.com/current").resolve().name == current
     # And the store keeps working: the next issue is current and the link follows it.
     again = kimpki.json("issue", "kim.example.com")
-    assert again["previous_serial"] == first["serial"]
+    assert again["previous_serial"] == current
     assert (kimpki.home / "certs/kim.example.com/current").resolve().name == again["serial"]
 
 
