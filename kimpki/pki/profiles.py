@@ -84,7 +84,8 @@ def _ski(pub) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier.from_public_key(pub)
 
 
-def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI pointing at ``issuer_cert``: its own SKI when it has one (RFC 5280 4.2.1.1)."""
     try:
         ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -134,7 +135,7 @@ def make_intermediate(public_key, common_name: str, org: str | None, issuer: Iss
                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                .add_extension(_ca_key_usage(), critical=True)
                .add_extension(_ski(public_key), critical=False)
-               .add_extension(_aki(issuer.cert), critical=False))
+               .add_extension(authority_key_identifier(issuer.cert), critical=False))
     return builder.sign(issuer.key, signature_hash_for(issuer.key))
 
 
@@ -155,7 +156,7 @@ def make_cross_certificate(subject: x509.Certificate, issuer: Issuer, not_before
                .add_extension(ext.get_extension_for_class(x509.BasicConstraints).value, critical=True)
                .add_extension(ext.get_extension_for_class(x509.KeyUsage).value, critical=True)
                .add_extension(_ski(subject.public_key()), critical=False)
-               .add_extension(_aki(issuer.cert), critical=False))
+               .add_extension(authority_key_identifier(issuer.cert), critical=False))
     return builder.sign(issuer.key, signature_hash_for(issuer.key))
 
 
@@ -188,5 +189,5 @@ def issue_leaf(public_key, hosts: list[HostName], kind: LeafKind, issuer: Issuer
                .add_extension(usage, critical=True)
                .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
                .add_extension(_ski(public_key), critical=False)
-               .add_extension(_aki(issuer.cert), critical=False))
+               .add_extension(authority_key_identifier(issuer.cert), critical=False))
     return builder.sign(issuer.key, signature_hash_for(issuer.key))

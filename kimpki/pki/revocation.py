@@ -17,6 +17,7 @@ from cryptography.x509 import ocsp
 
 from kimpki.errors import UsageError
 from kimpki.pki.keys import PrivateKey, signature_hash_for
+from kimpki.pki.profiles import authority_key_identifier
 
 DEFAULT_CRL_VALIDITY = timedelta(days=7)
 DEFAULT_OCSP_VALIDITY = timedelta(days=4)
@@ -65,7 +66,7 @@ def build_crl(issuer_cert: x509.Certificate, issuer_key: PrivateKey, entries: li
                .last_update(this_update)
                .next_update(next_update)
                .add_extension(x509.CRLNumber(number), critical=False)
-               .add_extension(_aki(issuer_cert), critical=False))
+               .add_extension(authority_key_identifier(issuer_cert), critical=False))
     for e in sorted(entries, key=lambda e: e.serial):
         if e.not_after <= this_update:
             continue
@@ -74,14 +75,6 @@ def build_crl(issuer_cert: x509.Certificate, issuer_key: PrivateKey, entries: li
             revoked = revoked.add_extension(x509.CRLReason(REASONS[e.reason]), critical=False)
         builder = builder.add_revoked_certificate(revoked.build())
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
-
-
-def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int:
