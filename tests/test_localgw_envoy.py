@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -96,6 +97,14 @@ def s_client(gw, host: str, *extra: str, request: bool = False) -> subprocess.Co
     if request:
         args += ["-ign_eof"]
     return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=10)
+
+
+def wait_for_serial(port: int, host: str, cafile: Path, serial: int, ceiling: float = 30.0) -> None:
+    """Wait (generously: no speed claim here) until ``host`` is served with ``serial``."""
+    deadline = time.monotonic() + ceiling
+    while served_serial(port, host, cafile) != serial:
+        assert time.monotonic() < deadline, f"{host} was not served with the new certificate"
+        time.sleep(0.02)
 
 
 def served_serial(port: int, host: str, cafile: Path) -> int:
@@ -195,11 +204,20 @@ def test_unresolvable_server_is_reported_not_served(gateway):
 def test_private_files_and_admin_interface(gateway):
     wd = gateway.workdir
     assert stat.S_IMODE(wd.stat().st_mode) == 0o700
-    sds_files = list((wd / "sds").glob("*/sds.json"))
-    assert len(sds_files) == 4  # kim, kim-new, kim-new-cacert, bookinfo
-    for f in sds_files:
+    # Envoy fetched every secret over the SDS socket in the private directory ...
+    assert stat.S_ISSOCK((wd / "sds.sock").stat().st_mode)
+    dump = json.loads(gateway._admin_get("/config_dump?resource=dynamic_active_secrets"))
+    names = sorted(s["name"] for s in dump["configs"])
+    assert names == sorted(["kubernetes://kim-credential", "kubernetes://kim-new-credential",
+                            "kubernetes://kim-new-credential-cacert",
+                            f"file-cert:{BOOKINFO_MOUNT}/tls.crt~{BOOKINFO_MOUNT}/tls.key"])
+    # ... so no private key was written to disk; what kimpki wrote is private anyway.
+    for f in (wd / "bootstrap.json", wd / "lds" / "lds.json"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
-        assert stat.S_IMODE(f.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((wd / "lds").stat().st_mode) == 0o700
+    for f in wd.rglob("*"):
+        if f.is_file():
+            assert b"PRIVATE KEY" not in f.read_bytes(), f
     assert gateway.admin_address == f"unix:{wd / 'admin.sock'}"
 
 
@@ -246,20 +264,19 @@ def test_hot_reload_of_a_secret_and_of_a_new_server_keeps_envoy(pki, tmp_path):
         os.kill(pid, 0)
 
 
-def test_reload_rewrites_only_changed_secret_files(pki, tmp_path):
+def test_reload_pushes_only_changed_secrets(pki, tmp_path):
     folder = write_manifests(tmp_path / "m", pki)
     with LocalGateway([folder], port_map={443: 0}) as gw:
         assert gw.poll_once() is None
-        before = {f: f.stat().st_ino for f in (gw.workdir / "sds").glob("*/sds.json")}
         lds_inode = (gw.workdir / "lds" / "lds.json").stat().st_ino
         fresh = make_leaf(tmp_path / "pki", pki["ca"], "bookinfo.com", tag="-2")
         (folder / "bookinfo-certs.yaml").write_text(tls_secret_yaml("istio-ingressgateway-bookinfo-certs", fresh))
         result = gw.poll_once()
         assert result.secrets_updated == (f"file-cert:{BOOKINFO_MOUNT}/tls.crt~{BOOKINFO_MOUNT}/tls.key",)
         assert not result.listeners_changed and not result.secrets_removed
-        after = {f: f.stat().st_ino for f in (gw.workdir / "sds").glob("*/sds.json")}
-        assert sum(before[f] != after[f] for f in before) == 1
         assert (gw.workdir / "lds" / "lds.json").stat().st_ino == lds_inode
+        wait_for_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert, fresh.serial)
+        assert served_serial(gw.ports[443], "kim.example.com", pki["ca"].cert) == pki["kim"].serial
         # A half-written (invalid) manifest keeps the running configuration.
         (folder / "gateways.yaml").write_text("kind: [unclosed")
         result = gw.poll_once()
@@ -268,6 +285,15 @@ def test_reload_rewrites_only_changed_secret_files(pki, tmp_path):
         # Envoy picks the rewritten SDS file up asynchronously: wait for it (not a speed claim).
         wait_until(lambda: served_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert) == fresh.serial,
                    "the gateway to serve bookinfo.com's new serial")
+        # A server removed from the Gateways: its listener chain goes, then its secret.
+        (folder / "gateways.yaml").unlink()
+        (folder / "gateways.yaml").write_text(gateway_yaml("kim-gateway", [
+            https_server("kim.example.com", "https-kim", "SIMPLE", "kim-credential")]))
+        result = gw.poll_once()
+        assert result.listeners_changed and result.secrets_removed == tuple(sorted([
+            "kubernetes://kim-new-credential", "kubernetes://kim-new-credential-cacert",
+            f"file-cert:{BOOKINFO_MOUNT}/tls.crt~{BOOKINFO_MOUNT}/tls.key"]))
+        assert served_serial(gw.ports[443], "kim.example.com", pki["ca"].cert) == pki["kim"].serial
 
 
 # -- process handling -------------------------------------------------------------------------------

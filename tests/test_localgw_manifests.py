@@ -293,8 +293,7 @@ def test_envoy_config_for_mutual_and_simple_servers(pki):
     ports, warnings = ec.map_ports([443, 80, 8443], {443: 9443})
     assert ports == {443: 9443, 8443: 8443} and "Gateway port 80 not served" in warnings[0]
 
-    files = lambda name: ec.SdsFile(f"/w/sds/{ec.sds_dir_name(name)}/sds.json", f"/w/sds/{ec.sds_dir_name(name)}")
-    (listener,) = ec.listeners(r.plans, {443: 9443}, "127.0.0.1", files)
+    (listener,) = ec.listeners(r.plans, {443: 9443}, "127.0.0.1")
     assert listener["name"] == "gateway_443"
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9443}
     assert listener["listener_filters"][0]["name"] == "envoy.filters.listener.tls_inspector"
@@ -307,14 +306,19 @@ def test_envoy_config_for_mutual_and_simple_servers(pki):
     assert sctx["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
     sds = mctx["common_tls_context"]["validation_context_sds_secret_config"]
     assert sds["name"] == "kubernetes://kim-credential-cacert"
-    assert sds["sds_config"]["path_config_source"]["watched_directory"]["path"] == \
-        str(Path(sds["sds_config"]["path_config_source"]["path"]).parent)
+    assert sds["sds_config"] == {"ads": {}, "resource_api_version": "V3"}  # the SDS server, not a file
+    assert "PRIVATE KEY" not in json.dumps(listener)
     assert mctx["common_tls_context"]["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_3"}
     hcm = simple["filters"][0]["typed_config"]
     assert hcm["codec_type"] == "AUTO"
     vh = hcm["route_config"]["virtual_hosts"][0]
     assert vh["response_headers_to_add"][0]["header"] == {"key": "x-kimpki-gateway", "value": "kim-gateway/https"}
 
-    boot = ec.bootstrap(ec.SdsFile("/w/lds/lds.json", "/w/lds"))
+    boot = ec.bootstrap(ec.WatchedFile("/w/lds/lds.json", "/w/lds"), "/w/sds.sock")
     assert boot["node"]["id"] and boot["node"]["cluster"]
+    (sds_cluster,) = boot["static_resources"]["clusters"]
+    assert boot["dynamic_resources"]["ads_config"]["grpc_services"] == [
+        {"envoy_grpc": {"cluster_name": sds_cluster["name"]}}]
+    endpoint = sds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": "/w/sds.sock"}}
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"

@@ -1,19 +1,22 @@
 """Pure: server plans → Envoy's bootstrap, its listeners (LDS) and its secrets (SDS), as dicts.
 
-Shape of what Envoy 1.40 is given (all JSON files, written by :mod:`kimpki.localgw.runner`):
+Shape of what Envoy 1.40 is given (written by :mod:`kimpki.localgw.runner`):
 
-* ``bootstrap.json``: ``node`` (Envoy requires ``id`` and ``cluster`` for any file-based xDS), an
-  admin interface on a 0600 Unix socket (TCP on 127.0.0.1, open to every local user, only when
-  asked for), and ``dynamic_resources.lds_config`` pointing at ``lds/lds.json``
-  with ``watched_directory: lds/``. Listeners come from a file so that new servers and ports are
-  picked up without restarting Envoy (a moved-in file makes Envoy re-read it).
+* ``bootstrap.json``: ``node`` (Envoy requires ``id`` and ``cluster`` for any xDS), an admin
+  interface on a 0600 Unix socket (TCP on 127.0.0.1, open to every local user, only when asked
+  for), ``dynamic_resources.lds_config`` pointing at ``lds/lds.json`` with ``watched_directory:
+  lds/``, and ``ads_config``: an Aggregated Discovery Service stream to kimpki's SDS server
+  (:mod:`kimpki.localgw.sds_server`) over the static cluster ``kimpki-sds``, HTTP/2 on a Unix
+  socket. Listeners come from a file so that new servers and ports are picked up without
+  restarting Envoy (a moved-in file makes Envoy re-read it).
 * ``lds/lds.json``: a ``DiscoveryResponse``-shaped document, one Listener per Gateway port
   number (all Gateways merged, like Istio), a TLS inspector, one filter chain per server matched
   on SNI ``server_names`` (host ``*`` → no match = the default chain), each with an HTTP
-  connection manager (codec AUTO, ALPN h2 + http/1.1) answering ``/health`` itself.
-* ``sds/<resource>/sds.json``: one ``DiscoveryResponse`` per secret, referenced as
-  ``sds_config: {path_config_source: {path, watched_directory}}``. Each secret has its own
-  directory, so replacing one file makes Envoy re-read that secret only.
+  connection manager (codec AUTO, ALPN h2 + http/1.1) answering ``/health`` itself. Its TLS
+  contexts name their secrets, ``sds_config: {ads: {}}``; no key is in this file.
+* Secrets (:func:`secret_resources`): one SDS ``Secret`` per certificate and per CA bundle,
+  served over the ADS stream, however many there are: a file-based secret would cost Envoy one
+  inotify instance each, and Linux allows 128 per user.
 
 Routes: ``/health`` → 200 ``{"status":"UP"}`` (application/json); every other path → 404 with a
 JSON body saying that the local gateway routes nothing else (there are no upstreams: it checks
@@ -25,9 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 from kimpki.localgw.manifests import ServerPlan
 
@@ -37,6 +39,8 @@ TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_OPTIONS_TYPE = "type.googleapis.com/" + HTTP_OPTIONS_NAME
 CONNECTIONS_MONITOR_TYPE = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig")
 
@@ -52,22 +56,19 @@ TLS_VERSIONS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_
 
 
 @dataclass(frozen=True)
-class SdsFile:
-    """Where one secret lives: Envoy watches ``directory`` and re-reads ``path``."""
+class WatchedFile:
+    """A file-based xDS source (the listeners): Envoy watches ``directory`` and re-reads ``path``."""
 
     path: str
     directory: str
 
 
+SDS_CLUSTER = "kimpki-sds"
+
+
 def listener_name(port: int) -> str:
     """The Envoy listener for a Gateway port number (the local port may differ)."""
     return f"gateway_{port}"
-
-
-def sds_dir_name(resource_name: str) -> str:
-    """A file-system-safe, unique directory name for an SDS resource name."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resource_name).strip("-.")[:60] or "secret"
-    return f"{slug}-{hashlib.sha256(resource_name.encode()).hexdigest()[:10]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,22 +129,16 @@ def discovery_response(resources: list[dict]) -> dict:
     return {"version_info": digest, "resources": resources}
 
 
-def sds_config(name: str, where: SdsFile) -> dict:
-    return {
-        "name": name,
-        "sds_config": {
-            "path_config_source": {"path": where.path, "watched_directory": {"path": where.directory}},
-            "resource_api_version": "V3",
-        },
-    }
+def sds_config(name: str) -> dict:
+    """A TLS context's reference to secret ``name``, fetched over the ADS stream."""
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
 
 
 # ---------------------------------------------------------------------------------------------
 # LDS
 # ---------------------------------------------------------------------------------------------
 
-def listeners(plans: Iterable[ServerPlan], local_ports: dict[int, int], address: str,
-              sds_file: Callable[[str], SdsFile]) -> list[dict]:
+def listeners(plans: Iterable[ServerPlan], local_ports: dict[int, int], address: str) -> list[dict]:
     """One Listener per served Gateway port.
 
     TLS ports get a TLS inspector and one filter chain per server, matched on SNI. Plain-HTTP
@@ -166,7 +161,7 @@ def listeners(plans: Iterable[ServerPlan], local_ports: dict[int, int], address:
                 "name": "envoy.filters.listener.tls_inspector",
                 "typed_config": {"@type": TLS_INSPECTOR_TYPE},
             }]
-            listener["filter_chains"] = [_tls_filter_chain(p, sds_file, local_ports) for p in group]
+            listener["filter_chains"] = [_tls_filter_chain(p, local_ports) for p in group]
         else:
             listener["filter_chains"] = [{
                 "name": f"{listener_name(port)}/http",
@@ -176,22 +171,21 @@ def listeners(plans: Iterable[ServerPlan], local_ports: dict[int, int], address:
     return out
 
 
-def _tls_filter_chain(p: ServerPlan, sds_file: Callable[[str], SdsFile], local_ports: dict[int, int]) -> dict:
+def _tls_filter_chain(p: ServerPlan, local_ports: dict[int, int]) -> dict:
     chain: dict = {
         "name": f"{p.gateway}/servers/{p.index}",
         "filters": [_http_connection_manager([p], f"{listener_name(p.port)}_{p.index}", local_ports, by_host=False)],
-        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": _tls_context(p, sds_file)},
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": _tls_context(p)},
     }
     if p.server_names:
         chain["filter_chain_match"] = {"server_names": list(p.server_names)}
     return chain
 
 
-def _tls_context(p: ServerPlan, sds_file: Callable[[str], SdsFile]) -> dict:
+def _tls_context(p: ServerPlan) -> dict:
     common: dict = {
         "alpn_protocols": list(ALPN),
-        "tls_certificate_sds_secret_configs": [sds_config(c.resource_name, sds_file(c.resource_name))
-                                               for c in p.certificates],
+        "tls_certificate_sds_secret_configs": [sds_config(c.resource_name) for c in p.certificates],
     }
     params = {}
     if p.tls.min_version in TLS_VERSIONS:
@@ -203,7 +197,7 @@ def _tls_context(p: ServerPlan, sds_file: Callable[[str], SdsFile]) -> dict:
     if params:
         common["tls_params"] = params
     if p.ca is not None:
-        ca_sds = sds_config(p.ca.resource_name, sds_file(p.ca.resource_name))
+        ca_sds = sds_config(p.ca.resource_name)
         default: dict = {}
         if p.tls.subject_alt_names:
             default["match_typed_subject_alt_names"] = [
@@ -269,17 +263,29 @@ def _http_connection_manager(group: list[ServerPlan], stat_prefix: str, local_po
 # Bootstrap
 # ---------------------------------------------------------------------------------------------
 
-def bootstrap(lds: SdsFile, admin_port: int = 0, node_id: str = "kimpki-localgw",
+def bootstrap(lds: WatchedFile, sds_socket: str, admin_port: int = 0, node_id: str = "kimpki-localgw",
               cluster: str = "istio-ingressgateway", max_connections: int = 10000,
               admin_socket: str | None = None) -> dict:
-    """Envoy's bootstrap: node (required for file-based xDS), admin on the Unix socket
-    ``admin_socket`` (else on 127.0.0.1:``admin_port``), listeners by LDS."""
+    """Envoy's bootstrap: node (required for xDS), admin on the Unix socket ``admin_socket`` (else
+    on 127.0.0.1:``admin_port``), listeners from a file, secrets over ADS from the SDS server
+    listening on the Unix socket ``sds_socket``."""
     admin = ({"pipe": {"path": admin_socket, "mode": 0o600}} if admin_socket
              else {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}})
     return {
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": admin},
+        "static_resources": {"clusters": [{
+            "name": SDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {HTTP_OPTIONS_NAME: {
+                "@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": SDS_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"pipe": {"path": sds_socket}}}}]}]},
+        }]},
         "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}]},
             "lds_config": {
                 "path_config_source": {"path": lds.path, "watched_directory": {"path": lds.directory}},
                 "resource_api_version": "V3",

