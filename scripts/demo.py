@@ -1,7 +1,7 @@
 """Replay the manual secure-gateway setup with kimpki and print a short transcript.
 
 Every step runs the real `kimpki` CLI against a throw-away home; the gateway is the real Envoy
-proxy (`kimpki gateway serve`) fed by file-based SDS; handshakes are checked by `kimpki verify`.
+proxy (`kimpki gateway serve`) fed by kimpki's SDS server; handshakes are checked by `kimpki verify`.
 After the manual steps come the tools that replace its hard cutovers, against the same Envoy:
 `kimpki rotate` under continuous handshakes, `kimpki ca rotate` / `ca retire`, then `status`,
 `renew --dry-run`, `cron render` and a metrics textfile. Exits non-zero as soon as a step fails.
@@ -82,7 +82,7 @@ def verify(home: Path, port: int, host: str, *extra: str, expect: int = 0) -> di
 
 
 class Gateway:
-    """`kimpki gateway serve` in the background: real Envoy fed by file-based SDS."""
+    """`kimpki gateway serve` in the background: real Envoy fed by kimpki's SDS server."""
 
     def __init__(self, home: Path, manifests: Path):
         self.port = free_port()
@@ -332,7 +332,7 @@ def run(home: Path) -> None:
         verify(home, gw.port, "kim-new.example.com", "--ca", new_ca, "--client", "kim-client.example.com",
                "--mode", "mutual")
         gw.check_same_envoy(envoy_started)
-        print(f"   Envoy pid {gw.envoy_pid} unchanged since step 4: {gw.reloads()} reloads, all through file-based SDS")
+        print(f"   Envoy pid {gw.envoy_pid} unchanged since step 4: {gw.reloads()} reloads, all through SDS pushes")
 
         step("11. What cron will watch: status, a renew run with nothing due, the crontab line")
         table = kimpki_text(home, "status", "--manifests", str(work), "--fail-on", "due").stdout

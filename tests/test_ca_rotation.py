@@ -409,7 +409,7 @@ def test_gateway_accepts_old_and_new_clients_during_the_overlap_and_only_new_one
     # Server certificates issued during the overlap keep the cross certificate until renewed.
     assert accepted(curl(site, "kim-new.example.com", old_trust, new_client))
 
-    # All through file-based SDS: the same Envoy process, started once.
+    # All through SDS pushes: the same Envoy process, started once.
     os.kill(site.gw.envoy_pid, 0)
     assert "envoy" in Path(f"/proc/{site.gw.envoy_pid}/cmdline").read_bytes().decode(errors="replace")
     assert sum("ready in" in line for line in site.gw.stderr) == 1

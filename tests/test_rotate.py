@@ -651,7 +651,7 @@ def process_started(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def gateway(template_home, tmp_path_factory):
-    """`kimpki gateway serve` (real Envoy, file-based SDS) on a manifests folder that holds
+    """`kimpki gateway serve` (real Envoy, SDS from kimpki) on a manifests folder that holds
     kim-credential (SIMPLE) and kim-new-credential (MUTUAL) as kimpki writes them."""
     from types import SimpleNamespace
 
