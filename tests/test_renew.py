@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -343,6 +346,104 @@ def test_a_failed_update_fails_the_run_and_the_rerun_finishes_with_the_pending_c
     assert served_serial(kube_api.get_object("secrets", NS, "a-credential")) == pending[0].serial
     assert "earlier run left pending" in again.err
     assert [v.state for v in versions(kimpki.home, "a.example.com")].count("current") == 1
+
+
+def expire_renewal_lease(srv) -> None:
+    """What a minute without renewals does to the Lease a killed run left (its duration is 60 s)."""
+    lease = srv.get_object("leases", NS, "kimpki-renew")
+    past = (utc_now() - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lease["spec"]["renewTime"] = lease["spec"]["acquireTime"] = past
+    srv.put_objects([lease])
+
+
+def test_a_kill_while_the_guarded_puts_run_side_by_side_loses_nothing(kimpki, kube_api):
+    """renew commits a batch's new keys as pending, then sends its PUTs side by side. Killed with
+    PUTs in flight (the stand-in holds eight of them): every Secret still serves a complete
+    certificate and key, every new key is in the store, and the re-run finishes with those keys."""
+    make_ca(kimpki.home)
+    names = [f"cred-{i:02d}" for i in range(12)]
+    for i, name in enumerate(names):
+        kube_api.put_objects(credential(kimpki.home, name, f"h{i:02d}.example.com", age=70 * DAY))
+    old = {n: served_serial(kube_api.get_object("secrets", NS, n)) for n in names}
+    kube_api.clear_requests()
+    kube_api.fail(method="PUT", resource="secrets", nth=5, times=8, status="delay", delay=3)
+    proc = _start(kimpki, "renew", "--json", env=kube(kube_api))
+    try:
+        deadline = time.monotonic() + 60
+        while len(kube_api.calls(method="PUT", resource="secrets")) < len(names):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+    def check(expect_landed: bool) -> dict[str, str]:
+        pending = {}
+        for i, name in enumerate(names):
+            (p,) = [v for v in versions(kimpki.home, f"h{i:02d}.example.com") if v.state == "pending"]
+            # The new key is in the store, private, and belongs to its certificate: recoverable.
+            assert stat.S_IMODE(p.key_path.stat().st_mode) == 0o600
+            assert keys.key_matches(keys.load_key(p.key_path.read_bytes()),
+                                    parse.load_certificates(p.cert_path.read_bytes())[0].public_key())
+            pending[name] = p.serial
+            secret = kube_api.get_object("secrets", NS, name)
+            data = decoded(secret)
+            assert keys.key_matches(keys.load_key(data["key"]), parse.load_certificates(data["cert"])[0].public_key())
+            assert served_serial(secret) in ((pending[name],) if expect_landed else (old[name], pending[name]))
+        return pending
+
+    pending = check(expect_landed=False)
+    assert len(set(pending.values())) == len(names)
+    # The held PUTs still land (their answers went nowhere): each Secret then serves its pending key.
+    deadline = time.monotonic() + 60
+    while any(served_serial(kube_api.get_object("secrets", NS, n)) != pending[n] for n in names):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    check(expect_landed=True)
+
+    # Nothing is due any more (each Secret serves a fresh certificate), and nothing was lost.
+    expire_renewal_lease(kube_api)
+    again = kimpki("renew", "--json", env=kube(kube_api))
+    assert again.code == 0, again.err
+    assert (again.json["checked"], again.json["due"], again.json["failed"]) == (len(names), 0, 0)
+    assert check(expect_landed=True) == pending
+
+
+def test_a_kill_before_the_puts_land_leaves_old_secrets_and_the_rerun_uses_the_pending_keys(kimpki, kube_api):
+    """Killed while its PUTs are held (none applied): the old Secrets serve on, and the re-run
+    sends the keys the killed run committed, issuing none."""
+    make_ca(kimpki.home)
+    names = [f"cred-{i:02d}" for i in range(6)]
+    for i, name in enumerate(names):
+        kube_api.put_objects(credential(kimpki.home, name, f"h{i:02d}.example.com", age=70 * DAY))
+    before = {n: kube_api.get_object("secrets", NS, n) for n in names}
+    kube_api.clear_requests()
+    held = kube_api.fail(method="PUT", resource="secrets", times=len(names), status="drop")
+    proc = _start(kimpki, "renew", "--json", env={**kube(kube_api), "KIMPKI_KUBE_TIMEOUT": "30"})
+    try:
+        deadline = time.monotonic() + 60
+        while not kube_api.calls(method="PUT", resource="secrets"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    held.remove()
+    assert {n: kube_api.get_object("secrets", NS, n) for n in names} == before
+    pending = {}
+    for i, name in enumerate(names):
+        (p,) = [v for v in versions(kimpki.home, f"h{i:02d}.example.com") if v.state == "pending"]
+        pending[name] = p.serial
+    expire_renewal_lease(kube_api)
+    again = kimpki("renew", "--json", env=kube(kube_api))
+    assert again.code == 0, again.err
+    assert {x["secret"]: (x["action"], x["new_serial"]) for x in again.json["results"]} == {
+        n: ("resumed", pending[n]) for n in names}
+    for i, name in enumerate(names):
+        assert served_serial(kube_api.get_object("secrets", NS, name)) == pending[name]
+        states = sorted(v.state for v in versions(kimpki.home, f"h{i:02d}.example.com"))
+        assert states == ["current", "previous"]
 
 
 def test_a_broken_secret_fails_with_its_reason_and_the_rest_is_renewed(kimpki, kube_api):

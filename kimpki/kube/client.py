@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -62,6 +63,7 @@ class Cluster:
         self.context = context
         self.pushback = pushback or Pushback(notice=_stderr_notice)
         self.requests = 0  # how many HTTP requests this Cluster sent
+        self._counting = threading.Lock()  # renew writes from several threads
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -117,7 +119,8 @@ class Cluster:
         read_retries = 0
         while True:
             pb.limiter.wait()
-            self.requests += 1
+            with self._counting:  # renew writes from several threads
+                self.requests += 1
             try:
                 resp = self._api.call_api(*req, _request_timeout=(self.timeout, self.timeout))
                 data = resp.read()

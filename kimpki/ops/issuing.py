@@ -80,13 +80,16 @@ def issue(store: Store, raw_hosts: list[str], *, kind: profiles.LeafKind = profi
           ca_name: str | None = None, org: str | None = None, days: float = 90,
           key_type: keys.KeyType = keys.DEFAULT_KEY_TYPE, name: str | None = None,
           now: datetime, passphrase: PassphraseSource, state: str = "current",
-          not_before: datetime | None = None, not_after: datetime | None = None) -> IssueResult:
-    """Issue a certificate for ``raw_hosts`` (the first is the CN) and record it in the store."""
+          not_before: datetime | None = None, not_after: datetime | None = None,
+          key: keys.PrivateKey | None = None) -> IssueResult:
+    """Issue a certificate for ``raw_hosts`` (the first is the CN) and record it in the store.
+    ``key``: one made beforehand (of ``key_type``), e.g. before a store batch locks the home."""
     hosts = parse_hosts(raw_hosts)
     if not hosts:
         raise UsageError("give at least one HOST")
     store_name = safe_store_name(name or hosts[0].value)
-    key = keys.generate_key(key_type)  # outside the lock: generation is the slow part
+    if key is None:
+        key = keys.generate_key(key_type)  # outside the lock: generation is the slow part
     return _sign_and_store(store, name=store_name, hosts=hosts, kind=kind, public_key=key.public_key(),
                            key_pem=keys.key_to_pem(key), key_type=key_type.value, ca_name=ca_name,
                            org=org, days=days, now=now, passphrase=passphrase, state=state,

@@ -60,6 +60,8 @@ class SecretPlace:
     """Read, list and write credential Secrets somewhere. Also a context manager."""
 
     description: str = ""
+    # How many write() calls may run side by side (renew's bounded concurrency). A folder: one.
+    parallel_writes: int = 1
 
     @property
     def requests(self) -> int:
@@ -94,6 +96,9 @@ class SecretPlace:
 
 class ClusterPlace(SecretPlace):
     """Secrets in a Kubernetes cluster (any namespace the credentials name)."""
+
+    # Each write is one guarded PUT, mostly waiting for the API server: a few at a time.
+    parallel_writes = 8
 
     def __init__(self, cluster):
         self.cluster = cluster

@@ -193,17 +193,29 @@ def _unsure_whether_written(error: KimpkiError) -> bool:
     return isinstance(error, (ConnectionLost, Timeout))
 
 
-def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
-                      now: datetime, passphrase: PassphraseSource, new_ca: str | None = None,
-                      force: bool = False, dry_run: bool = False, days: float | None = None,
-                      key_type: keys.KeyType | None = None, cred: ManagedCredential | None = None) -> RotationResult:
-    """Give credential Secret ``name`` a new key and certificate (see the module doc).
+@dataclass
+class Rotation:
+    """One credential's rotation between the steps of the module doc. Several go through each
+    step together in a renewal run (:mod:`kimpki.ops.renewing`): one store batch for their
+    pending versions, their Secret writes side by side, one store batch to promote them."""
 
-    ``new_ca`` moves it to another store CA (issuer, and the CA published for MUTUAL). ``cred``
-    lets a caller that already read the Secret (renew, over a whole listing) skip the read.
-    """
-    if cred is None:
-        cred = read_managed(place, name, namespace, force=force)
+    place: SecretPlace
+    cred: ManagedCredential
+    result: RotationResult
+    issuer: str
+    published: str
+    pending: CertRecord | None = None  # the version the Secret gets (reused, or issued in step 2)
+    issue_args: dict | None = None  # how to issue it when there is none yet
+    key: keys.PrivateKey | None = None  # its key, made before the store is locked
+    failure: KimpkiError | None = None  # why step 2 failed; the old Secret is untouched
+    prepared: object = None
+    written: list[dict] = field(default_factory=list)
+
+
+def plan_rotation(store: Store, place: SecretPlace, cred: ManagedCredential, *, now: datetime,
+                  new_ca: str | None = None, dry_run: bool = False, days: float | None = None,
+                  key_type: keys.KeyType | None = None) -> Rotation:
+    """Step 1 (the Secret is read): what to issue, from which CA, or which pending version to reuse."""
     current = store.find_cert(cred.store_name)
     landed = _landed_pending(store, cred)
     if landed is not None:
@@ -222,24 +234,59 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
                             store_name=cred.store_name, hosts=list(cred.hosts), ca=published,
                             old_serial=old_serial, old_not_after=old_not_after, new_serial=None,
                             new_not_after=None, action="would rotate")
+    rot = Rotation(place, cred, result, issuer, published)
     if dry_run:
-        return result
-
-    pending = landed or _usable_pending(store, cred.store_name, cred.hosts, issuer, now, key_type)
-    if pending is not None:
+        return rot
+    rot.pending = landed or _usable_pending(store, cred.store_name, cred.hosts, issuer, now, key_type)
+    if rot.pending is not None:
         result.action = "resumed"
     else:
-        issued = issue(store, list(cred.hosts), kind=profiles.LeafKind.SERVER, ca_name=issuer,
-                       org=_organization(cred, current), days=days or _lifetime_days(cred, current),
-                       key_type=key_type or _key_type(cred, current), name=cred.store_name, now=now,
-                       passphrase=passphrase, state="pending")
-        pending = issued.record
+        chosen = key_type or _key_type(cred, current)
+        rot.issue_args = dict(kind=profiles.LeafKind.SERVER, ca_name=issuer, org=_organization(cred, current),
+                              days=days or _lifetime_days(cred, current), key_type=chosen, name=cred.store_name)
         result.action = "rotated"
-    result.new_serial, result.new_not_after = pending.serial, parse.rfc3339(pending.not_after)
+    return rot
 
-    prepared = prepare_record(store, pending, cred.spec, now=now, ca_name=published if cred.spec.mutual else None)
+
+def issue_pending(store: Store, rotations: list[Rotation], *, now: datetime, passphrase: PassphraseSource) -> None:
+    """Step 2 for many: each rotation without a pending version gets one, all in one store batch
+    (one lock, one commit, one file-system sync; keys made before the lock). A rotation whose
+    issuance fails gets ``failure`` and the others go on."""
+    todo = [r for r in rotations if r.pending is None and r.issue_args is not None and r.failure is None]
+    for r in todo:
+        r.key = keys.generate_key(r.issue_args["key_type"])
+    issued: list[tuple[Rotation, CertRecord]] = []
+    if todo:
+        with store.batch():
+            for r in todo:
+                try:
+                    res = issue(store, list(r.cred.hosts), **r.issue_args, key=r.key, now=now,
+                                passphrase=passphrase, state="pending")
+                except KimpkiError as e:
+                    r.failure = e
+                    continue
+                issued.append((r, res.record))
+    for r, record in issued:  # committed: now they count
+        r.pending = record
+    for r in rotations:
+        r.key = None
+        if r.pending is not None:
+            r.result.new_serial, r.result.new_not_after = r.pending.serial, parse.rfc3339(r.pending.not_after)
+
+
+def prepare_rotation(store: Store, rot: Rotation, *, now: datetime) -> None:
+    """Step 3, first half: the Secret(s) the pending version makes (reads the store: one thread)."""
+    rot.prepared = prepare_record(store, rot.pending, rot.cred.spec, now=now,
+                                  ca_name=rot.published if rot.cred.spec.mutual else None)
+
+
+def publish_rotation(rot: Rotation, *, force: bool = False) -> None:
+    """Step 3: write the prepared Secret(s) in place. No store access, so several rotations can
+    write side by side. A failure raises :class:`OperationError` saying what the Secret serves
+    and that the pending certificate waits in the store."""
+    cred, pending = rot.cred, rot.pending
     try:
-        written, warnings = publish(place, prepared, force=force, read={cred.name: cred.secret})
+        written, warnings = publish(rot.place, rot.prepared, force=force, read={cred.name: cred.secret})
     except KimpkiError as e:
         if _unsure_whether_written(e):
             state = (f"secret/{cred.name} holds either the old certificate or the new one (both are valid, "
@@ -248,14 +295,44 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
             state = f"secret/{cred.name} is untouched and still serves the old certificate"
         raise OperationError(f"{e}; {state}; the new certificate (serial {pending.serial}) is kept as "
                              f"pending in the store: run the same command again to finish") from None
-    result.secrets = [{"name": w["name"], "action": w["action"]} for w in written]
-    result.warnings = warnings
-    cluster = getattr(place, "cluster", None)
-    folder = getattr(place, "folder", None)
-    with store.locked():
-        store.make_current(pending.id)
-        for s in prepared.secrets:
-            store.record_deployment(pending.id, deployment_record(
-                s, context=getattr(cluster, "context", None), kubeconfig=None,
-                manifests=str(folder.resolve()) if folder is not None else None))
-    return result
+    rot.result.secrets = [{"name": w["name"], "action": w["action"]} for w in written]
+    rot.result.warnings = warnings
+
+
+def promote(store: Store, rotations: list[Rotation]) -> None:
+    """Step 4 for many, after their Secrets were written: the pending versions become current, and
+    the store records where they went. One store batch."""
+    if not rotations:
+        return
+    with store.batch():
+        for rot in rotations:
+            cluster = getattr(rot.place, "cluster", None)
+            folder = getattr(rot.place, "folder", None)
+            store.make_current(rot.pending.id)
+            for s in rot.prepared.secrets:
+                store.record_deployment(rot.pending.id, deployment_record(
+                    s, context=getattr(cluster, "context", None), kubeconfig=None,
+                    manifests=str(folder.resolve()) if folder is not None else None))
+
+
+def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
+                      now: datetime, passphrase: PassphraseSource, new_ca: str | None = None,
+                      force: bool = False, dry_run: bool = False, days: float | None = None,
+                      key_type: keys.KeyType | None = None, cred: ManagedCredential | None = None) -> RotationResult:
+    """Give credential Secret ``name`` a new key and certificate (see the module doc).
+
+    ``new_ca`` moves it to another store CA (issuer, and the CA published for MUTUAL). ``cred``
+    lets a caller that already read the Secret skip the read.
+    """
+    if cred is None:
+        cred = read_managed(place, name, namespace, force=force)
+    rot = plan_rotation(store, place, cred, now=now, new_ca=new_ca, dry_run=dry_run, days=days, key_type=key_type)
+    if dry_run:
+        return rot.result
+    issue_pending(store, [rot], now=now, passphrase=passphrase)
+    if rot.failure is not None:
+        raise rot.failure
+    prepare_rotation(store, rot, now=now)
+    publish_rotation(rot, force=force)
+    promote(store, [rot])
+    return rot.result

@@ -32,6 +32,10 @@ removed and each ``current`` link is pointed again at the version the inventory 
 ``kimpki gc`` does the same on demand, and also removes CA folders no row names (a CA key goes
 only when asked) and drops pending versions nobody will finish.
 
+Durability: a mutation in :meth:`Store.locked` fsyncs each file it writes; :meth:`Store.batch`
+(many issuances: ``apply``, ``renew``) writes them without, and syncs the file system once before
+its commit, so that its rows are never committed before their files are durable either.
+
 CA rotation needs no schema change: the settings table records ``ca-successor:<old>`` = new,
 ``ca-predecessor:<new>`` = old and ``ca-retired:<old>`` = the time it was retired, so homes made
 before rotation existed open unchanged.
@@ -52,7 +56,7 @@ from typing import Iterator
 from kimpki.errors import NotFoundError, OperationError
 from kimpki.store.lock import file_lock
 from kimpki.store.fs import (PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, check_owned_dir, ensure_private_dir, kill_point,
-                             point_symlink, private_subdir, write_atomic, write_new)
+                             point_symlink, private_subdir, sync_filesystem, write_atomic, write_new)
 
 LOCK_TIMEOUT = 60.0
 
@@ -315,6 +319,7 @@ class Store:
         self._checked: set[tuple[str, ...]] = set()  # store folders already checked (ownership)
         self._after_commit: list = []
         self._collected = False  # the first mutation of a run collects what a killed run left
+        self._batch = False  # inside batch(): files are synced once, before the commit
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -355,7 +360,22 @@ class Store:
 
     @contextmanager
     def locked(self) -> Iterator["Store"]:
-        """Hold the home's lock and one SQLite transaction: all or nothing, one writer at a time."""
+        """Hold the home's lock and one SQLite transaction: all or nothing, one writer at a time.
+
+        Inside :meth:`batch` it is a savepoint of the batch's transaction: a failure undoes this
+        part only, and the batch goes on."""
+        if self._batch:
+            self.db.execute("SAVEPOINT part")
+            pending_actions = len(self._after_commit)
+            try:
+                yield self
+            except BaseException:
+                self.db.execute("ROLLBACK TO part")
+                self.db.execute("RELEASE part")
+                del self._after_commit[pending_actions:]  # what the undone part would have done
+                raise
+            self.db.execute("RELEASE part")
+            return
         with file_lock(self.home / ".lock", LOCK_TIMEOUT):
             if not self._collected:
                 self._collected = True
@@ -373,6 +393,23 @@ class Store:
             actions, self._after_commit = self._after_commit, []
             for action in actions:  # files that follow the inventory (``current`` links)
                 action()
+
+    @contextmanager
+    def batch(self) -> Iterator["Store"]:
+        """Many mutations under one lock and one transaction (each ``locked()`` inside is a
+        savepoint). Files are written without their own fsyncs and made durable together by one
+        file-system sync just before the commit: the rows that name them are never committed
+        first. A kill before the commit leaves unrecorded version directories, ignored."""
+        if self._batch:
+            yield self
+            return
+        with self.locked():
+            self._batch = True
+            try:
+                yield self
+                sync_filesystem(self.home)
+            finally:
+                self._batch = False
 
     # -- settings ----------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
@@ -518,10 +555,11 @@ class Store:
             raise OperationError(f"{vdir} already exists; refusing to overwrite it") from None
         os.chmod(vdir, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
         kill_point("mkdir", vdir)
+        sync = not self._batch
         if key_pem is not None:
-            write_new(vdir / "cert.key", key_pem, PRIVATE_FILE)
-        write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE)
-        write_atomic(vdir / "ca.crt", ca_pem, PUBLIC_FILE)
+            write_new(vdir / "cert.key", key_pem, PRIVATE_FILE, sync=sync)
+        write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE, sync=sync)
+        write_atomic(vdir / "ca.crt", ca_pem, PUBLIC_FILE, sync=sync)
         cur = self.db.execute(
             "INSERT INTO certificates(name, kind, ca, serial, subject, dns_names, ip_addresses, not_before,"
             " not_after, key_type, key_fingerprint, has_key, state, created_at) VALUES"
@@ -545,7 +583,10 @@ class Store:
             self.db.execute("UPDATE certificates SET state='previous' WHERE id=?", (previous.id,))
         self.db.execute("UPDATE certificates SET state='current' WHERE id=?", (rec.id,))
         link = self.cert_dir(rec.name) / "current"
-        self._after_commit.append(lambda: point_symlink(link, f"versions/{rec.serial}"))
+        # In a batch the links move unsynced: the inventory is the truth, and the next run's
+        # collection points any link a crash left behind at the version it calls current.
+        sync = not self._batch
+        self._after_commit.append(lambda: point_symlink(link, f"versions/{rec.serial}", sync=sync))
         return previous if previous is not None and previous.id != rec.id else None
 
     def get_cert_by_id(self, record_id: int) -> CertRecord:
