@@ -7,9 +7,11 @@ Two cases (issue 5, "Performance"):
           plus the renewal Lease), each the whole process. Counted: the API requests each run
           sends (target: at most SECRETS/500 + 5, the Lease included; 10,000 → 25) and the wall
           time (target: at most 5 s for 10,000).
-  renew   DUE managed credential Secrets (default 1,000), all due, EC P-256 keys. Timed: one
-          `kimpki renew` that renews them all (target: at most 60 s for 1,000). Checked: every
-          one renewed, one PUT per Secret, a new serial in each Secret.
+  renew   DUE managed credential Secrets (default 1,000), all due, EC P-256 keys. Timed: RUNS
+          `kimpki renew` runs that each renew them all from a fresh copy of the home (target: at
+          most 3 s for 1,000, with the same request count: one guarded PUT per Secret), wall and
+          CPU time; with --against REF, kimpki as it was at git REF too, run for run (the anchor).
+          Checked: every one renewed, one PUT per Secret, a new serial in each Secret.
 
 Set-up (not timed), in a temporary directory: a kimpki home with one CA (kimpki's own use
 cases, in this process); one real credential Secret built by kimpki.ops.credentials from a
@@ -22,8 +24,12 @@ Secret's own certificate, parses each one, and issues a distinct new certificate
 Secret, so sharing the old PEM changes nothing that is measured.
 
   scripts/bench renew sweep [--secrets 10000] [--runs 5]
-  scripts/bench renew renew [--due 1000]
+  scripts/bench renew renew [--due 1000] [--runs 3] [--against 1b44aa0]
   scripts/bench renew sweep --hold   # set up, print the environment and command, serve until Ctrl-C
+  scripts/bench renew status [--secrets 10000] [--runs 3]
+          `kimpki status --cluster` and `kimpki check` over SECRETS managed Secrets (and Gateways
+          naming them, 1,000 servers each): wall time, API requests, peak memory; the anchor is
+          `kubectl get secrets -l app.kubernetes.io/managed-by=kimpki -o json` of the same Secrets.
 """
 
 from __future__ import annotations
@@ -146,28 +152,119 @@ def sweep(args, work: Path) -> None:
         srv.stop()
 
 
-def renew_all(args, work: Path) -> None:
-    home = work / "home"
-    srv = start_server(secrets_like(set_up_home(home, due=True), args.due))
+def kimpki_at(ref: str, work: Path) -> list[str]:
+    """A command running kimpki as it was at git ``ref`` (its package only, same venv)."""
+    tree = work / f"kimpki-{ref}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
+            "from kimpki.cli.main import main; main()"]
+
+
+def renew_once(cmd: list[str], template_home: Path, secrets: list[dict], srv, work: Path, due: int) -> dict:
+    """One `renew` of DUE due Secrets from a fresh copy of the home: wall and CPU time, requests."""
+    import resource
+    import shutil
+
+    home = work / "run-home"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(template_home, home)
+    srv.put_objects(secrets)  # every Secret due again (the last run renewed them)
     env = env_for(home, srv)
+    srv.clear_requests()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    dt, proc = run([*cmd, "renew", "--json"], env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"renew failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    summary = json.loads(proc.stdout)
+    puts = len(srv.calls(method="PUT", resource="secrets"))
+    serials = {s["metadata"]["annotations"]["kimpki.io/serial"] for s in srv.list_objects("secrets", NS)}
+    if not (summary["renewed"] == due and puts == due and len(serials) == due):
+        sys.exit(f"renew did not renew all: renewed {summary['renewed']}, PUTs {puts}, serials {len(serials)}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": dt, "cpu": cpu, "requests": len(srv.requests)}
+
+
+def renew_all(args, work: Path) -> None:
+    template = work / "home"
+    secrets = secrets_like(set_up_home(template, due=True), args.due)
+    srv = start_server(secrets)
     try:
         if args.hold:
-            hold(env, [KIMPKI, "renew"])
+            hold(env_for(template, srv), [KIMPKI, "renew"])
             return
-        srv.clear_requests()
-        dt, proc = run([KIMPKI, "renew", "--json"], env)
-        if proc.returncode != 0:
-            sys.exit(f"renew failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        summary = json.loads(proc.stdout)
-        puts = len(srv.calls(method="PUT", resource="secrets"))
-        serials = {s["metadata"]["annotations"]["kimpki.io/serial"] for s in srv.list_objects("secrets", NS)}
-        ok = summary["renewed"] == args.due and puts == args.due and len(serials) == args.due
-        print(f"renew {args.due} due  {dt:.1f} s wall, {dt / args.due * 1000:.1f} ms per credential; "
-              f"renewed {summary['renewed']}, failed {summary['failed']}, Secret PUTs {puts}, "
-              f"distinct serials {len(serials)}, API requests {len(srv.requests)}"
-              + ("" if ok else "  ** NOT ALL RENEWED **"))
-        if not ok:
-            sys.exit(1)
+        sides = [("kimpki", [sys.executable, "-m", "kimpki"])]
+        if args.against:
+            sides.append((f"kimpki@{args.against}", kimpki_at(args.against, work)))
+        runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+        for _ in range(args.runs):  # A B A B ...: drift hits both alike
+            for name, cmd in sides:
+                runs[name].append(renew_once(cmd, template, secrets, srv, work, args.due))
+        for name, rs in runs.items():
+            print(f"{name:<24} renew {args.due} due: wall {fmt([r['wall'] for r in rs])}; "
+                  f"CPU median {statistics.median(r['cpu'] for r in rs):.2f} s; "
+                  f"API requests {max(r['requests'] for r in rs)}")
+        if args.against:
+            new, old = runs["kimpki"], runs[f"kimpki@{args.against}"]
+            ratios = [a["wall"] / b["wall"] for a, b in zip(new, old)]
+            print(f"{'ratio':<24} wall kimpki/kimpki@{args.against} median {statistics.median(ratios):.2f} "
+                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    finally:
+        srv.stop()
+
+
+def gateways_for(secrets: list[dict], per_gateway: int = 1000) -> list[dict]:
+    """Gateways whose SIMPLE servers name the Secrets (what `check` looks at), 1,000 servers each."""
+    out = []
+    for g in range(0, len(secrets), per_gateway):
+        servers = [{"port": {"number": 443, "name": f"https-{i:05d}", "protocol": "HTTPS"},
+                    "hosts": [s["metadata"]["annotations"]["kimpki.io/hosts"]],
+                    "tls": {"mode": "SIMPLE", "credentialName": s["metadata"]["name"]}}
+                   for i, s in enumerate(secrets[g:g + per_gateway], start=g)]
+        out.append({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                    "metadata": {"name": f"bench-{g // per_gateway:02d}", "namespace": NS},
+                    "spec": {"selector": {"istio": "ingressgateway"}, "servers": servers}})
+    return out
+
+
+def timed_with_peak(cmd: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Wall time and peak resident memory (KiB, GNU time's %M) of one whole process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    peak = int(proc.stderr.strip().splitlines()[-1])
+    return dt, peak, proc
+
+
+def status_check(args, work: Path) -> None:
+    """status and check over SECRETS managed Secrets, against `kubectl get` of the same Secrets."""
+    home = work / "home"
+    secrets = secrets_like(set_up_home(home, due=False), args.secrets)
+    srv = start_server(secrets)
+    srv.put_objects(gateways_for(secrets))
+    env = env_for(home, srv)
+    cases = [
+        ("kimpki status --cluster", [KIMPKI, "status", "--cluster", "--json"]),
+        ("kimpki check", [KIMPKI, "check", "--json"]),
+        ("kubectl get secrets", ["kubectl", "get", "secrets", "-n", NS, "-l", "app.kubernetes.io/managed-by=kimpki",
+                                 "-o", "json"]),
+    ]
+    try:
+        for label, cmd in cases:
+            timed_with_peak(cmd, env)  # warm-up
+            walls, peaks, counts = [], [], []
+            for _ in range(args.runs):
+                srv.clear_requests()
+                dt, peak, proc = timed_with_peak(cmd, env)
+                if proc.returncode not in (0, 1):
+                    sys.exit(f"{label} failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
+                walls.append(dt)
+                peaks.append(peak)
+                counts.append(len(srv.requests))
+            print(f"{label:<24} {args.secrets} Secrets: wall {fmt(walls)}; API requests {max(counts)}; "
+                  f"peak RSS median {statistics.median(peaks) / 1024:.0f} MiB", flush=True)
     finally:
         srv.stop()
 
@@ -191,11 +288,17 @@ def main() -> None:
     s.add_argument("--hold", action="store_true")
     r = sub.add_parser("renew", help="DUE managed Secrets, all due: renew them all")
     r.add_argument("--due", type=int, default=1_000)
+    r.add_argument("--runs", type=int, default=3)
+    r.add_argument("--against", metavar="GIT_REF",
+                   help="also time kimpki as it was at this commit, run for run (e.g. 1b44aa0, before batching)")
     r.add_argument("--hold", action="store_true")
+    st = sub.add_parser("status", help="SECRETS managed Secrets: status and check, vs kubectl get")
+    st.add_argument("--secrets", type=int, default=10_000)
+    st.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="kimpki-bench-renew-") as d:
-        (sweep if args.case == "sweep" else renew_all)(args, Path(d))
+        {"sweep": sweep, "renew": renew_all, "status": status_check}[args.case](args, Path(d))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def set_up(work: Path, n: int) -> tuple[Path, Path, list[str]]:
     store = Store.open(home)
     now = datetime.now(timezone.utc)
     secrets = []
+    with store.batch():  # one commit for all, as `kimpki apply` issues
+        for host in hosts:
+            issuing.issue(store, [host], ca_name=CA_NAME, now=now, passphrase=no_passphrase)
     for host in hosts:
-        issuing.issue(store, [host], ca_name=CA_NAME, now=now, passphrase=no_passphrase)
         spec = CredentialSpec(name=credential_name(host))  # generic key set, SIMPLE, SDS: secret create's default
         secrets.extend(credentials.prepare(store, host, spec, now=now).secrets)
     (manifests / "secrets.yaml").write_text("---\n".join(yaml.safe_dump(s, sort_keys=False) for s in secrets))

@@ -23,6 +23,7 @@ nothing: no API write request, no file touched.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -300,24 +301,32 @@ def renewal_reason(cert: m.Certificate, store: Store, now: datetime) -> str | No
 
 
 def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime, execute: bool) -> set[str]:
+    """Issue what the policy wants and the store lacks: all in one store batch (one commit and
+    one file-system sync, not ~7 fsyncs per certificate). A failure stops the run; what was
+    issued before it is committed, as when each certificate was its own transaction."""
     reissued: set[str] = set()
-    for cert in policy.certificates:
-        reason = renewal_reason(cert, store, now)
-        if reason is None:
-            continue
-        action = Action("issue", "Certificate", cert.name, None, reason, "store", str(cert.where),
-                        {"hosts": list(cert.hosts), "usage": cert.usage, "ca": cert.ca})
-        report.actions.append(action)
-        reissued.add(cert.name)
-        if execute:
-            try:
-                res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
-                                    ca_name=issuing_ca(store, cert.ca), org=cert.org,
-                                    days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
-                                    name=cert.name, now=now, passphrase=_passphrase_source(policy, store))
-            except KimpkiError as e:
-                raise _at(cert, e, f"Certificate {cert.name}") from None
-            action.details.update(serial=res.record.serial, not_after=parse.rfc3339(res.record.not_after))
+    failure: KimpkiError | None = None
+    with store.batch() if execute else contextlib.nullcontext():
+        for cert in policy.certificates:
+            reason = renewal_reason(cert, store, now)
+            if reason is None:
+                continue
+            action = Action("issue", "Certificate", cert.name, None, reason, "store", str(cert.where),
+                            {"hosts": list(cert.hosts), "usage": cert.usage, "ca": cert.ca})
+            report.actions.append(action)
+            reissued.add(cert.name)
+            if execute:
+                try:
+                    res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
+                                        ca_name=issuing_ca(store, cert.ca), org=cert.org,
+                                        days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
+                                        name=cert.name, now=now, passphrase=_passphrase_source(policy, store))
+                except KimpkiError as e:
+                    failure = _at(cert, e, f"Certificate {cert.name}")
+                    break
+                action.details.update(serial=res.record.serial, not_after=parse.rfc3339(res.record.not_after))
+    if failure is not None:
+        raise failure
     return reissued
 
 
@@ -332,6 +341,15 @@ def _secret_names(cred: m.Credential, spec) -> list[str]:
 
 def _credentials(policy: m.Policy, store: Store, targets: _Targets, report: Report, now: datetime, execute: bool,
                  reissued: set[str], force: bool) -> None:
+    deployed: list[tuple[int, dict]] = []
+    try:
+        _write_credentials(policy, store, targets, report, now, execute, reissued, force, deployed)
+    finally:
+        _record_deployments(store, deployed)
+
+
+def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report: Report, now: datetime,
+                       execute: bool, reissued: set[str], force: bool, deployed: list[tuple[int, dict]]) -> None:
     for cred in policy.credentials:
         cert = policy.certificate(cred.certificate)
         spec = credential_spec(cred, cred.client_ca or cert.ca)
@@ -360,11 +378,17 @@ def _credentials(policy: m.Policy, store: Store, targets: _Targets, report: Repo
                                          str(cred.where), {"serial": prepared.record.serial}))
         if execute and changed:
             t = cred.target
-            with store.locked():
-                for s in prepared.secrets:
-                    store.record_deployment(prepared.record.id, credentials.deployment_record(
-                        s, context=t.context, kubeconfig=t.kubeconfig,
-                        manifests=str(t.manifests) if t.manifests else None))
+            deployed.extend((prepared.record.id, credentials.deployment_record(
+                s, context=t.context, kubeconfig=t.kubeconfig, manifests=str(t.manifests) if t.manifests else None))
+                for s in prepared.secrets)
+
+
+def _record_deployments(store: Store, deployed: list[tuple[int, dict]]) -> None:
+    """Where the Secrets went, in one store batch (also when a later credential failed)."""
+    if deployed:
+        with store.batch():
+            for record_id, where in deployed:
+                store.record_deployment(record_id, where)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,9 +99,10 @@ class ManifestFolder:
         self._parsed[path] = (signature, text, docs)
         return text, docs
 
-    def scan(self) -> Iterator[Found]:
-        """Every object in the folder (``kind: List`` items one by one), file by file."""
-        for path in self.files():
+    def scan(self, paths: list[Path] | None = None) -> Iterator[Found]:
+        """Every object in the folder (or in ``paths`` of it), ``kind: List`` items one by one,
+        file by file."""
+        for path in self.files() if paths is None else paths:
             text, docs = self.read(path)
             for i, doc in enumerate(docs):
                 if not isinstance(doc, dict):

@@ -158,12 +158,34 @@ class ManifestsPlace(SecretPlace):
         # Each Secret as get()/managed() returned it, by (file, namespace, name).
         self._seen: dict[tuple[str, str | None, str | None], dict] = {}
         self._folder = ManifestFolder(self.folder)
+        # Which files hold a Secret of each name, and the folder's mtime when that was true: a
+        # lookup reads only those files, so writing N Secrets is not N scans of N files.
+        self._where: dict[str, set[Path]] | None = None
+        self._where_mtime: int | None = None
 
-    def _scan(self) -> Iterator[Found]:
-        return (f for f in self._folder.scan() if f.object.get("kind") == "Secret")
+    def _scan(self, paths: list[Path] | None = None) -> Iterator[Found]:
+        return (f for f in self._folder.scan(paths) if f.object.get("kind") == "Secret")
+
+    def _index(self) -> dict[str, set[Path]]:
+        """The name → files index, rebuilt by a full scan when the folder's entries changed other
+        than by this place's own writes (files added, removed or renamed into it change its mtime)."""
+        mtime = self.folder.stat().st_mtime_ns
+        if self._where is None or mtime != self._where_mtime:
+            where: dict[str, set[Path]] = {}
+            for f in self._scan():
+                where.setdefault(str(_meta(f.object).get("name")), set()).add(f.path)
+            self._where, self._where_mtime = where, mtime
+        return self._where
+
+    def _wrote(self, name: str, path: Path) -> None:
+        """Keep the index true after this place wrote ``path`` (the folder's mtime moved with it)."""
+        if self._where is not None:
+            self._where.setdefault(name, set()).add(path)
+            self._where_mtime = self.folder.stat().st_mtime_ns
 
     def _find(self, namespace: str | None, name: str) -> Found | None:
-        found = [f for f in self._scan() if _same_secret(f.object, namespace, name)]
+        paths = sorted(self._index().get(name, ()))
+        found = [f for f in self._scan(paths) if _same_secret(f.object, namespace, name)]
         if len(found) > 1:
             # With a namespace, the one copy that names it wins over namespace-less copies.
             exact = [f for f in found if namespace and _meta(f.object).get("namespace") == namespace]
@@ -210,6 +232,7 @@ class ManifestsPlace(SecretPlace):
                     raise OperationError(f"{path} exists but holds no Secret {name}; refusing to overwrite it")
                 if not dry_run:
                     write_output(path, dump_yaml(desired).encode("utf-8"), PRIVATE_FILE)
+                    self._wrote(name, path)
                 return WriteResult("created", desired, None)
             current = found.object
             seen = self._seen.get(self._key(found))
@@ -229,6 +252,7 @@ class ManifestsPlace(SecretPlace):
             if not dry_run:
                 if self._folder.rewrite(found, new, private=holds_private_key(new)):
                     tightened = str(found.path)
+                self._wrote(name, found.path)
                 self._seen[self._key(found)] = copy.deepcopy(new)
             return WriteResult("updated", new, current, tightened)
 
