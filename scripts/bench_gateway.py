@@ -115,6 +115,14 @@ def measure(label: str, cmd: list[str], folder: Path, serials: dict[str, int], c
     proc = subprocess.Popen([*cmd, "gateway", "serve", "-f", str(folder), "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        first = []  # stdout: one "serving ..." line per server (read on, or a full pipe stops the gateway)
+
+        def drain_stdout() -> None:
+            for line in proc.stdout:
+                if not first:
+                    first.append(line)
+
+        threading.Thread(target=drain_stdout, daemon=True).start()
         port, envoy_pid, errors = None, None, []
         while True:
             line = proc.stderr.readline()
@@ -126,7 +134,10 @@ def measure(label: str, cmd: list[str], folder: Path, serials: dict[str, int], c
                 break
             errors.append(line)
         ready = time.perf_counter() - t0
-        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        while not first:
+            time.sleep(0.01)
+        port = int(first[0].rsplit(":", 1)[1])
         ctx = ssl.create_default_context(cadata=ca.pem)
         with ThreadPoolExecutor(16) as pool:
             got = dict(zip(serials, pool.map(lambda h: served_serial(port, h, ctx), serials)))
