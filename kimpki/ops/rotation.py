@@ -18,6 +18,7 @@ lost, the Secret already serves the pending serial, and the re-run only promotes
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -257,7 +258,9 @@ def issue_pending(store: Store, rotations: list[Rotation], *, now: datetime, pas
         r.key = keys.generate_key(r.issue_args["key_type"])
     issued: list[tuple[Rotation, CertRecord]] = []
     if todo:
-        with store.batch():
+        # One credential (kimpki rotate) keeps the plain per-file fsyncs: a batch's file-system
+        # sync only pays off for many, and it flushes whatever else waits on that file system.
+        with store.batch() if len(todo) > 1 else contextlib.nullcontext():
             for r in todo:
                 try:
                     res = issue(store, list(r.cred.hosts), **r.issue_args, key=r.key, now=now,
@@ -304,7 +307,7 @@ def promote(store: Store, rotations: list[Rotation]) -> None:
     the store records where they went. One store batch."""
     if not rotations:
         return
-    with store.batch():
+    with store.batch() if len(rotations) > 1 else store.locked():
         for rot in rotations:
             cluster = getattr(rot.place, "cluster", None)
             folder = getattr(rot.place, "folder", None)
