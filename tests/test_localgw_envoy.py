@@ -99,14 +99,6 @@ def s_client(gw, host: str, *extra: str, request: bool = False) -> subprocess.Co
     return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=10)
 
 
-def wait_for_serial(port: int, host: str, cafile: Path, serial: int, ceiling: float = 30.0) -> None:
-    """Wait (generously: no speed claim here) until ``host`` is served with ``serial``."""
-    deadline = time.monotonic() + ceiling
-    while served_serial(port, host, cafile) != serial:
-        assert time.monotonic() < deadline, f"{host} was not served with the new certificate"
-        time.sleep(0.02)
-
-
 def served_serial(port: int, host: str, cafile: Path) -> int:
     ctx = ssl.create_default_context(cafile=str(cafile))
     with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
@@ -275,7 +267,8 @@ def test_reload_pushes_only_changed_secrets(pki, tmp_path):
         assert result.secrets_updated == (f"file-cert:{BOOKINFO_MOUNT}/tls.crt~{BOOKINFO_MOUNT}/tls.key",)
         assert not result.listeners_changed and not result.secrets_removed
         assert (gw.workdir / "lds" / "lds.json").stat().st_ino == lds_inode
-        wait_for_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert, fresh.serial)
+        wait_until(lambda: served_serial(gw.ports[443], "bookinfo.com", pki["ca"].cert) == fresh.serial,
+                   "the gateway to serve bookinfo.com's new serial")
         assert served_serial(gw.ports[443], "kim.example.com", pki["ca"].cert) == pki["kim"].serial
         # A half-written (invalid) manifest keeps the running configuration.
         (folder / "gateways.yaml").write_text("kind: [unclosed")

@@ -21,6 +21,7 @@ imported only when a gateway starts.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,10 @@ _CHANGED, _ENDED = object(), object()
 
 
 def _protos():
+    # gRPC's fork support re-starts its pollers in a forked child; Envoy is started with a fork
+    # that runs Python before exec (preexec_fn), and a child whose poller then meets the fds that
+    # close_fds closed aborts (SIGABRT) before it becomes Envoy. kimpki never uses gRPC in a child.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         import grpc
         from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
