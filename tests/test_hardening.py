@@ -329,7 +329,7 @@ def test_attack_kill_between_inventory_and_current_link_is_repaired(kimpki):
     proc = run_python(kimpki, """
         import os, signal
         from kimpki.store import store as s
-        def die(link, target):
+        def die(link, target, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
         s.point_symlink = die
         from kimpki.cli.main import main
