@@ -60,7 +60,7 @@ def _from_files(files, namespace, namespace_given, warn_days, now):
     from kimpki.localgw.manifests import load_manifests
     from kimpki.ops import check
 
-    m = load_manifests(files)
+    m = load_manifests(files, validate=True)  # what the API server would refuse is a usage error
     ns = namespace if namespace_given or not m.namespace else m.namespace
     return check.analyse(m.gateways, m.secrets, namespace=ns, mounts=m.mounts, now=now, warn_days=warn_days,
                          notes=m.warnings)

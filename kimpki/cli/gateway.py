@@ -31,14 +31,15 @@ def group():
     """Istio Gateway and VirtualService manifests, and the ingress gateway's Secret volumes."""
 
 
-def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
+def load_objects(paths: tuple[str, ...] | list[str], validate: bool = False) -> list[tuple[str, dict]]:
     """``(source, object)`` for every document in ``paths`` (files, folders, ``-`` for stdin);
-    ``kind: List`` documents are unpacked. Malformed input is a UsageError."""
+    ``kind: List`` documents are unpacked. Malformed input is a UsageError; with ``validate``, so
+    is a Gateway or VirtualService the API server would refuse (schema, CEL rules), at FILE:LINE."""
     import sys
 
     from kimpki import safe_yaml
     from kimpki.errors import UsageError
-    from kimpki.localgw.manifests import check_shape, manifest_files
+    from kimpki.localgw.manifests import check_istio, check_shape, manifest_files
 
     texts: list[tuple[str, str]] = []
     for p in paths:
@@ -61,6 +62,8 @@ def load_objects(paths: tuple[str, ...] | list[str]) -> list[tuple[str, dict]]:
         out.append((source, doc))
         counts[source] = counts.get(source, 0) + 1
         check_shape(doc, source, text, counts[source])
+        if validate:
+            check_istio(doc, source, text, counts[source])
 
     for source, text in texts:
         for d in safe_yaml.load_all(text, source):

@@ -29,6 +29,7 @@ import base64
 import binascii
 import functools
 import posixpath
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -120,16 +121,18 @@ def manifest_files(paths: Iterable[str | Path]) -> list[Path]:
 ParseCache = dict  # source → (text, its documents): a reload re-parses only the files that changed
 
 
-def load_manifests(paths: Iterable[str | Path], cache: ParseCache | None = None) -> Manifests:
+def load_manifests(paths: Iterable[str | Path], cache: ParseCache | None = None, validate: bool = False) -> Manifests:
     """Read every document under ``paths``; malformed or oversized YAML is a :class:`UsageError`
     naming ``FILE:LINE`` (read through :mod:`kimpki.safe_yaml`, so an alias bomb is refused).
     With ``cache`` (kept by the caller between calls), a file whose text is unchanged is not
     parsed again: a gateway of 1,000 Secret files reloads one changed Secret quickly."""
-    return parse_manifests([(str(f), safe_yaml.read_text(f)) for f in manifest_files(paths)], cache)
+    return parse_manifests([(str(f), safe_yaml.read_text(f)) for f in manifest_files(paths)], cache, validate)
 
 
-def parse_manifests(texts: Iterable[tuple[str, str]], cache: ParseCache | None = None) -> Manifests:
-    """Pure (but for ``cache``): ``(source, yaml text)`` pairs → :class:`Manifests`."""
+def parse_manifests(texts: Iterable[tuple[str, str]], cache: ParseCache | None = None,
+                    validate: bool = False) -> Manifests:
+    """Pure (but for ``cache``): ``(source, yaml text)`` pairs → :class:`Manifests`. With
+    ``validate``, Gateways and VirtualServices are checked as the API server would (:func:`check_istio`)."""
     docs: list[tuple[str, dict]] = []
     seen = set()
     for source, text in texts:
@@ -146,6 +149,8 @@ def parse_manifests(texts: Iterable[tuple[str, str]], cache: ParseCache | None =
             for d in _flatten(doc):
                 n += 1
                 check_shape(d, source, text, n)
+                if validate:
+                    check_istio(d, source, text, n)
                 docs.append((f"{source}#{n}", d))
     if cache is not None:
         for gone in set(cache) - seen:
@@ -189,6 +194,60 @@ def check_shape(obj: dict, source: str, text: str, index: int) -> None:
         key, message = problem
         line = _key_line(text, index, key)
         raise UsageError(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+def check_istio(obj: dict, source: str, text: str, index: int) -> None:
+    """Refuse a Gateway or VirtualService the API server would refuse -- its CRD's OpenAPI schema,
+    then the CRD's CEL rules -- with ``FILE:LINE: message``, the line of the field at fault."""
+    from kimpki.istio import schema
+
+    kind, api = obj.get("kind"), str(obj.get("apiVersion") or "")
+    group, _, version = api.rpartition("/")
+    if kind not in schema.KINDS or group != schema.GROUP or not schema.available():
+        return  # not an Istio networking object: the server's business
+    try:
+        errs = schema.validate(obj)
+    except UsageError as e:  # a version Istio does not serve
+        raise UsageError(f"{source}: {e}") from None
+    if errs:
+        name = (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
+        path = errs[0].split(": ", 1)[0]
+        line = _path_line(text, index, path)
+        message = f"{kind} {name} does not match Istio's {api} schema: {errs[0]}"
+        raise UsageError(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _path_line(text: str, index: int, path: str) -> int | None:
+    """The line of the deepest node of ``path`` (``spec.servers[0].tls``) that the ``index``-th
+    object of ``text`` has (only on the error path: the text is composed again)."""
+    import yaml
+
+    n = 0
+    try:
+        for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            for node in _flat_nodes(doc):
+                n += 1
+                if n != index:
+                    continue
+                line = node.start_mark.line + 1
+                for key, item in _PATH_PART.findall(path):
+                    if key and isinstance(node, yaml.MappingNode):
+                        found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key]
+                        if not found:
+                            break
+                        line, node = found[0][0].start_mark.line + 1, found[0][1]
+                    elif item and isinstance(node, yaml.SequenceNode) and int(item) < len(node.value):
+                        node = node.value[int(item)]
+                        line = node.start_mark.line + 1
+                    else:
+                        break
+                return line
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 def _key_line(text: str, index: int, key: str) -> int | None:

@@ -535,9 +535,6 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
         specs.append(spec)
     objs = [g.render_gateway(gw.name, specs, namespace=gw.namespace, api_version=gw.istio_api_version,
                              selector=dict(gw.selector))]
-    problems = g.validate_gateway(objs[0])
-    if problems:
-        raise _err(gw.where, what, f"Istio would not accept it: {problems[0]}")
     if gw.virtual_service is not None:
         vs = gw.virtual_service
         objs.append(g.render_virtual_service(vs.name, [h for sp in specs for h in sp.hosts], gw.name,
@@ -552,6 +549,10 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
             if errs:
                 raise _err(gw.where, what, f"the rendered {o['kind']} does not match Istio's {o['apiVersion']} "
                                            f"schema: {errs[0]}")
+    # Istio's own rules after the API server's (schema and CEL), so the server's wording comes first.
+    problems = g.validate_gateway(objs[0])
+    if problems:
+        raise _err(gw.where, what, f"Istio would not accept it: {problems[0]}")
     return replace(gw, objects=tuple(objs))
 
 

@@ -28,11 +28,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from . import discovery, errors, fields, protobuf, rbac, validation
+from . import celrules, discovery, errors, fields, protobuf, rbac, validation
 from .errors import ApiError, FieldError, GoLiteral
 from .patch import (PatchApplyError, PatchFormatError, apply_json_patch, apply_merge_patch,
                     apply_strategic_merge_patch, decode_json_patch, deepcopy)
-from .resources import BY_GVR, BY_KEY, ResourceType, for_api_version, lookup
+from .resources import BY_GVR, BY_KEY, ISTIO_GROUP, ResourceType, for_api_version, lookup
 from .selectors import and_preds, parse_field_selector, parse_label_selector
 from .store import Record, Store
 from .tls import material
@@ -1084,6 +1084,8 @@ class KubeApiServer:
             errs = validation.validate_lease(obj)
         else:
             errs = validation.validate_object_meta(obj["metadata"])
+            if rt.group == ISTIO_GROUP:  # the CRD's CEL rules, as apiextensions-apiserver runs them
+                errs += celrules.validate(rt.kind, str(obj.get("apiVersion", "")).rpartition("/")[2], obj, old)
         if old is not None:
             om, nm = old["metadata"], obj["metadata"]
             if nm.get("uid") != om.get("uid"):

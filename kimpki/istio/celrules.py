@@ -1,0 +1,106 @@
+"""The CEL rules of Istio's CRDs (``x-kubernetes-validations``), evaluated as kube-apiserver does.
+
+A real API server checks every Gateway and VirtualService against its CRD's OpenAPI schema *and*
+the CEL rules in it (apiextensions-apiserver ``pkg/apiserver/schema/cel/validation.go``); a
+JSON-schema check alone lets e.g. ``credentialName`` + ``credentialNames`` through. This module
+does what that file does, for the rules the shipped schemas carry:
+
+* a rule sits at a place in the schema; ``self`` is the value found at that place (every item of
+  an array, every value of a map), and a rule is not evaluated where the value is absent or null;
+* a rule that mentions ``oldSelf`` (a transition rule) is evaluated only on update, with
+  ``oldSelf`` the old object's value at the same place (through object properties; list items
+  are not correlated, as for the atomic lists Istio uses);
+* a false result is ``field.Invalid(path, <schema type>, message)``: ``spec.servers[0].tls:
+  Invalid value: "object": only one of credentialName or credentialNames can be set``; a rule
+  without a message reads ``failed rule: <rule>``; an evaluation error (``duration('10x')``)
+  reads ``<error> evaluating rule: <message>``.
+
+The CEL engine is ``common-expression-language`` (Rust ``cel`` bindings), imported on first use
+only, so commands that do not validate do not pay for it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterator
+
+RULES_KEY = "x-kubernetes-validations"
+_OLD_SELF = re.compile(r"\boldSelf\b")
+
+
+@dataclass(frozen=True)
+class RuleError:
+    """One broken rule: ``field.Invalid(path, type, detail)``."""
+
+    path: str
+    type: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f'{self.path}: Invalid value: "{self.type}": {self.detail}'
+
+
+def message(rule: dict) -> str:
+    """``ruleMessageOrDefault``."""
+    text = str(rule.get("message") or "").strip()
+    return text or f"failed rule: {str(rule.get('rule') or '').strip()}"
+
+
+@lru_cache(maxsize=None)
+def _program(expression: str):
+    import cel  # the CEL engine: only when something is validated
+
+    return cel.compile(expression)
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _walk(schema: dict, value: Any, old: Any, path: str) -> Iterator[tuple[dict, Any, Any, str]]:
+    """``(schema node, value, old value, path)`` for every place that has a value."""
+    if not isinstance(schema, dict) or value is None:
+        return
+    yield schema, value, old, path
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, sub in value.items():
+            node = props.get(key) if isinstance(props, dict) else None
+            if node is None and isinstance(extra, dict):
+                node = extra
+            if node is not None:
+                yield from _walk(node, sub, old.get(key) if isinstance(old, dict) else None, _child(path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            yield from _walk(schema["items"], item, None, f"{path}[{i}]")
+
+
+def _error_text(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def check(schema: dict, obj: Any, old: Any = None) -> list[RuleError]:
+    """Every rule of ``schema`` that ``obj`` breaks (``old``: the stored object, on update)."""
+    errors: list[RuleError] = []
+    for node, value, old_value, path in _walk(schema, obj, old, ""):
+        for rule in node.get(RULES_KEY) or ():
+            expression = str(rule.get("rule") or "")
+            if not expression.strip():
+                continue
+            transition = bool(_OLD_SELF.search(expression))
+            if transition and old_value is None:
+                continue  # transition rules are evaluated only when there is an old value
+            where = path + str(rule.get("fieldPath") or "") if rule.get("fieldPath") else path
+            kind = str(node.get("type") or "")
+            variables = {"self": value, **({"oldSelf": old_value} if transition else {})}
+            try:
+                ok = _program(expression).execute(variables)
+            except Exception as e:  # the engine's evaluation errors have no common base class
+                errors.append(RuleError(where, kind, f"{_error_text(e)} evaluating rule: {message(rule)}"))
+                continue
+            if ok is not True:
+                errors.append(RuleError(where, kind, message(rule)))
+    return errors
