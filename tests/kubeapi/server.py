@@ -1065,7 +1065,7 @@ class KubeApiServer:
             if isinstance(status, dict):
                 status.setdefault("phase", "Active")
 
-    def _validate(self, rt: ResourceType, obj: dict, old: dict | None, decoded: dict | None) -> None:
+    def _validate(self, rt: ResourceType, obj: dict, old: dict | None, decoded: dict | None, version: str = "") -> None:
         name = obj["metadata"].get("name", "")
         if rt.kind == "Secret":
             if decoded is None:
@@ -1085,7 +1085,7 @@ class KubeApiServer:
         else:
             errs = validation.validate_object_meta(obj["metadata"])
             if rt.group == ISTIO_GROUP:  # the CRD's CEL rules, as apiextensions-apiserver runs them
-                errs += celrules.validate(rt.kind, str(obj.get("apiVersion", "")).rpartition("/")[2], obj, old)
+                errs += celrules.validate(rt.kind, version, obj, old)
         if old is not None:
             om, nm = old["metadata"], obj["metadata"]
             if nm.get("uid") != om.get("uid"):
@@ -1150,7 +1150,7 @@ class KubeApiServer:
             if rt.kind == "Deployment" or (not rt.builtin and "status" in rt.subresources):
                 obj.pop("status", None)
             self._default(rt, obj)
-            self._validate(rt, obj, None, None)
+            self._validate(rt, obj, None, None, ctx.version)
             if self.store.get(rt, self._scope_ns(ctx), name) is not None:
                 raise errors.already_exists(rt.plural, rt.group, name)
             self._simulate_controllers(rt, obj, None)
@@ -1215,7 +1215,7 @@ class KubeApiServer:
                 meta.pop("generation", None)
             self._prepare_update(rt, obj, old.obj)
             self._default(rt, obj)
-        self._validate(rt, obj, old.obj, None)
+        self._validate(rt, obj, old.obj, None, ctx.version)
         if not ctx.subresource:
             self._simulate_controllers(rt, obj, old.obj)
         meta["resourceVersion"] = om.get("resourceVersion")
