@@ -48,8 +48,8 @@ def virtual_service(name: str, timeout: str) -> dict:
                 {"timeout": timeout, "route": [{"destination": {"host": "svc", "port": {"number": 8080}}}]}]}}
 
 
-# (object, [(path, message)] the API server answers with). An evaluation error's text before
-# "evaluating rule" is the CEL engine's own, so only the tail is compared.
+# (object, [(path, message)] the API server answers with).
+NOT_A_DURATION = "type conversion error from 'string' to 'google.protobuf.Duration' evaluating rule: " + DURATION
 REFUSED = [
     pytest.param(gateway("both-names", {"credentialName": "a", "credentialNames": ["b"]}),
                  [(TLS_PATH, BOTH_NAMES)], id="credentialName+credentialNames"),
@@ -57,7 +57,7 @@ REFUSED = [
                  [(TLS_PATH, NAMES_AND_CERTS), (TLS_PATH, NAMES_AND_CERTS_AGAIN)], id="credentialNames+tlsCertificates"),
     pytest.param(virtual_service("zero-timeout", "0s"), [("spec.http[1].timeout", DURATION)], id="timeout-0s"),
     pytest.param(virtual_service("sub-ms-timeout", "500us"), [("spec.http[1].timeout", DURATION)], id="timeout-500us"),
-    pytest.param(virtual_service("bad-timeout", "10x"), [("spec.http[1].timeout", "evaluating rule: " + DURATION)],
+    pytest.param(virtual_service("bad-timeout", "10x"), [("spec.http[1].timeout", NOT_A_DURATION)],
                  id="timeout-not-a-duration"),
 ]
 ACCEPTED = [
@@ -76,8 +76,7 @@ def _type(path: str) -> str:
 
 
 def _matches(line: str, path: str, message: str) -> bool:
-    head = f'{path}: Invalid value: "{_type(path)}": '
-    return line.startswith(head) and line.endswith(message)
+    return line == f'{path}: Invalid value: "{_type(path)}": {message}'
 
 
 # -- kimpki ---------------------------------------------------------------------------------------
@@ -174,16 +173,11 @@ def test_standin_refuses_through_the_kubernetes_client(kube_api, kube_client, ob
     assert [c["field"] for c in causes] == [p for p, _ in expected]
     assert all(c["reason"] == "FieldValueInvalid" for c in causes)
     for c, (path, message) in zip(causes, expected):
-        assert c["message"].startswith(f'Invalid value: "{_type(path)}": ') and c["message"].endswith(message)
+        assert c["message"] == f'Invalid value: "{_type(path)}": {message}'
     prefix = f'{obj["kind"]}.networking.istio.io "{name}" is invalid: '
     assert body["message"].startswith(prefix)
-    if len(expected) == 1:
-        path, message = expected[0]
-        if "evaluating rule" in message:
-            assert body["message"] == (prefix + f'{path}: Invalid value: "string": type conversion error from '
-                                       f"'string' to 'google.protobuf.Duration' {message}")
-        else:
-            assert body["message"] == prefix + f'{path}: Invalid value: "{_type(path)}": {message}'
+    shown = [f'{path}: Invalid value: "{_type(path)}": {message}' for path, message in expected]
+    assert body["message"] == prefix + (shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]")
     assert kube_api.list_objects(_plural(obj), "istio-system") == []
 
 

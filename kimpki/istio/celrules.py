@@ -78,8 +78,13 @@ def _walk(schema: dict, value: Any, old: Any, path: str) -> Iterator[tuple[dict,
             yield from _walk(schema["items"], item, None, f"{path}[{i}]")
 
 
+# The engine's error for a string that is not a duration, in cel-go's words (what kubectl shows).
+_CEL_GO_ERRORS = (("Function 'duration'", "type conversion error from 'string' to 'google.protobuf.Duration'"),)
+
+
 def _error_text(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).split())
+    return next((go for ours, go in _CEL_GO_ERRORS if ours in text), text or type(e).__name__)
 
 
 def check(schema: dict, obj: Any, old: Any = None) -> list[RuleError]:
