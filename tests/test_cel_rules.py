@@ -213,3 +213,21 @@ def test_standin_accepts_what_the_rules_allow(kube_env, kube_client, obj):
     assert created["metadata"]["name"] == obj["metadata"]["name"]
     other = {**copy.deepcopy(obj), "metadata": {**obj["metadata"], "name": obj["metadata"]["name"] + "-kubectl"}}
     kubectl("create", "-f", "-", input=json.dumps(other), env={"KUBECONFIG": kube_env.kubeconfig_path})
+
+
+# -- the CEL engine is loaded only to validate ---------------------------------------------------
+
+@pytest.mark.parametrize("validate,loaded", [("--validate", True), ("--no-validate", False)])
+def test_render_loads_the_cel_engine_only_to_validate(kimpki, validate, loaded):
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['kimpki', 'gateway', 'render', '--host', 'a.example.com', '--credential', 'a', {validate!r}]\n"
+            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print('CEL', 'cel' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=kimpki.env, capture_output=True, text=True,
+                          cwd=kimpki.cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert f"CEL {loaded}" in proc.stderr
