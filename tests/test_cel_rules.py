@@ -231,3 +231,33 @@ def test_render_loads_the_cel_engine_only_to_validate(kimpki, validate, loaded):
                           cwd=kimpki.cwd)
     assert proc.returncode == 0, proc.stderr
     assert f"CEL {loaded}" in proc.stderr
+
+
+# -- how a rule is evaluated (a schema of our own: the shipped CRDs have no transition rule) -------
+
+RULES_SCHEMA = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
+    "replicas": {"type": "integer", "x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "replicas is immutable"}]},
+    "ports": {"type": "array", "items": {"type": "integer", "x-kubernetes-validations": [{"rule": "self > 0"}]}},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"},
+               "x-kubernetes-validations": [{"rule": 'self.all(key, !key.contains("*"))',
+                                             "message": "wildcard not allowed in label key match"}]}}}}}
+
+
+@pytest.mark.parametrize("obj,old,expected", [
+    ({"spec": {"replicas": 2}}, None, []),  # create: a transition rule is not evaluated
+    ({"spec": {"replicas": 2}}, {"spec": {"replicas": 2}}, []),
+    ({"spec": {"replicas": 3}}, {"spec": {"replicas": 2}},
+     ['spec.replicas: Invalid value: "integer": replicas is immutable']),
+    ({"spec": {"replicas": 3}}, {"spec": {}}, []),  # no old value at that place
+    ({"spec": {"ports": [1, 0, None]}}, None, ['spec.ports[1]: Invalid value: "integer": failed rule: self > 0']),
+    ({"spec": {"labels": {"app": "a", "x*": "b"}}}, None,
+     ['spec.labels: Invalid value: "object": wildcard not allowed in label key match']),
+    ({"spec": {"labels": None}}, None, []),  # null: not evaluated
+], ids=["create", "same", "changed", "no-old-value", "default-message", "map-keys", "null"])
+def test_rules_are_evaluated_where_the_api_server_evaluates_them(obj, old, expected):
+    from kimpki.istio import celrules
+    from tests.kubeapi import celrules as standin
+
+    assert [str(e) for e in celrules.check(RULES_SCHEMA, obj, old)] == expected
+    assert [str(e) for e in standin._walk_errors(RULES_SCHEMA, obj, old)] == expected

@@ -76,11 +76,13 @@ def _validate(node: dict, value: Any, old: Any, path: str, errs: list[FieldError
             _validate(node.get("items"), item, None, f"{path}[{i}]", errs)
 
 
-def validate(kind: str, version: str, obj: dict, old: dict | None = None) -> list[FieldError]:
-    """The rules ``obj`` breaks; ``[]`` for a kind without a shipped schema."""
-    schema = _schemas().get(kind, {}).get(version)
-    if schema is None:
-        return []
+def _walk_errors(schema: dict, obj: Any, old: Any = None) -> list[FieldError]:
     errs: list[FieldError] = []
     _validate(schema, obj, old, "", errs)
     return errs
+
+
+def validate(kind: str, version: str, obj: dict, old: dict | None = None) -> list[FieldError]:
+    """The rules ``obj`` breaks; ``[]`` for a kind without a shipped schema."""
+    schema = _schemas().get(kind, {}).get(version)
+    return [] if schema is None else _walk_errors(schema, obj, old)
