@@ -226,11 +226,14 @@ def test_render_loads_the_cel_engine_only_to_validate(kimpki, validate, loaded):
             f"sys.argv = ['kimpki', 'gateway', 'render', '--host', 'a.example.com', '--credential', 'a', {validate!r}]\n"
             "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "print('CEL', 'cel' in sys.modules, file=sys.stderr)\n")
+            "print('CEL', 'cel.cel' in sys.modules, file=sys.stderr)\n"
+            "print('CLI', sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'prompt_toolkit')), "
+            "file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=kimpki.env, capture_output=True, text=True,
                           cwd=kimpki.cwd)
     assert proc.returncode == 0, proc.stderr
     assert f"CEL {loaded}" in proc.stderr
+    assert "CLI []" in proc.stderr  # the engine's own command line is not loaded with it
 
 
 # -- how a rule is evaluated (a schema of our own: the shipped CRDs have no transition rule) -------

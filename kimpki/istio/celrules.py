@@ -48,11 +48,38 @@ def message(rule: dict) -> str:
     return text or f"failed rule: {str(rule.get('rule') or '').strip()}"
 
 
+@lru_cache(maxsize=1)
+def engine():
+    """The CEL engine, loaded on first use: the package's compiled extension (``cel.cel``) alone.
+
+    ``import cel`` would also import the package's interactive command line (typer, rich,
+    prompt_toolkit): ~250 ms of the ~260 ms it takes, on every validating command, for nothing
+    kimpki uses (scripts/bench cel). Where the extension is not laid out as expected, the plain
+    import is the fallback.
+    """
+    import importlib.machinery
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("cel")  # finds the package without running its __init__
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = Path(folder) / f"cel{suffix}"
+            if path.is_file():
+                ext = importlib.util.spec_from_file_location("cel.cel", path)
+                module = importlib.util.module_from_spec(ext)
+                ext.loader.exec_module(module)
+                sys.modules.setdefault("cel.cel", module)  # what ``import cel`` would import again
+                return module
+    import cel
+
+    return cel
+
+
 @lru_cache(maxsize=None)
 def _program(expression: str):
-    import cel  # the CEL engine: only when something is validated
-
-    return cel.compile(expression)
+    return engine().compile(expression)
 
 
 def _child(path: str, key: str) -> str:
