@@ -264,3 +264,16 @@ def test_rules_are_evaluated_where_the_api_server_evaluates_them(obj, old, expec
 
     assert [str(e) for e in celrules.check(RULES_SCHEMA, obj, old)] == expected
     assert [str(e) for e in standin._walk_errors(RULES_SCHEMA, obj, old)] == expected
+
+
+def test_standin_refuses_a_patch_that_breaks_a_rule(kube_env):
+    env = {"KUBECONFIG": kube_env.kubeconfig_path}
+    kubectl("create", "-f", "-", input=json.dumps(gateway("patched", {"credentialName": "a"})), env=env)
+    patch = {"spec": {"servers": [gateway("patched", {"credentialName": "a", "credentialNames": ["b"]})
+                                  ["spec"]["servers"][1]]}}
+    proc = kubectl("-n", "istio-system", "patch", "gateway", "patched", "--type", "merge", "-p", json.dumps(patch),
+                   env=env, check=False)
+    assert proc.returncode != 0
+    assert f'spec.servers[0].tls: Invalid value: "object": {BOTH_NAMES}' in proc.stderr
+    stored = kube_env.get_object("gateways", "istio-system", "patched")
+    assert "credentialNames" not in stored["spec"]["servers"][1]["tls"]
