@@ -202,8 +202,7 @@ def check_istio(obj: dict, source: str, text: str, index: int) -> None:
     from kimpki.istio import schema
 
     kind, api = obj.get("kind"), str(obj.get("apiVersion") or "")
-    group, _, version = api.rpartition("/")
-    if kind not in schema.KINDS or group != schema.GROUP or not schema.available():
+    if kind not in schema.KINDS or api.rpartition("/")[0] != schema.GROUP or not schema.available():
         return  # not an Istio networking object: the server's business
     try:
         errs = schema.validate(obj)
@@ -251,23 +250,8 @@ def _path_line(text: str, index: int, path: str) -> int | None:
 
 
 def _key_line(text: str, index: int, key: str) -> int | None:
-    """The line of ``key`` in the ``index``-th object of ``text`` (only on the error path: the
-    text is composed again, for its nodes' positions)."""
-    import yaml  # here, not at the top: only this error path needs nodes
-
-    n = 0
-    try:
-        for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
-            for node in _flat_nodes(doc):
-                n += 1
-                if n == index:
-                    for k, _ in node.value:
-                        if isinstance(k, yaml.ScalarNode) and k.value == key:
-                            return k.start_mark.line + 1
-                    return node.start_mark.line + 1
-    except yaml.YAMLError:
-        return None
-    return None
+    """The line of top-level ``key`` in the ``index``-th object of ``text`` (else the object's)."""
+    return _path_line(text, index, key)
 
 
 def _flat_nodes(node: Any) -> list:
