@@ -19,9 +19,11 @@ Examples:
   kimpki revoke --serial 4f3a9c... --ca example.com
 \b
 The revocation is recorded in the store (when, why, by which command) and the issuing
-CA's CRL is re-signed with the next CRL number: 'kimpki crl CA' prints it. Revoking
-what is already revoked changes nothing (exit 0). A gateway learns of it only from a CRL
-it is given: publish it with the CA's credentials (MUTUAL: Istio's 'crl'/'ca.crl' keys).
+CA's CRL is re-signed with the next CRL number: 'kimpki crl CA' prints it. Every other CA
+of its trust tree (root and CAs below) gets a CRL too when it has none or a stale one:
+Envoy needs one for every CA of a chain. Revoking what is already revoked changes
+nothing (exit 0). MUTUAL credentials kimpki writes carry these CRLs beside their CA
+(Istio's 'crl'/'ca.crl' keys).
 \b
 Exit codes: 0 revoked (or already), 1 unknown certificate or CA key not usable, 2 usage.
 """
@@ -64,10 +66,11 @@ def _revoked_text(d: dict) -> str:
     who = f"{d['name']} (serial {d['serial']}, CA {d['ca']})" if d["name"] else f"serial {d['serial']} (CA {d['ca']})"
     if d["already_revoked"]:
         return f"{who} was already revoked on {d['revoked_at']} ({d['reason']}); nothing changed"
-    crl = d["crl"]
-    return (f"revoked {who}: {d['reason']}\n"
-            f"CRL {crl['crl_number']} of CA {d['ca']} signed: {crl['revoked_entries']} entries, next update "
-            f"{crl['next_update']} ({crl['path']})")
+    lines = [f"revoked {who}: {d['reason']}"]
+    for crl in [d["crl"], *d["tree_crls"]]:
+        lines.append(f"CRL {crl['crl_number']} of CA {crl['ca']} signed: {crl['revoked_entries']} entries, next "
+                     f"update {crl['next_update']} ({crl['path']})")
+    return "\n".join(lines)
 
 
 @click.command("crl", epilog=CRL_EPILOG)

@@ -8,8 +8,9 @@ Two key sets, both read by Istio (see :mod:`kimpki.istio.contract`):
 * ``tls``: type ``kubernetes.io/tls``, keys ``tls.crt``/``tls.key``/``ca.crt``, as cert-manager writes.
 
 For MUTUAL the CA bundle goes into the credential itself, or (``ca_secret=True``) into a second
-Secret ``NAME-cacert`` with the single key ``cacert`` (generic) or ``ca.crt`` (tls); that Secret is
+Secret ``NAME-cacert`` with the key ``cacert`` (generic) or ``ca.crt`` (tls); that Secret is
 always ``Opaque`` because the API server insists that a ``kubernetes.io/tls`` Secret holds a key.
+CRLs, when given, sit beside the CA: ``crl`` (generic) or ``ca.crl`` (tls), where Istio reads them.
 
 File-mounted (legacy) gateways read files, not Secrets: the credential defaults to
 ``istio-ingressgateway-certs`` in the TLS form (``tls.crt``, ``tls.key``), and for MUTUAL the CA
@@ -107,6 +108,7 @@ class CredentialMaterial:
     cert_chain_pem: bytes  # leaf + intermediates
     key_pem: bytes
     ca_pem: bytes | None = None  # the CA bundle client certificates are checked against (MUTUAL)
+    crl_pem: bytes | None = None  # MUTUAL: the CRLs of every CA of that trust (Envoy needs all or none)
 
 
 @dataclass(frozen=True)
@@ -204,13 +206,16 @@ def build_credential(spec: CredentialSpec, material: CredentialMaterial, prov: P
     else:
         type_, cert_key, key_key, ca_key = c.SECRET_TYPE_TLS, c.TLS_CERT, c.TLS_KEY, c.TLS_CA
     data = {cert_key: material.cert_chain_pem, key_key: material.key_pem}
+    # Istio reads the CRL beside the CA key it took: crl with cacert, ca.crl with ca.crt.
+    trust = {ca_key: material.ca_pem}
+    if spec.mutual and material.crl_pem:
+        trust[c.GENERIC_CRL if ca_key == c.GENERIC_CA else c.TLS_CRL] = material.crl_pem
     secrets = []
     if spec.mutual and not spec.ca_secret:
-        data[ca_key] = material.ca_pem
+        data.update(trust)
     secrets.append(_secret(name, ns, type_, data, ann))
     if spec.mutual and spec.ca_secret:
-        secrets.append(_secret(c.cacert_secret_name(name), ns, c.SECRET_TYPE_OPAQUE, {ca_key: material.ca_pem},
-                               ca_ann))
+        secrets.append(_secret(c.cacert_secret_name(name), ns, c.SECRET_TYPE_OPAQUE, trust, ca_ann))
     return SdsCredential(spec, tuple(secrets))
 
 

@@ -9,7 +9,9 @@ material is checked here, and refused with a one-line :class:`OperationError` wh
 * the certificate is expired or not yet valid;
 * the private key does not match the certificate;
 * the chain (leaf + intermediates) does not lead to the CA being published (MUTUAL) or, for
-  SIMPLE, to the root it was issued under.
+  SIMPLE, to the root it was issued under;
+* (MUTUAL) a CA of the client trust uses revocation, and some CA of it has no CRL or an expired
+  one: every CRL of that trust travels with the CA bundle, or none (Envoy's rule).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, Cred
                                      served_certificate_pem)
 from kimpki.ops.authority import root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
+from kimpki.ops.revoking import client_trust_crls
 from kimpki.pki import chain, keys, parse
 from kimpki.store import CertRecord, Store
 
@@ -124,7 +127,8 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
         ca_label = f"{published_ca!r}"
     check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
     bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
-    material = CredentialMaterial(chain_pem, key_pem, bundle)
+    crls = client_trust_crls(store, bundle, now) if spec.mutual and not spec.file_mounted else None
+    material = CredentialMaterial(chain_pem, key_pem, bundle, crls)
     prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
                       not_after=parse.rfc3339(rec.not_after))
     return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))

@@ -7,16 +7,16 @@ number in ``crl.pem`` counts as used even if the database lost the transaction t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kimpki.errors import NotFoundError, UsageError
-from kimpki.ops.authority import PassphraseSource, load_issuer
+from kimpki.errors import NotFoundError, OperationError, UsageError
+from kimpki.ops.authority import PassphraseSource, generations, load_issuer, read_ca_cert, root_of
 from kimpki.pki import parse
 from kimpki.pki import revocation as rv
-from kimpki.store import Store
+from kimpki.store import CaRecord, Store
 from kimpki.store import revocations as db
 
 CRL_VALIDITY_KEY = "crl-validity:"  # settings: a CA's CRL validity in seconds (kimpki crl --next-update)
@@ -45,10 +45,12 @@ class RevokeResult:
     revocation: db.Revocation
     already: bool
     crl: CrlResult | None
+    tree_crls: list[CrlResult] = field(default_factory=list)  # other CAs of the trust tree, newly signed
 
     def to_dict(self) -> dict:
         return {**self.revocation.to_dict(), "already_revoked": self.already,
-                "crl": self.crl.to_dict() if self.crl else None}
+                "crl": self.crl.to_dict() if self.crl else None,
+                "tree_crls": [c.to_dict() for c in self.tree_crls]}
 
 
 def normalise_serial(text: str) -> str:
@@ -100,11 +102,72 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
     issuer = load_issuer(store, issuer_ca, passphrase)  # before anything is written: a wrong passphrase changes nothing
     rev = db.Revocation(target.ca, target.serial, target.name, target.kind, target.not_after,
                         now.replace(microsecond=0), reason, command)
+    # Envoy refuses every client of a chain in which one CA lacks a CRL: once this CA's tree uses
+    # revocation, every CA of it needs a fresh CRL. Their keys are loaded first, too.
+    others = [(ca, load_issuer(store, ca, passphrase)) for ca in _needing_crl(store, issuer_ca, now)]
     with store.locked():
         if db.find(store, rev.ca, rev.serial) is None:  # another process may have been faster
             db.record(store, rev)
         crl = _sign_crl(store, issuer_ca.name, issuer, now)
-    return RevokeResult(rev, False, crl)
+        tree_crls = [_sign_crl(store, ca.name, other, now) for ca, other in others]
+    return RevokeResult(rev, False, crl, tree_crls)
+
+
+def _needing_crl(store: Store, ca: CaRecord, now: datetime) -> list[CaRecord]:
+    """The other CAs of ``ca``'s trust tree (its root, that root's generations while a CA rotation
+    overlaps, and every CA below them) whose CRL is missing or due for re-signing."""
+    out = []
+    for other in trust_tree(store, generations(store, root_of(store, ca).name)):
+        if other.name == ca.name:
+            continue
+        state = db.crl_state(store, other.name)
+        if (state is None or not db.crl_path(store, other.name).exists()
+                or now >= rv.crl_refresh_due(state.this_update, state.next_update)):
+            out.append(other)
+    return out
+
+
+def trust_tree(store: Store, tops: list[CaRecord]) -> list[CaRecord]:
+    """``tops`` and every store CA below them, parents first; retired CAs left out (they issue
+    nothing any more, and a gateway that trusts their clients gets them through ``tops``)."""
+    cas = [ca for ca in store.list_cas() if ca.retired_at is None]
+    tree = [ca for ca in tops if ca.retired_at is None]
+    names = {ca.name for ca in tree}
+    grew = True
+    while grew:
+        below = [ca for ca in cas if ca.parent in names and ca.name not in names]
+        tree += below
+        names |= {ca.name for ca in below}
+        grew = bool(below)
+    return tree
+
+
+def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime) -> bytes | None:
+    """The CRLs a MUTUAL credential publishing ``bundle_pem`` must carry: one for every CA of its
+    client-trust tree (each store CA whose certificate is in the bundle, and every store CA below
+    it), concatenated PEM; None when no CA of the tree uses revocation (has a CRL).
+
+    Envoy fails every certificate of a chain when one CA of it has no CRL, and every client of a
+    CA whose CRL is past nextUpdate: a partial or expired set is refused here (one line naming
+    ``kimpki crl CA``) rather than delivered."""
+    given = set(parse.load_certificates(bundle_pem, "CA bundle"))
+    tops = [ca for ca in store.list_cas() if read_ca_cert(ca) in given]
+    tree = trust_tree(store, tops)
+    states = {ca.name: db.crl_state(store, ca.name) for ca in tree}
+    if not any(states.values()):
+        return None
+    users = ", ".join(repr(n) for n, s in states.items() if s is not None)
+    pems = []
+    for ca in tree:
+        state, path = states[ca.name], db.crl_path(store, ca.name)
+        if state is None or not path.exists():
+            raise OperationError(f"CA {ca.name!r} has no CRL, but its client trust uses revocation (CRL of "
+                                 f"{users}) and Envoy would refuse every client of it: run 'kimpki crl {ca.name}'")
+        if now >= state.next_update:
+            raise OperationError(f"the CRL of CA {ca.name!r} expired on {parse.rfc3339(state.next_update)} and "
+                                 f"Envoy would refuse every client of it: run 'kimpki crl {ca.name}'")
+        pems.append(path.read_bytes())
+    return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
 
 
 def crl_validity(store: Store, ca: str) -> timedelta:
