@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kimpki.istio.credential import CredentialMaterial, CredentialSpec, Provenance, build_credential
 from tests.conftest import assert_one_line_error, openssl
+from tests.kubeapi.fixtures import kube_api  # noqa: F401  (a fixture)
 
 PEM_CRL = b"-----BEGIN X509 CRL-----"
 
@@ -160,3 +161,30 @@ def test_build_credential_puts_the_crl_beside_the_ca():
                                                 "ca.crl": b"CRL"}]
     assert data(mutual=True, ca_secret=True)[1] == {"cacert": b"CA", "crl": b"CRL"}
     assert data(mutual=False) == [{"cert": b"CHAIN", "key": b"KEY"}]
+
+
+def test_revoke_republishes_in_a_cluster_only_the_crl_key(tree, kube_api):
+    """-n, --kubeconfig and --context choose the cluster; each MUTUAL credential of the tree gets
+    the new CRLs in place (resourceVersion moves, nothing but the CRL key changes); a SIMPLE one,
+    and one trusting another tree, are left alone."""
+    kc = ["--kubeconfig", kube_api.kubeconfig_path]
+    tree.ok("ca", "init", "other.example")
+    tree.ok("issue", "other-server.example.com", "--ca", "other.example")
+    tree.ok("revoke", "a.example.com")
+    tree.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", "--mutual", "--ca-secret", *kc)
+    tree.ok("secret", "create", "kim-simple", "--cert", "kim.example.com", *kc)
+    tree.ok("secret", "create", "other-credential", "--cert", "other-server.example.com", "--mutual", *kc)
+    before = {n: kube_api.get_object("secrets", "istio-system", n)
+              for n in ("kim-credential", "kim-credential-cacert", "kim-simple", "other-credential")}
+    d = tree.json("revoke", "b.example.com", "-n", "istio-system", *kc, "--context", "kubeapi-standin")
+    assert [(r["secret"], r["action"]) for r in d["republished"]] == [("kim-credential-cacert", "updated")]
+    after = {n: kube_api.get_object("secrets", "istio-system", n) for n in before}
+    for name in ("kim-credential", "kim-simple", "other-credential"):
+        assert after[name]["metadata"]["resourceVersion"] == before[name]["metadata"]["resourceVersion"], name
+    old, new = before["kim-credential-cacert"], after["kim-credential-cacert"]
+    assert new["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]
+    assert {k: v for k, v in new["data"].items() if k != "crl"} == {k: v for k, v in old["data"].items() if k != "crl"}
+    assert new["metadata"]["annotations"] == old["metadata"]["annotations"]
+    crls = split_crls(base64.b64decode(new["data"]["crl"]))
+    assert sorted(len(c) for c in crls) == [0, 2]  # the intermediate's CRL lists a and b
+    assert_one_line_error(tree("revoke", "b.example.com", "--manifests", tree.cwd, *kc), 2, "one or the other")

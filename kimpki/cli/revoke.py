@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from kimpki.cli.common import emit, json_option, note, now_utc, open_store, passphrase_file_option, passphrase_source
+from kimpki.cli.common import (MANIFESTS_HINT, cluster_options, emit, json_option, no_cluster_hint, note, now_utc,
+                               open_store, passphrase_file_option, passphrase_source)
 from kimpki.errors import UsageError
 
 REASON_HELP = ("keyCompromise, superseded, affiliationChanged, cessationOfOperation, privilegeWithdrawn, "
@@ -17,13 +18,17 @@ REVOKE_EPILOG = """\b
 Examples:
   kimpki revoke kim-client.example.com --reason keyCompromise
   kimpki revoke --serial 4f3a9c... --ca example.com
+  kimpki revoke kim-client.example.com --manifests ./deploy     # and republish the CRLs there
+  kimpki revoke kim-client.example.com -n istio-system           # ... or in the cluster
 \b
 The revocation is recorded in the store (when, why, by which command) and the issuing
 CA's CRL is re-signed with the next CRL number: 'kimpki crl CA' prints it. Every other CA
 of its trust tree (root and CAs below) gets a CRL too when it has none or a stale one:
 Envoy needs one for every CA of a chain. Revoking what is already revoked changes
 nothing (exit 0). MUTUAL credentials kimpki writes carry these CRLs beside their CA
-(Istio's 'crl'/'ca.crl' keys).
+(Istio's 'crl'/'ca.crl' keys). With --manifests DIR, or a cluster (-n, --kubeconfig,
+--context), every MUTUAL credential whose client trust holds the CA gets the new CRLs in
+place (only the CRL key changes, guarded by resourceVersion).
 \b
 Exit codes: 0 revoked (or already), 1 unknown certificate or CA key not usable, 2 usage.
 """
@@ -48,28 +53,56 @@ new one is signed (the CA key's passphrase: --passphrase-file or KIMPKI_CA_PASSP
                                               "intermediate CA) instead of NAME's current one.")
 @click.option("--ca", "ca_name", metavar="CA", help="The issuing CA (checked against NAME; narrows --serial).")
 @click.option("--reason", default="unspecified", show_default=True, metavar="REASON", help=REASON_HELP)
+@click.option("--manifests", type=click.Path(file_okay=False), metavar="DIR",
+              help="Republish the CRLs in the MUTUAL credentials of this folder of manifests.")
+@click.option("-n", "--namespace", metavar="NS",
+              help="Republish the CRLs in the cluster's MUTUAL credentials of this namespace only.")
 @passphrase_file_option
+@cluster_options
 @json_option
 @click.pass_context
-def revoke(ctx, name, serial, ca_name, reason, passphrase_file, as_json):
+def revoke(ctx, name, serial, ca_name, reason, manifests, namespace, passphrase_file, kubeconfig, context, as_json):
     """Revoke a certificate kimpki issued: NAME's current version, or --serial HEX."""
+    from contextlib import nullcontext
+
     from kimpki.ops.revoking import revoke as do_revoke
 
+    if manifests is not None and (kubeconfig or context):
+        raise UsageError("--manifests republishes in a folder; --kubeconfig/--context choose a cluster: "
+                         "give one or the other")
     store = open_store(ctx)
     command = "kimpki revoke " + " ".join(a for a in sys.argv[2:] if "passphrase" not in a)
-    res = do_revoke(store, name=name, serial=serial, ca=ca_name, reason=reason, now=now_utc(),
-                    passphrase=passphrase_source(passphrase_file), command=command.strip())
+    in_cluster = manifests is None and bool(namespace or kubeconfig or context)
+    if manifests is not None or in_cluster:
+        from kimpki.ops.places import open_place
+
+        hinted, opened = no_cluster_hint(MANIFESTS_HINT), open_place(manifests=manifests, kubeconfig=kubeconfig,
+                                                                      context=context)
+    else:
+        hinted, opened = nullcontext(), nullcontext()
+    with hinted, opened as place:
+        res = do_revoke(store, name=name, serial=serial, ca=ca_name, reason=reason, now=now_utc(),
+                        passphrase=passphrase_source(passphrase_file), command=command.strip(), place=place,
+                        namespace=namespace)
     emit(res.to_dict(), as_json, _revoked_text)
 
 
 def _revoked_text(d: dict) -> str:
     who = f"{d['name']} (serial {d['serial']}, CA {d['ca']})" if d["name"] else f"serial {d['serial']} (CA {d['ca']})"
     if d["already_revoked"]:
-        return f"{who} was already revoked on {d['revoked_at']} ({d['reason']}); nothing changed"
-    lines = [f"revoked {who}: {d['reason']}"]
-    for crl in [d["crl"], *d["tree_crls"]]:
-        lines.append(f"CRL {crl['crl_number']} of CA {crl['ca']} signed: {crl['revoked_entries']} entries, next "
-                     f"update {crl['next_update']} ({crl['path']})")
+        lines = [f"{who} was already revoked on {d['revoked_at']} ({d['reason']})"]
+    else:
+        lines = [f"revoked {who}: {d['reason']}"]
+        for crl in [d["crl"], *d["tree_crls"]]:
+            lines.append(f"CRL {crl['crl_number']} of CA {crl['ca']} signed: {crl['revoked_entries']} entries, next "
+                         f"update {crl['next_update']} ({crl['path']})")
+    if d["republished"] is not None:
+        for r in d["republished"]:
+            lines.append(f"  secret/{r['secret']} ({r['namespace']}): CRLs {r['action']}")
+        if not d["republished"]:
+            lines.append(f"  no MUTUAL credential in {d['place']} trusts CA {d['ca']}")
+    elif d["already_revoked"]:
+        lines[0] += "; nothing changed"
     return "\n".join(lines)
 
 

@@ -74,10 +74,11 @@ class SecretPlace:
         raise NotImplementedError
 
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
-              current: dict | None = None) -> WriteResult:
+              current: dict | None = None, retries: int | None = None) -> WriteResult:
         """Create or update ``secret`` in place. ``current``: the Secret as just read from this
         place, when the caller has it (a cluster then guards the update with its resourceVersion
-        instead of reading it again)."""
+        instead of reading it again). ``retries=0``: a conflict fails instead of writing
+        ``secret`` over the newer Secret (for a ``secret`` derived from ``current``)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -123,8 +124,9 @@ class ClusterPlace(SecretPlace):
         return self.cluster.list("Secret", namespace, label_selector=MANAGED_SELECTOR)
 
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
-              current: dict | None = None) -> WriteResult:
-        res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run, current=current)
+              current: dict | None = None, retries: int | None = None) -> WriteResult:
+        more = {} if retries is None else {"retries": retries}
+        res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run, current=current, **more)
         return WriteResult(res.action, res.object, res.previous)
 
     def close(self) -> None:
@@ -216,9 +218,9 @@ class ManifestsPlace(SecretPlace):
                 yield copy.deepcopy(f.object)
 
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
-              current: dict | None = None) -> WriteResult:
+              current: dict | None = None, retries: int | None = None) -> WriteResult:
         # ``current`` is not needed: the folder is re-read (cached) and checked against what
-        # get()/managed() returned, the folder's resourceVersion.
+        # get()/managed() returned, the folder's resourceVersion; a change is never retried.
         from kimpki.kube import objects  # pure dict helpers; no kubernetes import
 
         desired = objects.normalize_secret(secret)

@@ -7,13 +7,18 @@ number in ``crl.pem`` counts as used even if the database lost the transaction t
 
 from __future__ import annotations
 
+import base64
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kimpki.errors import NotFoundError, OperationError, UsageError
+from kimpki.errors import KimpkiError, NotFoundError, OperationError, UsageError
+from kimpki.istio import contract as c
+from kimpki.istio.credential import ROLE_CREDENTIAL, read_provenance
 from kimpki.ops.authority import PassphraseSource, generations, load_issuer, read_ca_cert, root_of
+from kimpki.ops.places import SecretPlace
 from kimpki.pki import parse
 from kimpki.pki import revocation as rv
 from kimpki.store import CaRecord, Store
@@ -46,11 +51,14 @@ class RevokeResult:
     already: bool
     crl: CrlResult | None
     tree_crls: list[CrlResult] = field(default_factory=list)  # other CAs of the trust tree, newly signed
+    republished: list[dict] | None = None  # credentials given the new CRLs (None: no place given)
+    place: str | None = None
 
     def to_dict(self) -> dict:
         return {**self.revocation.to_dict(), "already_revoked": self.already,
                 "crl": self.crl.to_dict() if self.crl else None,
-                "tree_crls": [c.to_dict() for c in self.tree_crls]}
+                "tree_crls": [c.to_dict() for c in self.tree_crls],
+                "place": self.place, "republished": self.republished}
 
 
 def normalise_serial(text: str) -> str:
@@ -92,7 +100,21 @@ def find_target(store: Store, *, name: str | None, serial: str | None, ca: str |
 
 
 def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None, reason: str, now: datetime,
-           passphrase: PassphraseSource, command: str) -> RevokeResult:
+           passphrase: PassphraseSource, command: str, place: SecretPlace | None = None,
+           namespace: str | None = None) -> RevokeResult:
+    """Record the revocation and sign the CRLs; with ``place``, republish them there
+    (:func:`republish_crls`), also when the certificate was already revoked, so that running
+    the command again finishes a republication that failed."""
+    res = _revoke(store, name=name, serial=serial, ca=ca, reason=reason, now=now, passphrase=passphrase,
+                  command=command)
+    if place is not None:
+        res.place = place.description
+        res.republished = republish_crls(store, place, res.revocation.ca, now=now, namespace=namespace)
+    return res
+
+
+def _revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None, reason: str, now: datetime,
+            passphrase: PassphraseSource, command: str) -> RevokeResult:
     target = find_target(store, name=name, serial=serial, ca=ca)
     reason = rv.reason_name(reason)
     existing = db.find(store, target.ca, target.serial)
@@ -142,17 +164,23 @@ def trust_tree(store: Store, tops: list[CaRecord]) -> list[CaRecord]:
     return tree
 
 
-def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime) -> bytes | None:
+def client_trust(store: Store, bundle_pem: bytes) -> list[CaRecord]:
+    """The client-trust tree of a MUTUAL credential publishing ``bundle_pem``: each store CA whose
+    certificate is in the bundle, and every store CA below it."""
+    given = set(parse.load_certificates(bundle_pem, "CA bundle"))
+    return trust_tree(store, [ca for ca in store.list_cas() if read_ca_cert(ca) in given])
+
+
+def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime,
+                      tree: list[CaRecord] | None = None) -> bytes | None:
     """The CRLs a MUTUAL credential publishing ``bundle_pem`` must carry: one for every CA of its
-    client-trust tree (each store CA whose certificate is in the bundle, and every store CA below
-    it), concatenated PEM; None when no CA of the tree uses revocation (has a CRL).
+    client trust (:func:`client_trust`), concatenated PEM; None when no CA of it uses revocation
+    (has a CRL).
 
     Envoy fails every certificate of a chain when one CA of it has no CRL, and every client of a
     CA whose CRL is past nextUpdate: a partial or expired set is refused here (one line naming
     ``kimpki crl CA``) rather than delivered."""
-    given = set(parse.load_certificates(bundle_pem, "CA bundle"))
-    tops = [ca for ca in store.list_cas() if read_ca_cert(ca) in given]
-    tree = trust_tree(store, tops)
+    tree = client_trust(store, bundle_pem) if tree is None else tree
     states = {ca.name: db.crl_state(store, ca.name) for ca in tree}
     if not any(states.values()):
         return None
@@ -168,6 +196,52 @@ def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime) -> bytes |
                                  f"Envoy would refuse every client of it: run 'kimpki crl {ca.name}'")
         pems.append(path.read_bytes())
     return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
+
+
+def republish_crls(store: Store, place: SecretPlace, ca: str, *, now: datetime,
+                   namespace: str | None = None) -> list[dict]:
+    """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` the
+    store's current CRLs of that trust, in place: only the CRL key of the Secret Istio reads the CA
+    from (``NAME-cacert`` when it exists, else ``NAME``) changes, guarded by what was just read
+    (resourceVersion; no blind retry, so a concurrent rotation is never undone: run again).
+    Returns ``[{namespace, secret, credential, action}]``; file-mounted credentials are left out
+    (their CRL would need the Gateway's ``caCrl`` path)."""
+    done = []
+    for cred in list(place.managed(namespace)):
+        prov = read_provenance(cred)
+        if prov.get("role", ROLE_CREDENTIAL) != ROLE_CREDENTIAL or prov.get("mode") != "mutual" \
+                or (prov.get("delivery") or "sds") != "sds":
+            continue
+        meta = cred["metadata"]
+        ns, name = meta.get("namespace") or namespace or c.DEFAULT_NAMESPACE, meta["name"]
+        holder = place.get(meta.get("namespace"), c.cacert_secret_name(name)) or place.get(meta.get("namespace"), name)
+        if holder is None:
+            continue
+        data = holder.get("data") or {}
+        ca_key, crl_key = ((c.GENERIC_CA, c.GENERIC_CRL) if data.get(c.GENERIC_CA) else (c.TLS_CA, c.TLS_CRL))
+        if not data.get(ca_key):
+            continue
+        try:
+            bundle = base64.b64decode(data[ca_key], validate=True)
+            tree = client_trust(store, bundle)
+        except (ValueError, KimpkiError):
+            raise OperationError(f"Secret {ns}/{holder['metadata']['name']}: its {ca_key} is not a readable CA "
+                                 f"bundle; re-create the credential with 'kimpki secret create'") from None
+        if ca not in {t.name for t in tree}:
+            continue
+        crls = client_trust_crls(store, bundle, now, tree)
+        if crls is None:  # the tree uses no revocation (cannot be, just after revoking in it)
+            continue
+        desired = copy.deepcopy(holder)
+        desired["data"] = {**data, crl_key: base64.b64encode(crls).decode("ascii")}
+        try:
+            res = place.write(desired, current=holder, retries=0)
+        except KimpkiError as e:
+            raise type(e)(f"{e} (revoked; the CRLs of secret/{name} were not republished: run the same "
+                          f"command again)") from None
+        done.append({"namespace": ns, "secret": holder["metadata"]["name"], "credential": name,
+                     "action": res.action})
+    return done
 
 
 def crl_validity(store: Store, ca: str) -> timedelta:
