@@ -188,3 +188,26 @@ def test_revoke_republishes_in_a_cluster_only_the_crl_key(tree, kube_api):
     crls = split_crls(base64.b64decode(new["data"]["crl"]))
     assert sorted(len(c) for c in crls) == [0, 2]  # the intermediate's CRL lists a and b
     assert_one_line_error(tree("revoke", "b.example.com", "--manifests", tree.cwd, *kc), 2, "one or the other")
+
+
+@pytest.mark.parametrize("rotated", ["root.example", "issuing.example"])
+def test_ca_rotate_gives_the_successor_a_crl(tree, tmp_path, rotated):
+    """A successor joins a tree that uses revocation: ca rotate signs its CRL, so the widened
+    credentials carry a complete set (else they would be refused, or Envoy would refuse its clients)."""
+    tree.ok("revoke", "a.example.com")
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "kim.yaml").write_text(tree.ok("secret", "create", "kim-credential", "--cert", "kim.example.com",
+                                             "--mutual", "--dry-run", "-o", "yaml").out)
+    d = tree.json("ca", "rotate", rotated, "--manifests", deploy)
+    assert d["failed"] is None and d["crls_signed"] == [d["successor"]], d
+    # A new root widens the credential's bundle (and so its CRLs); a new intermediate leaves the
+    # bundle (the root) as it is, and only its CRL is added.
+    assert [r["action"] for r in d["crls_republished"]] == (["unchanged"] if rotated == "root.example"
+                                                            else ["updated"])
+    import yaml
+
+    (secret,) = [s for s in yaml.safe_load_all((deploy / "kim.yaml").read_text()) if s]
+    issuers = {c.issuer.rfc4514_string() for c in split_crls(base64.b64decode(secret["data"]["crl"]))}
+    new_cn = x509.load_pem_x509_certificate((tree.home / "cas" / d["successor"] / "ca.crt").read_bytes()).subject
+    assert issuers == {"CN=root.example", "CN=issuing.example", new_cn.rfc4514_string()}

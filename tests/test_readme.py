@@ -118,6 +118,7 @@ def test_revocation_block(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     assert "revoked" in r.stdout.split("leaked.example.com", 2)[-1]  # the list line's state
     assert "certificate revoked" in r.stdout  # openssl's verdict with the CRL
+    assert "secret/revoke-credential (istio-system): CRLs updated" in r.stdout  # republished in the folder
 
 
 def test_policy_block(tmp_path):

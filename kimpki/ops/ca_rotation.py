@@ -285,6 +285,8 @@ class RotationReport:
     remaining: list[str] | None = None  # what still depends on the old CA (None for a dry run)
     warnings: list[str] = field(default_factory=list)
     failed: dict | None = None  # {"step", "error"} when a step failed (the ones before it are done)
+    crls: list[str] = field(default_factory=list)  # CAs whose CRL was signed (the tree uses revocation)
+    crl_republished: list[dict] = field(default_factory=list)  # credentials given the tree's new CRL set
 
     def to_dict(self) -> dict:
         return {
@@ -302,6 +304,8 @@ class RotationReport:
             "ready_to_retire": self.remaining == [] and self.failed is None,
             "warnings": self.warnings,
             "failed": self.failed,
+            "crls_signed": self.crls,
+            "crls_republished": self.crl_republished,
         }
 
 
@@ -342,6 +346,11 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
         new = create_successor(store, old, new_name=new_name, days=days, key_type=key_type,
                                passphrase=passphrase, signing=signing, now=now)
         report.successor, report.successor_action = new.name, "created"
+    if new is not None and not dry_run:
+        # The successor joins a tree whose MUTUAL credentials may carry CRLs: it needs one too.
+        from kimpki.ops.revoking import ensure_tree_crls
+
+        report.crls = [c.ca for c in ensure_tree_crls(store, new, now=now, passphrase=signing)]
     if new is not None:
         report.default = store.get_setting("default_ca")
         if new.cross_path.exists():
@@ -351,6 +360,13 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
     step = "widen"
     try:
         _widen(store, report, found, old, old_cert, now=now, dry_run=dry_run)
+        if report.crls:  # credentials trusting a root above a new intermediate: its CRL joins theirs
+            from kimpki.ops.revoking import republish_crls
+
+            step = "crls"
+            for t in targets:
+                report.crl_republished += republish_crls(store, t.place, new.name, now=now, namespace=t.namespace)
+            found = _all_credentials(targets, [])  # read again: what a later step writes is guarded by it
         step = "servers"
         _rotate_servers(store, report, found, old, old_cert, new, now=now, signing=signing, dry_run=dry_run)
         step = "clients"

@@ -136,8 +136,8 @@ def _revoke(store: Store, *, name: str | None, serial: str | None, ca: str | Non
 
 
 def _needing_crl(store: Store, ca: CaRecord, now: datetime) -> list[CaRecord]:
-    """The other CAs of ``ca``'s trust tree (its root, that root's generations while a CA rotation
-    overlaps, and every CA below them) whose CRL is missing or due for re-signing."""
+    """The CAs of ``ca``'s trust tree (its root, that root's generations while a CA rotation
+    overlaps, and every CA below them) other than ``ca`` whose CRL is missing or due for re-signing."""
     out = []
     for other in trust_tree(store, generations(store, root_of(store, ca).name)):
         if other.name == ca.name:
@@ -147,6 +147,18 @@ def _needing_crl(store: Store, ca: CaRecord, now: datetime) -> list[CaRecord]:
                 or now >= rv.crl_refresh_due(state.this_update, state.next_update)):
             out.append(other)
     return out
+
+
+def ensure_tree_crls(store: Store, ca: CaRecord, *, now: datetime, passphrase: PassphraseSource) -> list[CrlResult]:
+    """When ``ca``'s trust tree uses revocation, sign every CRL of it that is missing or due
+    (``ca rotate``: a successor joins a tree whose MUTUAL credentials carry CRLs, and needs one)."""
+    tree = trust_tree(store, generations(store, root_of(store, ca).name))
+    if not any(db.crl_state(store, t.name) for t in tree):
+        return []
+    todo = [t for t in tree if t.name == ca.name and db.crl_state(store, t.name) is None] + _needing_crl(store, ca, now)
+    issuers = [(t, load_issuer(store, t, passphrase)) for t in todo]
+    with store.locked():
+        return [_sign_crl(store, t.name, issuer, now) for t, issuer in issuers]
 
 
 def trust_tree(store: Store, tops: list[CaRecord]) -> list[CaRecord]:
