@@ -187,6 +187,8 @@ def test_revoke_republishes_in_a_cluster_only_the_crl_key(tree, kube_api):
     assert new["metadata"]["annotations"] == old["metadata"]["annotations"]
     crls = split_crls(base64.b64decode(new["data"]["crl"]))
     assert sorted(len(c) for c in crls) == [0, 2]  # the intermediate's CRL lists a and b
+    again = tree.json("revoke", "b.example.com", "--namespace", "istio-system", *kc)  # already: republish only
+    assert again["already_revoked"] and [r["action"] for r in again["republished"]] == ["unchanged"]
     assert_one_line_error(tree("revoke", "b.example.com", "--manifests", tree.cwd, *kc), 2, "one or the other")
 
 
