@@ -213,3 +213,38 @@ def test_ca_rotate_gives_the_successor_a_crl(tree, tmp_path, rotated):
     issuers = {c.issuer.rfc4514_string() for c in split_crls(base64.b64decode(secret["data"]["crl"]))}
     new_cn = x509.load_pem_x509_certificate((tree.home / "cas" / d["successor"] / "ca.crt").read_bytes()).subject
     assert issuers == {"CN=root.example", "CN=issuing.example", new_cn.rfc4514_string()}
+
+
+def test_renew_keeps_the_delivered_crls_fresh(tree, tmp_path):
+    """A CRL a Secret carries expires too: renew re-signs the due ones and republishes them."""
+    from kimpki.ops import revoking
+    from kimpki.ops.authority import no_passphrase
+    from kimpki.store import Store
+    import yaml
+
+    tree.ok("revoke", "a.example.com")
+    store = Store.open(tree.home)
+    try:  # the root's CRL signed 5 days ago with 7 days' validity: inside its last third
+        revoking.current_crl(store, "root.example", now=datetime.now(timezone.utc) - timedelta(days=5),
+                             passphrase=no_passphrase, refresh=True)
+    finally:
+        store.close()
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "kim.yaml").write_text(tree.ok("secret", "create", "kim-credential", "--cert", "kim.example.com",
+                                             "--mutual", "--dry-run", "-o", "yaml").out)
+
+    def root_crl() -> x509.CertificateRevocationList:
+        (secret,) = [s for s in yaml.safe_load_all((deploy / "kim.yaml").read_text()) if s]
+        return split_crls(base64.b64decode(secret["data"]["crl"]))[0]
+
+    old = root_crl()
+    res = tree.ok("renew", "--manifests", deploy, "--json")
+    d = res.json
+    assert d["crls_signed"] == ["root.example"] and d["errors"] == []
+    assert "CRL of CA root.example re-signed" in res.err and "secret/kim-credential" in res.err
+    assert [r["secret"] for r in d["crls_republished"]] == ["kim-credential"]
+    new = root_crl()
+    assert new.next_update_utc - old.next_update_utc > timedelta(days=4)
+    again = tree.json("renew", "--manifests", deploy)  # fresh now: nothing signed, nothing rewritten
+    assert again["crls_signed"] == [] and again["crls_republished"] == []

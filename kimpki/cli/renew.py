@@ -302,6 +302,11 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
     else:
         for w in summary.warnings:  # once per run, not once per credential
             log("warning", "renew_before_fallback", w)
+        for ca in summary.crls_signed:
+            log("info", "crl_signed", f"CRL of CA {ca} re-signed (inside the last third of its validity)", ca=ca)
+        for r in summary.crls_republished:
+            log("info", "crl_republished", f"secret/{r['secret']} ({r['place']}): CRLs {r['action']}",
+                secret=r["secret"], namespace=r["namespace"], place=r["place"])
         for err in summary.errors:
             log("error", "error", f"cannot read {err['place']}: {err['reason']}", place=err["place"],
                 reason=err["reason"])

@@ -206,6 +206,8 @@ class RenewalSummary:
     errors: list[dict] = field(default_factory=list)  # places that could not be read: {place, reason}
     lock: dict | None = None
     requests: int = 0
+    crls_signed: list[str] = field(default_factory=list)  # CAs whose CRL was due and re-signed
+    crls_republished: list[dict] = field(default_factory=list)  # credentials given newer CRLs
 
     def _count(self, *actions: str) -> int:
         return sum(1 for r in self.results if r.action in actions)
@@ -279,6 +281,8 @@ class RenewalSummary:
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
+            "crls_signed": self.crls_signed,
+            "crls_republished": self.crls_republished,
             "warnings": self.warnings,
             "api_requests": self.requests,
             "results": [r.to_dict(self.now) for r in self.results],
@@ -608,6 +612,8 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
     with contextlib.ExitStack() as stack:
         lock = None if dry_run else stack.enter_context(_locks(store, targets, lock_wait))
         if lock is None or lock.acquired:
+            if not dry_run:
+                _refresh_crls(store, summary, targets, now=now, passphrase=passphrase)
             summary.results = survey(targets, settings, now, summary.errors)
             _renew_due(store, summary.results, lock, now=now, passphrase=passphrase, dry_run=dry_run,
                        on_result=on_result)
@@ -615,6 +621,27 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
         summary.lock = lock.to_dict()  # after the release, which may have failed (the lease then expires)
     summary.requests = sum(p.requests for p in _unique_places(targets))
     return summary
+
+
+def _refresh_crls(store: Store, summary: RenewalSummary, targets: list[SweepTarget], *, now: datetime,
+                  passphrase: PassphraseSource) -> None:
+    """CRLs expire too (Envoy then refuses every client of their CA): re-sign those due, and give
+    every MUTUAL credential whose client trust uses revocation the store's current set, before
+    the credentials are surveyed (what a rotation then writes is guarded by that fresh read)."""
+    from kimpki.ops import revoking
+
+    if not revoking.uses_revocation(store):
+        return
+    try:
+        summary.crls_signed = [c.ca for c in revoking.refresh_due_crls(store, now=now, passphrase=passphrase)]
+    except KimpkiError as e:
+        summary.errors.append({"place": "store", "reason": f"CRLs not re-signed: {e}"})
+    for t in targets:
+        try:
+            summary.crls_republished += [{**r, "place": t.description} for r in revoking.republish_crls(
+                store, t.place, None, now=now, namespace=t.namespace) if r["action"] != "unchanged"]
+        except KimpkiError as e:
+            summary.errors.append({"place": t.description, "reason": f"CRLs not republished: {e}"})
 
 
 def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: datetime,

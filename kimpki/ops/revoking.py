@@ -210,15 +210,16 @@ def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime,
     return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
 
 
-def republish_crls(store: Store, place: SecretPlace, ca: str, *, now: datetime,
+def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: datetime,
                    namespace: str | None = None) -> list[dict]:
-    """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` the
-    store's current CRLs of that trust, in place: only the CRL key of the Secret Istio reads the CA
+    """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` (None:
+    whose client trust uses revocation) the store's current CRLs of that trust, in place: only the CRL key of the Secret Istio reads the CA
     from (``NAME-cacert`` when it exists, else ``NAME``) changes, guarded by what was just read
     (resourceVersion; no blind retry, so a concurrent rotation is never undone: run again).
     Returns ``[{namespace, secret, credential, action}]``; file-mounted credentials are left out
     (their CRL would need the Gateway's ``caCrl`` path)."""
     done = []
+    trusts: dict[bytes, list[CaRecord]] = {}  # by CA bundle: most credentials share a few
     for cred in list(place.managed(namespace)):
         prov = read_provenance(cred)
         if prov.get("role", ROLE_CREDENTIAL) != ROLE_CREDENTIAL or prov.get("mode") != "mutual" \
@@ -235,11 +236,11 @@ def republish_crls(store: Store, place: SecretPlace, ca: str, *, now: datetime,
             continue
         try:
             bundle = base64.b64decode(data[ca_key], validate=True)
-            tree = client_trust(store, bundle)
+            tree = trusts[bundle] if bundle in trusts else trusts.setdefault(bundle, client_trust(store, bundle))
         except (ValueError, KimpkiError):
             raise OperationError(f"Secret {ns}/{holder['metadata']['name']}: its {ca_key} is not a readable CA "
                                  f"bundle; re-create the credential with 'kimpki secret create'") from None
-        if ca not in {t.name for t in tree}:
+        if ca is not None and ca not in {t.name for t in tree}:
             continue
         crls = client_trust_crls(store, bundle, now, tree)
         if crls is None:  # the tree uses no revocation (cannot be, just after revoking in it)
@@ -254,6 +255,22 @@ def republish_crls(store: Store, place: SecretPlace, ca: str, *, now: datetime,
         done.append({"namespace": ns, "secret": holder["metadata"]["name"], "credential": name,
                      "action": res.action})
     return done
+
+
+def refresh_due_crls(store: Store, *, now: datetime, passphrase: PassphraseSource) -> list[CrlResult]:
+    """Re-sign every CA's CRL that is inside the last third of its validity (``kimpki renew``:
+    the CRLs credentials carry must never pass nextUpdate). CAs that never had a CRL get none."""
+    out = []
+    for ca in store.list_cas():
+        state = db.crl_state(store, ca.name)
+        if state is not None and ca.retired_at is None and now >= rv.crl_refresh_due(state.this_update,
+                                                                                      state.next_update):
+            out.append(current_crl(store, ca.name, now=now, passphrase=passphrase))
+    return out
+
+
+def uses_revocation(store: Store) -> bool:
+    return store.db.execute("SELECT 1 FROM crls LIMIT 1").fetchone() is not None
 
 
 def crl_validity(store: Store, ca: str) -> timedelta:
