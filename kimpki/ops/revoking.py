@@ -213,9 +213,10 @@ def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime,
 def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: datetime,
                    namespace: str | None = None) -> list[dict]:
     """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` (None:
-    whose client trust uses revocation) the store's current CRLs of that trust, in place: only the CRL key of the Secret Istio reads the CA
-    from (``NAME-cacert`` when it exists, else ``NAME``) changes, guarded by what was just read
-    (resourceVersion; no blind retry, so a concurrent rotation is never undone: run again).
+    whose client trust uses revocation) the store's current CRLs of that trust, in place: only
+    the CRL key of the Secret Istio reads the CA from (``NAME-cacert`` when it exists, else
+    ``NAME``) changes, guarded by what was just read (resourceVersion; no blind retry, so a
+    concurrent rotation is never undone: run again).
     Returns ``[{namespace, secret, credential, action}]``; file-mounted credentials are left out
     (their CRL would need the Gateway's ``caCrl`` path)."""
     done = []
@@ -227,7 +228,8 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
             continue
         meta = cred["metadata"]
         ns, name = meta.get("namespace") or namespace or c.DEFAULT_NAMESPACE, meta["name"]
-        holder = place.get(meta.get("namespace"), c.cacert_secret_name(name)) or place.get(meta.get("namespace"), name)
+        # Istio's precedence: NAME-cacert when it exists (no fallback), else NAME.
+        holder = place.get(meta.get("namespace"), c.cacert_secret_name(name)) or cred
         if holder is None:
             continue
         data = holder.get("data") or {}
@@ -250,8 +252,8 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
         try:
             res = place.write(desired, current=holder, retries=0)
         except KimpkiError as e:
-            raise type(e)(f"{e} (revoked; the CRLs of secret/{name} were not republished: run the same "
-                          f"command again)") from None
+            raise type(e)(f"{e} (the CRLs of secret/{name} were not republished: run the command "
+                          f"again)") from None
         done.append({"namespace": ns, "secret": holder["metadata"]["name"], "credential": name,
                      "action": res.action})
     return done
