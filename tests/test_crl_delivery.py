@@ -248,3 +248,31 @@ def test_renew_keeps_the_delivered_crls_fresh(tree, tmp_path):
     assert new.next_update_utc - old.next_update_utc > timedelta(days=4)
     again = tree.json("renew", "--manifests", deploy)  # fresh now: nothing signed, nothing rewritten
     assert again["crls_signed"] == [] and again["crls_republished"] == []
+
+
+def test_a_home_without_the_revocation_state_does_not_drop_the_crls(kimpki, tmp_path):
+    """Rotating from a home that knows the CA but not its revocations (another machine's, or the
+    CronJob's memory home) would write the credential without its CRLs and admit the revoked
+    clients again: refused, the Secret untouched."""
+    import shutil
+
+    from tests.conftest import Kimpki
+
+    k = kimpki
+    k.ok("ca", "init", "solo.example")
+    k.ok("issue", "kim.example.com", "--ca", "solo.example")
+    k.ok("issue", "--client", "a.example.com", "--ca", "solo.example")
+    k.ok("revoke", "a.example.com")
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "kim.yaml").write_text(k.ok("secret", "create", "kim-credential", "--cert", "kim.example.com",
+                                          "--mutual", "--dry-run", "-o", "yaml").out)
+    before = (deploy / "kim.yaml").read_text()
+    other = Kimpki(tmp_path / "other-home", k.cwd)
+    ca_dir = k.home / "cas" / "solo.example"
+    shutil.copy(ca_dir / "ca.key", tmp_path / "solo.key")
+    other.ok("ca", "import", "solo.example", "--cert", ca_dir / "ca.crt", "--key", tmp_path / "solo.key")
+    assert_one_line_error(other("rotate", "kim-credential", "--manifests", deploy), 1,
+                          "carries CRLs, but this kimpki home has no revocation state for CA 'solo.example'")
+    assert (deploy / "kim.yaml").read_text() == before
+    k.ok("rotate", "kim-credential", "--manifests", deploy)  # the home that revoked: fine

@@ -149,6 +149,7 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
         meta = s["metadata"]
         if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
             s = _keep_other_ca_files(place, s)
+        _refuse_dropping_crls((read or {}).get(meta["name"]), s, prepared.ca_name)
         try:
             res = place.write(s, force=force, dry_run=dry_run, current=(read or {}).get(meta["name"]))
         except KimpkiError as e:
@@ -167,6 +168,19 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
                             f"from {spec.secret_name}; update it with --ca-secret, or delete it")
     by_name = {d["name"]: d for d in done}
     return [by_name[s["metadata"]["name"]] for s in secrets], warnings
+
+
+def _refuse_dropping_crls(current: dict | None, new: dict, ca: str) -> None:
+    """A Secret that carries CRLs must not be rewritten without them: the gateway would admit the
+    revoked clients again. It happens when the home doing the write has no revocation state for
+    the CA (another machine's home, or the CronJob's memory home)."""
+    keys = (c.GENERIC_CRL, c.TLS_CRL)
+    had = current is not None and any((current.get("data") or {}).get(k) for k in keys)
+    if had and not any((new.get("data") or {}).get(k) for k in keys):
+        meta = new["metadata"]
+        raise OperationError(f"Secret {meta.get('namespace')}/{meta['name']} carries CRLs, but this kimpki home has "
+                             f"no revocation state for CA {ca!r}: writing it would admit revoked client "
+                             f"certificates again; run this from the home that revoked them")
 
 
 def _keep_other_ca_files(place: SecretPlace, secret: dict) -> dict:
