@@ -72,8 +72,14 @@ def engine():
                 ext.loader.exec_module(module)
                 sys.modules.setdefault("cel.cel", module)  # what ``import cel`` would import again
                 return module
-    import cel
+    try:
+        import cel
+    except ImportError:
+        from kimpki.errors import OperationError
 
+        raise OperationError("the CEL library that checks Istio's validation rules is not installed "
+                             "(PyPI common-expression-language, a kimpki dependency): reinstall kimpki, or "
+                             "skip validation with --no-validate") from None
     return cel
 
 
@@ -128,8 +134,13 @@ def check(schema: dict, obj: Any, old: Any = None) -> list[RuleError]:
             where = path + str(rule.get("fieldPath") or "") if rule.get("fieldPath") else path
             kind = str(node.get("type") or "")
             variables = {"self": value, **({"oldSelf": old_value} if transition else {})}
+            try:  # a missing engine (OperationError) is kimpki's error, not the rule's
+                program = _program(expression)
+            except ValueError as e:  # a rule the engine cannot parse
+                errors.append(RuleError(where, kind, f"{_error_text(e)} compiling rule: {message(rule)}"))
+                continue
             try:
-                ok = _program(expression).execute(variables)
+                ok = program.execute(variables)
             except Exception as e:  # the engine's evaluation errors have no common base class
                 errors.append(RuleError(where, kind, f"{_error_text(e)} evaluating rule: {message(rule)}"))
                 continue
