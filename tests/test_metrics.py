@@ -371,7 +371,10 @@ def test_crl_and_ocsp_staple_next_updates(store, tmp_path):
     got = {(s.labels["ca"], s.labels["crl_number"]): s.value for s in
            by_name(out, "kimpki_crl_next_update_timestamp_seconds")}
     nxt = datetime.fromisoformat(crl["next_update"].replace("Z", "+00:00")).timestamp()
-    assert got == {("example.com", "1"): nxt}
+    # revoke signs a CRL for every CA of the client trust (root and intermediate), as Envoy needs
+    issuing = store.json("crl", "example-issuing")
+    assert got == {("example.com", "1"): nxt, ("example-issuing", str(issuing["crl_number"])):
+                   datetime.fromisoformat(issuing["next_update"].replace("Z", "+00:00")).timestamp()}
     # A tls-form Secret holding a CRL and a staple.
     doc = yaml.safe_load(store.ok("secret", "create", "soon-credential", "--cert", "soon.example.com", "--format",
                                   "tls", "--dry-run", "-o", "yaml").out)
