@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import kimpki_command  # scripts/ is sys.path[0] when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 CA = "bench.example.com"
 
@@ -49,19 +51,6 @@ def policy(folder: Path, n: int, credentials: bool) -> Path:
                     "spec:\n  servers:\n" + "\n".join(servers) + "\n")
     (folder / "policy.yaml").write_text("---\n".join(docs))
     return folder
-
-
-def kimpki_command(ref: str | None, work: Path) -> list[str]:
-    if ref is None:
-        return [sys.executable, "-m", "kimpki"]
-    tree = work / f"kimpki-{ref}"
-    if not tree.exists():
-        tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
-            "from kimpki.cli.main import main; main()"]
 
 
 def apply_once(cmd: list[str], template: Path, pol: Path, work: Path) -> tuple[float, float]:

@@ -4,7 +4,12 @@ and the pair-by-pair ratio (a comparison that holds while a shared machine's spe
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def compare(name_a: str, run_a: Callable[[], float], name_b: str, run_b: Callable[[], float], runs: int,
@@ -25,3 +30,18 @@ def compare(name_a: str, run_a: Callable[[], float], name_b: str, run_b: Callabl
     print(f"{name_b:<{width}} {fmt(tb)}")
     print(f"{'ratio':<{width}} {name_a}/{name_b} median {statistics.median(ratios):.2f}"
           f"  (min {min(ratios):.2f}, max {max(ratios):.2f})\n", flush=True)
+
+
+def kimpki_command(ref: str | None, work: Path) -> list[str]:
+    """How to run kimpki: this tree's (``ref`` None), or the ``kimpki`` package as it was at git
+    ``ref``, unpacked once under ``work`` (the anchor of a before/after comparison)."""
+    if ref is None:
+        return [sys.executable, "-m", "kimpki"]
+    tree = work / f"kimpki-{ref}"
+    if not tree.exists():
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
+            "from kimpki.cli.main import main; main()"]

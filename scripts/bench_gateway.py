@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+from bench_common import kimpki_command  # scripts/ is sys.path[0] when run as a script
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -93,19 +95,6 @@ def served_serial(port: int, name: str, ctx: ssl.SSLContext) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=name) as tls:
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
-
-
-def kimpki_command(ref: str | None, work: Path) -> list[str]:
-    if ref is None:
-        return [sys.executable, "-m", "kimpki"]
-    tree = work / f"kimpki-{ref}"
-    if not tree.exists():
-        tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
-            "from kimpki.cli.main import main; main()"]
 
 
 def measure(label: str, cmd: list[str], folder: Path, serials: dict[str, int], ca: Authority,
