@@ -289,7 +289,8 @@ def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api)
 def test_json_summary_keys(kimpki, three_in_cluster):
     s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
     assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
-                       "skipped", "deferred", "next_due", "errors", "crls_signed", "crls_republished", "warnings",
+                       "skipped", "deferred", "next_due", "errors", "crls_signed", "crls_republished",
+                       "staples_refreshed", "warnings",
                        "api_requests", "results"]
     assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
     assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
@@ -299,7 +300,8 @@ def test_json_summary_keys(kimpki, three_in_cluster):
     assert list(r) == ["secret", "namespace", "place", "certificate", "hosts", "ca", "serial", "not_before",
                        "not_after", "days_left", "renewal_time", "renew_before", "renew_before_fallback",
                        "maintenance_windows",
-                       "window_decision", "next_window", "window_reason", "state", "action", "reason",
+                       "window_decision", "next_window", "window_reason", "ocsp_staple_next_update", "state",
+                       "action", "reason",
                        "new_serial", "new_not_after"]
     assert (r["state"], r["action"], r["hosts"], r["certificate"], r["ca"]) == \
         ("due", "would renew", ["kim.example.com"], "kim.example.com", CA)

@@ -307,6 +307,10 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
         for r in summary.crls_republished:
             log("info", "crl_republished", f"secret/{r['secret']} ({r['place']}): CRLs {r['action']}",
                 secret=r["secret"], namespace=r["namespace"], place=r["place"])
+        for r in summary.staples_refreshed:
+            log("info", "ocsp_staple_refreshed", f"secret/{r['secret']} ({r['place']}): OCSP staple {r['action']}"
+                + (f" ({r['status']}, next update {r['next_update']})" if r["status"] else ""),
+                secret=r["secret"], namespace=r["namespace"], place=r["place"])
         for err in summary.errors:
             log("error", "error", f"cannot read {err['place']}: {err['reason']}", place=err["place"],
                 reason=err["reason"])

@@ -28,7 +28,8 @@ Envoy needs one for every CA of a chain. Revoking what is already revoked change
 nothing (exit 0). MUTUAL credentials kimpki writes carry these CRLs beside their CA
 (Istio's 'crl'/'ca.crl' keys). With --manifests DIR, or a cluster (-n, --kubeconfig,
 --context), every MUTUAL credential whose client trust holds the CA gets the new CRLs in
-place (only the CRL key changes, guarded by resourceVersion).
+place (only the CRL key changes, guarded by resourceVersion), and every stapled
+credential serving the revoked certificate gets a new staple saying revoked.
 \b
 Exit codes: 0 revoked (or already), 1 unknown certificate or CA key not usable, 2 usage.
 """
@@ -101,6 +102,9 @@ def _revoked_text(d: dict) -> str:
             lines.append(f"  secret/{r['secret']} ({r['namespace']}): CRLs {r['action']}")
         if not d["republished"]:
             lines.append(f"  no MUTUAL credential in {d['place']} trusts CA {d['ca']}")
+        for r in d["restapled"] or []:
+            lines.append(f"  secret/{r['secret']} ({r['namespace']}): OCSP staple {r['action']} ({r['status']}, "
+                         f"next update {r['next_update']})")
     elif d["already_revoked"]:
         lines[0] += "; nothing changed"
     return "\n".join(lines)

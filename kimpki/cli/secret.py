@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from kimpki.cli.common import (check_output, cluster_options, emit, no_cluster_hint, note, now_utc, open_store,
-                               output_options, render_objects, stdout_will_hold_keys)
+                               output_options, passphrase_file_option, passphrase_source, render_objects,
+                               stdout_will_hold_keys)
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 
@@ -25,6 +26,7 @@ More examples:
   kimpki secret create kim-credential --cert kim.example.com --format tls --dry-run -o yaml
   kimpki secret create kim-credential --cert kim.example.com --mutual --ca-secret   # + kim-credential-cacert
   kimpki secret create istio-ingressgateway-bookinfo-certs --file-mounted --cert bookinfo.com
+  kimpki secret create kim-credential --cert kim.example.com --ocsp-staple   # tls keys + tls.ocsp-staple
 
 \b
 An existing Secret is updated in place (never deleted and re-created, so the gateway keeps
@@ -44,7 +46,20 @@ def _summary_text(d: dict) -> str:
     lines.append(f"  certificate: {d['certificate']} (serial {d['serial']}, valid until {d['not_after']})")
     lines.append(f"  hosts:       {', '.join(d['hosts'])}")
     lines.append(f"  form:        {d['format']}, {mode}, {how}" + (f", CA {d['ca']}" if d["mode"] == "mutual" else ""))
+    if d.get("ocsp_staple"):
+        st = d["ocsp_staple"]
+        lines.append(f"  OCSP staple: {st['status']}, next update {st['next_update']}")
     return "\n".join(lines)
+
+
+def _staple_summary(secret: dict) -> dict | None:
+    """What the staple in the credential Secret says (None: no staple)."""
+    from kimpki.ops.stapling import secret_staple
+    from kimpki.pki.revocation import read_ocsp_staple
+
+    der = secret_staple(secret)
+    info = read_ocsp_staple(der) if der else None
+    return info.to_dict() if info is not None else None
 
 
 @click.group("secret")
@@ -60,7 +75,7 @@ def group():
               help="The gateway's namespace (where Istio looks for credentials).")
 @click.option("--format", "fmt", type=click.Choice(["generic", "tls"]),
               help="Key set: generic (key/cert/cacert) or tls (tls.crt/tls.key/ca.crt). "
-                   "Default: generic; tls with --file-mounted.")
+                   "Default: generic; tls with --file-mounted or --ocsp-staple.")
 @click.option("--mutual", is_flag=True, help="Include the CA that client certificates are checked against (MUTUAL).")
 @click.option("--ca-secret", is_flag=True, help="With --mutual: put the CA in a separate Secret NAME-cacert.")
 @click.option("--ca", "ca_name", metavar="CA",
@@ -70,13 +85,17 @@ def group():
                    f"with --mutual the CA goes to {c.FILE_MOUNTED_CA_SECRET}.")
 @click.option("--ca-file-name", metavar="FILE",
               help="With --file-mounted --mutual: the CA's file name (default <CA name>.crt, e.g. example.com.crt).")
+@click.option("--ocsp-staple", is_flag=True,
+              help=f"Add an OCSP response for the certificate, signed by its CA (valid 4 days; 'kimpki renew' "
+                   f"keeps it fresh), as {c.OCSP_STAPLE}: the gateway staples it. tls key set only.")
 @click.option("--dry-run", is_flag=True, help="Print the Secret(s) instead of writing them; no cluster needed.")
 @click.option("--force", is_flag=True, help="Update an existing Secret that kimpki does not manage.")
+@passphrase_file_option
 @cluster_options
 @output_options("Print the Secret(s) in this format (with --dry-run: what would be written; default yaml).")
 @click.pass_context
 def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, file_mounted, ca_file_name,
-           dry_run, output, force, kubeconfig, context, as_json):
+           ocsp_staple, dry_run, output, force, passphrase_file, kubeconfig, context, as_json):
     """Create or update the credential Secret NAME from certificate CERT in the store.
 
     The Secret holds the certificate chain (leaf and intermediates, never the root) and its
@@ -90,10 +109,13 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     check_output(output, as_json, "the Secrets")
     if ca_name and not mutual:
         raise UsageError("--ca chooses the CA published for MUTUAL: add --mutual")
-    spec = CredentialSpec(name=name, namespace=namespace, format=fmt or ("tls" if file_mounted else "generic"),
-                          mutual=mutual, ca_secret=ca_secret, file_mounted=file_mounted, ca_file_name=ca_file_name)
+    spec = CredentialSpec(name=name, namespace=namespace,
+                          format=fmt or ("tls" if file_mounted or ocsp_staple else "generic"), mutual=mutual,
+                          ca_secret=ca_secret, file_mounted=file_mounted, ca_file_name=ca_file_name,
+                          ocsp_staple=ocsp_staple)
     store = open_store(ctx)
-    prepared = credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name)
+    prepared = credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
+                                   passphrase=passphrase_source(passphrase_file))
     secrets = list(prepared.secrets)
     rec = prepared.record
 
@@ -128,6 +150,7 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
         "format": spec.format,
         "mode": spec.mode,
         "delivery": spec.delivery,
+        "ocsp_staple": _staple_summary(prepared.credential.credential),
         "dry_run": dry_run,
     }
     emit(summary, as_json, _summary_text)

@@ -155,6 +155,10 @@ def _places_text(d: dict) -> str:
             + ([r["place"]] if several else []) for r in creds]
     out = table(rows, ["NAMESPACE", "SECRET", "HOSTS", "NOT AFTER", "DAYS", "RENEWAL DUE", "STATE"]
                 + (["PLACE"] if several else []))
+    stapled = [f"  {r['namespace']}/{r['secret']}: next update {r['ocsp_staple_next_update']}"
+               for r in creds if r.get("ocsp_staple_next_update")]
+    if stapled:
+        out += "\nOCSP staples:\n" + "\n".join(stapled)
     broken = [f"  {r['namespace']}/{r['secret']}: {r['reason']}" for r in creds if r["state"] == "broken"]
     if broken:
         out += "\nbroken:\n" + "\n".join(broken)

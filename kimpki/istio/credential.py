@@ -11,6 +11,8 @@ For MUTUAL the CA bundle goes into the credential itself, or (``ca_secret=True``
 Secret ``NAME-cacert`` with the key ``cacert`` (generic) or ``ca.crt`` (tls); that Secret is
 always ``Opaque`` because the API server insists that a ``kubernetes.io/tls`` Secret holds a key.
 CRLs, when given, sit beside the CA: ``crl`` (generic) or ``ca.crl`` (tls), where Istio reads them.
+An OCSP staple (a DER OCSP response for the served certificate) goes into ``tls.ocsp-staple``,
+which Istio reads only in the TLS form (``ocsp_staple``: the tls key set, SDS only).
 
 File-mounted (legacy) gateways read files, not Secrets: the credential defaults to
 ``istio-ingressgateway-certs`` in the TLS form (``tls.crt``, ``tls.key``), and for MUTUAL the CA
@@ -47,6 +49,7 @@ ANN_DELIVERY = c.ANNOTATION_PREFIX + "delivery"  # sds | file-mounted
 ANN_ROLE = c.ANNOTATION_PREFIX + "role"  # credential | ca
 ANN_CREDENTIAL = c.ANNOTATION_PREFIX + "credential"  # on a CA Secret: the credential it belongs to
 ANN_CA_FILE_NAME = c.ANNOTATION_PREFIX + "ca-file-name"  # file-mounted MUTUAL: the CA's file (key) name
+ANN_OCSP_STAPLE = c.ANNOTATION_PREFIX + "ocsp-staple"  # "true": kimpki keeps an OCSP staple in it
 
 ROLE_CREDENTIAL = "credential"
 ROLE_CA = "ca"
@@ -68,10 +71,18 @@ class CredentialSpec:
     ca_secret: bool = False
     file_mounted: bool = False
     ca_file_name: str | None = None
+    ocsp_staple: bool = False  # an OCSP response for the certificate in tls.ocsp-staple
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UsageError(f"unknown credential format {self.format!r}: choose generic or tls")
+        if self.ocsp_staple:
+            if self.file_mounted:
+                raise UsageError("--ocsp-staple is for SDS credentials: a file-mounted gateway reads only the "
+                                 "certificate and key files")
+            if self.format != "tls":
+                raise UsageError(f"--ocsp-staple needs the tls key set: Istio reads {c.OCSP_STAPLE} only beside "
+                                 f"{c.TLS_CERT}/{c.TLS_KEY} (drop --format generic)")
         if self.file_mounted:
             if self.format != "tls":
                 raise UsageError("a file-mounted credential is always in the TLS form (tls.crt, tls.key): "
@@ -109,6 +120,7 @@ class CredentialMaterial:
     key_pem: bytes
     ca_pem: bytes | None = None  # the CA bundle client certificates are checked against (MUTUAL)
     crl_pem: bytes | None = None  # MUTUAL: the CRLs of every CA of that trust (Envoy needs all or none)
+    ocsp_staple: bytes | None = None  # DER OCSP response for the leaf (spec.ocsp_staple)
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,8 @@ def annotations_for(spec: CredentialSpec, prov: Provenance, role: str = ROLE_CRE
     if spec.file_mounted and spec.mutual:
         # The Gateway's caCertificates names this file: rotation must keep writing the same one.
         ann[ANN_CA_FILE_NAME] = spec.ca_file_name or default_ca_file_name(prov.ca)
+    if spec.ocsp_staple and role == ROLE_CREDENTIAL:
+        ann[ANN_OCSP_STAPLE] = "true"
     ann.update(prov.extra)
     return ann
 
@@ -206,6 +220,8 @@ def build_credential(spec: CredentialSpec, material: CredentialMaterial, prov: P
     else:
         type_, cert_key, key_key, ca_key = c.SECRET_TYPE_TLS, c.TLS_CERT, c.TLS_KEY, c.TLS_CA
     data = {cert_key: material.cert_chain_pem, key_key: material.key_pem}
+    if spec.ocsp_staple and material.ocsp_staple:
+        data[c.OCSP_STAPLE] = material.ocsp_staple
     # Istio reads the CRL beside the CA key it took: crl with cacert, ca.crl with ca.crt.
     trust = {ca_key: material.ca_pem}
     if spec.mutual and material.crl_pem:

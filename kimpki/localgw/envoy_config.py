@@ -26,6 +26,7 @@ certificates, it is not a proxy). Every response carries ``x-kimpki-gateway:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ def secret_resources(plans: Iterable[ServerPlan]) -> dict[str, dict]:
                     "private_key": {"inline_string": cert.key_pem},
                 },
             }
+            if cert.ocsp_staple:
+                # As istio-agent does; Envoy's default policy (lenient) drops a staple past nextUpdate.
+                out[cert.resource_name]["tls_certificate"]["ocsp_staple"] = {
+                    "inline_bytes": base64.b64encode(cert.ocsp_staple).decode("ascii")}
         if p.ca is not None:
             vc: dict = {"trusted_ca": {"inline_string": p.ca.ca_pem}}
             if p.ca.crl_pem:

@@ -375,6 +375,7 @@ class CertificateCredential:
     cert_pem: str
     key_pem: str
     origin: str  # for humans: "Secret kim-credential (cert, key)"
+    ocsp_staple: bytes | None = None  # DER OCSP response (tls.ocsp-staple, beside tls.crt/tls.key only)
 
 
 @dataclass(frozen=True)
@@ -592,7 +593,12 @@ def _sds_certificate(name: str, secrets: SecretIndex) -> CertificateCredential:
     where = f"Secret {name}"
     cert_pem, key_pem = check_key_pair(sec.data[cert_key], sec.data[key_key], f"{where} key {cert_key}",
                                        f"{where} key {key_key}")
-    return CertificateCredential(SDS_PREFIX + name, cert_pem, key_pem, f"{where} ({cert_key}, {key_key})")
+    # Istio reads the staple only with the tls key set (its generic set has no staple key).
+    staple = sec.data.get(c.OCSP_STAPLE) if cert_key == c.TLS_CERT else None
+    if staple:
+        check_staple(staple, cert_pem, f"{where} key {c.OCSP_STAPLE}")
+    return CertificateCredential(SDS_PREFIX + name, cert_pem, key_pem, f"{where} ({cert_key}, {key_key})",
+                                 staple or None)
 
 
 def _sds_ca(name: str, secrets: SecretIndex) -> CaCredential:
@@ -749,6 +755,21 @@ def check_ca(raw: bytes, where: str) -> str:
     except ValueError:
         raise _Unserved(f"{where} holds no PEM certificate") from None
     return pem
+
+
+def check_staple(raw: bytes, cert_pem: str, where: str) -> None:
+    """Envoy refuses a secret whose OCSP staple is not a successful response for exactly its
+    certificate ("OCSP response does not match its TLS certificate"): such a server is not
+    served. An expired staple is no reason: Envoy's lenient policy then serves it unstapled."""
+    from kimpki.pki.revocation import read_ocsp_staple
+
+    info = read_ocsp_staple(raw)
+    if info is None:
+        raise _Unserved(f"{where} is not a successful OCSP response for one certificate (Envoy refuses it)")
+    leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+    if info.serial != leaf.serial_number:
+        raise _Unserved(f"{where} answers for serial {info.serial:x}, not the certificate's {leaf.serial_number:x} "
+                        f"(Envoy refuses it)")
 
 
 def check_crl(raw: bytes, where: str) -> str:

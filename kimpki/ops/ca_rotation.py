@@ -138,16 +138,19 @@ def _where(found: Found) -> dict:
     return {"secret": found.cred.name, "namespace": found.cred.namespace, "place": found.place.description}
 
 
-def republish(store: Store, found: Found, ca_name: str, *, now: datetime) -> dict:
+def republish(store: Store, found: Found, ca_name: str, *, now: datetime,
+              signing: authority.PassphraseSource | None = None) -> dict:
     """Write the credential again with the certificate it serves now and the CA bundle of
-    ``ca_name`` (as :func:`authority.trust_bundle` makes it). Returns a report item."""
+    ``ca_name`` (as :func:`authority.trust_bundle` makes it). Returns a report item. A staple
+    that still serves is kept (``signing``: the issuing CA's key, when it must be re-signed)."""
     cred = found.cred
     rec = store.find_version(cred.store_name, cred.served_serial) if cred.served_serial else None
     if rec is None:
         raise OperationError(f"Secret {cred.namespace}/{cred.name} serves serial {cred.served_serial or '(none)'}, "
                              f"which is not in this store as {cred.store_name}: cannot rebuild its CA bundle")
     cred = _keep_ca_file_name(store, found.place, cred)
-    prepared = prepare_record(store, rec, cred.spec, now=now, ca_name=ca_name)
+    prepared = prepare_record(store, rec, cred.spec, now=now, ca_name=ca_name, passphrase=signing,
+                              current=cred.secret)
     written, warnings = publish(found.place, prepared)
     changed = [w for w in written if w["action"] != "unchanged"]
     if changed:
@@ -359,7 +362,7 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
     found = _all_credentials(targets, report.warnings)
     step = "widen"
     try:
-        _widen(store, report, found, old, old_cert, now=now, dry_run=dry_run)
+        _widen(store, report, found, old, old_cert, now=now, dry_run=dry_run, signing=signing)
         if report.crls:  # credentials trusting a root above a new intermediate: its CRL joins theirs
             from kimpki.ops.revoking import republish_crls
 
@@ -380,7 +383,7 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
 
 
 def _widen(store: Store, report: RotationReport, found: list[Found], old: CaRecord, old_cert: x509.Certificate,
-           *, now: datetime, dry_run: bool) -> None:
+           *, now: datetime, dry_run: bool, signing: authority.PassphraseSource | None = None) -> None:
     for f in found:
         if not f.cred.spec.mutual or f.cred.ca != old.name:
             continue
@@ -388,7 +391,7 @@ def _widen(store: Store, report: RotationReport, found: list[Found], old: CaReco
             report.widened.append({**_where(f), "action": "would update", "ca": old.name})
             continue
         try:
-            item = republish(store, f, old.name, now=now)
+            item = republish(store, f, old.name, now=now, signing=signing)
         except KimpkiError as e:
             if not issued_by(f.cred.served, old_cert):
                 raise

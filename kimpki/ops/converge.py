@@ -364,7 +364,10 @@ def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report
                                                  place.description, str(cred.where)))
                 continue
             client_ca = issuing_ca(store, cred.client_ca) if cred.client_ca else None
-            prepared = credentials.prepare(store, cert.name, spec, now=now, ca_name=client_ca)
+            # A staple that still serves is kept, so that a second apply changes nothing.
+            current = place.get(cred.namespace, spec.secret_name) if spec.ocsp_staple else None
+            prepared = credentials.prepare(store, cert.name, spec, now=now, ca_name=client_ca,
+                                           passphrase=_passphrase_source(policy, store), current=current)
             results, warnings = credentials.publish(place, prepared, force=force, dry_run=not execute)
         except KimpkiError as e:
             raise _at(cred, e, what) from None

@@ -26,7 +26,8 @@ from kimpki.istio import contract as c
 from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, CredentialSpec, Provenance,
                                      SdsCredential, build_credential, is_managed, read_provenance,
                                      served_certificate_pem)
-from kimpki.ops.authority import root_of, trust_bundle
+from kimpki.ops import stapling
+from kimpki.ops.authority import PassphraseSource, root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
 from kimpki.ops.revoking import client_trust_crls
 from kimpki.pki import chain, keys, parse
@@ -96,17 +97,22 @@ def check_server_material(rec: CertRecord, chain_pem: bytes, key_pem: bytes, ca_
 
 
 def prepare(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime,
-            ca_name: str | None = None) -> PreparedCredential:
+            ca_name: str | None = None, passphrase: PassphraseSource | None = None,
+            current: dict | None = None) -> PreparedCredential:
     """Check the stored certificate ``cert_name`` and build the Secret dict(s) for ``spec``.
 
     ``ca_name`` chooses the store CA whose certificate is published for MUTUAL (the one client
     certificates are checked against); by default the root the certificate was issued under.
+    With ``spec.ocsp_staple`` the issuing CA signs a staple (its key: ``passphrase``), unless
+    ``current`` (the credential Secret as it is now) holds one that still serves.
     """
-    return prepare_record(store, find_certificate(store, cert_name), spec, now=now, ca_name=ca_name)
+    return prepare_record(store, find_certificate(store, cert_name), spec, now=now, ca_name=ca_name,
+                          passphrase=passphrase, current=current)
 
 
 def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: datetime,
-                   ca_name: str | None = None) -> PreparedCredential:
+                   ca_name: str | None = None, passphrase: PassphraseSource | None = None,
+                   current: dict | None = None) -> PreparedCredential:
     """:func:`prepare` for one given version (current or pending) of a certificate."""
     if not rec.has_key:
         raise OperationError(f"{rec.name} has no private key in the store (it was signed from a CSR; "
@@ -128,7 +134,9 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
     check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
     bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
     crls = client_trust_crls(store, bundle, now) if spec.mutual and not spec.file_mounted else None
-    material = CredentialMaterial(chain_pem, key_pem, bundle, crls)
+    staple = (stapling.staple_for(store, rec, now=now, passphrase=passphrase, current=stapling.secret_staple(current))
+              if spec.ocsp_staple else None)
+    material = CredentialMaterial(chain_pem, key_pem, bundle, crls, staple)
     prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
                       not_after=parse.rfc3339(rec.not_after))
     return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))
@@ -260,7 +268,8 @@ def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMES
         ca_file_name = prov.get("ca_file_name") if file_mounted and mutual else None
         spec = CredentialSpec(name=name, namespace=namespace, format=str(prov.get("format") or "generic"),
                               mutual=mutual, ca_secret=ca_secret and mutual and not file_mounted,
-                              file_mounted=file_mounted, ca_file_name=str(ca_file_name) if ca_file_name else None)
+                              file_mounted=file_mounted, ca_file_name=str(ca_file_name) if ca_file_name else None,
+                              ocsp_staple=prov.get("ocsp_staple") == "true")
     except KimpkiError as e:
         raise OperationError(f"Secret {namespace}/{name}: its kimpki.io annotations do not make sense: {e}") from None
     served = None

@@ -112,6 +112,7 @@ class CredentialResult:
     new_serial: str | None = None
     new_not_after: str | None = None
     renew_before_fallback: bool = False  # renew_before >= the lifetime: the last third applies instead
+    ocsp_staple_next_update: datetime | None = None  # the nextUpdate of the OCSP staple it carries
     cred: ManagedCredential | None = field(default=None, repr=False)
     target: SweepTarget | None = field(default=None, repr=False)
     source: dict | None = field(default=None, repr=False)  # the Secret as read
@@ -160,6 +161,7 @@ class CredentialResult:
             "window_decision": self.window.action if self.window is not None else None,
             "next_window": _t(self.next_window),
             "window_reason": self.window.reason if self.window is not None else None,
+            "ocsp_staple_next_update": _t(self.ocsp_staple_next_update),
             "state": self.state,
         }
         if self.action is not None:
@@ -208,6 +210,7 @@ class RenewalSummary:
     requests: int = 0
     crls_signed: list[str] = field(default_factory=list)  # CAs whose CRL was due and re-signed
     crls_republished: list[dict] = field(default_factory=list)  # credentials given newer CRLs
+    staples_refreshed: list[dict] = field(default_factory=list)  # credentials given a new OCSP staple
 
     def _count(self, *actions: str) -> int:
         return sum(1 for r in self.results if r.action in actions)
@@ -283,6 +286,7 @@ class RenewalSummary:
             "errors": self.errors,
             "crls_signed": self.crls_signed,
             "crls_republished": self.crls_republished,
+            "staples_refreshed": self.staples_refreshed,
             "warnings": self.warnings,
             "api_requests": self.requests,
             "results": [r.to_dict(self.now) for r in self.results],
@@ -405,6 +409,7 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
                       f"re-issue it with 'kimpki rotate {cred.name}'")
         return res
     res.serial = parse.serial_hex(served)
+    res.ocsp_staple_next_update = _staple_next_update(secret)
     res.not_before, res.not_after = served.not_valid_before_utc, served.not_valid_after_utc
     res.renewal_time = renewal_time(res.not_before, res.not_after, rule, jitter=settings.jitter, key=res.serial)
     res.renew_before_fallback = rule.falls_back(res.not_after - res.not_before)
@@ -412,6 +417,15 @@ def _examine(secret: dict, target: SweepTarget, settings: RenewalSettings, now: 
     if res.windows and res.state in RENEWABLE:
         res.window = window_decision(res.windows, now, res.not_before, res.not_after)
     return res
+
+
+def _staple_next_update(secret: dict) -> datetime | None:
+    from kimpki.ops.stapling import secret_staple
+    from kimpki.pki.revocation import read_ocsp_staple
+
+    der = secret_staple(secret)
+    info = read_ocsp_staple(der) if der else None
+    return info.next_update if info is not None else None
 
 
 def survey(targets: Iterable[SweepTarget], settings: RenewalSettings, now: datetime,
@@ -554,7 +568,7 @@ def _rotate_batch(store: Store, batch: list[CredentialResult], lock, *, now: dat
 
     for i, rot in list(rots.items()):
         try:
-            rotation.prepare_rotation(store, rot, now=now)  # the store's connection is this thread's
+            rotation.prepare_rotation(store, rot, now=now, passphrase=passphrase)  # the store's connection is this thread's
         except Exception as e:  # noqa: BLE001
             _fail(batch[i], e)
             del rots[i]
@@ -615,6 +629,7 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
             if not dry_run:
                 _refresh_crls(store, summary, targets, now=now, passphrase=passphrase)
             summary.results = survey(targets, settings, now, summary.errors)
+            _refresh_staples(store, summary, now=now, passphrase=passphrase, dry_run=dry_run)
             _renew_due(store, summary.results, lock, now=now, passphrase=passphrase, dry_run=dry_run,
                        on_result=on_result)
     if lock is not None:
@@ -642,6 +657,26 @@ def _refresh_crls(store: Store, summary: RenewalSummary, targets: list[SweepTarg
                 store, t.place, None, now=now, namespace=t.namespace) if r["action"] != "unchanged"]
         except KimpkiError as e:
             summary.errors.append({"place": t.description, "reason": f"CRLs not republished: {e}"})
+
+
+def _refresh_staples(store: Store, summary: RenewalSummary, *, now: datetime, passphrase: PassphraseSource,
+                     dry_run: bool) -> None:
+    """OCSP staples expire in days, long before their certificates: re-sign each staple inside
+    the last half of its validity (or that no longer says what the store says: another serial,
+    or revoked since), writing only that key. A credential about to be rotated is left to its
+    rotation, which writes a staple for the new certificate (a deferred one is not rotated now)."""
+    from kimpki.ops.stapling import refresh_staple
+
+    for r in summary.results:
+        if r.cred is None or not r.cred.spec.ocsp_staple or r.state == BROKEN or (r.due and not r.deferred):
+            continue
+        try:
+            item = refresh_staple(store, r.target.place, r.source, now=now, passphrase=passphrase, dry_run=dry_run)
+        except KimpkiError as e:
+            summary.errors.append({"place": r.place, "reason": f"OCSP staple of {r.ref} not refreshed: {e}"})
+            continue
+        if item is not None:
+            summary.staples_refreshed.append({**item, "place": r.place})
 
 
 def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: datetime,

@@ -53,12 +53,13 @@ class RevokeResult:
     tree_crls: list[CrlResult] = field(default_factory=list)  # other CAs of the trust tree, newly signed
     republished: list[dict] | None = None  # credentials given the new CRLs (None: no place given)
     place: str | None = None
+    restapled: list[dict] | None = None  # stapled credentials of the certificate given a revoked staple
 
     def to_dict(self) -> dict:
         return {**self.revocation.to_dict(), "already_revoked": self.already,
                 "crl": self.crl.to_dict() if self.crl else None,
                 "tree_crls": [c.to_dict() for c in self.tree_crls],
-                "place": self.place, "republished": self.republished}
+                "place": self.place, "republished": self.republished, "restapled": self.restapled}
 
 
 def normalise_serial(text: str) -> str:
@@ -103,13 +104,18 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
            passphrase: PassphraseSource, command: str, place: SecretPlace | None = None,
            namespace: str | None = None) -> RevokeResult:
     """Record the revocation and sign the CRLs; with ``place``, republish them there
-    (:func:`republish_crls`), also when the certificate was already revoked, so that running
-    the command again finishes a republication that failed."""
+    (:func:`republish_crls`) and rewrite the OCSP staple of every credential serving the
+    certificate (:func:`kimpki.ops.stapling.republish_staples`), also when the certificate was
+    already revoked, so that running the command again finishes a republication that failed."""
+    from kimpki.ops.stapling import republish_staples
+
     res = _revoke(store, name=name, serial=serial, ca=ca, reason=reason, now=now, passphrase=passphrase,
                   command=command)
     if place is not None:
         res.place = place.description
         res.republished = republish_crls(store, place, res.revocation.ca, now=now, namespace=namespace)
+        res.restapled = republish_staples(store, place, res.revocation.ca, res.revocation.serial, now=now,
+                                          passphrase=passphrase, namespace=namespace)
     return res
 
 

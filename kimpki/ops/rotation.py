@@ -277,10 +277,12 @@ def issue_pending(store: Store, rotations: list[Rotation], *, now: datetime, pas
             r.result.new_serial, r.result.new_not_after = r.pending.serial, parse.rfc3339(r.pending.not_after)
 
 
-def prepare_rotation(store: Store, rot: Rotation, *, now: datetime) -> None:
-    """Step 3, first half: the Secret(s) the pending version makes (reads the store: one thread)."""
+def prepare_rotation(store: Store, rot: Rotation, *, now: datetime,
+                     passphrase: PassphraseSource | None = None) -> None:
+    """Step 3, first half: the Secret(s) the pending version makes (reads the store: one thread).
+    A stapled credential gets a staple for the new certificate (``passphrase``: its CA's key)."""
     rot.prepared = prepare_record(store, rot.pending, rot.cred.spec, now=now,
-                                  ca_name=rot.published if rot.cred.spec.mutual else None)
+                                  ca_name=rot.published if rot.cred.spec.mutual else None, passphrase=passphrase)
 
 
 def publish_rotation(rot: Rotation, *, force: bool = False) -> None:
@@ -335,7 +337,7 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     issue_pending(store, [rot], now=now, passphrase=passphrase)
     if rot.failure is not None:
         raise rot.failure
-    prepare_rotation(store, rot, now=now)
+    prepare_rotation(store, rot, now=now, passphrase=passphrase)
     publish_rotation(rot, force=force)
     promote(store, [rot])
     return rot.result

@@ -111,3 +111,56 @@ def build_ocsp_response(cert: x509.Certificate, issuer_cert: x509.Certificate, i
 def ocsp_refresh_due(this_update: datetime, next_update: datetime) -> datetime:
     """Re-sign a staple inside the last half of its validity."""
     return next_update - (next_update - this_update) / 2
+
+
+@dataclass(frozen=True)
+class StapleInfo:
+    """What one OCSP response (a staple) says, for deciding whether it still serves."""
+
+    serial: int
+    status: str  # good | revoked | unknown
+    this_update: datetime
+    next_update: datetime | None
+    revocation_reason: str | None = None  # a REASONS key, for a revoked status
+
+    @property
+    def refresh_due(self) -> datetime | None:
+        return ocsp_refresh_due(self.this_update, self.next_update) if self.next_update is not None else None
+
+    def serves(self, serial: int, revoked: bool, now: datetime) -> bool:
+        """True while this staple is the right answer for certificate ``serial`` with that
+        revocation state, and before the last half of its validity: no need to re-sign it."""
+        return (self.serial == serial and self.status == ("revoked" if revoked else "good")
+                and self.refresh_due is not None and now < self.refresh_due)
+
+    def to_dict(self) -> dict:
+        from kimpki.pki.parse import rfc3339
+
+        return {"serial": format(self.serial, "x"), "status": self.status,
+                "this_update": rfc3339(self.this_update),
+                "next_update": rfc3339(self.next_update) if self.next_update else None,
+                "refresh_after": rfc3339(self.refresh_due) if self.refresh_due else None,
+                "revocation_reason": self.revocation_reason}
+
+
+def read_ocsp_staple(der: bytes) -> StapleInfo | None:
+    """The single response of a successful DER OCSP response; None when it is anything else
+    (unreadable, unsuccessful, or answering for other than exactly one certificate: a gateway
+    cannot staple it)."""
+    try:
+        resp = ocsp.load_der_ocsp_response(der)
+        if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return None
+        singles = list(resp.responses)
+    except ValueError:
+        return None
+    if len(singles) != 1:
+        return None
+    one = singles[0]
+    status = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(one.certificate_status,
+                                                                                           "unknown")
+    reason = None
+    if status == "revoked":
+        flag = one.revocation_reason
+        reason = next((n for n, f in REASONS.items() if f == flag), "unspecified")
+    return StapleInfo(one.serial_number, status, one.this_update_utc, one.next_update_utc, reason)

@@ -263,13 +263,14 @@ def _target_ref(spec: Fields, refs) -> str | None:
 
 def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
     spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target",
-               "maintenanceWindows")
+               "maintenanceWindows", "ocspStaple")
     certificate = spec.string("certificate", required=True)
     refs["certificate"] = spec.where("certificate")
     delivery = spec.string("delivery", default="sds")
     if delivery not in ("sds", "file-mounted"):
         raise spec.error(spec.node_of("delivery"), f"spec.delivery must be sds or file-mounted, not {delivery!r}")
-    fmt = spec.string("format", default="tls" if delivery == "file-mounted" else "generic")
+    ocsp_staple = spec.boolean("ocspStaple", False)
+    fmt = spec.string("format", default="tls" if delivery == "file-mounted" or ocsp_staple else "generic")
     if fmt not in ("generic", "tls"):
         raise spec.error(spec.node_of("format"), f"spec.format must be generic or tls, not {fmt!r}")
     mode = spec.string("mode", default="SIMPLE").upper()
@@ -289,6 +290,12 @@ def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) ->
     if ca_secret and (mode != "MUTUAL" or delivery != "sds"):
         raise spec.error(spec.node_of("caSecret"), "spec.caSecret (the CA bundle in a separate Secret NAME-cacert) "
                                                    "is for MUTUAL credentials delivered by SDS")
+    if ocsp_staple and delivery != "sds":
+        raise spec.error(spec.node_of("ocspStaple"), "spec.ocspStaple is for credentials delivered by SDS: a "
+                                                     "file-mounted gateway reads only the certificate and key files")
+    if ocsp_staple and fmt != "tls":
+        raise spec.error(spec.node_of("ocspStaple"), f"spec.ocspStaple needs format: tls (Istio reads "
+                                                     f"{c.OCSP_STAPLE} only beside {c.TLS_CERT}/{c.TLS_KEY})")
     if ca_file_name is not None:
         if mode != "MUTUAL" or delivery != "file-mounted":
             raise spec.error(spec.node_of("caFileName"), "spec.caFileName is for file-mounted MUTUAL credentials")
@@ -298,7 +305,7 @@ def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) ->
     cred = m.Credential(name, namespace, where_of(doc.file, doc.node), certificate=certificate,
                         target=_target_ref(spec, refs), format=fmt, mode=mode, ca_secret=ca_secret,
                         client_ca=client_ca, delivery=delivery, ca_file_name=ca_file_name,
-                        maintenance_windows=_windows(spec))
+                        maintenance_windows=_windows(spec), ocsp_staple=ocsp_staple)
     spec.check("", None, lambda: credential_spec(cred, "x"))  # any rule CredentialSpec adds later
     return cred
 
@@ -309,7 +316,8 @@ def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
     if cred.file_mounted and cred.mutual:
         ca_file = cred.ca_file_name or default_ca_file_name(ca_name)
     return CredentialSpec(name=cred.name, namespace=cred.namespace, format=cred.format, mutual=cred.mutual,
-                          ca_secret=cred.ca_secret, file_mounted=cred.file_mounted, ca_file_name=ca_file)
+                          ca_secret=cred.ca_secret, file_mounted=cred.file_mounted, ca_file_name=ca_file,
+                          ocsp_staple=cred.ocsp_staple)
 
 
 def _mount(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.GatewayMount:

@@ -96,6 +96,7 @@ class Credential:
     client_ca: str | None = None  # MUTUAL: the CA published (default: the certificate's CA)
     delivery: str = "sds"  # sds | file-mounted
     ca_file_name: str | None = None  # file-mounted MUTUAL: the CA's file name
+    ocsp_staple: bool = False  # an OCSP staple (tls.ocsp-staple) signed by the certificate's CA, kept fresh
     # When renew may rotate it: its own windows, else its Target's (resolved when the policy is
     # linked; None only before that, for "not given"). () = any time.
     maintenance_windows: tuple[MaintenanceWindow, ...] | None = None
