@@ -123,6 +123,18 @@ def make_crl(ca: Pair, revoked_serial: int) -> bytes:
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
+def make_staple(ca: Pair, leaf: Pair) -> bytes:
+    """A good OCSP response for ``leaf``: Istio passes it through, and Envoy refuses a secret whose
+    staple is not a successful response for its certificate, so a placeholder would not do."""
+    from kimpki.pki.revocation import build_ocsp_response
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    now = datetime.now(timezone.utc)
+    return build_ocsp_response(x509.load_pem_x509_certificate(leaf.cert.read_bytes()), ca_cert, ca_key, revoked=None,
+                               this_update=now - timedelta(minutes=5), next_update=now + timedelta(days=1))
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """Real certificates: a CA for the servers, two client CAs (a, b) each with a client and a
@@ -148,7 +160,7 @@ def value(pki: dict, case: Case, label: str) -> bytes:
     if label == "":
         return b""
     if label == "staple":
-        return b"\x30\x03\x0a\x01\x00"  # opaque to Istio: an OCSP response would go here
+        return make_staple(pki["server-ca"], pki[case.name])
     if label.startswith("crl-"):
         return pki[label]
     leaf = pki[case.name + "/other"] if label.startswith("other-leaf") else pki[case.name]
@@ -192,6 +204,8 @@ def test_the_local_gateway_reads_a_credential_as_istio_does(pki, case, mode):
     (cert,) = plan.certificates
     assert cert.cert_pem.encode() == value(pki, case, case.cert), f"{case.source}: the wrong certificate"
     assert cert.key_pem.encode() == value(pki, case, case.cert + ".key")
+    # The staple travels with the tls key set it sits beside (Istio's ocsp_staple).
+    assert (cert.ocsp_staple is not None) == ("tls.ocsp-staple" in case.secrets[case.name]), case.source
     if mode == "SIMPLE":
         assert plan.ca is None
         return
