@@ -52,7 +52,7 @@ def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
                block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
-               block("kimpki plan -f policies/")}
+               block("kimpki revoke stapled.example"), block("kimpki plan -f policies/")}
     assert covered == set(BLOCKS)
 
 
@@ -119,6 +119,15 @@ def test_revocation_block(tmp_path):
     assert "revoked" in r.stdout.split("leaked.example.com", 2)[-1]  # the list line's state
     assert "certificate revoked" in r.stdout  # openssl's verdict with the CRL
     assert "secret/revoke-credential (istio-system): CRLs updated" in r.stdout  # republished in the folder
+
+
+def test_ocsp_staple_block(tmp_path):
+    """After the revocation block, in the same session (its CA and folder)."""
+    r = run(block("kimpki revoke leaked.example.com") + block("kimpki revoke stapled.example"), tmp_path,
+            tmp_path / "home")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "secret/stapled-credential (istio-system): OCSP staple updated (revoked" in r.stdout
+    assert "istio-system/stapled-credential: next update" in r.stdout.split("OCSP staples:")[-1]
 
 
 def test_policy_block(tmp_path):
