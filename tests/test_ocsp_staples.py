@@ -318,3 +318,36 @@ def test_renew_refreshes_the_staple_in_the_last_half_and_a_reissue_brings_a_new_
         third = single(staple_of(renewed))
         assert third.serial_number == leaf_of(renewed).serial_number == int(s["results"][0]["new_serial"], 16)
         assert third.this_update_utc > t0 + 60 * DAY
+
+
+def test_a_home_holding_only_the_ca_refreshes_staples_but_never_unrevokes_one(capsys, tmp_path):
+    """The CronJob's home imports the CA and holds none of the certificates: it signs the staple of
+    the certificate the Secret serves; a staple that says revoked, which that home knows nothing
+    about, is refused rather than made good again (as a Secret's CRLs are never dropped)."""
+    home, cron_home, deploy = tmp_path / "home", tmp_path / "cron-home", tmp_path / "deploy"
+    deploy.mkdir()
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+
+    def run(h: Path, *args, code: int = 0) -> dict:
+        got, out, err = run_in_process(capsys, h, *args)
+        assert got == code, err + out
+        return json.loads(out) if "--json" in args else {"out": out, "err": err}
+
+    with time_machine.travel(t0, tick=False):
+        run(home, "ca", "init", "example.com")
+        for host in ("kim.example.com", "lost.example.com"):
+            run(home, "issue", host)
+            (deploy / f"{host}.yaml").write_text(run(home, "secret", "create", host.split(".")[0] + "-credential",
+                                                     "--cert", host, "--ocsp-staple", "--dry-run", "-o", "yaml")["out"])
+        run(home, "revoke", "lost.example.com", "--manifests", deploy, "--json")
+        ca_dir = home / "cas" / "example.com"
+        run(cron_home, "ca", "import", "example.com", "--cert", ca_dir / "ca.crt", "--key", ca_dir / "ca.key")
+    with time_machine.travel(t0 + 2 * DAY + timedelta(hours=1), tick=False):
+        s = run(cron_home, "renew", "--manifests", deploy, "--json", code=1)
+    assert [(r["secret"], r["status"]) for r in s["staples_refreshed"]] == [("kim-credential", "good")]
+    (err,) = s["errors"]
+    assert "lost-credential" in err["reason"] and "says serial" in err["reason"] and "revoked" in err["reason"]
+    lost = yaml.safe_load((deploy / "lost.example.com.yaml").read_text())
+    assert single(staple_of(lost)).certificate_status == ocsp.OCSPCertStatus.REVOKED  # untouched
+    kim = yaml.safe_load((deploy / "kim.example.com.yaml").read_text())
+    assert single(staple_of(kim)).this_update_utc > t0 + 2 * DAY

@@ -18,52 +18,97 @@ from __future__ import annotations
 
 import base64
 import copy
+from dataclasses import dataclass
 from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from kimpki.errors import KimpkiError, OperationError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import ROLE_CREDENTIAL, read_provenance, served_certificate_pem
-from kimpki.ops.authority import PassphraseSource, load_issuer, no_passphrase
+from kimpki.ops.authority import PassphraseSource, load_issuer, no_passphrase, read_ca_cert
 from kimpki.ops.places import SecretPlace
 from kimpki.pki import parse
 from kimpki.pki import revocation as rv
 from kimpki.pki.profiles import BACKDATE
-from kimpki.store import CertRecord, Store
+from kimpki.store import CaRecord, CertRecord, Store
 from kimpki.store import revocations as db
 
 
-def revoked_entry(store: Store, rec: CertRecord) -> rv.RevokedEntry | None:
-    """The store's revocation of ``rec``, as the OCSP builder takes it (None: not revoked)."""
-    r = db.find(store, rec.ca, rec.serial)
+@dataclass(frozen=True)
+class Subject:
+    """What a staple answers for: a certificate and the store CA that issued it."""
+
+    leaf: x509.Certificate
+    ca: str
+
+    @property
+    def serial(self) -> str:
+        return parse.serial_hex(self.leaf)
+
+    @classmethod
+    def of_record(cls, rec: CertRecord) -> "Subject":
+        try:
+            leaf = parse.load_certificates(rec.cert_path.read_bytes(), str(rec.cert_path))[0]
+        except (OSError, KimpkiError) as e:
+            raise OperationError(f"{rec.name}: cannot read the certificate to staple ({e})") from None
+        return cls(leaf, rec.ca)
+
+
+def issuing_ca(store: Store, leaf: x509.Certificate) -> CaRecord | None:
+    """The store CA whose key signed ``leaf`` (a home that holds the CA but not the certificate,
+    like the CronJob's, which imports the CAs only)."""
+    for ca in store.list_cas():
+        cert = read_ca_cert(ca)
+        if cert.subject != leaf.issuer:
+            continue
+        try:
+            leaf.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca
+    return None
+
+
+def revoked_entry(store: Store, subject: Subject) -> rv.RevokedEntry | None:
+    """The store's revocation of ``subject``, as the OCSP builder takes it (None: not revoked)."""
+    r = db.find(store, subject.ca, subject.serial)
     return rv.RevokedEntry(int(r.serial, 16), r.revoked_at, r.reason, r.not_after) if r is not None else None
 
 
-def sign_staple(store: Store, rec: CertRecord, *, now: datetime, passphrase: PassphraseSource | None) -> bytes:
-    """A new DER OCSP response for certificate version ``rec``, signed by its issuing CA: good,
-    or revoked with the recorded time and reason. thisUpdate is backdated like a notBefore."""
-    try:
-        leaf = parse.load_certificates(rec.cert_path.read_bytes(), str(rec.cert_path))[0]
-    except (OSError, KimpkiError) as e:
-        raise OperationError(f"{rec.name}: cannot read the certificate to staple ({e})") from None
-    issuer = load_issuer(store, store.get_ca(rec.ca), passphrase or no_passphrase)
+def sign_staple(store: Store, subject: Subject, *, now: datetime, passphrase: PassphraseSource | None) -> bytes:
+    """A new DER OCSP response for ``subject``, signed by its issuing CA: good, or revoked with the
+    recorded time and reason. thisUpdate is backdated like a notBefore."""
+    issuer = load_issuer(store, store.get_ca(subject.ca), passphrase or no_passphrase)
     this_update = now.replace(microsecond=0) - BACKDATE
-    return rv.build_ocsp_response(leaf, issuer.cert, issuer.key, revoked=revoked_entry(store, rec),
+    return rv.build_ocsp_response(subject.leaf, issuer.cert, issuer.key, revoked=revoked_entry(store, subject),
                                   this_update=this_update, next_update=this_update + rv.DEFAULT_OCSP_VALIDITY)
 
 
-def _still_serves(store: Store, rec: CertRecord, staple: bytes | None, now: datetime) -> bool:
+def _still_serves(store: Store, subject: Subject, staple: bytes | None, now: datetime, where: str) -> bool:
     info = rv.read_ocsp_staple(staple) if staple else None
-    return info is not None and info.serves(int(rec.serial, 16), revoked_entry(store, rec) is not None, now)
+    if info is None:
+        return False
+    revoked = revoked_entry(store, subject) is not None
+    if info.serial == subject.leaf.serial_number and info.status == "revoked" and not revoked:
+        # As with CRLs: a home without the revocation (another machine's, the CronJob's) must not
+        # undo it by signing "good" again.
+        raise OperationError(f"{where}: its OCSP staple says serial {subject.serial} is revoked, but this kimpki "
+                             f"home has no such revocation: re-signing would say good again; run this from the "
+                             f"home that revoked it")
+    return info.serves(subject.leaf.serial_number, revoked, now)
 
 
 def staple_for(store: Store, rec: CertRecord, *, now: datetime, passphrase: PassphraseSource | None,
                current: bytes | None = None) -> bytes:
-    """``current`` (the staple a Secret holds now) while it still serves ``rec`` (same serial,
-    same revocation status, before the last half of its validity), else a newly signed one: a
-    Secret rebuilt for an unchanged certificate stays unchanged."""
-    if _still_serves(store, rec, current, now):
+    """``current`` (the staple a Secret holds now) while it still serves certificate version
+    ``rec`` (same serial, same revocation status, before the last half of its validity), else a
+    newly signed one: a Secret rebuilt for an unchanged certificate stays unchanged."""
+    subject = Subject.of_record(rec)
+    if _still_serves(store, subject, current, now, rec.name):
         return current
-    return sign_staple(store, rec, now=now, passphrase=passphrase)
+    return sign_staple(store, subject, now=now, passphrase=passphrase)
 
 
 def secret_staple(secret: dict | None) -> bytes | None:
@@ -95,19 +140,21 @@ def refresh_staple(store: Store, place: SecretPlace, secret: dict, *, now: datet
     meta = secret.get("metadata") or {}
     ns, name = meta.get("namespace") or c.DEFAULT_NAMESPACE, meta.get("name")
     cred = managed_credential(secret, default_namespace=ns)
-    if cred.served_serial is None:
+    if cred.served is None:
         raise OperationError(f"Secret {ns}/{name} serves no readable certificate: cannot staple it")
     rec = store.find_version(cred.store_name, cred.served_serial)
-    if rec is None:
-        raise OperationError(f"Secret {ns}/{name} serves serial {cred.served_serial}, which is not in this store as "
-                             f"{cred.store_name}: cannot sign its OCSP staple (run this from the home that issued it)")
+    ca = store.find_ca(rec.ca) if rec is not None else issuing_ca(store, cred.served)
+    if ca is None:
+        raise OperationError(f"Secret {ns}/{name} serves serial {cred.served_serial}, issued by a CA this kimpki home "
+                             f"does not hold: cannot sign its OCSP staple")
+    subject = Subject(cred.served, ca.name)
     current = secret_staple(secret)
-    if _still_serves(store, rec, current, now):
+    if _still_serves(store, subject, current, now, f"Secret {ns}/{name}"):
         return None
     if dry_run:
-        return {"namespace": ns, "secret": name, "serial": rec.serial, "status": None, "next_update": None,
+        return {"namespace": ns, "secret": name, "serial": subject.serial, "status": None, "next_update": None,
                 "action": "would refresh"}
-    new = sign_staple(store, rec, now=now, passphrase=passphrase)
+    new = sign_staple(store, subject, now=now, passphrase=passphrase)
     desired = copy.deepcopy(secret)
     desired["data"] = {**(secret.get("data") or {}), c.OCSP_STAPLE: base64.b64encode(new).decode("ascii")}
     try:
@@ -115,7 +162,7 @@ def refresh_staple(store: Store, place: SecretPlace, secret: dict, *, now: datet
     except KimpkiError as e:
         raise type(e)(f"{e} (the OCSP staple of secret/{name} was not rewritten: run the command again)") from None
     info = rv.read_ocsp_staple(new)
-    return {"namespace": ns, "secret": name, "serial": rec.serial, "status": info.status,
+    return {"namespace": ns, "secret": name, "serial": subject.serial, "status": info.status,
             "next_update": parse.rfc3339(info.next_update), "action": res.action}
 
 
@@ -135,7 +182,8 @@ def republish_staples(store: Store, place: SecretPlace, ca: str, serial: str, *,
         if served is None or parse.serial_hex(served) != serial:
             continue
         rec = store.find_version(str(read_provenance(secret).get("store_name")), serial)
-        if rec is None or rec.ca != ca:
+        issuer = store.find_ca(rec.ca) if rec is not None else issuing_ca(store, served)
+        if issuer is None or issuer.name != ca:
             continue
         item = refresh_staple(store, place, secret, now=now, passphrase=passphrase)
         if item is not None:
