@@ -25,6 +25,7 @@ from kimpki.localgw.manifests import parse_manifests, resolve
 from kimpki.pki import revocation as rv
 from kimpki.pki.parse import rfc3339
 from tests.conftest import assert_one_line_error, openssl, wait_until
+from tests.kubeapi.fixtures import kube_api  # noqa: F401  (a fixture)
 from tests.localgw_pki import gateway_yaml, https_server
 from tests.test_renew import run_in_process
 from tests.test_verify_envoy import ServedGateway
@@ -351,3 +352,28 @@ def test_a_home_holding_only_the_ca_refreshes_staples_but_never_unrevokes_one(ca
     assert single(staple_of(lost)).certificate_status == ocsp.OCSPCertStatus.REVOKED  # untouched
     kim = yaml.safe_load((deploy / "kim.example.com.yaml").read_text())
     assert single(staple_of(kim)).this_update_utc > t0 + 2 * DAY
+
+
+def test_in_a_cluster_revoke_rewrites_only_the_staple_and_secret_create_reports_it(home, kube_api):
+    """The Kubernetes API stand-in over real HTTP: the stapled Secret's staple key alone changes
+    (resourceVersion-guarded), a Secret serving another certificate is left alone."""
+    kc = ["--kubeconfig", kube_api.kubeconfig_path]
+    home.ok("issue", "other.example.com")
+    created = home.json("secret", "create", "kim-credential", "--cert", "kim.example.com", "--ocsp-staple", *kc)
+    assert created["ocsp_staple"]["status"] == "good"
+    assert "OCSP staple: good, next update" in home.ok("secret", "create", "other-credential", "--cert",
+                                                       "other.example.com", "--ocsp-staple", *kc).out
+    before = {n: kube_api.get_object("secrets", "istio-system", n) for n in ("kim-credential", "other-credential")}
+    d = home.json("revoke", "kim.example.com", "--reason", "superseded", "-n", "istio-system", *kc)
+    assert [(r["secret"], r["status"], r["action"]) for r in d["restapled"]] == \
+        [("kim-credential", "revoked", "updated")]
+    after = {n: kube_api.get_object("secrets", "istio-system", n) for n in before}
+    old, new = before["kim-credential"], after["kim-credential"]
+    assert new["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]
+    assert {k: v for k, v in new["data"].items() if k != "tls.ocsp-staple"} == \
+        {k: v for k, v in old["data"].items() if k != "tls.ocsp-staple"}
+    one = single(base64.b64decode(new["data"]["tls.ocsp-staple"]))
+    assert one.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert one.revocation_reason == x509.ReasonFlags.superseded
+    assert after["other-credential"]["metadata"]["resourceVersion"] == \
+        before["other-credential"]["metadata"]["resourceVersion"]
