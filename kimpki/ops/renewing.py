@@ -568,7 +568,8 @@ def _rotate_batch(store: Store, batch: list[CredentialResult], lock, *, now: dat
 
     for i, rot in list(rots.items()):
         try:
-            rotation.prepare_rotation(store, rot, now=now, passphrase=passphrase)  # the store's connection is this thread's
+            # The store's connection is this thread's.
+            rotation.prepare_rotation(store, rot, now=now, passphrase=passphrase)
         except Exception as e:  # noqa: BLE001
             _fail(batch[i], e)
             del rots[i]

@@ -17,6 +17,7 @@ from cryptography.x509 import ocsp
 
 from kimpki.errors import UsageError
 from kimpki.pki.keys import PrivateKey, signature_hash_for
+from kimpki.pki.parse import rfc3339
 from kimpki.pki.profiles import authority_key_identifier
 
 DEFAULT_CRL_VALIDITY = timedelta(days=7)
@@ -134,8 +135,6 @@ class StapleInfo:
                 and self.refresh_due is not None and now < self.refresh_due)
 
     def to_dict(self) -> dict:
-        from kimpki.pki.parse import rfc3339
-
         return {"serial": format(self.serial, "x"), "status": self.status,
                 "this_update": rfc3339(self.this_update),
                 "next_update": rfc3339(self.next_update) if self.next_update else None,
