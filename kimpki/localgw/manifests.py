@@ -8,7 +8,9 @@ per server it would leave unserved (missing Secret, missing key, bad PEM, unsupp
 The credential rules are Istio's (see :mod:`kimpki.istio.contract`):
 
 * ``credentialName: X``: cert and key from ``cert``/``key`` when both are present, else from
-  ``tls.crt``/``tls.key``; the Secret's ``type`` is never looked at.
+  ``tls.crt``/``tls.key``; the Secret's ``type`` is never looked at. With ``tls.crt``/``tls.key``
+  an OCSP staple in ``tls.ocsp-staple`` goes to Envoy too (one that Envoy would reject, not a
+  successful response for that certificate, leaves the server unserved).
 * MUTUAL / OPTIONAL_MUTUAL: the CA from Secret ``X-cacert`` when it exists (and then no
   fallback, even when it has no CA key), else ``cacert`` in ``X``, else ``ca.crt`` in ``X``. A CRL
   sits beside the CA: ``crl`` with ``cacert``, ``ca.crl`` with ``ca.crt``.
