@@ -53,7 +53,7 @@ def stapled_secret(k, name: str, cert: str, *args: str) -> dict:
                                *args).out)
 
 
-def check_with_openssl(k, tmp_path: Path, der: bytes, leaf: Path, issuer: Path, root: Path, status: str) -> str:
+def check_with_openssl(tmp_path: Path, der: bytes, leaf: Path, issuer: Path, root: Path, status: str) -> str:
     """``openssl ocsp -respin`` verifies the response's signature against the CA and prints its status."""
     resp = tmp_path / f"{status}.der"
     resp.write_bytes(der)
@@ -99,7 +99,7 @@ def test_secret_create_writes_a_good_staple_that_openssl_and_pkilint_accept(home
     assert one.serial_number == leaf_of(s).serial_number and one.certificate_status == ocsp.OCSPCertStatus.GOOD
     assert one.next_update_utc - one.this_update_utc == rv.DEFAULT_OCSP_VALIDITY  # 4 days
     assert one.this_update_utc <= datetime.now(timezone.utc) < one.next_update_utc
-    check_with_openssl(home, tmp_path, der, cert_file(home, "kim.example.com"), ca_file(home), ca_file(home), "good")
+    check_with_openssl(tmp_path, der, cert_file(home, "kim.example.com"), ca_file(home), ca_file(home), "good")
     assert pkilint(tmp_path, der) == ""
     summary = home.json("secret", "create", "kim-credential", "--cert", "kim.example.com", "--ocsp-staple",
                         "--dry-run")
@@ -111,7 +111,7 @@ def test_a_staple_under_an_intermediate_is_signed_by_the_intermediate(home, tmp_
     home.ok("ca", "init", "issuing.example", "--parent", "example.com")
     home.ok("issue", "deep.example.com", "--ca", "issuing.example")
     s = stapled_secret(home, "deep-credential", "deep.example.com")
-    check_with_openssl(home, tmp_path, staple_of(s), cert_file(home, "deep.example.com"),
+    check_with_openssl(tmp_path, staple_of(s), cert_file(home, "deep.example.com"),
                        ca_file(home, "issuing.example"), ca_file(home), "good")
 
 
@@ -261,7 +261,7 @@ def test_gateway_serve_staples_and_revoke_makes_the_served_staple_revoked(home, 
             {k: v for k, v in kim["data"].items() if k != "tls.ocsp-staple"}
         assert yaml.safe_load((deploy / "stale-credential.yaml").read_text())["data"] == stale["data"]
         revoked = staple_of(after)
-        check_with_openssl(home, tmp_path, revoked, cert_file(home, "kim.example.com"), ca_file(home),
+        check_with_openssl(tmp_path, revoked, cert_file(home, "kim.example.com"), ca_file(home),
                            ca_file(home), "revoked")
         assert pkilint(tmp_path, revoked) == ""
         # Again: already revoked, the staple already says so.
