@@ -302,9 +302,11 @@ def test_envoy_config_for_mutual_and_simple_servers(pki):
     assert mutual["filter_chain_match"] == {"server_names": ["*.example.com"]}
     sctx = simple["transport_socket"]["typed_config"]
     mctx = mutual["transport_socket"]["typed_config"]
-    assert "require_client_certificate" not in sctx and mctx["require_client_certificate"] is True
+    assert sctx["require_client_certificate"] is False and mctx["require_client_certificate"] is True
     assert sctx["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
-    sds = mctx["common_tls_context"]["validation_context_sds_secret_config"]
+    combined = mctx["common_tls_context"]["combined_validation_context"]  # as Istio builds it, pins or not
+    assert combined["default_validation_context"] == {}
+    sds = combined["validation_context_sds_secret_config"]
     assert sds["name"] == "kubernetes://kim-credential-cacert"
     assert sds["sds_config"] == {"ads": {}, "resource_api_version": "V3"}  # the SDS server, not a file
     assert "PRIVATE KEY" not in json.dumps(listener)

@@ -7,6 +7,7 @@ import click
 from kimpki.cli.common import check_output, emit, note, output_options
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
+from kimpki.istio.tlsparams import PROTOCOL_VERSIONS as TLS_VERSIONS
 
 EPILOG = """\b
 The four Gateways of the manual steps:
@@ -26,6 +27,11 @@ More:
       --mount-path /etc/istio/ingressgateway-bookinfo-certs --to-service productpage:9080
   kimpki gateway render --host 'kim.example.com,www.kim.example.com' --credential kim-credential -o json
   kimpki gateway render ... | kimpki gateway apply -f -
+\b
+Client identities, protocol versions and ciphers (every server gets them; SANs go to the
+MUTUAL and OPTIONAL_MUTUAL ones):
+  kimpki gateway render --host kim.example.com --credential kim-credential --mode OPTIONAL_MUTUAL \\
+      --subject-alt-name kim-client.example.com --min-protocol-version TLSV1_3
 
 \b
 One HTTPS server per credential on port 443, selector istio=ingressgateway. A --host value may
@@ -55,6 +61,28 @@ def _per_server(values: tuple[str, ...], n: int, option: str, default: str | Non
     return list(values)
 
 
+def with_tls_params(servers: list, subject_alt_names: tuple[str, ...] = (), min_version: str | None = None,
+                    max_version: str | None = None, cipher_suites: tuple[str, ...] = (),
+                    ecdh_curves: tuple[str, ...] = ()) -> list:
+    """``servers`` with the tls parameters the options give: versions, cipher suites and curves on
+    every server, subjectAltNames on those that check client certificates (a UsageError when none does)."""
+    from dataclasses import replace
+
+    from kimpki.istio.tlsparams import MUTUAL_MODES
+
+    sans = tuple(dict.fromkeys(n.strip() for v in subject_alt_names for n in v.split(",") if n.strip()))
+    if subject_alt_names and not sans:
+        raise UsageError("--subject-alt-name must not be empty")
+    if sans and not any(s.mode in MUTUAL_MODES for s in servers):
+        raise UsageError("--subject-alt-name pins the client certificates a MUTUAL or OPTIONAL_MUTUAL server "
+                         "accepts: give --mode MUTUAL or --mode OPTIONAL_MUTUAL (a SIMPLE server checks no client)")
+    return [replace(s, subject_alt_names=sans if s.mode in MUTUAL_MODES else (),
+                    min_protocol_version=min_version and min_version.upper(),
+                    max_protocol_version=max_version and max_version.upper(),
+                    cipher_suites=tuple(dict.fromkeys(cipher_suites)), ecdh_curves=tuple(dict.fromkeys(ecdh_curves)))
+            for s in servers]
+
+
 def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bool, mount_paths: tuple[str, ...],
           modes: tuple[str, ...], ca_file_name: str | None) -> list:
     """The ServerSpecs the options describe (pairing the n-th --host, --credential, --mode, --mount-path)."""
@@ -65,7 +93,8 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
     if mount_paths and not file_mounted:
         raise UsageError("--mount-path is for --file-mounted servers")
     if ca_file_name and not file_mounted:
-        raise UsageError("--ca-file-name is for --file-mounted MUTUAL servers (SDS reads the CA from the Secret)")
+        raise UsageError("--ca-file-name is for --file-mounted MUTUAL and OPTIONAL_MUTUAL servers (SDS reads "
+                         "the CA from the Secret)")
     groups = _split_hosts(hosts)
     if credentials:
         if len(credentials) == 1:
@@ -94,10 +123,25 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
 @click.option("--file-mounted", is_flag=True, help="Legacy: read the certificate from files mounted into the gateway.")
 @click.option("--mount-path", "mount_paths", multiple=True, metavar="PATH",
               help=f"With --file-mounted: where the Secret is mounted (default {c.FILE_MOUNTED_CERTS_PATH}).")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["SIMPLE", "MUTUAL"], case_sensitive=False),
-              help="TLS mode; once for all servers or once per server. Default SIMPLE.")
+@click.option("--mode", "modes", multiple=True,
+              type=click.Choice(["SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"], case_sensitive=False),
+              help="TLS mode; once for all servers or once per server. Default SIMPLE. OPTIONAL_MUTUAL checks a "
+                   "client certificate when one is presented; it needs a CA credential like MUTUAL "
+                   "(secret create --mutual).")
 @click.option("--ca-file-name", metavar="FILE",
-              help=f"File-mounted MUTUAL: the CA file in {c.FILE_MOUNTED_CA_PATH}, e.g. example.com.crt.")
+              help=f"File-mounted MUTUAL/OPTIONAL_MUTUAL: the CA file in {c.FILE_MOUNTED_CA_PATH}, e.g. example.com.crt.")
+@click.option("--subject-alt-name", "subject_alt_names", multiple=True, metavar="SAN[,SAN]",
+              help="tls.subjectAltNames: accept only client certificates with one of these SANs (DNS, URI, "
+                   "email or IP, matched exactly). Repeat for more. MUTUAL and OPTIONAL_MUTUAL servers only.")
+@click.option("--min-protocol-version", type=click.Choice(list(TLS_VERSIONS), case_sensitive=False),
+              help="tls.minProtocolVersion (Istio's default: TLSV1_2).")
+@click.option("--max-protocol-version", type=click.Choice(list(TLS_VERSIONS), case_sensitive=False),
+              help="tls.maxProtocolVersion (default: TLSV1_3).")
+@click.option("--cipher-suite", "cipher_suites", multiple=True, metavar="NAME",
+              help="tls.cipherSuites (TLS 1.2 and below), e.g. ECDHE-ECDSA-AES256-GCM-SHA384. Repeat for more; "
+                   "names Istio does not know are refused.")
+@click.option("--ecdh-curve", "ecdh_curves", multiple=True, metavar="NAME",
+              help="tls.ecdhCurves, e.g. X25519 or P-256. Repeat for more.")
 @click.option("--to-service", default="kim-gateway-service:8080", show_default=True, metavar="SVC:PORT",
               help="Where the VirtualService routes the hosts.")
 @click.option("--service-namespace", default="default", show_default=True,
@@ -113,7 +157,8 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
               help="Check the output against Istio's CRD schema for its apiVersion (the default; "
                    "--validate also says so on stderr).")
 @output_options("Print the Gateway and VirtualService in this format (default yaml).")
-def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, to_service, service_namespace,
+def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, subject_alt_names,
+            min_protocol_version, max_protocol_version, cipher_suites, ecdh_curves, to_service, service_namespace,
             name, namespace, api_version, no_virtual_service, validate, output, as_json):
     """Print a Gateway (and a VirtualService routing its hosts) for kubectl or 'gateway apply'.
 
@@ -125,7 +170,9 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     from kimpki.istio import gateway as g
 
     check_output(output, as_json, "the objects")
-    servers = build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name)
+    servers = with_tls_params(build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name),
+                              subject_alt_names, min_protocol_version, max_protocol_version, cipher_suites,
+                              ecdh_curves)
     svc, port = g.parse_service(to_service)
     all_hosts = [h for s in servers for h in s.hosts]
     gw_name = name or g.default_gateway_name(all_hosts)

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
+from kimpki.istio import tlsparams
 
 GROUP = "networking.istio.io"
 API_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # what Istio 1.32's CRDs serve; v1 is stored
 DEFAULT_API_VERSION = "v1"
-MODES = ("SIMPLE", "MUTUAL")
+MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")  # OPTIONAL_MUTUAL: a CA credential exactly like MUTUAL
 ALL_TLS_MODES = ("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
 DEFAULT_SERVICE = "kim-gateway-service"
 DEFAULT_SERVICE_PORT = 8080
@@ -48,12 +49,21 @@ class ServerSpec:
     private_key: str | None = None
     ca_certificates: str | None = None
     port_name: str | None = None  # default: derived, see port_names()
+    # Istio's further tls fields (see kimpki.istio.tlsparams); empty = not written
+    subject_alt_names: tuple[str, ...] = ()  # MUTUAL/OPTIONAL_MUTUAL: client identities allowed
+    min_protocol_version: str | None = None
+    max_protocol_version: str | None = None
+    cipher_suites: tuple[str, ...] = ()
+    ecdh_curves: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.hosts:
             raise UsageError("a Gateway server needs at least one --host")
         if self.mode not in MODES:
-            raise UsageError(f"unknown TLS mode {self.mode!r}: choose SIMPLE or MUTUAL")
+            raise UsageError(f"unknown TLS mode {self.mode!r}: choose {', '.join(MODES)}")
+        problem = next(iter(tls_param_problems(self.mode, self.tls())), None)
+        if problem:
+            raise UsageError(problem)
 
     @classmethod
     def sds(cls, hosts, credential_name: str, mode: str = "SIMPLE") -> "ServerSpec":
@@ -67,9 +77,9 @@ class ServerSpec:
         mode = mode.upper()
         mount_path = mount_path.rstrip("/") or "/"
         ca = None
-        if mode == "MUTUAL":
+        if mode in tlsparams.MUTUAL_MODES:
             if not ca_file_name:
-                raise UsageError("a file-mounted MUTUAL server needs the CA file's name (--ca-file-name, "
+                raise UsageError(f"a file-mounted {mode} server needs the CA file's name (--ca-file-name, "
                                  f"e.g. example.com.crt under {c.FILE_MOUNTED_CA_PATH})")
             ca = ca_file_name if ca_file_name.startswith("/") else f"{ca_mount_path.rstrip('/')}/{ca_file_name}"
         return cls(tuple(hosts), mode, server_certificate=f"{mount_path}/{TLS_FILE_CERT}",
@@ -84,7 +94,49 @@ class ServerSpec:
             out["privateKey"] = self.private_key
             if self.ca_certificates:
                 out["caCertificates"] = self.ca_certificates
+        out.update(self.tls_params())
         return out
+
+    def tls_params(self) -> dict:
+        """The ``tls`` fields beyond mode and certificate, as Istio spells them (only those set)."""
+        out: dict = {}
+        if self.subject_alt_names:
+            out["subjectAltNames"] = list(self.subject_alt_names)
+        if self.min_protocol_version:
+            out["minProtocolVersion"] = self.min_protocol_version
+        if self.max_protocol_version:
+            out["maxProtocolVersion"] = self.max_protocol_version
+        if self.cipher_suites:
+            out["cipherSuites"] = list(self.cipher_suites)
+        if self.ecdh_curves:
+            out["ecdhCurves"] = list(self.ecdh_curves)
+        return out
+
+
+def tls_param_problems(mode: str, tls: dict) -> list[str]:
+    """What Istio would refuse, drop or mis-serve among a server's tls parameters, one line each:
+    the values :mod:`kimpki.istio.tlsparams` lists, and subjectAltNames outside MUTUAL and
+    OPTIONAL_MUTUAL (:func:`simple_sans_effect`)."""
+    out = tlsparams.problems(tls)
+    if tls.get("subjectAltNames") and mode not in tlsparams.MUTUAL_MODES:
+        out.append(f"subjectAltNames pin client certificates: they need mode MUTUAL or OPTIONAL_MUTUAL, not "
+                   f"{mode} ({simple_sans_effect(tls)})")
+    return out
+
+
+def simple_sans_effect(tls: dict) -> str:
+    """What Istio does with subjectAltNames on a server that does not check client certificates.
+
+    With credentialName(s) it still writes a validation context holding only the SAN matchers
+    (pilot/pkg/security/model/authentication.go ``ApplyCredentialSDSToServerCommonTLSContext``),
+    and Envoy rejects a SAN check without a CA, refusing the listener update that carries it,
+    the gateway's other servers with it. File-mounted servers (``ApplyToCommonTLSContext``)
+    ignore them."""
+    if any(tls.get(f) for f in ("credentialName", "credentialNames")):
+        return ("Istio gives Envoy a SAN check without a CA, which Envoy rejects: \"SAN-based verification "
+                "of peer certificates without trusted CA is insecure and not allowed\", and the gateway's "
+                "other servers are not updated either")
+    return "a file-mounted server ignores them: no client certificate is checked"
 
 
 def _label_of(host: str) -> str:
@@ -245,6 +297,8 @@ def validate_gateway(obj: dict) -> list[str]:
         if mode not in ALL_TLS_MODES:
             problems.append(f"{where}: unknown tls.mode {mode!r}")
             continue
+        if mode in TERMINATING:
+            problems.extend(f"{where}: {p}" for p in tls_param_problems(mode, tls))
         creds = [f for f in CREDENTIAL_FIELDS if tls.get(f)]
         files = [f for f in FILE_FIELDS + ("caCertificates",) if tls.get(f)]
         if len(creds) > 1:

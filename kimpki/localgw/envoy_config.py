@@ -32,7 +32,8 @@ import json
 from dataclasses import dataclass
 from typing import Iterable
 
-from kimpki.localgw.manifests import ServerPlan
+from kimpki.istio import tlsparams
+from kimpki.localgw.manifests import SDS_PREFIX, ServerPlan
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -188,39 +189,73 @@ def _tls_filter_chain(p: ServerPlan, local_ports: dict[int, int]) -> dict:
 
 
 def _tls_context(p: ServerPlan) -> dict:
+    """The DownstreamTlsContext Istio builds for a terminating Gateway server.
+
+    Istio: pilot/pkg/networking/core/gateway.go ``buildGatewayListenerTLSContext`` (cipher suites
+    through ``FilterCipherSuites``) → pilot/pkg/networking/core/listener.go
+    ``BuildListenerTLSContext`` (require_client_certificate true only for MUTUAL; the client is
+    validated for MUTUAL and OPTIONAL_MUTUAL) → ``applyServerTLSSettings`` (tls_params), and for
+    the validation context pilot/pkg/security/model/authentication.go
+    ``ApplyCredentialSDSToServerCommonTLSContext`` (credentialName) or ``ApplyToCommonTLSContext``
+    (file-mounted)."""
     common: dict = {
         "alpn_protocols": list(ALPN),
         "tls_certificate_sds_secret_configs": [sds_config(c.resource_name) for c in p.certificates],
     }
-    params = {}
-    if p.tls.min_version in TLS_VERSIONS:
-        params["tls_minimum_protocol_version"] = TLS_VERSIONS[p.tls.min_version]
-    if p.tls.max_version in TLS_VERSIONS:
-        params["tls_maximum_protocol_version"] = TLS_VERSIONS[p.tls.max_version]
-    if p.tls.cipher_suites:
-        params["cipher_suites"] = list(p.tls.cipher_suites)
+    params = tls_params(p.tls)
     if params:
         common["tls_params"] = params
-    if p.ca is not None:
-        ca_sds = sds_config(p.ca.resource_name)
+    validation = _validation_context(p)
+    if validation:
+        common.update(validation)
+    return {"@type": TLS_CONTEXT_TYPE, "common_tls_context": common,
+            "require_client_certificate": p.mode == "MUTUAL"}
+
+
+def tls_params(tls) -> dict:
+    """Istio's ``applyServerTLSSettings``: a version only when it is not TLS_AUTO (Envoy's defaults,
+    TLS 1.2 to 1.3, stay), curves as given, cipher suites as ``FilterCipherSuites`` leaves them."""
+    params: dict = {}
+    if tlsparams.version_rank(tls.min_version) is not None:
+        params["tls_minimum_protocol_version"] = TLS_VERSIONS[tls.min_version]
+    if tls.ecdh_curves:
+        params["ecdh_curves"] = list(tls.ecdh_curves)
+    suites = tlsparams.filter_cipher_suites(tls.cipher_suites)
+    if suites:
+        params["cipher_suites"] = suites
+    if tlsparams.version_rank(tls.max_version) is not None:
+        params["tls_maximum_protocol_version"] = TLS_VERSIONS[tls.max_version]
+    return params
+
+
+def san_matchers(names) -> list[dict]:
+    """Istio writes ``match_subject_alt_names: [{exact: NAME}]`` (``util.StringToExactMatch``);
+    Envoy reads that deprecated field as one typed matcher per SAN type DNS, URI, EMAIL and
+    IP_ADDRESS (``CertificateValidationContextConfigImpl::getSubjectAltNameMatchers``). This is
+    that typed form, so a name matches a client certificate SAN of any of those types exactly."""
+    return [{"san_type": t, "matcher": {"exact": n}} for n in names for t in ("DNS", "URI", "EMAIL", "IP_ADDRESS")]
+
+
+def _validation_context(p: ServerPlan) -> dict:
+    sds = bool(p.certificates) and p.certificates[0].resource_name.startswith(SDS_PREFIX)
+    mutual = p.mode in tlsparams.MUTUAL_MODES
+    if mutual and p.ca is not None:
         default: dict = {}
         if p.tls.subject_alt_names:
-            default["match_typed_subject_alt_names"] = [
-                {"san_type": t, "matcher": {"exact": n}}
-                for n in p.tls.subject_alt_names for t in ("DNS", "URI", "EMAIL", "IP_ADDRESS")]
-        if p.tls.spki:
-            default["verify_certificate_spki"] = list(p.tls.spki)
-        if p.tls.hashes:
-            default["verify_certificate_hash"] = list(p.tls.hashes)
-        if default:
-            common["combined_validation_context"] = {"default_validation_context": default,
-                                                     "validation_context_sds_secret_config": ca_sds}
-        else:
-            common["validation_context_sds_secret_config"] = ca_sds
-    ctx: dict = {"@type": TLS_CONTEXT_TYPE, "common_tls_context": common}
-    if p.mode == "MUTUAL":
-        ctx["require_client_certificate"] = True
-    return ctx
+            default["match_typed_subject_alt_names"] = san_matchers(p.tls.subject_alt_names)
+        if sds:  # ApplyToCommonTLSContext (file-mounted) passes no certificate pins
+            if p.tls.spki:
+                default["verify_certificate_spki"] = list(p.tls.spki)
+            if p.tls.hashes:
+                default["verify_certificate_hash"] = list(p.tls.hashes)
+        return {"combined_validation_context": {
+            "default_validation_context": default,
+            "validation_context_sds_secret_config": sds_config(p.ca.resource_name)}}
+    if sds and not mutual and p.tls.subject_alt_names:
+        # SIMPLE with subjectAltNames: Istio still writes a validation context holding only the
+        # SAN matchers (no CA), the ``else if len(tlsOpts.SubjectAltNames) > 0`` branch.
+        return {"validation_context": {"match_typed_subject_alt_names": san_matchers(p.tls.subject_alt_names)}}
+    return {}
 
 
 def _routes(p: ServerPlan, local_ports: dict[int, int]) -> list[dict]:

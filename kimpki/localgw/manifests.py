@@ -398,6 +398,7 @@ class TlsOptions:
     subject_alt_names: tuple[str, ...] = ()
     spki: tuple[str, ...] = ()
     hashes: tuple[str, ...] = ()
+    ecdh_curves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -554,6 +555,7 @@ def _tls_options(tls: dict) -> TlsOptions:
         subject_alt_names=strs("subjectAltNames"),
         spki=strs("verifyCertificateSpki"),
         hashes=strs("verifyCertificateHash"),
+        ecdh_curves=strs("ecdhCurves"),
     )
 
 
