@@ -340,11 +340,11 @@ def _gateway(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.
     spec.allow("servers", "virtualService", "selector", "istioApiVersion", "target")
     servers = []
     for sf in spec.mappings("servers", required=True):
-        sf.allow("credential", "hosts", "portName")
+        sf.allow("credential", "hosts", "portName", *SERVER_TLS_FIELDS)
         hosts = tuple(sf.check("hosts", node, lambda: parse_hosts([text])[0].value)
                       for text, node in sf.strings("hosts", non_empty=sf.has("hosts")))
         servers.append(m.GatewayServer(sf.string("credential", required=True), sf.where("credential"),
-                                       hosts=hosts, port_name=sf.string("portName")))
+                                       hosts=hosts, port_name=sf.string("portName"), **_server_tls(sf)))
     version = spec.string("istioApiVersion", default="v1")
     if version not in API_VERSIONS:
         raise spec.error(spec.node_of("istioApiVersion"),
@@ -367,6 +367,30 @@ def _gateway(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.
     if selector is not None:
         gw = replace(gw, selector=tuple(selector.items()))
     return gw
+
+
+SERVER_TLS_FIELDS = ("mode", "subjectAltNames", "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
+                     "ecdhCurves")
+
+
+def _server_tls(sf: Fields) -> dict:
+    """A Gateway server's own tls fields (Istio's spelling and values), as GatewayServer keywords."""
+    from kimpki.istio.gateway import MODES
+    from kimpki.istio.tlsparams import PROTOCOL_VERSIONS
+
+    def choice(key: str, allowed: tuple[str, ...]) -> str | None:
+        value = sf.string(key)
+        if value is not None and value.upper() not in allowed:
+            raise sf.error(sf.node_of(key), f"{sf._name(key)} must be one of {', '.join(allowed)}, not {value!r}")
+        return value.upper() if value is not None else None
+
+    def strings(key: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(text for text, _ in sf.strings(key, non_empty=sf.has(key))))
+
+    return dict(mode=choice("mode", MODES), subject_alt_names=strings("subjectAltNames"),
+                min_protocol_version=choice("minProtocolVersion", PROTOCOL_VERSIONS),
+                max_protocol_version=choice("maxProtocolVersion", PROTOCOL_VERSIONS),
+                cipher_suites=strings("cipherSuites"), ecdh_curves=strings("ecdhCurves"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,6 +535,7 @@ def _covered(host: str, cert_hosts: tuple[str, ...]) -> bool:
 def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs: dict[str, m.Certificate],
                   mounts: list[m.GatewayMount]) -> m.Gateway:
     from kimpki.istio import gateway as g
+    from kimpki.istio.tlsparams import MUTUAL_MODES
 
     what = f"Gateway {gw.name}"
     specs = []
@@ -527,15 +552,22 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
                 raise _err(s.where, what, f"host {h} is not covered by certificate {cert.name} "
                                           f"({', '.join(cert.hosts)})")
         hosts = s.hosts or cert.hosts
+        mode = s.mode or cred.mode
+        if mode in MUTUAL_MODES and not cred.mutual:
+            raise _err(s.where, what, f"{'an' if mode[0] in 'AEIOU' else 'a'} {mode} server checks client certificates against a CA: credential "
+                                      f"{cred.name} has mode {cred.mode} (give it mode: MUTUAL, which adds the CA)")
         try:
             if cred.file_mounted:
                 mount_path = _mount_path(cred, mounts, s.where, what)
-                ca_file = credential_spec(cred, cred.client_ca or cert.ca).ca_file_name
-                spec = g.ServerSpec.file_mounted(hosts, cred.mode, mount_path, ca_file_name=ca_file)
+                ca_file = credential_spec(cred, cred.client_ca or cert.ca).ca_file_name if mode != "SIMPLE" else None
+                spec = g.ServerSpec.file_mounted(hosts, mode, mount_path, ca_file_name=ca_file)
             else:
-                spec = g.ServerSpec.sds(hosts, cred.name, cred.mode)
+                spec = g.ServerSpec.sds(hosts, cred.name, mode)
             if s.port_name:
                 spec = replace(spec, port_name=s.port_name)
+            spec = replace(spec, subject_alt_names=s.subject_alt_names, min_protocol_version=s.min_protocol_version,
+                           max_protocol_version=s.max_protocol_version, cipher_suites=s.cipher_suites,
+                           ecdh_curves=s.ecdh_curves)
         except PolicyError:
             raise
         except KimpkiError as e:

@@ -130,6 +130,12 @@ class GatewayServer:
     where: Where
     hosts: tuple[str, ...] = ()  # () = the certificate's hosts
     port_name: str | None = None
+    mode: str | None = None  # None = the credential's; OPTIONAL_MUTUAL needs a MUTUAL credential (its CA)
+    subject_alt_names: tuple[str, ...] = ()  # Istio's tls fields, as ServerSpec takes them
+    min_protocol_version: str | None = None
+    max_protocol_version: str | None = None
+    cipher_suites: tuple[str, ...] = ()
+    ecdh_curves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
