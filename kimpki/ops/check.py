@@ -16,6 +16,15 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
 * ``KIM0004`` CertificateExpiringSoon: fewer than ``warn_days`` left (a warning).
 * ``KIM0005`` TlsSettingsIncomplete: the server's ``tls`` names no credential kimpki can find.
 * ``KIM0006`` NonCompliantCertificate: served, but breaks RFC 5280 (a zero serial): a warning.
+* ``KIM0027`` SubjectAltNamesWithoutClientCheck: ``subjectAltNames`` on a SIMPLE server. With
+  credentialName Istio still sends Envoy the SAN check, without a CA, and Envoy rejects the
+  listener update carrying it (the gateway's other servers are not updated either): an error.
+  A file-mounted SIMPLE server ignores them: a warning.
+* ``KIM0028`` OptionalMutualWithoutCa: an OPTIONAL_MUTUAL server has no usable CA. It needs one
+  exactly like MUTUAL (it checks the certificates clients do present); without it Istio cannot
+  serve the server at all.
+* ``KIM0029`` ProtocolVersionRange: ``minProtocolVersion`` above ``maxProtocolVersion``: no version
+  is left and every handshake fails (Istio's validation lets it through).
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ CODES = {
     "KIM0004": "CertificateExpiringSoon",
     "KIM0005": "TlsSettingsIncomplete",
     "KIM0006": "NonCompliantCertificate",
+    "KIM0027": "SubjectAltNamesWithoutClientCheck",
+    "KIM0028": "OptionalMutualWithoutCa",
+    "KIM0029": "ProtocolVersionRange",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -324,15 +336,43 @@ def _check_pair(s: _Server, label: str, cert_raw: bytes, key_raw: bytes, cert_wh
                   host=host)
 
 
+def _no_ca(mode: str) -> str:
+    """The code of a missing or unusable CA: OPTIONAL_MUTUAL has its own, as it is easily thought
+    not to need one."""
+    return "KIM0028" if mode == "OPTIONAL_MUTUAL" else "KIM0003"
+
+
+def _needs(mode: str) -> str:
+    """``a MUTUAL server needs``, or for OPTIONAL_MUTUAL why it needs a CA at all."""
+    if mode == "OPTIONAL_MUTUAL":
+        return "an OPTIONAL_MUTUAL server checks the client certificates presented, so it needs"
+    return f"a {mode} server needs"
+
+
+def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
+    """KIM0027 and KIM0029: tls fields Istio passes on to a server that cannot work with them."""
+    from kimpki.istio.gateway import simple_sans_effect
+    from kimpki.istio.tlsparams import MUTUAL_MODES, range_problem
+
+    if tls.get("subjectAltNames") and s.mode not in MUTUAL_MODES:
+        sds = bool(credential_names(tls))
+        s.add(label, TLS, ERROR if sds else WARNING,
+              f"subjectAltNames on a {s.mode} server: {simple_sans_effect(tls)}; use mode MUTUAL or "
+              f"OPTIONAL_MUTUAL to pin client certificates, or drop them", "KIM0027")
+    problem = range_problem(tls.get("minProtocolVersion"), tls.get("maxProtocolVersion"))
+    if problem:
+        s.add(label, TLS, ERROR, problem, "KIM0029")
+
+
 def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> None:
     cas = _load_chain(raw)
     if not cas:
-        s.add(label, CA, ERROR, f"{where} holds no PEM certificate", "KIM0003")
+        s.add(label, CA, ERROR, f"{where} holds no PEM certificate", _no_ca(s.mode))
         return
     valid = [ca for ca in cas if ca.not_valid_before_utc <= now <= ca.not_valid_after_utc]
     if not valid:
         na = max(ca.not_valid_after_utc for ca in cas)
-        s.add(label, CA, ERROR, f"{where}: every CA certificate has expired (last on {_rfc3339(na)})", "KIM0003")
+        s.add(label, CA, ERROR, f"{where}: every CA certificate has expired (last on {_rfc3339(na)})", _no_ca(s.mode))
         return
     names = "; ".join(ca.subject.rfc4514_string() for ca in cas[:3]) + (" ..." if len(cas) > 3 else "")
     s.add(label, CA, OK, f"{where}: {names}")
@@ -366,19 +406,19 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
         if key is None:
             s.add(ca_name, CA, ERROR, f"Secret {ca_name} exists but has neither {c.GENERIC_CA} nor {c.TLS_CA} "
                                       f"(it has: {_keys(ca_sec)}); Istio does not fall back to Secret {name}",
-                  "KIM0003")
+                  _no_ca(s.mode))
             return
         _check_ca(s, ca_name, ca_sec.data[key], f"{ca_name}[{key}]", now)
         return
     sec = secrets.get(name)
     if sec is None:
-        s.add(ca_name, CA, ERROR, f"a {s.mode} server needs a CA: there is neither Secret {ca_name} nor "
-                                  f"Secret {name}", "KIM0003")
+        s.add(ca_name, CA, ERROR, f"{_needs(s.mode)} a CA: there is neither Secret {ca_name} nor "
+                                  f"Secret {name}", _no_ca(s.mode))
         return
     key = next((k for k in (c.GENERIC_CA, c.TLS_CA) if sec.data.get(k)), None)
     if key is None:
-        s.add(name, CA, ERROR, f"a {s.mode} server needs a CA: there is no Secret {ca_name} and Secret {name} "
-                               f"has neither {c.GENERIC_CA} nor {c.TLS_CA}", "KIM0003")
+        s.add(name, CA, ERROR, f"{_needs(s.mode)} a CA: there is no Secret {ca_name} and Secret {name} "
+                               f"has neither {c.GENERIC_CA} nor {c.TLS_CA}", _no_ca(s.mode))
         return
     _check_ca(s, name, sec.data[key], f"{name}[{key}]", now)
 
@@ -420,12 +460,12 @@ def _check_files(s: _Server, tls: dict, secrets: SecretIndex, mounts: tuple[Moun
         return
     ca_path = tls.get("caCertificates")
     if not ca_path:
-        s.add(label, CA, ERROR, f"a {s.mode} server needs caCertificates (or credentialName with a CA)", "KIM0003")
+        s.add(label, CA, ERROR, f"{_needs(s.mode)} caCertificates (or credentialName with a CA)", _no_ca(s.mode))
         return
     raw, where, ca_secret, p = _mounted(str(ca_path), secrets, mounts)
     ca_label = f"{ca_secret} (mounted)" if ca_secret else str(ca_path)
     if p:
-        s.add(ca_label, CA, ERROR, p[2], "KIM0003" if p[1] != "IST0101" else "IST0101")
+        s.add(ca_label, CA, ERROR, p[2], _no_ca(s.mode) if p[1] != "IST0101" else "IST0101")
         return
     _check_ca(s, ca_label, raw, where, now)
 
@@ -460,6 +500,7 @@ def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, nam
                 _check_sds(s, names, index, now, warn_days)
             else:
                 _check_files(s, tls, index, mounts, now, warn_days)
+            _check_tls_params(s, tls, ", ".join(names) or "(tls)")
     return Report(tuple(findings), len(gateways), servers, tuple(notes))
 
 
