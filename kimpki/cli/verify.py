@@ -25,12 +25,18 @@ Examples:
       --client kim-client.example.com
   kimpki verify kim.example.com --connect '[::1]:8443' --ca example.com --json
 \b
+  # OPTIONAL_MUTUAL with a pinned client identity and a TLS 1.3 floor
+  kimpki verify kim.example.com --connect 127.0.0.1:8443 --ca example.com \\
+      --client kim-client.example.com --mode optional-mutual --min-tls 1.3
+\b
 Checks, in order: connect, trust (chain verifies against the CA), hostname (HOST is in the
 served certificate's subjectAltNames; the CN is never used), expiry, accepted (the server's
 verdict on this client: with TLS 1.3 a refusal arrives after the handshake, so kimpki reads
 until it sees a session ticket or an alert), MUTUAL: client_certificate_accepted and
 client_certificate_demanded (a second connection without a certificate must be refused),
-and with --http-path: http (GET over HTTP/1.1 answers 2xx).
+OPTIONAL_MUTUAL: client_certificate_optional (asked for one, admitted without), with
+--min-tls: tls_floor, and with --http-path: http (GET over HTTP/1.1 answers 2xx). The
+negotiated TLS version is in the report (tls: line, JSON "tls_version").
 \b
 Failure reasons (JSON "reason", and the first word of the error line):
   {reasons}.
@@ -90,14 +96,16 @@ def _client_files(ctx: click.Context, client: str | None, cert: str | None,
 
 def resolve_target(ctx: click.Context, host: str, *, connect: str | None, ca_ref: str | None,
                    cacert: str | None, client: str | None, cert: str | None, key: str | None,
-                   mode: str | None, http_path: str | None, timeout: float):
+                   mode: str | None, http_path: str | None, timeout: float, tls_version: str | None = None,
+                   min_tls: str | None = None):
     """Options to a ``Target``: files given directly, or looked up in the store by name."""
     from kimpki.verify import make_target
 
     ca_file, ca_label = _ca_file(ctx, ca_ref, cacert)
     cert, key, client_label = _client_files(ctx, client, cert, key)
     return make_target(host, connect=connect, ca_file=ca_file, client_cert=cert, client_key=key, mode=mode,
-                       http_path=http_path, timeout=timeout, ca_label=ca_label, client_label=client_label)
+                       http_path=http_path, timeout=timeout, ca_label=ca_label, client_label=client_label,
+                       tls_version=tls_version, min_tls=min_tls)
 
 
 def render(d: dict) -> str:
@@ -161,8 +169,17 @@ def _write_verify_metrics(path: str, reports: list) -> None:
 @click.option("--cert", type=click.Path(dir_okay=False), metavar="FILE", help="Client certificate (PEM), with --key.")
 @click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
               help="The client certificate's private key (PEM).")
-@click.option("--mode", type=click.Choice(["simple", "mutual"], case_sensitive=False), default=None,
-              help="What the gateway should do; default: mutual with a client certificate, else simple.")
+@click.option("--mode", type=click.Choice(["simple", "mutual", "optional-mutual"], case_sensitive=False),
+              default=None,
+              help="What the gateway should do; default: mutual with a client certificate, else simple. "
+                   "optional-mutual: it asks for a client certificate, admits a client without one, and "
+                   "checks one presented (--client/--cert: it must accept that one).")
+@click.option("--tls-version", type=click.Choice(["1.2", "1.3"]), default=None,
+              help="Offer only this TLS version (default: 1.2 and 1.3), e.g. to show that a TLS 1.2 client "
+                   "is refused (reason tls_version_refused).")
+@click.option("--min-tls", type=click.Choice(["1.2", "1.3"]), default=None,
+              help="Prove the gateway's floor: a client offering only the version below (1.1 for 1.2, 1.2 "
+                   "for 1.3) must be refused (check tls_floor).")
 @click.option("--http-path", metavar="PATH", help="Also GET this path over HTTP/1.1 and expect 2xx, e.g. /health.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Give up on the whole check after this long.")
@@ -175,8 +192,8 @@ def _write_verify_metrics(path: str, reports: list) -> None:
                    "to FILE.prom (node_exporter's textfile collector), whatever the outcome.")
 @json_option
 @click.pass_context
-def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, http_path, timeout, wait,
-            textfile, as_json):
+def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, tls_version, min_tls, http_path,
+            timeout, wait, textfile, as_json):
     """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
     the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
 
@@ -189,9 +206,9 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
     from kimpki.verify import Reason, check_endpoint, until_passed
 
     if check_all:
-        if host or ca_ref or cacert or client or cert or key or mode:
+        if host or ca_ref or cacert or client or cert or key or mode or tls_version or min_tls:
             raise UsageError("--all checks the store's own certificates: give no HOST, --ca, --cacert, "
-                             "--client, --cert, --key or --mode with it")
+                             "--client, --cert, --key, --mode, --tls-version or --min-tls with it")
         if textfile:
             from kimpki.ops.metrics import check_textfile_path
 
@@ -213,7 +230,8 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
     if textfile:
         raise UsageError("--textfile goes with --all (a monitoring sweep of every certificate)")
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
-                            key=key, mode=mode, http_path=http_path, timeout=timeout)
+                            key=key, mode=mode, http_path=http_path, timeout=timeout, tls_version=tls_version,
+                            min_tls=min_tls)
     store = existing_store(ctx)
 
     def check_once(timeout: float) -> list:

@@ -79,6 +79,10 @@ _REFUSAL_ALERTS = {
     "TLSV1_ALERT_ACCESS_DENIED",
 }
 _HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+# Envoy's alert for a client certificate from a trusted CA whose identity is not allowed (a
+# subjectAltNames pin it misses); a foreign CA gets "unknown ca".
+_IDENTITY_ALERT = "certificate unknown"
+_VERSION_REFUSALS = ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE")
 _VERIFY_EXPIRY = {9: "not yet valid", 10: "expired"}
 _VERIFY_HOSTNAME = {62, 64}  # hostname mismatch, IP address mismatch
 
@@ -118,11 +122,25 @@ def _readable(path: str, what: str) -> None:
         raise BadInput(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
+def _tls_version(text: str) -> ssl.TLSVersion:
+    import warnings
+
+    with warnings.catch_warnings():  # TLSv1_1 is deprecated: used only to prove a gateway refuses it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return {"1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[text]
+
+
 def make_context(ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None,
-                 alpn: tuple[str, ...] = ALPN, verify: bool = True) -> ssl.SSLContext:
-    """A client context: TLS >= 1.2, SAN-only hostname check, ALPN. Raises ``BadInput``."""
+                 alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None) -> ssl.SSLContext:
+    """A client context: TLS >= 1.2 (only ``version``, "1.1" to "1.3", when given), SAN-only
+    hostname check, ALPN. Raises ``BadInput``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if version is not None:
+        if version == "1.1":
+            # OpenSSL 3 offers TLS 1.1 only at security level 0; this client exists to be refused.
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ctx.maximum_version = _tls_version(version)
     if verify:
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -179,12 +197,12 @@ class ContextCache:
             return ca_file  # make_context says why it cannot be read
 
     def get(self, ca_file: str | None, client_cert: str | None = None, client_key: str | None = None,
-            alpn: tuple[str, ...] = ALPN, verify: bool = True) -> ssl.SSLContext:
-        key = (self._ca_identity(ca_file), client_cert, client_key, alpn, verify)
+            alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None) -> ssl.SSLContext:
+        key = (self._ca_identity(ca_file), client_cert, client_key, alpn, verify, version)
         with self._lock:
             ctx = self._contexts.get(key)
             if ctx is None:
-                ctx = self._contexts[key] = make_context(ca_file, client_cert, client_key, alpn, verify)
+                ctx = self._contexts[key] = make_context(ca_file, client_cert, client_key, alpn, verify, version)
             return ctx
 
 
@@ -487,8 +505,9 @@ def _tls_detail(err: BaseException, target: Target) -> str:
         return f"the server has no certificate for SNI {target.host} (unrecognized name alert)"
     if reason == _HANDSHAKE_FAILURE:
         return "the server sent a handshake failure alert (no TLS version, cipher or key type in common)"
-    if reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE"):
-        return "no TLS version in common (kimpki offers TLS 1.2 and 1.3)"
+    if reason in _VERSION_REFUSALS:
+        offered = f"TLS {target.tls_version} only" if target.tls_version else "TLS 1.2 and 1.3"
+        return f"no TLS version in common (kimpki offered {offered}; protocol version alert)"
     if reason in ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"):
         return f"{target.endpoint} did not answer with TLS (plain HTTP on this port?)"
     if "ALERT_" in reason:
@@ -555,14 +574,35 @@ def _refused(report: Report, target: Target, alert: str) -> Report:
             return report.failed("client_certificate_accepted", Reason.CLIENT_CERTIFICATE_REVOKED,
                                  f"the server refused client certificate {target.client_name} as revoked ({alert}): "
                                  f"its CA's CRL lists it")
+        if _IDENTITY_ALERT in alert:
+            return report.failed("client_certificate_accepted", Reason.CLIENT_IDENTITY_NOT_ALLOWED,
+                                 f"the server refused client certificate {target.client_name} ({alert}): its CA "
+                                 f"is trusted (else: unknown ca), its identity is not allowed: the gateway pins "
+                                 f"subjectAltNames (or certificate hashes) and the client has "
+                                 f"{_client_sans(target.client_cert)}")
         hint = ""
-        if "unknown ca" in alert or "bad certificate" in alert or "certificate unknown" in alert:
+        if "unknown ca" in alert or "bad certificate" in alert:
             hint = "; is it issued by a CA in the gateway credential's ca.crt?"
         return report.failed("client_certificate_accepted", Reason.CLIENT_CERTIFICATE_REFUSED,
                              f"the server refused client certificate {target.client_name} ({alert}){hint}")
     return report.failed("accepted", Reason.CLIENT_CERTIFICATE_REFUSED,
                          f"the server refused a client without a certificate ({alert}); it looks MUTUAL: "
                          f"check with a client certificate, --client NAME (from the store) or --cert FILE --key FILE")
+
+
+def _client_sans(path: str) -> str:
+    """``SANs DNS:a, IP:b`` of a client certificate file, for a message."""
+    try:
+        from cryptography import x509
+
+        from kimpki.pki import parse
+
+        with open(path, "rb") as f:
+            dns, ips = parse.sans_of(x509.load_pem_x509_certificate(f.read()))
+    except (OSError, ValueError):
+        return "SANs it could not read"
+    items = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+    return "SANs " + ", ".join(items) if items else "no SANs"
 
 
 def _after_handshake_failure(report: Report, target: Target, att: _Attempt, what: str) -> Report:
@@ -606,8 +646,12 @@ def check_endpoint(target: Target, *, contexts: ContextCache | None = None,
 
 
 def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: float) -> Report:
-    main_ctx = contexts.get(target.ca_file, target.client_cert, target.client_key)  # BadInput: no connection
-    anon_ctx = contexts.get(target.ca_file) if target.mode is Mode.MUTUAL else None
+    version = target.tls_version
+    main_ctx = contexts.get(target.ca_file, target.client_cert, target.client_key,  # BadInput: no connection
+                            version=version)
+    anon_ctx = (contexts.get(target.ca_file, version=version)
+                if target.mode is Mode.MUTUAL or (target.mode is Mode.OPTIONAL_MUTUAL and target.client_cert)
+                else None)
     deadline = time.monotonic() + target.timeout
 
     # 1. The main connection: server verification, the server's verdict on us, maybe HTTP.
@@ -626,6 +670,8 @@ def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: f
         if _is_timeout(err):
             return report.failed("handshake", Reason.TIMEOUT,
                                  f"no TLS handshake with {target.endpoint} within {target.timeout:g} s")
+        if getattr(err, "reason", None) in _VERSION_REFUSALS:
+            return report.failed("handshake", Reason.TLS_VERSION_REFUSED, _tls_detail(err, target))
         alert = _refusal(err, att.trace)
         if alert:  # TLS 1.2: refused inside the handshake, after we had verified the server
             if att.trace.sent_certificate or att.trace.cert_requested:
@@ -649,16 +695,25 @@ def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: f
     else:
         report.passed("accepted", f"the server accepted a client without a certificate ({att.evidence})")
 
-    # 2. MUTUAL: a client without a certificate must be refused.
+    # 2. MUTUAL: a client without a certificate must be refused; OPTIONAL_MUTUAL: admitted, after
+    #    being asked for one.
     if target.mode is Mode.MUTUAL:
         if _check_demanded(report, target, anon_ctx, deadline, alert_wait) is not None:
+            return report
+    if target.mode is Mode.OPTIONAL_MUTUAL:
+        if _check_optional(report, target, anon_ctx, att, deadline, alert_wait) is not None:
+            return report
+    # 2b. --min-tls: a client offering only the version below the floor must be refused.
+    if target.min_tls:
+        if _check_floor(report, target, contexts, deadline, alert_wait) is not None:
             return report
 
     # 3. HTTP (re-connecting with ALPN http/1.1 when the gateway chose h2).
     if target.http_path:
         how = ""
         if att.http_status is None:
-            h1 = _connect(target, contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN_HTTP1),
+            h1 = _connect(target, contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN_HTTP1,
+                                               version=version),
                           deadline, http_path=target.http_path, alert_wait=alert_wait)
             if h1.error is not None or h1.stage != "done":
                 if h1.stage == "connect":
@@ -706,6 +761,58 @@ def _check_demanded(report: Report, target: Target, ctx: ssl.SSLContext, deadlin
     else:
         detail = f"the server accepted a client without a certificate ({att.evidence})"
     return report.failed(name, Reason.CLIENT_CERTIFICATE_NOT_DEMANDED, detail)
+
+
+def _check_optional(report: Report, target: Target, ctx: ssl.SSLContext | None, main: _Attempt, deadline: float,
+                    alert_wait: float) -> Report | None:
+    """OPTIONAL_MUTUAL: the server asks for a client certificate and admits a client without one
+    (the main connection is that client when no certificate was given). Returns the report if it failed."""
+    name = "client_certificate_optional"
+    att = main
+    if ctx is not None:
+        att = _connect(target, ctx, deadline, alert_wait=alert_wait)
+        if att.stage == "connect":
+            return _connect_failure(report, target, att.error)
+        alert = _refusal(att.error, att.trace)
+        if alert or ((_is_closed(att.error) or att.verdict == "closed") and att.trace.cert_requested):
+            return report.failed(name, Reason.CLIENT_CERTIFICATE_REFUSED,
+                                 f"the server refused a client without a certificate ({alert or 'closed'}): it "
+                                 f"demands one (MUTUAL), not OPTIONAL_MUTUAL")
+        if att.error is not None:
+            if _is_timeout(att.error):
+                return report.failed(name, Reason.TIMEOUT, f"no verdict on a client without a certificate within "
+                                                           f"{target.timeout:g} s")
+            return report.failed(name, Reason.TLS_ERROR, _tls_detail(att.error, target))
+    if TRACE_AVAILABLE and not att.trace.cert_requested:
+        return report.failed(name, Reason.CLIENT_CERTIFICATE_NOT_REQUESTED,
+                             "the server never asked for a client certificate (it serves SIMPLE TLS, "
+                             "not OPTIONAL_MUTUAL)")
+    report.passed(name, f"the server asked for a client certificate and admitted a client without one "
+                        f"({att.evidence or 'handshake completed'})")
+    return None
+
+
+def _check_floor(report: Report, target: Target, contexts: ContextCache, deadline: float,
+                 alert_wait: float) -> Report | None:
+    """--min-tls V: a client offering only the version below V (with the same certificate) is refused."""
+    from kimpki.verify.target import VERSION_BELOW
+
+    name, below = "tls_floor", VERSION_BELOW[target.min_tls]
+    ctx = contexts.get(target.ca_file, target.client_cert, target.client_key, version=below)
+    att = _connect(target, ctx, deadline, alert_wait=alert_wait)
+    if att.stage == "connect":
+        return _connect_failure(report, target, att.error)
+    if att.stage == "handshake" and att.error is not None and not _is_timeout(att.error):
+        reason = getattr(att.error, "reason", None)
+        how = "protocol version alert" if reason in _VERSION_REFUSALS else _tls_detail(att.error, target)
+        report.passed(name, f"a client offering only TLS {below} was refused ({how}); "
+                            f"this gateway negotiated {report.tls_version} with kimpki")
+        return None
+    if att.stage == "handshake":
+        return report.failed(name, Reason.TIMEOUT, f"no TLS handshake offering TLS {below} within {target.timeout:g} s")
+    return report.failed(name, Reason.TLS_FLOOR_NOT_ENFORCED,
+                         f"the server accepted a client offering only TLS {below} (negotiated {att.version}): "
+                         f"its floor is below TLS {target.min_tls}")
 
 
 def _parse_chain(chain: list[bytes]) -> list[ServedCert]:

@@ -32,6 +32,13 @@ class Reason(str, Enum):
     TLS_ERROR = "tls_error"            # any other TLS failure (no shared cipher, unknown SNI, not TLS)
     BAD_INPUT = "bad_input"            # unreadable CA, certificate or key file (a usage error)
     NOT_CURRENT = "not_current"        # served certificate is not the one the store says is current
+    # OPTIONAL_MUTUAL: the server never asked for a client certificate (it serves SIMPLE)
+    CLIENT_CERTIFICATE_NOT_REQUESTED = "client_certificate_not_requested"
+    # refused with a certificate_unknown alert: the CA is trusted, the identity is not allowed
+    # (Envoy's answer to a subjectAltNames pin, or a certificate hash/SPKI pin, that the client misses)
+    CLIENT_IDENTITY_NOT_ALLOWED = "client_identity_not_allowed"
+    TLS_VERSION_REFUSED = "tls_version_refused"  # a protocol_version alert: no TLS version in common
+    TLS_FLOOR_NOT_ENFORCED = "tls_floor_not_enforced"  # --min-tls: a client below the floor was accepted
 
     def __str__(self) -> str:
         return self.value

@@ -38,6 +38,7 @@ class Mode(str, Enum):
 
     SIMPLE = "simple"  # server certificate only
     MUTUAL = "mutual"  # the server must also demand and accept a client certificate
+    OPTIONAL_MUTUAL = "optional-mutual"  # it must ask for one, check one presented, admit a client without
 
     def __str__(self) -> str:
         return self.value
@@ -68,6 +69,8 @@ class Target:
     timeout: float = DEFAULT_TIMEOUT
     ca_label: str | None = None
     client_label: str | None = None
+    tls_version: str | None = None  # "1.2"/"1.3": offer only this version (default: TLS 1.2 and 1.3)
+    min_tls: str | None = None  # "1.2"/"1.3": also prove that a client offering only the version below is refused
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -147,11 +150,16 @@ def normalize_host(host: str) -> str:
     return host
 
 
+TLS_VERSIONS = ("1.2", "1.3")  # what --tls-version and --min-tls take
+VERSION_BELOW = {"1.2": "1.1", "1.3": "1.2"}  # the version a floor must refuse
+
+
 def make_target(host: str, *, connect: str | None = None, ca_file: str | None = None,
                 client_cert: str | None = None, client_key: str | None = None,
                 mode: Mode | str | None = None, http_path: str | None = None,
                 timeout: float = DEFAULT_TIMEOUT, ca_label: str | None = None,
-                client_label: str | None = None) -> Target:
+                client_label: str | None = None, tls_version: str | None = None,
+                min_tls: str | None = None) -> Target:
     """Validate user input into a ``Target``.
 
     ``host`` may carry a port (``kim.example.com:8443``); ``connect`` is ``ADDR[:PORT]``, ``:PORT``
@@ -176,9 +184,15 @@ def make_target(host: str, *, connect: str | None = None, ca_file: str | None = 
     if mode is None:
         mode = Mode.MUTUAL if client_cert else Mode.SIMPLE
     try:
-        mode = Mode(str(mode).lower())
+        mode = Mode(str(mode).lower().replace("_", "-"))
     except ValueError:
-        raise UsageError(f"unknown mode {mode!r}: use simple or mutual") from None
+        raise UsageError(f"unknown mode {mode!r}: use {', '.join(m.value for m in Mode)}") from None
+    for option, value in (("--tls-version", tls_version), ("--min-tls", min_tls)):
+        if value is not None and value not in TLS_VERSIONS:
+            raise UsageError(f"{option} must be one of {', '.join(TLS_VERSIONS)}, not {value!r}")
+    if tls_version and min_tls and tls_version < min_tls:
+        raise UsageError(f"--tls-version {tls_version} is below --min-tls {min_tls}: a gateway with that floor "
+                         f"refuses every connection offering only TLS {tls_version}")
     if mode is Mode.MUTUAL and not client_cert:
         raise UsageError("mode mutual needs a client certificate to prove the gateway accepts it: "
                          "--client NAME (from the store) or --cert FILE --key FILE")
@@ -187,4 +201,5 @@ def make_target(host: str, *, connect: str | None = None, ca_file: str | None = 
     check_seconds(timeout, "--timeout", MAX_TIMEOUT)
     return Target(host=name, ca_file=ca_file, address=address, port=port or DEFAULT_PORT, mode=mode,
                   client_cert=client_cert, client_key=client_key, http_path=http_path,
-                  timeout=float(timeout), ca_label=ca_label, client_label=client_label)
+                  timeout=float(timeout), ca_label=ca_label, client_label=client_label,
+                  tls_version=tls_version, min_tls=min_tls)
