@@ -94,18 +94,21 @@ def render(kimpki, *args) -> dict:
 
 
 def test_render_expresses_every_field_and_validates_it(kimpki):
-    gw = render(kimpki, "--host", "kim.example.com", "--credential", "kim-credential", "--mode", "optional_mutual",
+    gw = render(kimpki, "--host", "kim.example.com", "--credential", "kim-credential", "--mode", "mutual",
                 "--host", "www.example.com", "--credential", "www-credential", "--mode", "SIMPLE",
                 "--subject-alt-name", "kim-client.example.com,spiffe://example.com/ns/a",
                 "--subject-alt-name", "10.0.0.7", "--min-protocol-version", "TLSV1_3",
                 "--max-protocol-version", "tlsv1_3", "--cipher-suite", "ECDHE-ECDSA-AES256-GCM-SHA384",
                 "--ecdh-curve", "X25519", "--ecdh-curve", "P-256", "--validate")
-    optional, simple = (s["tls"] for s in gw["spec"]["servers"])
-    assert optional == {"mode": "OPTIONAL_MUTUAL", "credentialName": "kim-credential",
+    mutual, simple = (s["tls"] for s in gw["spec"]["servers"])
+    assert mutual == {"mode": "MUTUAL", "credentialName": "kim-credential",
                         "subjectAltNames": ["kim-client.example.com", "spiffe://example.com/ns/a", "10.0.0.7"],
                         "minProtocolVersion": "TLSV1_3", "maxProtocolVersion": "TLSV1_3",
                         "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384"], "ecdhCurves": ["X25519", "P-256"]}
     assert "subjectAltNames" not in simple and simple["minProtocolVersion"] == "TLSV1_3"
+    optional = render(kimpki, "--host", "kim.example.com", "--credential", "kim-credential", "--mode",
+                      "optional_mutual")
+    assert optional["spec"]["servers"][0]["tls"] == {"mode": "OPTIONAL_MUTUAL", "credentialName": "kim-credential"}
     # File-mounted OPTIONAL_MUTUAL reads its CA file like MUTUAL.
     fm = render(kimpki, "--host", "bookinfo.com", "--file-mounted", "--mode", "OPTIONAL_MUTUAL",
                 "--ca-file-name", "example.com.crt")
@@ -119,6 +122,8 @@ def test_render_expresses_every_field_and_validates_it(kimpki):
     (["--cipher-suite", "TLS_AES_128_GCM_SHA256"], "not a cipher suite Istio knows"),
     (["--ecdh-curve", "secp256k1"], "not a curve Istio knows"),
     (["--mode", "MUTUAL", "--subject-alt-name", " , "], "--subject-alt-name must not be empty"),
+    (["--mode", "OPTIONAL_MUTUAL", "--subject-alt-name", "a.example.com"],
+     "subjectAltNames on an OPTIONAL_MUTUAL server make Envoy require a client certificate: it behaves as MUTUAL"),
 ])
 def test_render_refuses_what_istio_would_drop_or_envoy_reject(kimpki, args, needle):
     res = kimpki("gateway", "render", "--host", "kim.example.com", "--credential", "kim-credential", *args)
@@ -157,18 +162,21 @@ def set_server(policies: Path, index: int, extra: str) -> None:
     p.write_text("".join(lines))
 
 
-def test_policy_gateway_server_fields(kimpki, policies):
-    set_server(policies, 1, "      mode: OPTIONAL_MUTUAL\n      subjectAltNames: [kim-client.example.com]\n"
-                            "      minProtocolVersion: TLSV1_3\n      maxProtocolVersion: TLS_AUTO\n"
-                            "      cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]\n      ecdhCurves: [X25519]\n")
+@pytest.mark.parametrize("extra, tls", [
+    ("      mode: OPTIONAL_MUTUAL\n      minProtocolVersion: TLSV1_3\n      maxProtocolVersion: TLS_AUTO\n"
+     "      cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]\n      ecdhCurves: [X25519]\n",
+     {"mode": "OPTIONAL_MUTUAL", "minProtocolVersion": "TLSV1_3", "maxProtocolVersion": "TLS_AUTO",
+      "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384"], "ecdhCurves": ["X25519"]}),
+    ("      subjectAltNames: [kim-client.example.com, spiffe://example.com/client]\n",  # the credential's MUTUAL
+     {"mode": "MUTUAL", "subjectAltNames": ["kim-client.example.com", "spiffe://example.com/client"]}),
+])
+def test_policy_gateway_server_fields(kimpki, policies, extra, tls):
+    set_server(policies, 1, extra)
     kimpki.ok("apply", "-f", policies)
     docs = list(yaml.safe_load_all((policies / "out" / "kim-gateway.gateway.yaml").read_text()))
-    simple, optional = (s["tls"] for s in docs[0]["spec"]["servers"])
+    simple, mutual = (s["tls"] for s in docs[0]["spec"]["servers"])
     assert simple == {"mode": "SIMPLE", "credentialName": "kim-credential"}
-    assert optional == {"mode": "OPTIONAL_MUTUAL", "credentialName": "kim-new-credential",
-                        "subjectAltNames": ["kim-client.example.com"], "minProtocolVersion": "TLSV1_3",
-                        "maxProtocolVersion": "TLS_AUTO", "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
-                        "ecdhCurves": ["X25519"]}
+    assert mutual == {"credentialName": "kim-new-credential", **tls}
     # The credential is the MUTUAL one, CA included: OPTIONAL_MUTUAL needs nothing else.
     secret = yaml.safe_load((policies / "out" / "kim-new-credential.yaml").read_text())
     assert c.GENERIC_CA in secret["data"]
@@ -182,6 +190,7 @@ def test_policy_gateway_server_fields(kimpki, policies):
     (0, "      subjectAltNames: [kim-client.example.com]\n", "they need mode MUTUAL or OPTIONAL_MUTUAL"),
     (1, "      minProtocolVersion: TLSV1_3\n      maxProtocolVersion: TLSV1_2\n", "is above maxProtocolVersion"),
     (1, "      cipherSuites: [NOPE]\n", "not a cipher suite Istio knows"),
+    (1, "      mode: OPTIONAL_MUTUAL\n      subjectAltNames: [kim-client.example.com]\n", "it behaves as MUTUAL"),
 ])
 def test_policy_gateway_server_field_errors_name_file_and_line(kimpki, policies, index, extra, needle):
     set_server(policies, index, extra)
@@ -199,7 +208,8 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
         + tls_secret_yaml(c.FILE_MOUNTED_CERTS_SECRET, kim))
     (tmp_path / "gw.yaml").write_text(gateway_yaml("gw", [
         https_server("kim.example.com", "no-ca", "OPTIONAL_MUTUAL", "plain"),
-        https_server("kim.example.com", "with-ca", "OPTIONAL_MUTUAL", "mutual", subjectAltNames=["a.example.com"]),
+        https_server("kim.example.com", "with-ca", "OPTIONAL_MUTUAL", "mutual"),
+        https_server("kim.example.com", "optional-pinned", "OPTIONAL_MUTUAL", "mutual", subjectAltNames=["a.example.com"]),
         https_server("kim.example.com", "sans-sds", "SIMPLE", "plain", subjectAltNames=["a.example.com"]),
         https_server("kim.example.com", "sans-file", "SIMPLE", subjectAltNames=["a.example.com"], **FILE_CERT),
         https_server("kim.example.com", "range", "MUTUAL", "mutual", minProtocolVersion="TLSV1_3",
@@ -214,6 +224,7 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
         ("sans-sds", "KIM0027", "error", "SubjectAltNamesWithoutClientCheck"),
         ("sans-file", "KIM0027", "warning", "SubjectAltNamesWithoutClientCheck"),
         ("range", "KIM0029", "error", "ProtocolVersionRange"),
+        ("optional-pinned", "KIM0030", "warning", "OptionalMutualRequiresCertificate"),
         ("mutual-no-ca", "KIM0003", "error", "MutualWithoutCa"),  # MUTUAL keeps its own code
     }
     details = {f["server"]: f["detail"] for f in res.json["findings"] if f["code"]}

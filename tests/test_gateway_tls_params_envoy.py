@@ -12,6 +12,8 @@ with one server certificate for every host and credential ``tls-credential`` (``
     plain.example.com     SIMPLE           (Istio's defaults: TLS 1.2 floor)
     empty.example.com     SIMPLE           minProtocolVersion TLSV1_3 > maxProtocolVersion TLSV1_2
                                            (hand-written: render refuses it; check says KIM0029)
+    optpinned.example.com OPTIONAL_MUTUAL  subjectAltNames [alice.example.com] (hand-written: render
+                                           refuses it, as Envoy then requires a certificate; KIM0030)
 
 Clients: alice.example.com and bob.example.com from CA example.com, mallory.example.com from
 another CA.
@@ -34,7 +36,7 @@ from tests.tlspeers import assert_curl_refused
 
 PEERS = Path(__file__).resolve().parent / "peers"
 HOSTS = ("pinned.example.com", "optional.example.com", "legacy.example.com", "plain.example.com",
-         "empty.example.com")
+         "empty.example.com", "optpinned.example.com")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,9 @@ def gw(tmp_path_factory):
     (folder / "empty.yaml").write_text(gateway_yaml("empty", [https_server(
         "empty.example.com", "https-empty", "SIMPLE", "tls-credential", minProtocolVersion="TLSV1_3",
         maxProtocolVersion="TLSV1_2")]))
+    (folder / "optpinned.yaml").write_text(gateway_yaml("optpinned", [https_server(
+        "optpinned.example.com", "https-optpinned", "OPTIONAL_MUTUAL", "tls-credential",
+        subjectAltNames=["alice.example.com"])]))
 
     served = ServedGateway(k, folder, len(HOSTS))
     try:
@@ -139,6 +144,10 @@ def test_optional_mutual_admits_without_a_certificate_and_checks_one_presented(g
                code=1, reason="client_certificate_refused")
     assert "demands one (MUTUAL), not OPTIONAL_MUTUAL" in d["message"]
     verify(gw, "plain.example.com", "--mode", "optional-mutual", code=1, reason="client_certificate_not_requested")
+    # OPTIONAL_MUTUAL with subjectAltNames, as Istio maps it: Envoy requires a certificate (KIM0030).
+    verify(gw, "optpinned.example.com", "--mode", "mutual", *client(gw, "alice"), code=0, reason=None)
+    d = verify(gw, "optpinned.example.com", "--mode", "optional-mutual", code=1, reason="client_certificate_refused")
+    assert "certificate required alert" in d["message"]
     # curl agrees: in without a certificate, in with a good one, out with a foreign one.
     assert curl(gw, "optional.example.com").stdout == '{"status":"UP"}'
     assert curl(gw, "optional.example.com", "--cert", gw.clients["alice"]["cert"],
@@ -225,7 +234,7 @@ def test_minimum_above_maximum_fails_every_handshake_and_check_says_why(gw):
     res = gw.k("check", "-f", gw.folder, "--json")
     assert res.code == 1
     found = [(f["server"], f["code"]) for f in res.json["findings"] if f["code"] and f["code"] != "KIM0004"]
-    assert found == [("https-empty", "KIM0029")]
+    assert sorted(found) == [("https-empty", "KIM0029"), ("https-optpinned", "KIM0030")]
 
 
 # --------------------------------------------------------------------------- SIMPLE + subjectAltNames

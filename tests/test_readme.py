@@ -52,7 +52,8 @@ def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
                block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
-               block("kimpki revoke stapled.example"), block("kimpki plan -f policies/")}
+               block("kimpki revoke stapled.example"), block("kimpki plan -f policies/"),
+               block("--mode OPTIONAL_MUTUAL")}
     assert covered == set(BLOCKS)
 
 
@@ -128,6 +129,15 @@ def test_ocsp_staple_block(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     assert "secret/stapled-credential (istio-system): OCSP staple updated (revoked" in r.stdout
     assert "istio-system/stapled-credential: next update" in r.stdout.split("OCSP staples:")[-1]
+
+
+def test_optional_mutual_block(tmp_path):
+    r = run(block("--mode OPTIONAL_MUTUAL"), tmp_path, tmp_path / "home")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.count("\nPASS\n") == 2 and "bob refused: client_identity_not_allowed" in r.stdout
+    assert re.search(r"ok +tls_floor +a client offering only TLS 1\.2 was refused", r.stdout), r.stdout
+    assert re.search(r"ok +client_certificate_optional ", r.stdout), r.stdout
+    assert "kimpki: error: client_identity_not_allowed:" in r.stderr
 
 
 def test_policy_block(tmp_path):

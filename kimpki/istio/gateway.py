@@ -121,7 +121,25 @@ def tls_param_problems(mode: str, tls: dict) -> list[str]:
     if tls.get("subjectAltNames") and mode not in tlsparams.MUTUAL_MODES:
         out.append(f"subjectAltNames pin client certificates: they need mode MUTUAL or OPTIONAL_MUTUAL, not "
                    f"{mode} ({simple_sans_effect(tls)})")
+    pins = optional_mutual_pins(mode, tls)
+    if pins:
+        out.append(f"{pins} on an OPTIONAL_MUTUAL server make Envoy require a client certificate: it "
+                   f"behaves as MUTUAL; use mode MUTUAL, or drop {pins}")
     return out
+
+
+def optional_mutual_pins(mode: str, tls: dict) -> str | None:
+    """The pins that turn OPTIONAL_MUTUAL into MUTUAL, named as the fields are, else None.
+
+    Istio puts subjectAltNames (and certificate hashes/SPKIs) into the validation context of an
+    OPTIONAL_MUTUAL server as it does for MUTUAL, and Envoy then fails a handshake without a
+    client certificate (its CertificateValidationContext: "a client certificate is optional, unless
+    one of ... verify_certificate_spki, verify_certificate_hash, or match_typed_subject_alt_names
+    is also specified")."""
+    if mode != "OPTIONAL_MUTUAL":
+        return None
+    fields = [f for f in ("subjectAltNames", "verifyCertificateSpki", "verifyCertificateHash") if tls.get(f)]
+    return " and ".join(fields) or None
 
 
 def simple_sans_effect(tls: dict) -> str:

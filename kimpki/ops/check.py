@@ -25,6 +25,9 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
   serve the server at all.
 * ``KIM0029`` ProtocolVersionRange: ``minProtocolVersion`` above ``maxProtocolVersion``: no version
   is left and every handshake fails (Istio's validation lets it through).
+* ``KIM0030`` OptionalMutualRequiresCertificate: OPTIONAL_MUTUAL with ``subjectAltNames`` (or
+  certificate hash/SPKI pins): Envoy then requires a client certificate, so the server behaves as
+  MUTUAL (a warning).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ CODES = {
     "KIM0027": "SubjectAltNamesWithoutClientCheck",
     "KIM0028": "OptionalMutualWithoutCa",
     "KIM0029": "ProtocolVersionRange",
+    "KIM0030": "OptionalMutualRequiresCertificate",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -350,8 +354,8 @@ def _needs(mode: str) -> str:
 
 
 def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
-    """KIM0027 and KIM0029: tls fields Istio passes on to a server that cannot work with them."""
-    from kimpki.istio.gateway import simple_sans_effect
+    """KIM0027, KIM0029, KIM0030: tls fields Istio passes on to a server that cannot work with them."""
+    from kimpki.istio.gateway import optional_mutual_pins, simple_sans_effect
     from kimpki.istio.tlsparams import MUTUAL_MODES, range_problem
 
     if tls.get("subjectAltNames") and s.mode not in MUTUAL_MODES:
@@ -362,6 +366,11 @@ def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
     problem = range_problem(tls.get("minProtocolVersion"), tls.get("maxProtocolVersion"))
     if problem:
         s.add(label, TLS, ERROR, problem, "KIM0029")
+    pins = optional_mutual_pins(s.mode, tls)
+    if pins:
+        s.add(label, TLS, WARNING, f"{pins} on an OPTIONAL_MUTUAL server: Envoy then requires a client "
+                                   f"certificate, so it behaves as MUTUAL (clients without one are refused)",
+              "KIM0030")
 
 
 def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> None:
