@@ -232,3 +232,20 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
     assert "checks the client certificates presented, so it needs a CA" in details["no-ca"]
     text = kimpki("check", "-f", tmp_path)
     assert "ERROR KIM0028" in text.out and "WARNING KIM0027" in text.out
+
+
+# --------------------------------------------------------------------------- verify's usage errors
+
+@pytest.mark.parametrize("args, needle", [
+    (["kim.example.com", "--tls-version", "1.2", "--min-tls", "1.3"], "--tls-version 1.2 is below --min-tls 1.3"),
+    (["--all", "--min-tls", "1.3"], "give no HOST, --ca, --cacert, --client, --cert, --key, --mode, --tls-version"),
+    (["--all", "--tls-version", "1.2"], "or --min-tls with it"),
+    (["kim.example.com", "--mode", "optional"], "'optional' is not one of"),
+])
+def test_verify_tls_options_usage_errors(kimpki, args, needle):
+    assert_one_line_error(kimpki("verify", *args, "--connect", "127.0.0.1:1"), 2, needle)
+
+
+def test_verify_takes_istios_spelling_of_the_mode(kimpki):
+    res = kimpki("verify", "kim.example.com", "--mode", "OPTIONAL_MUTUAL", "--connect", "127.0.0.1:1", "--json")
+    assert res.code == 1 and res.json["mode"] == "optional-mutual" and res.json["reason"] == "connection_refused"

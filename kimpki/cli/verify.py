@@ -47,6 +47,13 @@ CA/certificate/key file.
 """
 
 
+class ModeChoice(click.Choice):
+    """Istio's spelling of a mode (OPTIONAL_MUTUAL) is accepted too."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(str(value).replace("_", "-"), param, ctx)
+
+
 def _reasons_text() -> str:
     """Every failure reason, from the one list scripts rely on (a usage error is exit 2 instead)."""
     import textwrap
@@ -169,7 +176,7 @@ def _write_verify_metrics(path: str, reports: list) -> None:
 @click.option("--cert", type=click.Path(dir_okay=False), metavar="FILE", help="Client certificate (PEM), with --key.")
 @click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
               help="The client certificate's private key (PEM).")
-@click.option("--mode", type=click.Choice(["simple", "mutual", "optional-mutual"], case_sensitive=False),
+@click.option("--mode", type=ModeChoice(["simple", "mutual", "optional-mutual"], case_sensitive=False),
               default=None,
               help="What the gateway should do; default: mutual with a client certificate, else simple. "
                    "optional-mutual: it asks for a client certificate, admits a client without one, and "
