@@ -509,7 +509,7 @@ def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, nam
                 _check_sds(s, names, index, now, warn_days)
             else:
                 _check_files(s, tls, index, mounts, now, warn_days)
-            _check_tls_params(s, tls, ", ".join(names) or "(tls)")
+            _check_tls_params(s, tls, ", ".join(names) or str(tls.get("serverCertificate") or "(tls)"))
     return Report(tuple(findings), len(gateways), servers, tuple(notes))
 
 

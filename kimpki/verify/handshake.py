@@ -11,6 +11,10 @@ but saying plainly what passed and what failed.
    verdict on the client (see "TLS 1.3 refusals" below).
 2. MUTUAL only: one WITHOUT a client certificate, which the server must refuse. A server that
    lets it through fails with ``client_certificate_not_demanded``.
+   OPTIONAL_MUTUAL: one without a certificate (the main one when none was given), which the
+   server must ask for a certificate (else ``client_certificate_not_requested``) and admit.
+   ``--min-tls V``: one offering only the version below V, which the server must refuse (else
+   ``tls_floor_not_enforced``). ``--tls-version`` makes every connection offer that version only.
 3. Only when ``http_path`` is given and the main connection negotiated ALPN ``h2`` (Envoy/Istio
    gateways do): a re-connection offering only ``http/1.1`` for the HTTP check. Speaking minimal
    HTTP/2 would save that handshake but needs HPACK (with Huffman decoding for non-indexed
