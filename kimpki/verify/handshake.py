@@ -460,7 +460,8 @@ def _connect(target: Target, ctx: ssl.SSLContext, deadline: float, *, http_path:
 def _probe_leaf(target: Target, contexts: ContextCache, deadline: float) -> list[bytes]:
     """Fetch the served chain without verifying it (only when the verifying handshake gave none)."""
     try:
-        ctx = contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN, verify=False)
+        ctx = contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN, verify=False,
+                           version=target.tls_version)
     except BadInput:
         return []
     att = _connect(target, ctx, deadline, alert_wait=0.0)
