@@ -209,7 +209,8 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
     (tmp_path / "gw.yaml").write_text(gateway_yaml("gw", [
         https_server("kim.example.com", "no-ca", "OPTIONAL_MUTUAL", "plain"),
         https_server("kim.example.com", "with-ca", "OPTIONAL_MUTUAL", "mutual"),
-        https_server("kim.example.com", "optional-pinned", "OPTIONAL_MUTUAL", "mutual", subjectAltNames=["a.example.com"]),
+        https_server("kim.example.com", "optional-pinned", "OPTIONAL_MUTUAL", "mutual",
+                     subjectAltNames=["a.example.com"]),
         https_server("kim.example.com", "sans-sds", "SIMPLE", "plain", subjectAltNames=["a.example.com"]),
         https_server("kim.example.com", "sans-file", "SIMPLE", subjectAltNames=["a.example.com"], **FILE_CERT),
         https_server("kim.example.com", "range", "MUTUAL", "mutual", minProtocolVersion="TLSV1_3",

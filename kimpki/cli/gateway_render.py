@@ -129,7 +129,8 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
                    "client certificate when one is presented; it needs a CA credential like MUTUAL "
                    "(secret create --mutual).")
 @click.option("--ca-file-name", metavar="FILE",
-              help=f"File-mounted MUTUAL/OPTIONAL_MUTUAL: the CA file in {c.FILE_MOUNTED_CA_PATH}, e.g. example.com.crt.")
+              help=f"File-mounted MUTUAL/OPTIONAL_MUTUAL: the CA file in {c.FILE_MOUNTED_CA_PATH}, "
+                   f"e.g. example.com.crt.")
 @click.option("--subject-alt-name", "subject_alt_names", multiple=True, metavar="SAN[,SAN]",
               help="tls.subjectAltNames: accept only client certificates with one of these SANs (DNS, URI, "
                    "email or IP, matched exactly). Repeat for more. MUTUAL and OPTIONAL_MUTUAL servers only.")

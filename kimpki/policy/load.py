@@ -554,8 +554,10 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
         hosts = s.hosts or cert.hosts
         mode = s.mode or cred.mode
         if mode in MUTUAL_MODES and not cred.mutual:
-            raise _err(s.where, what, f"{'an' if mode[0] in 'AEIOU' else 'a'} {mode} server checks client certificates against a CA: credential "
-                                      f"{cred.name} has mode {cred.mode} (give it mode: MUTUAL, which adds the CA)")
+            article = "an" if mode[0] in "AEIOU" else "a"
+            raise _err(s.where, what, f"{article} {mode} server checks client certificates against a CA: "
+                                      f"credential {cred.name} has mode {cred.mode} (give it mode: MUTUAL, which "
+                                      f"adds the CA)")
         try:
             if cred.file_mounted:
                 mount_path = _mount_path(cred, mounts, s.where, what)
