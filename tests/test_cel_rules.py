@@ -236,6 +236,22 @@ def test_render_loads_the_cel_engine_only_to_validate(kimpki, validate, loaded):
     assert "CLI []" in proc.stderr  # the engine's own command line is not loaded with it
 
 
+def test_engine_loaded_after_the_package_itself_is_reused(kimpki):
+    """A process that imported ``cel`` first (the stand-in does) must not load the extension again:
+    its init registers a Rust logger, and a second registration panics (SetLoggerError)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport cel\n"
+            "from kimpki.istio import celrules\n"
+            "assert celrules.engine() is sys.modules['cel.cel']\n"
+            "print(celrules.engine().compile('1 + 1').execute({}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=kimpki.env, capture_output=True, text=True,
+                          cwd=kimpki.cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2"
+
+
 # -- how a rule is evaluated (a schema of our own: the shipped CRDs have no transition rule) -------
 
 RULES_SCHEMA = {"type": "object", "properties": {"spec": {"type": "object", "properties": {

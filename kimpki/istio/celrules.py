@@ -62,6 +62,9 @@ def engine():
     import sys
     from pathlib import Path
 
+    loaded = sys.modules.get("cel.cel")
+    if loaded is not None:  # its init registers a Rust logger, which panics the second time
+        return loaded
     spec = importlib.util.find_spec("cel")  # finds the package without running its __init__
     for folder in (spec.submodule_search_locations or []) if spec else []:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
