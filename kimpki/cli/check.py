@@ -107,6 +107,8 @@ def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_
       KIM0004  the certificate expires within --warn-days (a warning)
       KIM0005  the server's tls settings name no credential
       KIM0006  the certificate breaks RFC 5280, e.g. serial 0 (a warning)
+      KIM0017  a file-mounted server's caCrl names a file its Secret lacks
+      KIM0018  the CRL file is beside the CA file, but the server has no caCrl (a warning)
     \b
     Credentials are read from --namespace (the gateway pods' namespace), as Istio does; file-
     mounted servers (serverCertificate) are mapped to Secrets through the gateway Deployment's

@@ -15,6 +15,8 @@ The four Gateways of the manual steps:
   kimpki gateway render --host kim.example.com --file-mounted --mode SIMPLE
   # file-mounted MUTUAL (CA file example.com.crt from istio-ingressgateway-ca-certs)
   kimpki gateway render --host kim.example.com --file-mounted --mode MUTUAL --ca-file-name example.com.crt
+  # ... checking client certificates against the CRLs kimpki writes beside it (example.com.crl)
+  kimpki gateway render --host kim.example.com --file-mounted --mode MUTUAL --ca-file-name example.com.crt --crl
   # SDS SIMPLE
   kimpki gateway render --host kim.example.com --credential kim-credential --mode SIMPLE
   # two SDS servers, the second MUTUAL (the n-th --host goes with the n-th --credential and --mode)
@@ -84,7 +86,7 @@ def with_tls_params(servers: list, subject_alt_names: tuple[str, ...] = (), min_
 
 
 def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bool, mount_paths: tuple[str, ...],
-          modes: tuple[str, ...], ca_file_name: str | None) -> list:
+          modes: tuple[str, ...], ca_file_name: str | None, crl: bool = False) -> list:
     """The ServerSpecs the options describe (pairing the n-th --host, --credential, --mode, --mount-path)."""
     from kimpki.istio.gateway import ServerSpec
 
@@ -95,6 +97,9 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
     if ca_file_name and not file_mounted:
         raise UsageError("--ca-file-name is for --file-mounted MUTUAL and OPTIONAL_MUTUAL servers (SDS reads "
                          "the CA from the Secret)")
+    if crl and not file_mounted:
+        raise UsageError("--crl is for --file-mounted MUTUAL and OPTIONAL_MUTUAL servers (an SDS credential "
+                         "carries its CRLs in the Secret, and Istio refuses caCrl with credentialName)")
     groups = _split_hosts(hosts)
     if credentials:
         if len(credentials) == 1:
@@ -112,7 +117,8 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
     if credentials:
         return [ServerSpec.sds(g, cred, m) for g, cred, m in zip(groups, credentials, mode_list)]
     paths = _per_server(mount_paths, n, "--mount-path", c.FILE_MOUNTED_CERTS_PATH)
-    return [ServerSpec.file_mounted(g, m, p, ca_file_name=ca_file_name) for g, m, p in zip(groups, mode_list, paths)]
+    return [ServerSpec.file_mounted(g, m, p, ca_file_name=ca_file_name, crl=crl)
+            for g, m, p in zip(groups, mode_list, paths)]
 
 
 @click.command("render", epilog=EPILOG)
@@ -143,6 +149,10 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
                    "names Istio does not know are refused.")
 @click.option("--ecdh-curve", "ecdh_curves", multiple=True, metavar="NAME",
               help="tls.ecdhCurves, e.g. X25519 or P-256. Repeat for more.")
+@click.option("--crl", is_flag=True,
+              help="File-mounted MUTUAL/OPTIONAL_MUTUAL: also render caCrl, the CRL file kimpki writes beside the "
+                   "CA file (example.com.crt -> example.com.crl) once the client trust uses revocation "
+                   "(Istio >= 1.22).")
 @click.option("--to-service", default="kim-gateway-service:8080", show_default=True, metavar="SVC:PORT",
               help="Where the VirtualService routes the hosts.")
 @click.option("--service-namespace", default="default", show_default=True,
@@ -158,7 +168,7 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
               help="Check the output against Istio's CRD schema for its apiVersion (the default; "
                    "--validate also says so on stderr).")
 @output_options("Print the Gateway and VirtualService in this format (default yaml).")
-def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, subject_alt_names,
+def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, crl, subject_alt_names,
             min_protocol_version, max_protocol_version, cipher_suites, ecdh_curves, to_service, service_namespace,
             name, namespace, api_version, no_virtual_service, validate, output, as_json):
     """Print a Gateway (and a VirtualService routing its hosts) for kubectl or 'gateway apply'.
@@ -171,7 +181,7 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     from kimpki.istio import gateway as g
 
     check_output(output, as_json, "the objects")
-    servers = with_tls_params(build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name),
+    servers = with_tls_params(build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, crl),
                               subject_alt_names, min_protocol_version, max_protocol_version, cipher_suites,
                               ecdh_curves)
     svc, port = g.parse_service(to_service)

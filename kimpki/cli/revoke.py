@@ -26,10 +26,11 @@ CA's CRL is re-signed with the next CRL number: 'kimpki crl CA' prints it. Every
 of its trust tree (root and CAs below) gets a CRL too when it has none or a stale one:
 Envoy needs one for every CA of a chain. Revoking what is already revoked changes
 nothing (exit 0). MUTUAL credentials kimpki writes carry these CRLs beside their CA
-(Istio's 'crl'/'ca.crl' keys). With --manifests DIR, or a cluster (-n, --kubeconfig,
---context), every MUTUAL credential whose client trust holds the CA gets the new CRLs in
-place (only the CRL key changes, guarded by resourceVersion), and every stapled
-credential serving the revoked certificate gets a new staple saying revoked.
+(Istio's 'crl'/'ca.crl' keys; file-mounted: <CA>.crl beside <CA>.crt in
+istio-ingressgateway-ca-certs, the Gateway's caCrl). With --manifests DIR, or a cluster
+(-n, --kubeconfig, --context), every MUTUAL credential whose client trust holds the CA gets
+the new CRLs in place (only the CRL key changes, guarded by resourceVersion), and every
+stapled credential serving the revoked certificate gets a new staple saying revoked.
 \b
 Exit codes: 0 revoked (or already), 1 unknown certificate or CA key not usable, 2 usage.
 """
@@ -85,6 +86,13 @@ def revoke(ctx, name, serial, ca_name, reason, manifests, namespace, passphrase_
         res = do_revoke(store, name=name, serial=serial, ca=ca_name, reason=reason, now=now_utc(),
                         passphrase=passphrase_source(passphrase_file), command=command.strip(), place=place,
                         namespace=namespace)
+    if in_cluster and any(r.get("file_mounted") for r in res.republished or ()):
+        from kimpki.istio import contract as c
+
+        # Istio hands Envoy the caCrl path, and Envoy reads that file only when it builds the listener.
+        note(f"kimpki: note: a file-mounted gateway reads its caCrl file when its listener is built; restart "
+             f"the gateway pods to refuse the revoked certificate: kubectl -n {namespace or c.DEFAULT_NAMESPACE} "
+             f"rollout restart deployment {c.GATEWAY_DEPLOYMENT}")
     emit(res.to_dict(), as_json, _revoked_text)
 
 

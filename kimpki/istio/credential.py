@@ -16,7 +16,9 @@ which Istio reads only in the TLS form (``ocsp_staple``: the tls key set, SDS on
 
 File-mounted (legacy) gateways read files, not Secrets: the credential defaults to
 ``istio-ingressgateway-certs`` in the TLS form (``tls.crt``, ``tls.key``), and for MUTUAL the CA
-goes into ``istio-ingressgateway-ca-certs`` under ``<ca-name>.crt`` (``example.com.crt`` in the manual steps).
+goes into ``istio-ingressgateway-ca-certs`` under ``<ca-name>.crt`` (``example.com.crt`` in the manual steps),
+with the CRLs, when given, beside it as ``<ca-name>.crl`` (:func:`crl_file_name`), the file a Gateway's
+``tls.caCrl`` names (Istio ≥ 1.22; file-mounted servers only).
 
 The certificate value is always the leaf plus intermediates, never the root: clients hold the
 root already, and a root in the served chain only costs bytes. Every Secret carries the label
@@ -198,6 +200,14 @@ def default_ca_file_name(ca_name: str) -> str:
     return ca_name if ca_name.endswith(".crt") else ca_name + ".crt"
 
 
+def crl_file_name(ca_file_name: str) -> str:
+    """The CRL file beside a file-mounted CA file: ``example.com.crt`` → ``example.com.crl``
+    (another name gets ``.crl`` appended). Derived, never recorded: the Gateway's ``caCrl`` and
+    every republication find it from the CA file name alone."""
+    stem = ca_file_name[:-len(".crt")] if ca_file_name.endswith(".crt") else ca_file_name
+    return stem + ".crl"
+
+
 def build_credential(spec: CredentialSpec, material: CredentialMaterial, prov: Provenance) -> SdsCredential:
     """The Secret dict(s) for ``spec``: the credential first, then the CA Secret if there is one."""
     if spec.mutual and not material.ca_pem:
@@ -211,8 +221,10 @@ def build_credential(spec: CredentialSpec, material: CredentialMaterial, prov: P
                            {c.TLS_CERT: material.cert_chain_pem, c.TLS_KEY: material.key_pem}, ann)]
         if spec.mutual:
             file_name = spec.ca_file_name or default_ca_file_name(prov.ca)
-            secrets.append(_secret(c.FILE_MOUNTED_CA_SECRET, ns, c.SECRET_TYPE_OPAQUE,
-                                   {file_name: material.ca_pem}, ca_ann))
+            files = {file_name: material.ca_pem}
+            if material.crl_pem:
+                files[crl_file_name(file_name)] = material.crl_pem
+            secrets.append(_secret(c.FILE_MOUNTED_CA_SECRET, ns, c.SECRET_TYPE_OPAQUE, files, ca_ann))
         return SdsCredential(spec, tuple(secrets))
 
     if spec.format == "generic":

@@ -5,7 +5,8 @@ credential on port 443 (``selector: {istio: ingressgateway}``, as in the manual 
 :func:`render_virtual_service` routes the servers' hosts through it to a Service
 (``kim-gateway-service:8080`` by default). A server gets its certificate either from a Secret
 through SDS (``credentialName``) or from files mounted into the gateway pod
-(``serverCertificate``/``privateKey``/``caCertificates``, the legacy way).
+(``serverCertificate``/``privateKey``/``caCertificates``, the legacy way; ``caCrl`` for the CRL file
+kimpki writes beside the CA file when the client trust uses revocation).
 
 :func:`validate_gateway` checks what Istio's own validation (pilot/pkg/config/validation) would
 refuse or silently mis-serve, in plain words: every server has hosts and a port with a unique
@@ -17,12 +18,15 @@ none); file-based servers name both the certificate and the key, and file-based 
 
 from __future__ import annotations
 
+import copy
+import posixpath
 import re
 from dataclasses import dataclass
 
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
 from kimpki.istio import tlsparams
+from kimpki.istio.credential import crl_file_name
 
 GROUP = "networking.istio.io"
 API_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # what Istio 1.32's CRDs serve; v1 is stored
@@ -55,6 +59,7 @@ class ServerSpec:
     max_protocol_version: str | None = None
     cipher_suites: tuple[str, ...] = ()
     ecdh_curves: tuple[str, ...] = ()
+    ca_crl: str | None = None  # file-mounted MUTUAL: the CRL file (Istio >= 1.22 tls.caCrl)
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -71,9 +76,12 @@ class ServerSpec:
 
     @classmethod
     def file_mounted(cls, hosts, mode: str = "SIMPLE", mount_path: str = c.FILE_MOUNTED_CERTS_PATH,
-                     ca_file_name: str | None = None, ca_mount_path: str = c.FILE_MOUNTED_CA_PATH) -> "ServerSpec":
+                     ca_file_name: str | None = None, ca_mount_path: str = c.FILE_MOUNTED_CA_PATH,
+                     crl: bool = False) -> "ServerSpec":
         """Files of a mounted ``kubernetes.io/tls`` Secret: ``<mount_path>/tls.crt`` and ``tls.key``;
-        for MUTUAL the CA file ``<ca_mount_path>/<ca_file_name>`` (``example.com.crt`` in the manual steps)."""
+        for MUTUAL the CA file ``<ca_mount_path>/<ca_file_name>`` (``example.com.crt`` in the manual steps)
+        and, with ``crl``, the CRL file beside it (``example.com.crl``, see
+        :func:`kimpki.istio.credential.crl_file_name`) as ``caCrl``."""
         mode = mode.upper()
         mount_path = mount_path.rstrip("/") or "/"
         ca = None
@@ -82,8 +90,11 @@ class ServerSpec:
                 raise UsageError(f"a file-mounted {mode} server needs the CA file's name (--ca-file-name, "
                                  f"e.g. example.com.crt under {c.FILE_MOUNTED_CA_PATH})")
             ca = ca_file_name if ca_file_name.startswith("/") else f"{ca_mount_path.rstrip('/')}/{ca_file_name}"
+        if crl and mode not in tlsparams.MUTUAL_MODES:
+            raise UsageError("a CRL (caCrl) is for file-mounted MUTUAL and OPTIONAL_MUTUAL servers: add --mode MUTUAL")
+        ca_crl = posixpath.join(posixpath.dirname(ca), crl_file_name(posixpath.basename(ca))) if crl else None
         return cls(tuple(hosts), mode, server_certificate=f"{mount_path}/{TLS_FILE_CERT}",
-                   private_key=f"{mount_path}/{TLS_FILE_KEY}", ca_certificates=ca)
+                   private_key=f"{mount_path}/{TLS_FILE_KEY}", ca_certificates=ca, ca_crl=ca_crl)
 
     def tls(self) -> dict:
         out: dict = {"mode": self.mode}
@@ -94,6 +105,8 @@ class ServerSpec:
             out["privateKey"] = self.private_key
             if self.ca_certificates:
                 out["caCertificates"] = self.ca_certificates
+            if self.ca_crl:
+                out["caCrl"] = self.ca_crl
         out.update(self.tls_params())
         return out
 
@@ -221,6 +234,30 @@ def render_gateway(name: str, servers: list[ServerSpec] | tuple[ServerSpec, ...]
     }
 
 
+def file_ca_paths(gateway: dict) -> list[str]:
+    """The ``caCertificates`` paths of a Gateway's file-mounted MUTUAL servers without ``caCrl``."""
+    out = []
+    for server in (gateway.get("spec") or {}).get("servers") or []:
+        tls = server.get("tls") or {}
+        if tls.get("caCertificates") and not tls.get("caCrl") and tls.get("mode") in ("MUTUAL", "OPTIONAL_MUTUAL"):
+            out.append(str(tls["caCertificates"]))
+    return out
+
+
+def with_ca_crls(gateway: dict, crl_files: set[str]) -> dict:
+    """``gateway`` with ``caCrl`` on each file-mounted MUTUAL server whose CA file under
+    istio-ingressgateway-ca-certs has the CRL file beside it among ``crl_files`` (that Secret's keys):
+    once a client trust uses revocation, its gateway must check the CRLs kimpki delivers."""
+    out = copy.deepcopy(gateway)
+    for server in (out.get("spec") or {}).get("servers") or []:
+        tls = server.get("tls") or {}
+        ca = str(tls.get("caCertificates") or "")
+        if ca in file_ca_paths({"spec": {"servers": [server]}}) and posixpath.dirname(ca) == c.FILE_MOUNTED_CA_PATH \
+                and crl_file_name(posixpath.basename(ca)) in crl_files:
+            tls["caCrl"] = posixpath.join(c.FILE_MOUNTED_CA_PATH, crl_file_name(posixpath.basename(ca)))
+    return out
+
+
 def parse_service(text: str) -> tuple[str, int]:
     """``SVC:PORT`` → (SVC, PORT); a UsageError for anything else."""
     svc, sep, port = text.rpartition(":")
@@ -324,6 +361,7 @@ def validate_gateway(obj: dict) -> list[str]:
         if creds and files:
             problems.append(f"{where}: one certificate source per server: {creds[0]} and "
                             f"{', '.join(files)} are both set")
+        problems += _ca_crl_problems(where, tls, mode, creds)
         if mode not in TERMINATING or creds:
             continue
         if not files:
@@ -337,3 +375,16 @@ def validate_gateway(obj: dict) -> list[str]:
             problems.append(f"{where}: file-based {mode} needs caCertificates (the CA that client "
                             f"certificates are checked against)")
     return problems
+
+
+def _ca_crl_problems(where: str, tls: dict, mode: str, creds: list[str]) -> list[str]:
+    """Istio's rules for ``caCrl`` (pkg/config/validation): a file path, not with a credential
+    (an SDS credential carries its CRL in the Secret), not with SIMPLE."""
+    if not tls.get("caCrl"):
+        return []
+    if creds:
+        return [f"{where}: caCrl is not supported with {creds[0]}: the CRL goes into the credential Secret "
+                f"(key crl or ca.crl)"]
+    if mode == "SIMPLE":
+        return [f"{where}: caCrl is not supported with SIMPLE TLS (no client certificates to check)"]
+    return []

@@ -14,6 +14,8 @@ Shape of what Envoy 1.40 is given (written by :mod:`kimpki.localgw.runner`):
   on SNI ``server_names`` (host ``*`` → no match = the default chain), each with an HTTP
   connection manager (codec AUTO, ALPN h2 + http/1.1) answering ``/health`` itself. Its TLS
   contexts name their secrets, ``sds_config: {ads: {}}``; no key is in this file.
+* A file-mounted server's ``caCrl``: a file in the run folder named by its content's hash
+  (:func:`ca_crl_source`), so a changed CRL changes the listener and Envoy rebuilds it in place.
 * Secrets (:func:`secret_resources`): one SDS ``Secret`` per certificate and per CA bundle,
   served over the ADS stream, however many there are: a file-based secret would cost Envoy one
   inotify instance each, and Linux allows 128 per user.
@@ -248,6 +250,8 @@ def _validation_context(p: ServerPlan) -> dict:
                 default["verify_certificate_spki"] = list(p.tls.spki)
             if p.tls.hashes:
                 default["verify_certificate_hash"] = list(p.tls.hashes)
+        if p.ca_crl is not None:  # file-mounted caCrl (ApplyToCommonTLSContext)
+            default["crl"] = ca_crl_source(p)
         return {"combined_validation_context": {
             "default_validation_context": default,
             "validation_context_sds_secret_config": sds_config(p.ca.resource_name)}}
@@ -256,6 +260,13 @@ def _validation_context(p: ServerPlan) -> dict:
         # SAN matchers (no CA), the ``else if len(tlsOpts.SubjectAltNames) > 0`` branch.
         return {"validation_context": {"match_typed_subject_alt_names": san_matchers(p.tls.subject_alt_names)}}
     return {}
+
+
+def ca_crl_source(p: ServerPlan) -> dict:
+    """A file-mounted server's ``caCrl`` as Istio passes it (pilot/pkg/security/model
+    ApplyToCommonTLSContext): a ``filename`` data source in the default validation context, which
+    Envoy reads when it builds the listener. The local gateway's copy of the file when it has one."""
+    return {"filename": p.ca_crl.local_path or p.ca_crl.path}
 
 
 def _routes(p: ServerPlan, local_ports: dict[int, int]) -> list[dict]:

@@ -14,7 +14,7 @@ The credential rules are Istio's (see :mod:`kimpki.istio.contract`):
 * MUTUAL / OPTIONAL_MUTUAL: the CA from Secret ``X-cacert`` when it exists (and then no
   fallback, even when it has no CA key), else ``cacert`` in ``X``, else ``ca.crt`` in ``X``. A CRL
   sits beside the CA: ``crl`` with ``cacert``, ``ca.crl`` with ``ca.crt``.
-* File-mounted servers (``serverCertificate``/``privateKey``/``caCertificates``): each path is
+* File-mounted servers (``serverCertificate``/``privateKey``/``caCertificates``/``caCrl``): each path is
   mapped to a Secret through the gateway pod's mounts: the two legacy mounts
   (``istio-ingressgateway-certs``, ``istio-ingressgateway-ca-certs``) plus every ``secret`` volume
   mounted into the ``istio-proxy`` container of a Deployment manifest given. The file name is the
@@ -391,6 +391,19 @@ class CaCredential:
 
 
 @dataclass(frozen=True)
+class CaCrlFile:
+    """A file-mounted server's ``caCrl``: Istio gives Envoy the path (a ``filename`` data source
+    in the default validation context); the local gateway writes the content to a file of its
+    own, named by the content's hash (``local_path``), so that a changed CRL is a changed
+    listener, which Envoy rebuilds in place."""
+
+    path: str  # as the Gateway names it: /etc/istio/ingressgateway-ca-certs/example.com.crl
+    crl_pem: str
+    origin: str  # "Secret istio-ingressgateway-ca-certs key example.com.crl"
+    local_path: str | None = None  # set by the runner once the file is written
+
+
+@dataclass(frozen=True)
 class TlsOptions:
     min_version: str | None = None  # Istio spelling: TLSV1_2
     max_version: str | None = None
@@ -419,6 +432,7 @@ class ServerPlan:
     ca: CaCredential | None = None
     https_redirect: bool = False
     tls: TlsOptions = field(default_factory=TlsOptions)
+    ca_crl: CaCrlFile | None = None  # file-mounted: tls.caCrl
 
     @property
     def label(self) -> str:
@@ -529,7 +543,9 @@ def _plan(gw: GatewayDoc, i: int, server: dict, secrets: SecretIndex, mounts: tu
         credential = "credential " + ", ".join(names)
     else:
         certs, ca, credential = _file_mounted(tls, mode, secrets, mounts)
-    return ServerPlan(**base, mode=mode, credential=credential, certificates=certs, ca=ca, tls=options)
+    ca_crl = _file_ca_crl(tls, mode, secrets, mounts) if not names else None
+    return ServerPlan(**base, mode=mode, credential=credential, certificates=certs, ca=ca, tls=options,
+                      ca_crl=ca_crl)
 
 
 def credential_names(tls: dict) -> tuple[str, ...]:
@@ -656,6 +672,17 @@ def _file_mounted(tls: dict, mode: str, secrets: SecretIndex, mounts: tuple[Moun
         ca = CaCredential(f"file-root:{ca_path}", check_ca(ca_raw, ca_where), None, ca_where)
     secret_names = sorted({_mount_for(str(p), mounts)[0].secret_name for p in (cert_path, key_path)})
     return (cert,), ca, "Secret " + ", ".join(secret_names) + f" mounted at {posixpath.dirname(str(cert_path))}"
+
+
+def _file_ca_crl(tls: dict, mode: str, secrets: SecretIndex, mounts: tuple[Mount, ...]) -> "CaCrlFile | None":
+    """A file-mounted server's ``caCrl`` (Istio >= 1.22): the file read through the pod's mounts,
+    like ``caCertificates``. A missing file is a server Istio's Envoy would refuse (it reads the
+    path when it builds the listener), so it is not served."""
+    path = tls.get("caCrl")
+    if not path or mode == "SIMPLE":
+        return None
+    raw, where = _mounted_file(str(path), secrets, mounts)
+    return CaCrlFile(str(path), check_crl(raw, where), where)
 
 
 def _mount_for(path: str, mounts: tuple[Mount, ...]) -> tuple[Mount, str]:

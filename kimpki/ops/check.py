@@ -16,6 +16,11 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
 * ``KIM0004`` CertificateExpiringSoon: fewer than ``warn_days`` left (a warning).
 * ``KIM0005`` TlsSettingsIncomplete: the server's ``tls`` names no credential kimpki can find.
 * ``KIM0006`` NonCompliantCertificate: served, but breaks RFC 5280 (a zero serial): a warning.
+* ``KIM0017`` CaCrlMissing: a file-mounted server's ``caCrl`` names a file its mounted Secret lacks
+  (or no readable CRL): Envoy cannot build the listener, so Istio serves none of it.
+* ``KIM0018`` CaCrlNotUsed: the CA Secret holds the CRL file beside the server's CA file
+  (``example.com.crl``), but the Gateway has no ``caCrl``: revoked client certificates are admitted
+  (a warning).
 * ``KIM0027`` SubjectAltNamesWithoutClientCheck: ``subjectAltNames`` on a SIMPLE server. With
   credentialName Istio still sends Envoy the SAN check, without a CA, and Envoy rejects the
   listener update carrying it (the gateway's other servers are not updated either): an error.
@@ -56,6 +61,8 @@ CODES = {
     "KIM0004": "CertificateExpiringSoon",
     "KIM0005": "TlsSettingsIncomplete",
     "KIM0006": "NonCompliantCertificate",
+    "KIM0017": "CaCrlMissing",
+    "KIM0018": "CaCrlNotUsed",
     "KIM0027": "SubjectAltNamesWithoutClientCheck",
     "KIM0028": "OptionalMutualWithoutCa",
     "KIM0029": "ProtocolVersionRange",
@@ -69,6 +76,7 @@ TLS_PROTOCOLS = ("HTTPS", "TLS")
 # check names (stable; the JSON "check" key)
 FOUND, VALID, KEY, EXPIRY, HOST, CA, TLS = ("credential_found", "credential_valid", "key_matches", "expiry",
                                             "host_covered", "ca_present", "tls_settings")
+CA_CRL = "ca_crl"  # a file-mounted server's caCrl file
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ def referenced_secret_names(gateways: Iterable[GatewayDoc], mounts: Sequence[Mou
             tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
             for n in credential_names(tls):
                 names += [n, c.cacert_secret_name(n)]
-            for key in ("serverCertificate", "privateKey", "caCertificates"):
+            for key in ("serverCertificate", "privateKey", "caCertificates", "caCrl"):
                 if tls.get(key):
                     try:
                         names.append(mount_for(str(tls[key]), tuple(mounts))[0])
@@ -477,6 +485,38 @@ def _check_files(s: _Server, tls: dict, secrets: SecretIndex, mounts: tuple[Moun
         s.add(ca_label, CA, ERROR, p[2], _no_ca(s.mode) if p[1] != "IST0101" else "IST0101")
         return
     _check_ca(s, ca_label, raw, where, now)
+    _check_ca_crl(s, tls, str(ca_path), secrets, mounts)
+
+
+def _check_ca_crl(s: _Server, tls: dict, ca_path: str, secrets: SecretIndex, mounts: tuple[Mount, ...]) -> None:
+    """A file-mounted MUTUAL server's ``caCrl``: the file must be there (KIM0017); and a CRL file
+    kimpki wrote beside the CA file should be named by it (KIM0018)."""
+    import posixpath
+
+    from kimpki.istio.credential import crl_file_name
+
+    crl_path = tls.get("caCrl")
+    if not crl_path:
+        beside = posixpath.join(posixpath.dirname(ca_path), crl_file_name(posixpath.basename(ca_path)))
+        raw, where, secret, p = _mounted(beside, secrets, mounts)
+        if p is None:
+            s.add(f"{secret} (mounted)", CA_CRL, WARNING, f"{where} holds the CRLs of {ca_path}, but the server has "
+                                                          f"no caCrl: revoked client certificates are admitted "
+                                                          f"(add caCrl: {beside})", "KIM0018")
+        return
+    raw, where, secret, p = _mounted(str(crl_path), secrets, mounts)
+    label = f"{secret} (mounted)" if secret else str(crl_path)
+    if p is not None:
+        s.add(label, CA_CRL, ERROR, f"caCrl {p[2]}; Envoy cannot build this server's listener without it",
+              "KIM0017")
+        return
+    try:
+        crls = x509.load_pem_x509_crl(raw)
+    except ValueError:
+        s.add(label, CA_CRL, ERROR, f"caCrl {crl_path}: {where} holds no PEM CRL", "KIM0017")
+        return
+    s.add(label, CA_CRL, OK, f"{where}: CRL of {crls.issuer.rfc4514_string()}"
+                             + (" and more" if raw.count(b"BEGIN X509 CRL") > 1 else ""))
 
 
 def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, namespace: str = c.DEFAULT_NAMESPACE,

@@ -502,6 +502,7 @@ def _gateways(policy: m.Policy, targets: _Targets, report: Report, execute: bool
         try:
             place = targets.place(t)
             for obj in gw.objects:
+                obj = _with_delivered_crls(place, obj)
                 meta = obj["metadata"]
                 if t.is_cluster:
                     verb = _cluster_object(targets.cluster(t), obj, execute)
@@ -517,6 +518,18 @@ def _gateways(policy: m.Policy, targets: _Targets, report: Report, execute: bool
                                              {"api_version": obj["apiVersion"]}))
         except KimpkiError as e:
             raise _at(gw, e, f"Gateway {gw.name}") from None
+
+
+def _with_delivered_crls(place, obj: dict) -> dict:
+    """A Gateway with caCrl on its file-mounted MUTUAL servers whose CRL file the credentials
+    step delivered beside the CA file (a client trust that uses revocation)."""
+    from kimpki.istio import contract as c
+    from kimpki.istio import gateway as g
+
+    if obj.get("kind") != "Gateway" or not g.file_ca_paths(obj):
+        return obj
+    held = place.get(obj["metadata"].get("namespace"), c.FILE_MOUNTED_CA_SECRET) or {}
+    return g.with_ca_crls(obj, set(held.get("data") or {}))
 
 
 def _cluster_object(cluster, obj: dict, execute: bool) -> str:

@@ -24,8 +24,8 @@ from cryptography import x509
 from kimpki.errors import KimpkiError, NotFoundError, OperationError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, CredentialSpec, Provenance,
-                                     SdsCredential, build_credential, is_managed, read_provenance,
-                                     served_certificate_pem)
+                                     SdsCredential, build_credential, crl_file_name, default_ca_file_name,
+                                     is_managed, read_provenance, served_certificate_pem)
 from kimpki.ops import stapling
 from kimpki.ops.authority import PassphraseSource, root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
@@ -133,7 +133,7 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
         ca_label = f"{published_ca!r}"
     check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
     bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
-    crls = client_trust_crls(store, bundle, now) if spec.mutual and not spec.file_mounted else None
+    crls = client_trust_crls(store, bundle, now) if spec.mutual else None
     staple = (stapling.staple_for(store, rec, now=now, passphrase=passphrase, current=stapling.secret_staple(current))
               if spec.ocsp_staple else None)
     material = CredentialMaterial(chain_pem, key_pem, bundle, crls, staple)
@@ -156,8 +156,11 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
     for s in ordered:
         meta = s["metadata"]
         if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
-            s = _keep_other_ca_files(place, s)
-        _refuse_dropping_crls((read or {}).get(meta["name"]), s, prepared.ca_name)
+            held = place.get(meta["namespace"], meta["name"])
+            _refuse_dropping_crls(held, s, prepared.ca_name, _crl_keys_of(spec, prepared))
+            s = _keep_other_ca_files(held, s)
+        else:
+            _refuse_dropping_crls((read or {}).get(meta["name"]), s, prepared.ca_name)
         try:
             res = place.write(s, force=force, dry_run=dry_run, current=(read or {}).get(meta["name"]))
         except KimpkiError as e:
@@ -178,11 +181,18 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
     return [by_name[s["metadata"]["name"]] for s in secrets], warnings
 
 
-def _refuse_dropping_crls(current: dict | None, new: dict, ca: str) -> None:
+def _crl_keys_of(spec: CredentialSpec, prepared: PreparedCredential) -> tuple[str, ...]:
+    """The key of istio-ingressgateway-ca-certs that holds this credential's CRLs (beside its CA file)."""
+    return (crl_file_name(spec.ca_file_name or default_ca_file_name(prepared.ca_name)),)
+
+
+def _refuse_dropping_crls(current: dict | None, new: dict, ca: str,
+                          keys: tuple[str, ...] = (c.GENERIC_CRL, c.TLS_CRL)) -> None:
     """A Secret that carries CRLs must not be rewritten without them: the gateway would admit the
     revoked clients again. It happens when the home doing the write has no revocation state for
-    the CA (another machine's home, or the CronJob's memory home)."""
-    keys = (c.GENERIC_CRL, c.TLS_CRL)
+    the CA (another machine's home, or the CronJob's memory home). ``keys``: where the CRLs sit
+    (istio-ingressgateway-ca-certs: the file beside this credential's CA file; other CA files
+    there belong to other credentials)."""
     had = current is not None and any((current.get("data") or {}).get(k) for k in keys)
     if had and not any((new.get("data") or {}).get(k) for k in keys):
         meta = new["metadata"]
@@ -191,11 +201,9 @@ def _refuse_dropping_crls(current: dict | None, new: dict, ca: str) -> None:
                              f"certificates again; run this from the home that revoked them")
 
 
-def _keep_other_ca_files(place: SecretPlace, secret: dict) -> dict:
+def _keep_other_ca_files(current: dict | None, secret: dict) -> dict:
     """istio-ingressgateway-ca-certs may hold several CA files (one per MUTUAL host): keep the
-    others, replace only ours."""
-    meta = secret["metadata"]
-    current = place.get(meta["namespace"], meta["name"])
+    others (``current``: the Secret as the place holds it), replace only ours."""
     if not current or not current.get("data"):
         return secret
     merged = dict(secret)

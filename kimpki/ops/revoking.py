@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kimpki.errors import KimpkiError, NotFoundError, OperationError, UsageError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import ROLE_CREDENTIAL, read_provenance
+from kimpki.istio.credential import ROLE_CREDENTIAL, crl_file_name, default_ca_file_name, read_provenance
 from kimpki.ops.authority import PassphraseSource, generations, load_issuer, read_ca_cert, root_of
 from kimpki.ops.places import SecretPlace
 from kimpki.pki import parse
@@ -220,28 +220,28 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
                    namespace: str | None = None) -> list[dict]:
     """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` (None:
     whose client trust uses revocation) the store's current CRLs of that trust, in place: only
-    the CRL key of the Secret Istio reads the CA from (``NAME-cacert`` when it exists, else
-    ``NAME``) changes, guarded by what was just read (resourceVersion; no blind retry, so a
-    concurrent rotation is never undone: run again).
-    Returns ``[{namespace, secret, credential, action}]``; file-mounted credentials are left out
-    (their CRL would need the Gateway's ``caCrl`` path)."""
+    the CRL key of the Secret the gateway reads the CA from changes (:func:`crl_holder`),
+    guarded by what was just read (resourceVersion; no blind retry, so a concurrent rotation is
+    never undone: run again).
+    Returns ``[{namespace, secret, credential, action}]`` (plus ``file_mounted: True`` for a
+    file-mounted credential: its gateway reads the file, see ``caCrl``)."""
     done = []
+    seen: set[tuple[str, str, str]] = set()  # file-mounted credentials may share one CA file
     trusts: dict[bytes, list[CaRecord]] = {}  # by CA bundle: most credentials share a few
     for cred in list(place.managed(namespace)):
         prov = read_provenance(cred)
-        if prov.get("role", ROLE_CREDENTIAL) != ROLE_CREDENTIAL or prov.get("mode") != "mutual" \
-                or (prov.get("delivery") or "sds") != "sds":
+        if prov.get("role", ROLE_CREDENTIAL) != ROLE_CREDENTIAL or prov.get("mode") != "mutual":
             continue
         meta = cred["metadata"]
         ns, name = meta.get("namespace") or namespace or c.DEFAULT_NAMESPACE, meta["name"]
-        # Istio's precedence: NAME-cacert when it exists (no fallback), else NAME.
-        holder = place.get(meta.get("namespace"), c.cacert_secret_name(name)) or cred
-        if holder is None:
+        found = crl_holder(place, cred, prov)
+        if found is None:
             continue
+        holder, ca_key, crl_key = found
+        if (ns, holder["metadata"]["name"], crl_key) in seen:
+            continue
+        seen.add((ns, holder["metadata"]["name"], crl_key))
         data = holder.get("data") or {}
-        ca_key, crl_key = ((c.GENERIC_CA, c.GENERIC_CRL) if data.get(c.GENERIC_CA) else (c.TLS_CA, c.TLS_CRL))
-        if not data.get(ca_key):
-            continue
         try:
             bundle = base64.b64decode(data[ca_key], validate=True)
             tree = trusts[bundle] if bundle in trusts else trusts.setdefault(bundle, client_trust(store, bundle))
@@ -260,9 +260,32 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
         except KimpkiError as e:
             raise type(e)(f"{e} (the CRLs of secret/{name} were not republished: run the command "
                           f"again)") from None
-        done.append({"namespace": ns, "secret": holder["metadata"]["name"], "credential": name,
-                     "action": res.action})
+        item = {"namespace": ns, "secret": holder["metadata"]["name"], "credential": name, "action": res.action}
+        if (prov.get("delivery") or "sds") == "file-mounted":
+            item["file_mounted"] = True
+        done.append(item)
     return done
+
+
+def crl_holder(place: SecretPlace, cred: dict, prov: dict) -> tuple[dict, str, str] | None:
+    """``(Secret, CA key, CRL key)``: where the gateway reads the client CA and CRLs of the MUTUAL
+    credential ``cred`` (its kimpki.io annotations ``prov``). SDS, Istio's precedence:
+    ``NAME-cacert`` when it exists (no fallback), else ``NAME``; ``crl`` beside ``cacert``,
+    ``ca.crl`` beside ``ca.crt``. File-mounted: istio-ingressgateway-ca-certs, the credential's CA
+    file and the CRL file beside it (``example.com.crt``, ``example.com.crl``: the Gateway's
+    ``caCrl``). None when that Secret or its CA key is missing."""
+    meta = cred["metadata"]
+    if (prov.get("delivery") or "sds") == "file-mounted":
+        holder = place.get(meta.get("namespace"), c.FILE_MOUNTED_CA_SECRET)
+        ca_key = str(prov.get("ca_file_name") or default_ca_file_name(str(prov.get("ca") or "")))
+        crl_key = crl_file_name(ca_key)
+    else:
+        holder = place.get(meta.get("namespace"), c.cacert_secret_name(meta["name"])) or cred
+        data = (holder or {}).get("data") or {}
+        ca_key, crl_key = ((c.GENERIC_CA, c.GENERIC_CRL) if data.get(c.GENERIC_CA) else (c.TLS_CA, c.TLS_CRL))
+    if holder is None or not (holder.get("data") or {}).get(ca_key):
+        return None
+    return holder, ca_key, crl_key
 
 
 def refresh_due_crls(store: Store, *, now: datetime, passphrase: PassphraseSource) -> list[CrlResult]:
