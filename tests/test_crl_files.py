@@ -325,3 +325,29 @@ def test_a_home_without_the_revocation_state_does_not_drop_the_crl_file(pki, tmp
     assert_one_line_error(other("rotate", "istio-ingressgateway-certs", "--manifests", folder), 1,
                           "carries CRLs, but this kimpki home has no revocation state for CA 'root.example'")
     assert (folder / "credential.yaml").read_text() == before
+
+
+def test_apply_renders_ca_crl_once_the_trust_uses_revocation(kimpki, tmp_path):
+    """A policy's file-mounted MUTUAL Gateway gets caCrl when the CA Secret carries the CRL file."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("out"))
+    creds = policies / "credentials.yaml"
+    creds.write_text(creds.read_text().replace("  certificate: bookinfo.com\n  delivery: file-mounted\n",
+                                               "  certificate: bookinfo.com\n  delivery: file-mounted\n"
+                                               "  mode: MUTUAL\n"))
+
+    def bookinfo_tls() -> dict:
+        (gw,) = [d for d in docs(policies / "out" / "bookinfo-gateway.gateway.yaml") if d["kind"] == "Gateway"]
+        return gw["spec"]["servers"][0]["tls"]
+
+    kimpki.ok("apply", "-f", policies)
+    assert bookinfo_tls()["caCertificates"] == "/etc/istio/ingressgateway-ca-certs/example.com.crt"
+    assert "caCrl" not in bookinfo_tls()  # no revocation yet: no CRL file, no caCrl (Envoy would refuse it)
+    kimpki.ok("revoke", "kim-client", "--manifests", policies / "out")
+    kimpki.ok("apply", "-f", policies)
+    assert bookinfo_tls()["caCrl"] == "/etc/istio/ingressgateway-ca-certs/example.com.crl"
+    assert kimpki.json("check", "-f", policies / "out")["ok"]
