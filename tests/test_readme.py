@@ -52,7 +52,8 @@ def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
                block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
-               block("kimpki revoke stapled.example"), block("kimpki plan -f policies/"),
+               block("kimpki revoke stapled.example"), block("kimpki revoke mallory.example"),
+               block("kimpki plan -f policies/"),
                block("--mode OPTIONAL_MUTUAL")}
     assert covered == set(BLOCKS)
 
@@ -138,6 +139,18 @@ def test_optional_mutual_block(tmp_path):
     assert re.search(r"ok +tls_floor +a client offering only TLS 1\.2 was refused", r.stdout), r.stdout
     assert re.search(r"ok +client_certificate_optional ", r.stdout), r.stdout
     assert "kimpki: error: client_identity_not_allowed:" in r.stderr
+
+
+def test_revoking_a_client_certificate_on_the_local_gateway(tmp_path):
+    port = free_port()
+    r = run(block("kimpki revoke mallory.example"), tmp_path, tmp_path / "home", PORT=str(port))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"on https://127.0.0.1:{port}" in r.stdout  # serve's serving line
+    before, after = r.stdout.split("revoked mallory.example", 1)
+    assert before.count("PASS") == 1  # mallory accepted before the revocation
+    assert "secret/shop-credential (istio-system): CRLs updated" in after
+    assert "client_certificate_revoked" in after and after.count("PASS") == 1  # mallory refused, alice accepted
+    assert (tmp_path / "revoke-gw.log").read_text().count("Envoy pid") == 1  # one Envoy throughout
 
 
 def test_policy_block(tmp_path):
