@@ -3,7 +3,8 @@
 Every step runs the real `kimpki` CLI against a throw-away home; the gateway is the real Envoy
 proxy (`kimpki gateway serve`) fed by kimpki's SDS server; handshakes are checked by `kimpki verify`.
 After the manual steps come the tools that replace its hard cutovers, against the same Envoy:
-`kimpki rotate` under continuous handshakes, `kimpki ca rotate` / `ca retire`, then `status`,
+`kimpki rotate` under continuous handshakes, `kimpki ca rotate`, `kimpki revoke` of the old client
+certificate alone, `ca retire`, then `status`,
 `renew --dry-run`, `cron render` and a metrics textfile. Exits non-zero as soon as a step fails.
 """
 
@@ -322,7 +323,22 @@ def run(home: Path) -> None:
                "--mode", "mutual")
         gw.check_same_envoy(envoy_started)
 
-        step("10. kimpki ca retire: the overlap ends; only the new CA's client certificates are accepted")
+        step("10. kimpki revoke: shut out the old client certificate alone, not its whole CA")
+        rev = kimpki(home, "revoke", "--serial", client["old_serial"], "--ca", "example.com", "--reason",
+                     "superseded", "--manifests", str(work))
+        print(f"   serial {rev['serial'][:16]}... revoked ({rev['reason']}); CRL {rev['crl']['crl_number']} of "
+              f"{rev['crl']['ca']} into {', '.join('secret/' + r['secret'] for r in rev['republished'])}")
+        wait_until("the revoked client certificate refused", lambda: not accepted(
+            gw.port, "kim-new.example.com", ca_cert(home, new_ca), tuple(map(str, old_files))))
+        refused = verify(home, gw.port, "kim-new.example.com", "--ca", "example.com", *old_client, "--mode",
+                         "mutual", expect=1)
+        if refused["reason"] != "client_certificate_revoked":
+            raise DemoFailed(f"the revoked client certificate was refused as {refused['reason']}")
+        verify(home, gw.port, "kim-new.example.com", "--ca", new_ca, "--client", "kim-client.example.com",
+               "--mode", "mutual")
+        gw.check_same_envoy(envoy_started)
+
+        step("11. kimpki ca retire: the overlap ends; only the new CA's client certificates are accepted")
         ret = kimpki(home, "ca", "retire", "example.com", "--manifests", str(work))
         print(f"   example.com {ret['action']}; {len(ret['rewritten'])} MUTUAL bundle rewritten to {ret['successor']}, "
               f"default CA {ret['default_ca']}")
@@ -334,7 +350,7 @@ def run(home: Path) -> None:
         gw.check_same_envoy(envoy_started)
         print(f"   Envoy pid {gw.envoy_pid} unchanged since step 4: {gw.reloads()} reloads, all through SDS pushes")
 
-        step("11. What cron will watch: status, a renew run with nothing due, the crontab line")
+        step("12. What cron will watch: status, a renew run with nothing due, the crontab line")
         table = kimpki_text(home, "status", "--manifests", str(work), "--fail-on", "due").stdout
         print("\n".join("   " + line for line in table.rstrip().splitlines()))
         log = kimpki_text(home, "renew", "--manifests", str(work), "--dry-run").stderr.strip()
@@ -344,7 +360,7 @@ def run(home: Path) -> None:
         crontab = kimpki_text(home, "cron", "render", "--manifests", str(work)).stdout.strip()
         print("   " + shown(home, crontab.splitlines()[-1]))
 
-        step("12. Metrics for Prometheus: a textfile for node_exporter, CA certificates included")
+        step("13. Metrics for Prometheus: a textfile for node_exporter, CA certificates included")
         prom = work / "kimpki.prom"
         kimpki_text(home, "status", "--manifests", str(work), "--textfile", str(prom))
         series = [line for line in prom.read_text().splitlines()

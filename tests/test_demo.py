@@ -29,6 +29,11 @@ def test_demo_runs_end_to_end():
         r"\$ kimpki ca rotate example\.com --manifests manifests\n   example\.com-g2 created; .*ready to retire",
         r"--ca example\.com --cert kim-client-old\.crt --key kim-client-old\.key --mode mutual\n   PASS",
         r"--ca example\.com-g2 --client kim-client\.example\.com --mode mutual\n   PASS",
+        r"\$ kimpki revoke --serial [0-9a-f]+ --ca example\.com --reason superseded --manifests manifests\n"
+        r"   serial [0-9a-f]+\.\.\. revoked \(superseded\); CRL \d+ of example\.com into secret/kim-new-credential",
+        r"--ca example\.com --cert kim-client-old\.crt --key kim-client-old\.key --mode mutual\n"
+        r"   refused as expected \(client_certificate_revoked",
+        r"--ca example\.com-g2 --client kim-client\.example\.com --mode mutual\n   PASS",
         r"\$ kimpki ca retire example\.com --manifests manifests\n   example\.com retired",
         r"--ca example\.com-g2 --cert kim-client-old\.crt --key kim-client-old\.key --mode mutual\n"
         r"   refused as expected \(client_certificate_refused",
