@@ -30,6 +30,7 @@ import yaml
 from tests.conftest import Kimpki, assert_one_line_error, wait_until
 from tests.test_crl_envoy import started
 from tests.test_verify_envoy import ServedGateway
+from tests.kubeapi.fixtures import kube_api  # noqa: F401  (a fixture)
 from tests.tlspeers import assert_curl_refused
 
 FILES_HOST = "files.kim.example.com"
@@ -351,3 +352,29 @@ def test_apply_renders_ca_crl_once_the_trust_uses_revocation(kimpki, tmp_path):
     kimpki.ok("apply", "-f", policies)
     assert bookinfo_tls()["caCrl"] == "/etc/istio/ingressgateway-ca-certs/example.com.crl"
     assert kimpki.json("check", "-f", policies / "out")["ok"]
+
+
+
+def test_revoke_in_a_cluster_updates_only_the_crl_file_and_says_to_restart(kimpki, kube_api):
+    """In a cluster, only the CRL file of istio-ingressgateway-ca-certs changes (another CA file
+    beside it stays); a gateway pod reads caCrl when it builds the listener: kimpki says so."""
+    k, kc = kimpki, ["--kubeconfig", kube_api.kubeconfig_path]
+    k.ok("ca", "init", "solo.example")
+    k.ok("issue", "kim.example.com", "--ca", "solo.example")
+    k.ok("issue", "--client", "a.example.com", "--ca", "solo.example")
+    k.ok("issue", "--client", "b.example.com", "--ca", "solo.example")
+    k.ok("revoke", "a.example.com")
+    k.ok("secret", "create", "--file-mounted", "--cert", "kim.example.com", "--mutual", *kc)
+    k.ok("secret", "create", "istio-ingressgateway-other-certs", "--file-mounted", "--cert", "kim.example.com",
+         "--mutual", "--ca-file-name", "other.crt", *kc)
+    old = kube_api.get_object("secrets", "istio-system", "istio-ingressgateway-ca-certs")
+    assert sorted(old["data"]) == ["other.crl", "other.crt", "solo.example.crl", "solo.example.crt"]
+    res = k.ok("revoke", "b.example.com", "-n", "istio-system", *kc, "--json")
+    assert sorted((r["credential"], r["secret"], r["action"]) for r in res.json["republished"]) == [
+        ("istio-ingressgateway-certs", "istio-ingressgateway-ca-certs", "updated"),
+        ("istio-ingressgateway-other-certs", "istio-ingressgateway-ca-certs", "updated")]
+    assert "restart the gateway pods" in res.err and "rollout restart deployment istio-ingressgateway" in res.err
+    new = kube_api.get_object("secrets", "istio-system", "istio-ingressgateway-ca-certs")
+    changed = sorted(key for key in new["data"] if new["data"][key] != old["data"][key])
+    assert changed == ["other.crl", "solo.example.crl"]
+    assert len(base64.b64decode(new["data"]["solo.example.crl"])) > len(base64.b64decode(old["data"]["solo.example.crl"]))
