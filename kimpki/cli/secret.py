@@ -82,7 +82,8 @@ def group():
               help="With --mutual: the store CA to publish. Default: the root that issued the certificate.")
 @click.option("--file-mounted", is_flag=True,
               help=f"Legacy file-mounted gateway: TLS form, NAME defaults to {c.FILE_MOUNTED_CERTS_SECRET}; "
-                   f"with --mutual the CA goes to {c.FILE_MOUNTED_CA_SECRET}.")
+                   f"with --mutual the CA goes to {c.FILE_MOUNTED_CA_SECRET} (and the CRLs beside it as "
+                   f"<CA>.crl once its trust uses revocation: the Gateway's caCrl).")
 @click.option("--ca-file-name", metavar="FILE",
               help="With --file-mounted --mutual: the CA's file name (default <CA name>.crt, e.g. example.com.crt).")
 @click.option("--ocsp-staple", is_flag=True,

@@ -14,6 +14,10 @@ Read from Istio 1.32 (pilot/pkg/credentials/kube/secrets.go, pilot/pkg/model/cre
   ``/etc/istio/ingressgateway-certs``; ``istio-ingressgateway-ca-certs`` (generic, key
   ``<file>.crt``) at ``/etc/istio/ingressgateway-ca-certs``. Older gateways need a pod restart
   to pick up changed files.
+* File-mounted MUTUAL CRLs (Istio >= 1.22): ``tls.caCrl``, a path (refused with
+  ``credentialName`` and with SIMPLE), passed to Envoy as a ``filename`` data source in the default
+  validation context (pilot/pkg/security/model/authentication.go): Envoy reads the file when it
+  builds the listener, so a changed CRL file needs a pod restart too.
 """
 
 # Generic form keys (what `kubectl create secret generic --from-file=key=... ...` makes).
