@@ -163,6 +163,27 @@ def test_envoy_gets_the_ca_crl_as_istio_gives_it(site):
         "validation_context"]
 
 
+def test_gateway_serve_leaves_out_a_server_whose_crl_file_is_missing(site, tmp_path):
+    """Envoy cannot build a listener whose caCrl file is missing: that server is reported and
+    left out, as Istio's gateway would fail it, and the others are served."""
+    import shutil
+
+    from kimpki.localgw.manifests import load_manifests, resolve
+
+    folder = tmp_path / "missing"
+    shutil.copytree(site.manifests, folder)
+    text = (folder / "credential.yaml").read_text()
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    del documents[1]["data"]["root.example.crl"]
+    (folder / "credential.yaml").write_text(yaml.safe_dump_all(documents))
+    res = resolve(load_manifests([folder]))
+    assert res.plans == ()
+    (warning,) = res.warnings
+    assert f"server {FILES_HOST}" in warning and "not served" in warning
+    assert "/etc/istio/ingressgateway-ca-certs/root.example.crl: Secret istio-ingressgateway-ca-certs" in warning
+    assert "has no key root.example.crl" in warning
+
+
 # ---------------------------------------------------------------------------------------------
 # On a real Envoy
 # ---------------------------------------------------------------------------------------------
