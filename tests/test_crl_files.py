@@ -123,9 +123,13 @@ def test_the_ca_certs_secret_carries_every_crl_beside_the_ca_file_and_the_gatewa
 def test_render_crl_refusals(pki):
     k = pki.k
     assert_one_line_error(k("gateway", "render", "--host", "kim.example.com", "--credential", "kim", "--crl"), 2,
-                          "--crl is for --file-mounted MUTUAL servers")
+                          "--crl is for --file-mounted MUTUAL and OPTIONAL_MUTUAL servers")
     assert_one_line_error(k("gateway", "render", "--host", "kim.example.com", "--file-mounted", "--crl"), 2,
-                          "caCrl) is for file-mounted MUTUAL servers")
+                          "caCrl) is for file-mounted MUTUAL and OPTIONAL_MUTUAL servers")
+    out = k.ok("gateway", "render", "--host", "kim.example.com", "--file-mounted", "--mode", "OPTIONAL_MUTUAL",
+               "--ca-file-name", "root.example.crt", "--crl", "-o", "json").json
+    (gw,) = [o for o in out.get("items", [out]) if o["kind"] == "Gateway"]
+    assert gw["spec"]["servers"][0]["tls"]["caCrl"] == "/etc/istio/ingressgateway-ca-certs/root.example.crl"
 
 
 def test_istio_refuses_ca_crl_with_a_credential_or_simple():
