@@ -57,7 +57,7 @@ def apply_once(cmd: list[str], template: Path, pol: Path, work: Path) -> tuple[f
     home = work / "run-home"
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(pol / "out", ignore_errors=True)
-    shutil.copytree(template, home)
+    shutil.copytree(template, home, symlinks=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMPKI_")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

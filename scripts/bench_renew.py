@@ -169,7 +169,7 @@ def renew_once(cmd: list[str], template_home: Path, secrets: list[dict], srv, wo
 
     home = work / "run-home"
     shutil.rmtree(home, ignore_errors=True)
-    shutil.copytree(template_home, home)
+    shutil.copytree(template_home, home, symlinks=True)  # the store's `current` links stay links
     srv.put_objects(secrets)  # every Secret due again (the last run renewed them)
     env = env_for(home, srv)
     srv.clear_requests()

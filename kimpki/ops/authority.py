@@ -77,7 +77,11 @@ def root_of(store: Store, ca: CaRecord) -> CaRecord:
 def load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> profiles.Issuer:
     """Everything needed to sign under ``ca``: its certificate, key, intermediates and root
     (and, for a root still overlapping with the root it replaced, its cross certificate).
-    A retired CA may not sign."""
+    A retired CA may not sign. Read (and decrypted) once per store batch."""
+    return store.memo(("issuer", ca.name, passphrase), lambda: _load_issuer(store, ca, passphrase))
+
+
+def _load_issuer(store: Store, ca: CaRecord, passphrase: PassphraseSource) -> profiles.Issuer:
     if ca.retired_at is not None:
         instead = f"; issue from its successor {ca.successor!r}" if ca.successor else ""
         raise OperationError(f"CA {ca.name!r} was retired on {parse.rfc3339(ca.retired_at)} and may no "
@@ -307,8 +311,12 @@ def trust_bundle(store: Store, ca_name: str, ca_pem: bytes) -> bytes:
     rotation overlaps (``kimpki ca rotate``), it holds the same certificate (own or root) of
     every generation that is not retired, old first, whichever generation ``ca_name`` is, so
     certificates from the old and the new CA are both accepted; after ``kimpki ca retire`` the
-    retired generation drops out.
+    retired generation drops out. Worked out once per store batch.
     """
+    return store.memo(("trust_bundle", ca_name, ca_pem), lambda: _trust_bundle(store, ca_name, ca_pem))
+
+
+def _trust_bundle(store: Store, ca_name: str, ca_pem: bytes) -> bytes:
     line = generations(store, ca_name)
     if len(line) < 2:
         return ca_pem

@@ -101,12 +101,15 @@ def _write_temp(directory: Path, data: bytes, mode: int, sync: bool = True) -> P
     # mkstemp creates the file 0600 before any byte is written: a key is never briefly world-readable.
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        try:
+            view = memoryview(data)
+            while view:  # os.write, not a buffered file object: a batch writes thousands of these
+                view = view[os.write(fd, view):]
             if sync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+                os.fsync(fd)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from kimpki.errors import NotFoundError, OperationError
 from kimpki.store.lock import file_lock
@@ -59,6 +59,7 @@ from kimpki.store.fs import (PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, check_owned
                              point_symlink, private_subdir, sync_filesystem, write_atomic, write_new)
 
 LOCK_TIMEOUT = 60.0
+T = TypeVar("T")
 
 # CA lineage, kept in the settings table (see the module doc).
 SUCCESSOR_KEY = "ca-successor:"
@@ -320,6 +321,7 @@ class Store:
         self._after_commit: list = []
         self._collected = False  # the first mutation of a run collects what a killed run left
         self._batch = False  # inside batch(): files are synced once, before the commit
+        self._memo: dict = {}  # see memo(): what a batch computes once
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -372,6 +374,7 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK TO part")
                 self.db.execute("RELEASE part")
+                self._memo.clear()  # it may hold what the undone part made
                 del self._after_commit[pending_actions:]  # what the undone part would have done
                 raise
             self.db.execute("RELEASE part")
@@ -405,11 +408,27 @@ class Store:
             return
         with self.locked():
             self._batch = True
+            self._memo.clear()
             try:
                 yield self
                 sync_filesystem(self.home)
             finally:
                 self._batch = False
+                self._memo.clear()
+
+    def memo(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()``, computed once per :meth:`batch` for ``key`` (outside a batch, every time).
+
+        For what only a CA change can alter (a CA's record, its loaded key and chain, a trust
+        bundle), which a batch of 1,000 issuances would otherwise read, parse and decrypt 1,000
+        times: the batch holds the lock, and every CA change clears the memo."""
+        if not self._batch:
+            return make()
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = make()
+            return value
 
     # -- settings ----------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
@@ -417,6 +436,7 @@ class Store:
         return row["value"] if row else None
 
     def set_setting(self, key: str, value: str) -> None:
+        self._memo.clear()  # settings shape CA records (default, successor, retired)
         self.db.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
@@ -448,8 +468,11 @@ class Store:
         return [self._ca_from_row(r, default) for r in rows]
 
     def find_ca(self, name: str) -> CaRecord | None:
-        row = self.db.execute("SELECT * FROM cas WHERE name=?", (name,)).fetchone()
-        return self._ca_from_row(row, self.get_setting("default_ca")) if row else None
+        def find() -> CaRecord | None:
+            row = self.db.execute("SELECT * FROM cas WHERE name=?", (name,)).fetchone()
+            return self._ca_from_row(row, self.get_setting("default_ca")) if row else None
+
+        return self.memo(("ca", name), find)
 
     def get_ca(self, name: str | None = None) -> CaRecord:
         """The CA called ``name``, or the default CA when ``name`` is None."""
@@ -468,6 +491,7 @@ class Store:
                not_after: datetime, key_type: str | None, encrypted: bool, imported: bool,
                now: datetime) -> CaRecord:
         """Record a new CA and write its files. Call inside ``locked()``."""
+        self._memo.clear()
         if self.find_ca(name) is not None:
             raise OperationError(f"a CA named {name!r} already exists (see 'kimpki ca list')")
         d = private_subdir(self.home, "cas", name)
@@ -494,6 +518,7 @@ class Store:
         """Write back the files of CA ``ca`` a damaged home lost (``kimpki ca import`` of the same
         CA): the certificate (replacing a garbled one) and, when given, the key, which is only
         ever created, never overwritten. Call inside ``locked()``."""
+        self._memo.clear()
         private_subdir(self.home, "cas", ca.name)
         if cert_pem is not None:
             write_atomic(ca.cert_path, cert_pem, PUBLIC_FILE)
@@ -511,6 +536,7 @@ class Store:
         self.set_setting(RETIRED_KEY + name, _ts(now.replace(microsecond=0)))
 
     def write_cross_certificate(self, name: str, cert_pem: bytes) -> None:
+        self._memo.clear()
         write_atomic(self.ca_dir(name) / "cross.crt", cert_pem, PUBLIC_FILE)
 
     def record_serial(self, ca: str, serial: str) -> None:
@@ -554,6 +580,7 @@ class Store:
         except FileExistsError:
             raise OperationError(f"{vdir} already exists; refusing to overwrite it") from None
         os.chmod(vdir, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+        self._checked.add(("certs", name, "versions", serial))  # made just now, 0700: no second check
         kill_point("mkdir", vdir)
         sync = not self._batch
         if key_pem is not None:
