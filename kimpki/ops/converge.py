@@ -306,6 +306,7 @@ def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime,
     issued before it is committed, as when each certificate was its own transaction."""
     reissued: set[str] = set()
     failure: KimpkiError | None = None
+    passphrase = _passphrase_source(policy, store)  # one source: each CA is unlocked once per batch
     with store.batch() if execute else contextlib.nullcontext():
         for cert in policy.certificates:
             reason = renewal_reason(cert, store, now)
@@ -320,7 +321,7 @@ def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime,
                     res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
                                         ca_name=issuing_ca(store, cert.ca), org=cert.org,
                                         days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
-                                        name=cert.name, now=now, passphrase=_passphrase_source(policy, store))
+                                        name=cert.name, now=now, passphrase=passphrase)
                 except KimpkiError as e:
                     failure = _at(cert, e, f"Certificate {cert.name}")
                     break
