@@ -20,6 +20,11 @@ SETTING_PREFIX = "constraints:"
 
 
 def load(store: Store, ca_name: str) -> NameConstraints | None:
+    """CA ``ca_name``'s name constraints (None: none); read once per store batch."""
+    return store.memo(("constraints", ca_name), lambda: _load(store, ca_name))
+
+
+def _load(store: Store, ca_name: str) -> NameConstraints | None:
     raw = store.get_setting(SETTING_PREFIX + ca_name)
     if not raw or raw == "null":
         return None

@@ -187,13 +187,13 @@ def private_subdir(base: Path, *parts: str, create: bool = True) -> Path:
     path = base
     for part in parts:
         path = path / part
-        if create:
+        if not os.path.lexists(path):  # a look first: mkdir of an existing folder locks its parent
+            if not create:
+                return base.joinpath(*parts)
             try:
                 os.mkdir(path, PRIVATE_DIR)
-            except FileExistsError:  # there already, or created concurrently by another kimpki process
+            except FileExistsError:  # created concurrently by another kimpki process
                 pass
-        elif not os.path.lexists(path):
-            return base.joinpath(*parts)
         st = check_owned_dir(path, "the store folder")
         if stat.S_IMODE(st.st_mode) != PRIVATE_DIR:
             os.chmod(path, PRIVATE_DIR)  # mkdir's mode is filtered by the umask

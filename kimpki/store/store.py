@@ -561,7 +561,7 @@ class Store:
             not_after=_dt(row["not_after"]), key_type=row["key_type"],
             key_fingerprint=row["key_fingerprint"], has_key=bool(row["has_key"]), state=row["state"],
             created_at=_dt(row["created_at"]), deployed_to=json.loads(row["deployed_to"]),
-            dir=self.cert_dir(row["name"]) / "versions" / row["serial"])
+            dir=self.home.joinpath("certs", row["name"], "versions", row["serial"]))
 
     def add_cert(self, name: str, *, kind: str, ca: str, serial: str, subject: str,
                  dns_names: list[str], ip_addresses: list[str], not_before: datetime,
