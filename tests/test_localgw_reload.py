@@ -137,3 +137,58 @@ def test_a_rewrite_that_keeps_the_stat_is_caught_by_content_while_the_file_is_ra
     f.write_text("serial: 2\n")  # same inode, same size, same (coarse) times
     assert files.changed() and files.texts()[0][1] == "serial: 2\n"
     assert not files.changed()
+
+
+def test_serve_forever_hears_of_a_rotated_secret_from_the_folder_without_polling(tmp_path):
+    """The folder is watched (one inotify instance): with polling put off for an hour, a rewritten
+    Secret is still served, through the watch alone."""
+    import threading
+
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "example.com")
+    kim = make_leaf(pki, ca, "kim.example.com")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "kim.yaml").write_text(generic_secret_yaml("kim-credential", {"cert": kim.cert, "key": kim.key}))
+    (folder / "gateway.yaml").write_text(gateway_yaml("gw", [
+        https_server("kim.example.com", "https-kim", "SIMPLE", "kim-credential")]))
+
+    def inotify_instances() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:inotify")
+
+    before = inotify_instances()
+    gw = LocalGateway([folder], port_map={443: 0})
+    stop = threading.Event()
+    ready = threading.Event()
+    loop = threading.Thread(target=gw.serve_forever, kwargs={"interval": 3600, "stop": stop,
+                                                             "on_ready": lambda _: ready.set()})
+    loop.start()
+    try:
+        wait_until(ready.is_set, "the gateway to serve")
+        wait_until(lambda: inotify_instances() == before + 1, "the folder to be watched")
+        port = gw.ports[443]
+        assert served_serial(port, "kim.example.com", ca.cert) == kim.serial
+        fresh = make_leaf(pki, ca, "kim.example.com", tag="-2")
+        tmp = folder / ".kim.yaml.tmp"
+        tmp.write_text(generic_secret_yaml("kim-credential", {"cert": fresh.cert, "key": fresh.key}))
+        os.replace(tmp, folder / "kim.yaml")  # what kimpki rotate --manifests does
+        wait_until(lambda: served_serial(port, "kim.example.com", ca.cert) == fresh.serial,
+                   "the rotated certificate to be served")
+        # An in-place rewrite (an editor, kubectl ... > file) is heard too.
+        again = make_leaf(pki, ca, "kim.example.com", tag="-3")
+        (folder / "kim.yaml").write_text(generic_secret_yaml("kim-credential", {"cert": again.cert, "key": again.key}))
+        wait_until(lambda: served_serial(port, "kim.example.com", ca.cert) == again.serial,
+                   "the rewritten certificate to be served")
+    finally:
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive() and gw.pid is None
+    assert inotify_instances() == before
+
+
+def _link(fd: Path) -> str:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""

