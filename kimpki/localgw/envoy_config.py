@@ -152,8 +152,9 @@ def listener_inputs(plans: Iterable[ServerPlan], local_ports: dict[int, int], ad
     listeners: a reload that only changed Secrets skips rebuilding (and comparing) thousands of
     filter chains."""
     def without_pem(p: ServerPlan) -> ServerPlan:
-        certs = tuple(replace(c, cert_pem="", key_pem="") for c in p.certificates)
-        # Whether a CRL is there stays an input (only its content goes over SDS).
+        # Whether a staple or a CRL is there stays an input (only their content goes over SDS).
+        certs = tuple(replace(c, cert_pem="", key_pem="", ocsp_staple=c.ocsp_staple and b"")
+                      for c in p.certificates)
         ca = replace(p.ca, ca_pem="", crl_pem=p.ca.crl_pem and "") if p.ca is not None else None
         return replace(p, certificates=certs, ca=ca)
 
