@@ -74,6 +74,12 @@ def test_a_rotated_secret_reaches_envoy_without_the_listeners_being_rebuilt(tmp_
         wait_until(lambda: lds_updates(gw) == taken + 1, "Envoy to take the listeners without the MUTUAL server")
         assert served_serial(port, "kim.example.com", ca.cert) == fresh.serial
 
+        # reload() called directly (no poll before it) looks at the files itself.
+        third = make_leaf(pki, ca, "kim.example.com", tag="-3")
+        (folder / "kim.yaml").write_text(generic_secret_yaml("kim-credential", {"cert": third.cert, "key": third.key}))
+        assert gw.reload().secrets_updated == ("kubernetes://kim-credential",)
+        assert gw.listener_builds == builds + 1
+
 
 def _counting_reads(monkeypatch) -> list[str]:
     read: list[str] = []

@@ -218,7 +218,11 @@ class LocalGateway:
         return self
 
     def reload(self) -> ReloadResult:
-        """Re-read the manifests; rewrite only the SDS/LDS files whose content changed."""
+        """Re-read the manifests; push the secrets that changed, write the listeners if they changed."""
+        self._files.changed()  # look first: texts() reads again only files whose stat changed
+        return self._reload()
+
+    def _reload(self) -> ReloadResult:
         if self.workdir is None:
             raise OperationError("the local gateway is not running: start() it first")
         with self._lock:
@@ -250,7 +254,7 @@ class LocalGateway:
         self._check_alive()
         result = None
         if scan and self._files.changed():
-            result = self.reload()
+            result = self._reload()
             if result.changed:
                 self._log(_describe_reload(result))
         self._forward_envoy_log()
