@@ -115,11 +115,9 @@ class ManifestFiles:
         if fd is None:
             time.sleep(timeout)
             return False
-        try:
-            ready, _, _ = select.select([fd], [], [], timeout)
-        except (OSError, ValueError):
-            ready = []
-        if not ready:
+        poller = select.poll()  # not select(): no limit on the descriptor's number
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return False
         ended = False
         while True:  # drain: one wake-up for a burst of events
