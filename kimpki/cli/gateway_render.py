@@ -28,6 +28,11 @@ More:
   kimpki gateway render --host bookinfo.com --file-mounted \\
       --mount-path /etc/istio/ingressgateway-bookinfo-certs --to-service productpage:9080
   kimpki gateway render --host 'kim.example.com,www.kim.example.com' --credential kim-credential -o json
+  # an ECDSA and an RSA certificate on one server (credentialNames; 'secret create --dual' writes both)
+  kimpki gateway render --host kim.example.com --credential kim-credential,kim-credential-rsa
+  # MUTUAL with the client CA from a CA-only Secret (caCertCredentialName; 'secret create --ca-only')
+  kimpki gateway render --host kim.example.com --credential kim-credential --mode MUTUAL \\
+      --ca-credential kim-clients-cacert
   kimpki gateway render ... | kimpki gateway apply -f -
 \b
 Client identities, protocol versions and ciphers (every server gets them; SANs go to the
@@ -86,7 +91,8 @@ def with_tls_params(servers: list, subject_alt_names: tuple[str, ...] = (), min_
 
 
 def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bool, mount_paths: tuple[str, ...],
-          modes: tuple[str, ...], ca_file_name: str | None, crl: bool = False) -> list:
+          modes: tuple[str, ...], ca_file_name: str | None, crl: bool = False,
+          ca_credentials: tuple[str, ...] = ()) -> list:
     """The ServerSpecs the options describe (pairing the n-th --host, --credential, --mode, --mount-path)."""
     from kimpki.istio.gateway import ServerSpec
 
@@ -114,8 +120,14 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
         groups = [tuple(dict.fromkeys(h for g in groups for h in g))]
     n = len(groups)
     mode_list = [m.upper() for m in _per_server(modes, n, "--mode", "SIMPLE")]
+    if ca_credentials and not credentials:
+        raise UsageError("--ca-credential is for SDS servers (--credential); file-mounted ones read --ca-file-name")
     if credentials:
-        return [ServerSpec.sds(g, cred, m) for g, cred, m in zip(groups, credentials, mode_list)]
+        ca_list = _per_server(ca_credentials, n, "--ca-credential")
+        if ca_credentials and len(ca_credentials) == 1 and n > 1:
+            # one CA credential for "all servers" would include SIMPLE ones: only the non-SIMPLE take it
+            ca_list = [ca if m != "SIMPLE" else None for ca, m in zip(ca_list, mode_list)]
+        return [ServerSpec.sds(g, cred, m, ca) for g, cred, m, ca in zip(groups, credentials, mode_list, ca_list)]
     paths = _per_server(mount_paths, n, "--mount-path", c.FILE_MOUNTED_CERTS_PATH)
     return [ServerSpec.file_mounted(g, m, p, ca_file_name=ca_file_name, crl=crl)
             for g, m, p in zip(groups, mode_list, paths)]
@@ -125,7 +137,12 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
 @click.option("--host", "hosts", multiple=True, required=True, metavar="HOST[,HOST]",
               help="Host(s) of one server. Repeat for more servers.")
 @click.option("--credential", "credentials", multiple=True, metavar="SECRET",
-              help="SDS: the credential Secret's name (tls.credentialName). Repeat: one per --host.")
+              help="SDS: the credential Secret's name (tls.credentialName); two names joined by a comma "
+                   "(an ECDSA and an RSA credential) become tls.credentialNames. Repeat: one per --host.")
+@click.option("--ca-credential", "ca_credentials", multiple=True, metavar="NAME",
+              help="MUTUAL (Istio >= 1.28): tls.caCertCredentialName, the CA from its own Secret (a name ending "
+                   "in -cacert, see 'secret create --ca-only') or ConfigMap (configmap://NAMESPACE/NAME). "
+                   "Once, or once per server.")
 @click.option("--file-mounted", is_flag=True, help="Legacy: read the certificate from files mounted into the gateway.")
 @click.option("--mount-path", "mount_paths", multiple=True, metavar="PATH",
               help=f"With --file-mounted: where the Secret is mounted (default {c.FILE_MOUNTED_CERTS_PATH}).")
@@ -168,9 +185,9 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
               help="Check the output against Istio's CRD schema for its apiVersion (the default; "
                    "--validate also says so on stderr).")
 @output_options("Print the Gateway and VirtualService in this format (default yaml).")
-def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, crl, subject_alt_names,
-            min_protocol_version, max_protocol_version, cipher_suites, ecdh_curves, to_service, service_namespace,
-            name, namespace, api_version, no_virtual_service, validate, output, as_json):
+def command(hosts, credentials, ca_credentials, file_mounted, mount_paths, modes, ca_file_name, crl,
+            subject_alt_names, min_protocol_version, max_protocol_version, cipher_suites, ecdh_curves, to_service,
+            service_namespace, name, namespace, api_version, no_virtual_service, validate, output, as_json):
     """Print a Gateway (and a VirtualService routing its hosts) for kubectl or 'gateway apply'.
 
     Nothing is read from the store or the cluster: the output only names Secrets or file
@@ -181,7 +198,8 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     from kimpki.istio import gateway as g
 
     check_output(output, as_json, "the objects")
-    servers = with_tls_params(build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, crl),
+    servers = with_tls_params(build(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, crl,
+                                    ca_credentials),
                               subject_alt_names, min_protocol_version, max_protocol_version, cipher_suites,
                               ecdh_curves)
     svc, port = g.parse_service(to_service)
@@ -214,7 +232,10 @@ def command(hosts, credentials, file_mounted, mount_paths, modes, ca_file_name, 
     if as_json:
         emit({"gateway": gw_name, "namespace": namespace, "api_version": gw["apiVersion"],
               "servers": [{"hosts": sv["hosts"], "port": sv["port"]["name"], "mode": sv["tls"]["mode"],
-                           "credential": sv["tls"].get("credentialName")} for sv in gw["spec"]["servers"]],
+                           "credential": sv["tls"].get("credentialName"),
+                           "credentials": sv["tls"].get("credentialNames") or
+                           [n for n in [sv["tls"].get("credentialName")] if n],
+                           "ca_credential": sv["tls"].get("caCertCredentialName")} for sv in gw["spec"]["servers"]],
               "objects": objs}, True)
         return
     click.echo(render_objects(objs, output or "yaml"))

@@ -34,12 +34,16 @@ def issued_text(d: dict) -> str:
 @days_option(90, "Validity in days.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE.value, show_default=True)
 @click.option("--name", help="Name in the store. Default: the first HOST.")
+@click.option("--dual", is_flag=True,
+              help="Also issue the other algorithm's certificate for the same hosts (RSA-2048 beside an EC "
+                   "--key-type, EC P-256 beside an RSA one), stored as NAME-rsa or NAME-ecdsa: the pair an "
+                   "Istio server serves with tls.credentialNames ('kimpki secret create --dual').")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write <name>.crt, <name>.key and ca.crt into this directory.")
 @passphrase_file_option
 @json_option
 @click.pass_context
-def command(ctx, hosts, client, ca_name, org, days, key_type, name, out_dir, passphrase_file, as_json):
+def command(ctx, hosts, client, ca_name, org, days, key_type, name, dual, out_dir, passphrase_file, as_json):
     """Issue a certificate for HOST(s): the first HOST is the subject CN, every HOST is a SAN.
 
     A HOST is a DNS name (internationalised names become A-labels), a wildcard
@@ -70,6 +74,21 @@ def command(ctx, hosts, client, ca_name, org, days, key_type, name, out_dir, pas
     if res.previous is not None:
         note(f"kimpki: {res.record.name} was re-issued; the previous version (serial {res.previous.serial}) "
              f"is kept in {res.previous.dir}")
+    partner = None
+    if dual:
+        from kimpki.ops import pairs
+
+        kt = parse_key_type(key_type)
+        partner_kt = pairs.partner_key_type(kt)
+        partner = issuing.issue(store, list(hosts), kind=LeafKind.CLIENT if client else LeafKind.SERVER,
+                                ca_name=res.record.ca, org=org, days=days, key_type=partner_kt,
+                                name=pairs.partner_name(res.record.name, pairs.algorithm_of(partner_kt)),
+                                now=now, passphrase=passphrase_source(passphrase_file))
     if out_dir:
         issuing.export_files(res, Path(out_dir))
-    emit(res.to_dict(), as_json, issued_text)
+        if partner is not None:
+            issuing.export_files(partner, Path(out_dir))
+    out = res.to_dict()
+    if partner is not None:
+        out["pair"] = partner.to_dict()
+    emit(out, as_json, lambda d: issued_text(d) + ("\n" + issued_text(d["pair"]) if d.get("pair") else ""))

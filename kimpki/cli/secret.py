@@ -27,6 +27,9 @@ More examples:
   kimpki secret create kim-credential --cert kim.example.com --mutual --ca-secret   # + kim-credential-cacert
   kimpki secret create istio-ingressgateway-bookinfo-certs --file-mounted --cert bookinfo.com
   kimpki secret create kim-credential --cert kim.example.com --ocsp-staple   # tls keys + tls.ocsp-staple
+  kimpki secret create kim-credential --cert kim.example.com --dual   # + kim-credential-rsa (credentialNames)
+  kimpki secret create kim-clients-cacert --ca-only --ca example.com  # caCertCredentialName, no key
+  kimpki secret create kim-clients --ca-only --config-map             # configmap://istio-system/kim-clients
 
 \b
 An existing Secret is updated in place (never deleted and re-created, so the gateway keeps
@@ -69,7 +72,7 @@ def group():
 
 @group.command("create", epilog=EPILOG)
 @click.argument("name", required=False)
-@click.option("--cert", "cert_name", required=True, metavar="CERT",
+@click.option("--cert", "cert_name", metavar="CERT",
               help="The certificate's name in the store (see 'kimpki list'), or a host it was issued for.")
 @click.option("-n", "--namespace", default=c.DEFAULT_NAMESPACE, show_default=True,
               help="The gateway's namespace (where Istio looks for credentials).")
@@ -89,6 +92,14 @@ def group():
 @click.option("--ocsp-staple", is_flag=True,
               help=f"Add an OCSP response for the certificate, signed by its CA (valid 4 days; 'kimpki renew' "
                    f"keeps it fresh), as {c.OCSP_STAPLE}: the gateway staples it. tls key set only.")
+@click.option("--dual", is_flag=True,
+              help="An RSA+ECDSA pair (Istio >= 1.27, tls.credentialNames): CERT as Secret NAME and its partner "
+                   "certificate (CERT-rsa or CERT-ecdsa, 'kimpki issue --dual') as Secret NAME-rsa or NAME-ecdsa.")
+@click.option("--ca-only", is_flag=True,
+              help="Only the CA bundle of --ca (default: the default CA), no key: a Secret NAME ending in -cacert "
+                   "for tls.caCertCredentialName (Istio >= 1.28).")
+@click.option("--config-map", is_flag=True,
+              help="With --ca-only: write a ConfigMap instead (caCertCredentialName configmap://NAMESPACE/NAME).")
 @click.option("--dry-run", is_flag=True, help="Print the Secret(s) instead of writing them; no cluster needed.")
 @click.option("--force", is_flag=True, help="Update an existing Secret that kimpki does not manage.")
 @passphrase_file_option
@@ -96,7 +107,8 @@ def group():
 @output_options("Print the Secret(s) in this format (with --dry-run: what would be written; default yaml).")
 @click.pass_context
 def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, file_mounted, ca_file_name,
-           ocsp_staple, dry_run, output, force, passphrase_file, kubeconfig, context, as_json):
+           ocsp_staple, dual, ca_only, config_map, dry_run, output, force, passphrase_file, kubeconfig, context,
+           as_json):
     """Create or update the credential Secret NAME from certificate CERT in the store.
 
     The Secret holds the certificate chain (leaf and intermediates, never the root) and its
@@ -108,6 +120,18 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     from kimpki.pki.parse import rfc3339
 
     check_output(output, as_json, "the Secrets")
+    if config_map and not ca_only:
+        raise UsageError("--config-map writes a CA-only ConfigMap: add --ca-only")
+    if ca_only:
+        if cert_name or dual or mutual or ca_secret or file_mounted or ca_file_name:
+            raise UsageError("--ca-only writes only a CA bundle: drop --cert, --dual, --mutual, --ca-secret and "
+                             "--file-mounted")
+        if not name:
+            raise UsageError("give the NAME of the CA-only Secret (ending in -cacert) or ConfigMap")
+        return _create_ca_only(ctx, name, namespace, fmt or "generic", ca_name, config_map, dry_run, output,
+                               force, kubeconfig, context, as_json)
+    if not cert_name:
+        raise UsageError("give --cert CERT (the certificate in the store), or --ca-only for a CA bundle")
     if ca_name and not mutual:
         raise UsageError("--ca chooses the CA published for MUTUAL: add --mutual")
     spec = CredentialSpec(name=name, namespace=namespace,
@@ -115,15 +139,23 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
                           ca_secret=ca_secret, file_mounted=file_mounted, ca_file_name=ca_file_name,
                           ocsp_staple=ocsp_staple)
     store = open_store(ctx)
-    prepared = credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
-                                   passphrase=passphrase_source(passphrase_file))
-    secrets = list(prepared.secrets)
+    passphrase = passphrase_source(passphrase_file)
+    if dual:
+        halves = credentials.prepare_pair(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
+                                          passphrase=passphrase)
+    else:
+        halves = [credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
+                                      passphrase=passphrase)]
+    prepared = halves[0]
     rec = prepared.record
 
     if dry_run:
-        results = [{"name": s["metadata"]["name"], "action": "would write", "object": s} for s in secrets]
+        results = [{"name": s["metadata"]["name"], "action": "would write", "object": s}
+                   for half in halves for s in half.secrets]
     else:
-        results = _write(store, prepared, force=force, kubeconfig=kubeconfig, context=context)
+        # The partner first: a Gateway naming both never waits for the second.
+        results = [r for half in reversed(halves) for r in _write(store, half, force=force, kubeconfig=kubeconfig,
+                                                                  context=context)]
 
     if file_mounted:
         note("kimpki: note: older gateways read mounted certificate files only at start-up; if the new "
@@ -154,7 +186,42 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
         "ocsp_staple": _staple_summary(prepared.credential.credential),
         "dry_run": dry_run,
     }
+    if dual:
+        summary["credential_names"] = [h.credential.spec.secret_name for h in halves]
+        summary["pair"] = [{"secret": h.credential.spec.secret_name, "certificate": h.record.name,
+                            "serial": h.record.serial, "key_type": h.record.key_type} for h in halves]
     emit(summary, as_json, _summary_text)
+
+
+def _create_ca_only(ctx, name, namespace, fmt, ca_name, config_map, dry_run, output, force, kubeconfig, context,
+                    as_json):
+    from kimpki.ops import credentials
+
+    store = open_store(ctx)
+    published, obj = credentials.prepare_ca_only(store, name, namespace=namespace, ca_name=ca_name, now=now_utc(),
+                                                 format=fmt, config_map=config_map)
+    kind = obj["kind"]
+    if dry_run:
+        action, written = "would write", obj
+    else:
+        from kimpki.ops.places import ClusterPlace
+
+        with no_cluster_hint("or print it with --dry-run -o yaml"), \
+                ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
+            if config_map:
+                res = place.cluster.apply(obj)
+                action, written = res.action, res.object
+            else:
+                res = place.write(obj, force=force)
+                action, written = res.action, res.object
+    if output or (dry_run and not as_json):
+        click.echo(render_objects([written], output or "yaml"))
+        return
+    ref = f"configmap://{namespace}/{name}" if config_map else name
+    emit({"namespace": namespace, "kind": kind, "name": name, "action": action, "ca": published,
+          "ca_cert_credential_name": ref, "dry_run": dry_run}, as_json,
+         lambda d: (f"{d['kind'].lower()}/{d['name']} {d['action']} in namespace {d['namespace']}: the CA bundle of "
+                    f"{d['ca']}, no key\n  Gateway: tls.caCertCredentialName: {d['ca_cert_credential_name']}"))
 
 
 def _write(store, prepared, *, force: bool, kubeconfig: str | None, context: str | None) -> list[dict]:

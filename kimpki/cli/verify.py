@@ -124,7 +124,8 @@ def render(d: dict) -> str:
     for c in d["checks"]:
         lines.append(f"  {'ok' if c['ok'] else 'FAIL':<4}  {c['name']:<{width}}  {c['detail']}")
     if d["tls_version"]:
-        lines.append(f"tls: {d['tls_version']} {d['cipher']}, alpn {d['alpn'] or 'none'}")
+        lines.append(f"tls: {d['tls_version']} {d['cipher']}, alpn {d['alpn'] or 'none'}"
+                     + (f"; server key {d['key_algorithm']}" if d.get("key_algorithm") else ""))
     for i, c in enumerate(d["served_chain"]):
         sans = ", ".join([f"DNS:{x}" for x in c["dns_names"]] + [f"IP:{x}" for x in c["ip_addresses"]]) or "none"
         left = f"{c['days_left']} days left" if c["days_left"] >= 0 else "EXPIRED"
@@ -187,6 +188,10 @@ def _write_verify_metrics(path: str, reports: list) -> None:
 @click.option("--min-tls", type=click.Choice(["1.2", "1.3"]), default=None,
               help="Prove the gateway's floor: a client offering only the version below (1.1 for 1.2, 1.2 "
                    "for 1.3) must be refused (check tls_floor).")
+@click.option("--key-algorithm", type=click.Choice(["rsa", "ecdsa"]),
+              help="Be a client that accepts only this server key algorithm (TLS 1.2 with only its cipher suites): "
+                   "shows which certificate of an RSA+ECDSA pair (credentialNames) such a client is sent, and "
+                   "checks that it is of that algorithm and verifies.")
 @click.option("--http-path", metavar="PATH", help="Also GET this path over HTTP/1.1 and expect 2xx, e.g. /health.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Give up on the whole check after this long.")
@@ -199,8 +204,8 @@ def _write_verify_metrics(path: str, reports: list) -> None:
                    "to FILE.prom (node_exporter's textfile collector), whatever the outcome.")
 @json_option
 @click.pass_context
-def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, tls_version, min_tls, http_path,
-            timeout, wait, textfile, as_json):
+def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mode, key_algorithm, tls_version,
+            min_tls, http_path, timeout, wait, textfile, as_json):
     """Connect to a gateway as a client would and check its TLS: trust, hostname, expiry,
     the client certificate (MUTUAL: demanded and accepted) and optionally an HTTP path.
 
@@ -213,9 +218,10 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
     from kimpki.verify import Reason, check_endpoint, until_passed
 
     if check_all:
-        if host or ca_ref or cacert or client or cert or key or mode or tls_version or min_tls:
+        if host or ca_ref or cacert or client or cert or key or mode or tls_version or min_tls or key_algorithm:
             raise UsageError("--all checks the store's own certificates: give no HOST, --ca, --cacert, "
-                             "--client, --cert, --key, --mode, --tls-version or --min-tls with it")
+                             "--client, --cert, --key, --mode, --tls-version, --min-tls or --key-algorithm with "
+                             "it (it checks both halves of an RSA+ECDSA pair by itself)")
         if textfile:
             from kimpki.ops.metrics import check_textfile_path
 
@@ -239,13 +245,16 @@ def command(ctx, host, check_all, connect, ca_ref, cacert, client, cert, key, mo
     target = resolve_target(ctx, host, connect=connect, ca_ref=ca_ref, cacert=cacert, client=client, cert=cert,
                             key=key, mode=mode, http_path=http_path, timeout=timeout, tls_version=tls_version,
                             min_tls=min_tls)
+    if key_algorithm:
+        target = replace(target, key_algorithm=key_algorithm)
     store = existing_store(ctx)
 
     def check_once(timeout: float) -> list:
         report = check_endpoint(replace(target, timeout=timeout))
         if report.reason is Reason.BAD_INPUT:
             raise UsageError(report.message.split(": ", 1)[-1])
-        compare_with_store(report, current_for(store, target.host))
+        compare_with_store(report, current_for(store, target.host,
+                                               report.leaf.key_algorithm if report.leaf else None))
         return [report]
 
     (report,) = until_passed(check_once, wait=wait, timeout=target.timeout)

@@ -52,9 +52,11 @@ ANN_ROLE = c.ANNOTATION_PREFIX + "role"  # credential | ca
 ANN_CREDENTIAL = c.ANNOTATION_PREFIX + "credential"  # on a CA Secret: the credential it belongs to
 ANN_CA_FILE_NAME = c.ANNOTATION_PREFIX + "ca-file-name"  # file-mounted MUTUAL: the CA's file (key) name
 ANN_OCSP_STAPLE = c.ANNOTATION_PREFIX + "ocsp-staple"  # "true": kimpki keeps an OCSP staple in it
+ANN_PAIR = c.ANNOTATION_PREFIX + "pair"  # RSA+ECDSA (credentialNames): the other Secret of the pair
 
 ROLE_CREDENTIAL = "credential"
 ROLE_CA = "ca"
+ROLE_CA_ONLY = "ca-only"  # a CA bundle of its own, for tls.caCertCredentialName (no key material)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class CredentialSpec:
     file_mounted: bool = False
     ca_file_name: str | None = None
     ocsp_staple: bool = False  # an OCSP response for the certificate in tls.ocsp-staple
+    pair: str | None = None  # the other Secret of an RSA+ECDSA pair (see kimpki.ops.pairs)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -186,6 +189,8 @@ def annotations_for(spec: CredentialSpec, prov: Provenance, role: str = ROLE_CRE
     }
     if role == ROLE_CA:
         ann[ANN_CREDENTIAL] = spec.secret_name
+    elif spec.pair:
+        ann[ANN_PAIR] = spec.pair
     if spec.file_mounted and spec.mutual:
         # The Gateway's caCertificates names this file: rotation must keep writing the same one.
         ann[ANN_CA_FILE_NAME] = spec.ca_file_name or default_ca_file_name(prov.ca)
@@ -245,6 +250,28 @@ def build_credential(spec: CredentialSpec, material: CredentialMaterial, prov: P
     if spec.mutual and spec.ca_secret:
         secrets.append(_secret(c.cacert_secret_name(name), ns, c.SECRET_TYPE_OPAQUE, trust, ca_ann))
     return SdsCredential(spec, tuple(secrets))
+
+
+def build_ca_only(name: str, namespace: str, ca_pem: bytes, crl_pem: bytes | None, ca_name: str, *,
+                  format: str = "generic", config_map: bool = False) -> dict:
+    """A Secret (or ConfigMap) holding only a CA bundle, for ``tls.caCertCredentialName``: ``cacert``
+    (generic) or ``ca.crt`` (tls), CRLs beside it, as Istio's ExtractRoot reads them. No key, so
+    trust can be handed out without key material. The ConfigMap's data are plain strings."""
+    if format not in FORMATS:
+        raise UsageError(f"unknown credential format {format!r}: choose generic or tls")
+    ca_key, crl_key = (c.GENERIC_CA, c.GENERIC_CRL) if format == "generic" else (c.TLS_CA, c.TLS_CRL)
+    data = {ca_key: ca_pem}
+    if crl_pem:
+        data[crl_key] = crl_pem
+    ann = {ANN_CA: ca_name, ANN_ROLE: ROLE_CA_ONLY, ANN_FORMAT: format, ANN_MODE: "mutual",
+           ANN_DELIVERY: "configmap" if config_map else "sds"}
+    if not config_map:
+        return _secret(name, namespace, c.SECRET_TYPE_OPAQUE, data, ann)
+    obj = _secret(name, namespace, "", {}, ann)
+    del obj["type"], obj["data"]
+    obj["kind"] = "ConfigMap"
+    obj["data"] = {k: v.decode("ascii") for k, v in sorted(data.items())}
+    return obj
 
 
 def is_managed(obj: dict | None) -> bool:

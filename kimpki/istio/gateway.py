@@ -60,6 +60,8 @@ class ServerSpec:
     cipher_suites: tuple[str, ...] = ()
     ecdh_curves: tuple[str, ...] = ()
     ca_crl: str | None = None  # file-mounted MUTUAL: the CRL file (Istio >= 1.22 tls.caCrl)
+    credential_names: tuple[str, ...] = ()  # SDS, Istio >= 1.27: an RSA and an ECDSA credential (at most 2)
+    ca_cert_credential_name: str | None = None  # Istio >= 1.28: the MUTUAL CA from its own Secret/ConfigMap
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -69,10 +71,18 @@ class ServerSpec:
         problem = next(iter(tls_param_problems(self.mode, self.tls())), None)
         if problem:
             raise UsageError(problem)
+        _check_credential_names(self)
 
     @classmethod
-    def sds(cls, hosts, credential_name: str, mode: str = "SIMPLE") -> "ServerSpec":
-        return cls(tuple(hosts), mode.upper(), credential_name=credential_name)
+    def sds(cls, hosts, credential_name: str, mode: str = "SIMPLE",
+            ca_cert_credential_name: str | None = None) -> "ServerSpec":
+        """``credential_name`` with a comma (``kim-credential,kim-credential-rsa``) is a pair: credentialNames."""
+        names = tuple(n.strip() for n in credential_name.split(",") if n.strip())
+        if len(names) > 1:
+            return cls(tuple(hosts), mode.upper(), credential_names=names,
+                       ca_cert_credential_name=ca_cert_credential_name)
+        return cls(tuple(hosts), mode.upper(), credential_name=names[0] if names else credential_name,
+                   ca_cert_credential_name=ca_cert_credential_name)
 
     @classmethod
     def file_mounted(cls, hosts, mode: str = "SIMPLE", mount_path: str = c.FILE_MOUNTED_CERTS_PATH,
@@ -98,7 +108,9 @@ class ServerSpec:
 
     def tls(self) -> dict:
         out: dict = {"mode": self.mode}
-        if self.credential_name:
+        if self.credential_names:
+            out["credentialNames"] = list(self.credential_names)
+        elif self.credential_name:
             out["credentialName"] = self.credential_name
         else:
             out["serverCertificate"] = self.server_certificate
@@ -107,6 +119,8 @@ class ServerSpec:
                 out["caCertificates"] = self.ca_certificates
             if self.ca_crl:
                 out["caCrl"] = self.ca_crl
+        if self.ca_cert_credential_name:
+            out["caCertCredentialName"] = self.ca_cert_credential_name
         out.update(self.tls_params())
         return out
 
@@ -168,6 +182,25 @@ def simple_sans_effect(tls: dict) -> str:
                 "of peer certificates without trusted CA is insecure and not allowed\", and the gateway's "
                 "other servers are not updated either")
     return "a file-mounted server ignores them: no client certificate is checked"
+
+
+MAX_CREDENTIAL_NAMES = 2  # the CRD's maxItems: one RSA and one ECDSA certificate
+
+
+def _check_credential_names(spec: "ServerSpec") -> None:
+    """Istio's rules for ``credentialNames`` and ``caCertCredentialName`` (CRD and pilot/pkg/security/model):
+    at most two names, never beside ``credentialName``; a CA credential only for MUTUAL, where
+    it replaces the ``-cacert`` lookup of the first name."""
+    names = spec.credential_names
+    if names and spec.credential_name:
+        raise UsageError("give credentialName or credentialNames, not both")
+    if len(names) > MAX_CREDENTIAL_NAMES:
+        raise UsageError(f"at most {MAX_CREDENTIAL_NAMES} credentialNames (one RSA and one ECDSA certificate), "
+                         f"not {len(names)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"credentialNames {', '.join(names)} name the same Secret twice")
+    if spec.ca_cert_credential_name and spec.mode == "SIMPLE":
+        raise UsageError("caCertCredentialName is for MUTUAL servers (a SIMPLE server checks no client certificate)")
 
 
 def _label_of(host: str) -> str:

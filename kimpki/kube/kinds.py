@@ -32,6 +32,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.kind: k for k in (
     Kind("Secret", "", "v1", "secrets"),
+    Kind("ConfigMap", "", "v1", "configmaps"),
     Kind("Namespace", "", "v1", "namespaces", namespaced=False),
     Kind("Deployment", "apps", "v1", "deployments"),
     Kind("Lease", "coordination.k8s.io", "v1", "leases"),

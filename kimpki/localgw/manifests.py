@@ -69,6 +69,16 @@ class SecretDoc:
 
 
 @dataclass(frozen=True)
+class ConfigMapDoc:
+    """A ConfigMap (``data`` as UTF-8, ``binaryData`` decoded): a ``caCertCredentialName`` CA source."""
+
+    name: str
+    namespace: str | None
+    data: dict[str, bytes]
+    source: str
+
+
+@dataclass(frozen=True)
 class GatewayDoc:
     name: str
     namespace: str | None
@@ -99,6 +109,7 @@ class Manifests:
     namespace: str | None = None  # the gateway Deployment's namespace, when one was given
     warnings: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # "VirtualService/name" of documents not used
+    config_maps: tuple[ConfigMapDoc, ...] = ()
 
 
 DEFAULT_MOUNTS = (
@@ -289,6 +300,7 @@ def _classify(docs: list[tuple[str, dict]]) -> Manifests:
     warnings: list[str] = []
     ignored: list[str] = []
     namespace = None
+    config_maps: list[ConfigMapDoc] = []
     for source, d in docs:
         kind = d.get("kind")
         api = str(d.get("apiVersion") or "")
@@ -301,6 +313,8 @@ def _classify(docs: list[tuple[str, dict]]) -> Manifests:
                 warnings.append(problem)
             if sec:
                 secrets.append(sec)
+        elif kind == "ConfigMap" and api == "v1" and name:
+            config_maps.append(config_map_doc(d, source))
         elif kind == "Gateway" and api.startswith("networking.istio.io/"):
             spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
             servers = spec.get("servers") if isinstance(spec.get("servers"), list) else []
@@ -316,7 +330,22 @@ def _classify(docs: list[tuple[str, dict]]) -> Manifests:
                 namespace = ns
         else:
             ignored.append(f"{kind or '?'}/{name or '?'}")
-    return Manifests(tuple(secrets), tuple(gateways), tuple(mounts.values()), namespace, tuple(warnings), tuple(ignored))
+    return Manifests(tuple(secrets), tuple(gateways), tuple(mounts.values()), namespace, tuple(warnings), tuple(ignored),
+                     tuple(config_maps))
+
+
+def config_map_doc(d: dict, source: str) -> ConfigMapDoc:
+    """A ConfigMap dict → :class:`ConfigMapDoc`; an undecodable ``binaryData`` value becomes empty."""
+    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
+    data: dict[str, bytes] = {}
+    for k, v in (d.get("binaryData") if isinstance(d.get("binaryData"), dict) else {}).items():
+        try:
+            data[str(k)] = base64.b64decode(str(v or ""), validate=True)
+        except (binascii.Error, ValueError):
+            data[str(k)] = b""
+    for k, v in (d.get("data") if isinstance(d.get("data"), dict) else {}).items():
+        data[str(k)] = str(v).encode("utf-8")
+    return ConfigMapDoc(str(meta.get("name")), meta.get("namespace"), data, source)
 
 
 def _secret(name: Any, ns: Any, d: dict, source: str) -> tuple[SecretDoc | None, str | None]:
@@ -463,7 +492,7 @@ def resolve(manifests: Manifests) -> Resolution:
     """Pure: every Gateway server → a :class:`ServerPlan` or a warning line naming it and why."""
     warnings = list(manifests.warnings)
     plans: list[ServerPlan] = []
-    secrets = SecretIndex(manifests.secrets, manifests.namespace or c.DEFAULT_NAMESPACE)
+    secrets = SecretIndex(manifests.secrets, manifests.namespace or c.DEFAULT_NAMESPACE, manifests.config_maps)
     claimed: dict[int, dict[str, str]] = {}  # port -> SNI name ("" = default) -> who has it
     port_kind: dict[int, tuple[bool, str]] = {}  # port -> (is_tls, who decided)
     for gw in manifests.gateways:
@@ -544,7 +573,13 @@ def _plan(gw: GatewayDoc, i: int, server: dict, secrets: SecretIndex, mounts: tu
     names = credential_names(tls)
     if names:
         certs = tuple(_sds_certificate(n, secrets) for n in names)
-        ca = _sds_ca(names[0], secrets) if mode != "SIMPLE" else None
+        ca_cred = tls.get("caCertCredentialName")
+        if mode == "SIMPLE":
+            ca = None
+        elif ca_cred:
+            ca = _ca_credential(str(ca_cred), secrets)
+        else:
+            ca = _sds_ca(names[0], secrets)
         credential = "credential " + ", ".join(names)
     else:
         certs, ca, credential = _file_mounted(tls, mode, secrets, mounts)
@@ -554,13 +589,14 @@ def _plan(gw: GatewayDoc, i: int, server: dict, secrets: SecretIndex, mounts: tu
 
 
 def credential_names(tls: dict) -> tuple[str, ...]:
-    """The Secret names a server's ``tls`` reads (``credentialName`` wins over ``credentialNames``),
-    without the ``kubernetes://`` prefix."""
+    """The Secret names a server's ``tls`` reads, without the ``kubernetes://`` prefix: a non-empty
+    ``credentialNames`` wins over ``credentialName``, as in Istio's
+    ``ApplyCredentialSDSToServerCommonTLSContext`` (pilot/pkg/security/model/authentication.go)."""
     names: list[str] = []
-    if tls.get("credentialName"):
-        names.append(str(tls["credentialName"]))
-    elif isinstance(tls.get("credentialNames"), list):
+    if isinstance(tls.get("credentialNames"), list) and any(tls["credentialNames"]):
         names.extend(str(n) for n in tls["credentialNames"] if n)
+    elif tls.get("credentialName"):
+        names.append(str(tls["credentialName"]))
     return tuple(n[len(SDS_PREFIX):] if n.startswith(SDS_PREFIX) else n for n in names)
 
 
@@ -585,15 +621,25 @@ class SecretIndex:
     (``kubectl create secret --dry-run=client -o yaml``). Istio reads only the gateway's own
     namespace, so a Secret elsewhere is not found."""
 
-    def __init__(self, secrets: Iterable[SecretDoc], namespace: str):
+    def __init__(self, secrets: Iterable[SecretDoc], namespace: str, config_maps: Iterable[ConfigMapDoc] = ()):
         self.namespace = namespace
         self.by_name: dict[str, list[SecretDoc]] = {}
         for s in secrets:
             self.by_name.setdefault(s.name, []).append(s)
+        self.config_maps: dict[str, list[ConfigMapDoc]] = {}
+        for m in config_maps:
+            self.config_maps.setdefault(m.name, []).append(m)
 
-    def get(self, name: str) -> SecretDoc | None:
+    def get_config_map(self, namespace: str, name: str) -> ConfigMapDoc | None:
+        """ConfigMap ``namespace/name`` (one written without a namespace counts as in the gateway's)."""
+        found = self.config_maps.get(name) or []
+        matching = [m for m in found if (m.namespace or self.namespace) == namespace]
+        return matching[-1] if matching else None
+
+    def get(self, name: str, namespace: str | None = None) -> SecretDoc | None:
         found = self.by_name.get(name) or []
-        for want in (lambda s: s.namespace == self.namespace, lambda s: s.namespace is None):
+        namespace = namespace or self.namespace
+        for want in (lambda s: s.namespace == namespace, lambda s: s.namespace is None and namespace == self.namespace):
             matching = [s for s in found if want(s)]
             if matching:
                 return matching[-1]  # the later document wins, as with kubectl apply
@@ -646,6 +692,53 @@ def _sds_ca(name: str, secrets: SecretIndex) -> CaCredential:
     ca_pem = check_ca(sec.data[ca_key], f"Secret {sec.name} key {ca_key}")
     crl_pem = check_crl(sec.data[crl_key], f"Secret {sec.name} key {crl_key}") if sec.data.get(crl_key) else None
     return CaCredential(SDS_PREFIX + ca_name, ca_pem, crl_pem, f"Secret {sec.name} ({ca_key})")
+
+
+CONFIGMAP_PREFIX = "configmap://"
+
+
+def ca_credential_source(name: str, secrets: SecretIndex) -> tuple[str, str, str, SecretDoc | ConfigMapDoc | None]:
+    """Where Istio reads a ``caCertCredentialName`` from (pilot/pkg/xds/sds.go, pilot/pkg/credentials/kube):
+    ``(kind, namespace/name shown, SDS resource name, the document or None)``.
+
+    * ``configmap://NAMESPACE/NAME``: ConfigMap NAME (keys ``cacert`` or ``ca.crt``);
+    * ``NAME`` (``kubernetes://NAME``): istiod treats a resource as CA-only only when its name ends
+      in ``-cacert``, and then reads Secret NAME, else NAME without the suffix. A NAME without the
+      suffix is fetched as a certificate and key, never as a CA: ``kind`` is then ``"not-ca"``.
+    """
+    if name.startswith(CONFIGMAP_PREFIX):
+        ns, _, cm_name = name[len(CONFIGMAP_PREFIX):].partition("/")
+        if not ns or not cm_name or "/" in cm_name:
+            return "invalid", name, name, None
+        return "ConfigMap", f"{ns}/{cm_name}", name, secrets.get_config_map(ns, cm_name)
+    plain = name[len(SDS_PREFIX):] if name.startswith(SDS_PREFIX) else name
+    ns, _, bare = plain.rpartition("/")
+    ns = ns or secrets.namespace
+    if not bare.endswith(c.CACERT_SECRET_SUFFIX):
+        return "not-ca", f"{ns}/{bare}", SDS_PREFIX + plain, secrets.get(bare, ns)
+    sec = secrets.get(bare, ns) or secrets.get(bare[: -len(c.CACERT_SECRET_SUFFIX)], ns)
+    return "Secret", f"{ns}/{bare}", SDS_PREFIX + plain, sec
+
+
+def _ca_credential(name: str, secrets: SecretIndex) -> CaCredential:
+    kind, shown, resource, doc = ca_credential_source(name, secrets)
+    if kind == "invalid":
+        raise _Unserved(f"caCertCredentialName {name}: a ConfigMap is named configmap://NAMESPACE/NAME")
+    if kind == "not-ca":
+        raise _Unserved(f"caCertCredentialName {name}: Istio reads a Secret whose name does not end in "
+                        f"{c.CACERT_SECRET_SUFFIX} as a certificate and key, not as a CA; name the CA-only Secret "
+                        f"{name}{c.CACERT_SECRET_SUFFIX}")
+    if doc is None:
+        raise _Unserved(f"caCertCredentialName: {kind} {shown} not found")
+    picked = _ca_keys(doc.data)
+    if picked is None:
+        raise _Unserved(f"caCertCredentialName: {kind} {doc.name} has neither {c.GENERIC_CA} nor {c.TLS_CA} "
+                        f"(it has: {', '.join(sorted(doc.data)) or 'no data'})")
+    ca_key, crl_key = picked
+    where = f"{kind} {doc.name}"
+    ca_pem = check_ca(doc.data[ca_key], f"{where} key {ca_key}")
+    crl_pem = check_crl(doc.data[crl_key], f"{where} key {crl_key}") if doc.data.get(crl_key) else None
+    return CaCredential(resource, ca_pem, crl_pem, f"{where} ({ca_key})")
 
 
 def _ca_keys(data: dict[str, bytes]) -> tuple[str, str] | None:

@@ -21,11 +21,11 @@ from datetime import datetime
 
 from cryptography import x509
 
-from kimpki.errors import KimpkiError, NotFoundError, OperationError
+from kimpki.errors import KimpkiError, NotFoundError, OperationError, UsageError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, CredentialMaterial, CredentialSpec, Provenance,
-                                     SdsCredential, build_credential, crl_file_name, default_ca_file_name,
-                                     is_managed, read_provenance, served_certificate_pem)
+from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, ROLE_CA_ONLY, CredentialMaterial, CredentialSpec,
+                                     Provenance, SdsCredential, build_ca_only, build_credential, crl_file_name,
+                                     default_ca_file_name, is_managed, read_provenance, served_certificate_pem)
 from kimpki.ops import stapling
 from kimpki.ops.authority import PassphraseSource, root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
@@ -140,6 +140,44 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
     prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
                       not_after=parse.rfc3339(rec.not_after))
     return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))
+
+
+def prepare_pair(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime,
+                 ca_name: str | None = None, passphrase: PassphraseSource | None = None) -> list[PreparedCredential]:
+    """An RSA+ECDSA pair (:mod:`kimpki.ops.pairs`): certificate ``cert_name`` as Secret ``spec.name``
+    (with the CA, for MUTUAL: Istio reads it from the first credentialName), and its partner
+    certificate as Secret ``spec.name-rsa`` (or ``-ecdsa``), each annotated with the other's name."""
+    from dataclasses import replace
+
+    from kimpki.ops import pairs
+
+    if spec.file_mounted:
+        raise UsageError("--dual is for SDS credentials (credentialNames); a file-mounted server reads one "
+                         "certificate file")
+    first = find_certificate(store, cert_name)
+    second = pairs.require_partner(store, first)
+    partner = pairs.partner_name(spec.secret_name, pairs.algorithm_of(second.key_type))
+    first_spec = replace(spec, pair=partner)
+    second_spec = replace(spec, name=partner, mutual=False, ca_secret=False, pair=spec.secret_name)
+    return [prepare_record(store, first, first_spec, now=now, ca_name=ca_name, passphrase=passphrase),
+            prepare_record(store, second, second_spec, now=now, passphrase=passphrase)]
+
+
+def prepare_ca_only(store: Store, name: str, *, namespace: str, ca_name: str | None, now: datetime,
+                    format: str = "generic", config_map: bool = False) -> tuple[str, dict]:
+    """The CA-only Secret (or ConfigMap) ``name`` for ``tls.caCertCredentialName``: the bundle of
+    store CA ``ca_name`` (the default CA when None) as a MUTUAL credential would publish it, with
+    the CRLs of that trust. Istio reads a Secret as CA-only only when its name ends in ``-cacert``
+    (pilot/pkg/xds/sds.go); other names are fetched as certificate and key, so they are refused."""
+    if not config_map and not name.endswith(c.CACERT_SECRET_SUFFIX):
+        raise UsageError(f"a CA-only Secret for caCertCredentialName must be named ...{c.CACERT_SECRET_SUFFIX} "
+                         f"(Istio reads any other name as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}, "
+                         f"or write a ConfigMap with --config-map")
+    ca = store.get_ca(ca_name)
+    ca_pem = _read(ca.cert_path, "CA certificate")
+    bundle = trust_bundle(store, ca.name, ca_pem)
+    crls = client_trust_crls(store, bundle, now)
+    return ca.name, build_ca_only(name, namespace, bundle, crls, ca.name, format=format, config_map=config_map)
 
 
 def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = False,
@@ -261,6 +299,9 @@ def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMES
     if not is_managed(secret) or not prov:
         raise OperationError(f"Secret {namespace}/{name} was not written by kimpki (no {c.MANAGED_BY_LABEL}="
                              f"{c.MANAGED_BY_VALUE} label or kimpki.io/* annotations): nothing to rebuild it from")
+    if prov.get("role") == ROLE_CA_ONLY:
+        raise OperationError(f"Secret {namespace}/{name} holds only the CA bundle of CA {prov.get('ca')} "
+                             f"(caCertCredentialName): 'kimpki ca rotate {prov.get('ca')}' rewrites it")
     if prov.get("role") == ROLE_CA:
         owner = prov.get("credential") or "its credential"
         raise OperationError(f"Secret {namespace}/{name} holds only the CA bundle of {owner}; rotate {owner}")
@@ -277,7 +318,8 @@ def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMES
         spec = CredentialSpec(name=name, namespace=namespace, format=str(prov.get("format") or "generic"),
                               mutual=mutual, ca_secret=ca_secret and mutual and not file_mounted,
                               file_mounted=file_mounted, ca_file_name=str(ca_file_name) if ca_file_name else None,
-                              ocsp_staple=prov.get("ocsp_staple") == "true")
+                              ocsp_staple=prov.get("ocsp_staple") == "true",
+                              pair=str(prov["pair"]) if prov.get("pair") and not file_mounted else None)
     except KimpkiError as e:
         raise OperationError(f"Secret {namespace}/{name}: its kimpki.io annotations do not make sense: {e}") from None
     served = None

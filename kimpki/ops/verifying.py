@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from kimpki.ops import pairs as pairing
 from kimpki.store import CertRecord, Store
 from kimpki.verify import Reason, Report, Target, check_many, make_target
 
@@ -18,8 +21,18 @@ def compare_with_store(report: Report, current: CertRecord | None) -> None:
                       f"serial {current.serial} (not deployed yet, or the gateway has not reloaded)")
 
 
-def current_for(store: Store | None, host: str) -> CertRecord | None:
-    return store.current_for_host(host) if store is not None else None
+def current_for(store: Store | None, host: str, served_algorithm: str | None = None) -> CertRecord | None:
+    """The store's current server certificate for ``host``. A host served by an RSA+ECDSA pair has
+    two: the one of the served leaf's algorithm (``served_algorithm``, "ECDSA P-256") is compared."""
+    if store is None:
+        return None
+    if served_algorithm:
+        alg = served_algorithm.split()[0].lower()
+        same = [r for r in store.list_certs() if r.kind == "server" and host in r.hosts
+                and pairing.algorithm_of(r.key_type) == alg]
+        if same:
+            return same[-1]
+    return store.current_for_host(host)
 
 
 def inventory_targets(store: Store, *, connect: str | None, http_path: str | None,
@@ -36,6 +49,9 @@ def inventory_targets(store: Store, *, connect: str | None, http_path: str | Non
         target = make_target(host, connect=connect, ca_file=str(rec.ca_path), client_cert=None, client_key=None,
                              mode="simple", http_path=http_path, timeout=timeout, ca_label=f"CA {rec.ca}",
                              client_label=None)
+        if pairing.find_partner(store, rec) is not None:
+            # Half of an RSA+ECDSA pair: a client offering only this algorithm is sent this certificate.
+            target = replace(target, key_algorithm=pairing.algorithm_of(rec.key_type))
         out.append((target, rec))
     return out
 
@@ -70,10 +86,11 @@ def verify_all(store: Store, *, connect: str | None, http_path: str | None, time
             report.message = (f"{report.message}; no client certificate from CA {rec.ca} in the store to check "
                               f"it as MUTUAL: issue one with 'kimpki issue --client NAME --ca {rec.ca}'")
             continue
-        retry.append((i, make_target(target.host, connect=connect, ca_file=str(rec.ca_path),
-                                     client_cert=str(client.cert_path), client_key=str(client.key_path),
-                                     mode="mutual", http_path=http_path, timeout=timeout,
-                                     ca_label=f"CA {rec.ca}", client_label=f"client {client.name}")))
+        retry.append((i, replace(make_target(target.host, connect=connect, ca_file=str(rec.ca_path),
+                                             client_cert=str(client.cert_path), client_key=str(client.key_path),
+                                             mode="mutual", http_path=http_path, timeout=timeout,
+                                             ca_label=f"CA {rec.ca}", client_label=f"client {client.name}"),
+                                 key_algorithm=target.key_algorithm)))
     if retry:
         for (i, _), report in zip(retry, check_many([t for _, t in retry], max_workers=max_workers)):
             reports[i] = report

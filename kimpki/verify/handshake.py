@@ -134,10 +134,18 @@ def _tls_version(text: str) -> ssl.TLSVersion:
         return {"1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[text]
 
 
+# OpenSSL cipher strings of a client that can check only one kind of server key: TLS 1.2 suites
+# name the server's authentication (TLS 1.3 ones do not, so such a client is held to TLS 1.2).
+KEY_ALGORITHM_CIPHERS = {"ecdsa": "ECDHE+aECDSA", "rsa": "ECDHE+aRSA"}
+
+
 def make_context(ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None,
-                 alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None) -> ssl.SSLContext:
+                 alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None,
+                 key_algorithm: str | None = None) -> ssl.SSLContext:
     """A client context: TLS >= 1.2 (only ``version``, "1.1" to "1.3", when given), SAN-only
-    hostname check, ALPN. Raises ``BadInput``."""
+    hostname check, ALPN. ``key_algorithm`` (rsa, ecdsa): a client that accepts only that server
+    key algorithm (TLS 1.2, its cipher suites only), which makes a dual-algorithm server show the
+    certificate it keeps for such clients. Raises ``BadInput``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if version is not None:
@@ -145,6 +153,9 @@ def make_context(ca_file: str | None = None, client_cert: str | None = None, cli
             # OpenSSL 3 offers TLS 1.1 only at security level 0; this client exists to be refused.
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
         ctx.minimum_version = ctx.maximum_version = _tls_version(version)
+    if key_algorithm:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(KEY_ALGORITHM_CIPHERS[key_algorithm])
     if verify:
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -201,12 +212,14 @@ class ContextCache:
             return ca_file  # make_context says why it cannot be read
 
     def get(self, ca_file: str | None, client_cert: str | None = None, client_key: str | None = None,
-            alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None) -> ssl.SSLContext:
-        key = (self._ca_identity(ca_file), client_cert, client_key, alpn, verify, version)
+            alpn: tuple[str, ...] = ALPN, verify: bool = True, version: str | None = None,
+            key_algorithm: str | None = None) -> ssl.SSLContext:
+        key = (self._ca_identity(ca_file), client_cert, client_key, alpn, verify, version, key_algorithm)
         with self._lock:
             ctx = self._contexts.get(key)
             if ctx is None:
-                ctx = self._contexts[key] = make_context(ca_file, client_cert, client_key, alpn, verify, version)
+                ctx = self._contexts[key] = make_context(ca_file, client_cert, client_key, alpn, verify, version,
+                                                         key_algorithm)
             return ctx
 
 
@@ -461,7 +474,7 @@ def _probe_leaf(target: Target, contexts: ContextCache, deadline: float) -> list
     """Fetch the served chain without verifying it (only when the verifying handshake gave none)."""
     try:
         ctx = contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN, verify=False,
-                           version=target.tls_version)
+                           version=target.tls_version, key_algorithm=target.key_algorithm)
     except BadInput:
         return []
     att = _connect(target, ctx, deadline, alert_wait=0.0)
@@ -652,9 +665,11 @@ def check_endpoint(target: Target, *, contexts: ContextCache | None = None,
 
 def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: float) -> Report:
     version = target.tls_version
+    alg = target.key_algorithm
+    report.client_key_algorithm = alg
     main_ctx = contexts.get(target.ca_file, target.client_cert, target.client_key,  # BadInput: no connection
-                            version=version)
-    anon_ctx = (contexts.get(target.ca_file, version=version)
+                            version=version, key_algorithm=alg)
+    anon_ctx = (contexts.get(target.ca_file, version=version, key_algorithm=alg)
                 if target.mode is Mode.MUTUAL or (target.mode is Mode.OPTIONAL_MUTUAL and target.client_cert)
                 else None)
     deadline = time.monotonic() + target.timeout
@@ -690,6 +705,8 @@ def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: f
                                  f"presenting a certificate (does it serve SNI {target.host}?)")
         return report.failed("handshake", Reason.TLS_ERROR, _tls_detail(err, target))
     _server_verified(report, target)
+    if alg and _served_key_algorithm(report, alg) is not None:
+        return report
     if att.error is not None:
         return _after_handshake_failure(report, target, att, "http" if att.stage == "http" else "accepted")
     if att.verdict == "closed":
@@ -718,7 +735,7 @@ def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: f
         how = ""
         if att.http_status is None:
             h1 = _connect(target, contexts.get(target.ca_file, target.client_cert, target.client_key, ALPN_HTTP1,
-                                               version=version),
+                                               version=version, key_algorithm=alg),
                           deadline, http_path=target.http_path, alert_wait=alert_wait)
             if h1.error is not None or h1.stage != "done":
                 if h1.stage == "connect":
@@ -733,6 +750,18 @@ def _check(target: Target, report: Report, contexts: ContextCache, alert_wait: f
         else:
             report.failed("http", Reason.HTTP_STATUS, summary + ", expected 2xx")
     return report
+
+
+def _served_key_algorithm(report: Report, alg: str) -> Report | None:
+    """``--key-algorithm``: the certificate sent to a client that offered only ``alg`` must be of
+    ``alg`` (it verified already). Returns the report if it failed."""
+    served = report.leaf.key_algorithm if report.leaf else "?"
+    if served.lower().startswith(alg):
+        report.passed("key_algorithm", f"a client offering only {alg.upper()} cipher suites (TLS 1.2) was sent "
+                                       f"the {served} certificate, serial {report.leaf.serial}")
+        return None
+    return report.failed("key_algorithm", Reason.KEY_ALGORITHM,
+                         f"a client offering only {alg.upper()} cipher suites was sent a {served} certificate")
 
 
 def _check_demanded(report: Report, target: Target, ctx: ssl.SSLContext, deadline: float,

@@ -39,6 +39,7 @@ class Reason(str, Enum):
     CLIENT_IDENTITY_NOT_ALLOWED = "client_identity_not_allowed"
     TLS_VERSION_REFUSED = "tls_version_refused"  # a protocol_version alert: no TLS version in common
     TLS_FLOOR_NOT_ENFORCED = "tls_floor_not_enforced"  # --min-tls: a client below the floor was accepted
+    KEY_ALGORITHM = "key_algorithm"    # --key-algorithm: the server sent a certificate of another algorithm
 
     def __str__(self) -> str:
         return self.value
@@ -72,6 +73,7 @@ class ServedCert:
     not_before: datetime
     not_after: datetime
     sha256: str
+    key_algorithm: str = ""  # "ECDSA P-256", "RSA 2048": what a dual-algorithm server chose for this client
 
     @classmethod
     def from_der(cls, der: bytes) -> "ServedCert":
@@ -83,7 +85,7 @@ class ServedCert:
         return cls(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
                    serial=parse.serial_hex(cert), dns_names=list(dns), ip_addresses=list(ips),
                    not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                   sha256=hashlib.sha256(der).hexdigest())
+                   sha256=hashlib.sha256(der).hexdigest(), key_algorithm=key_algorithm_of(cert.public_key()))
 
     def days_left(self, now: datetime) -> int:
         return int((self.not_after - now).total_seconds() // 86400)
@@ -97,7 +99,19 @@ class ServedCert:
         return {"subject": self.subject, "issuer": self.issuer, "serial": self.serial,
                 "dns_names": list(self.dns_names), "ip_addresses": list(self.ip_addresses),
                 "not_before": rfc3339(self.not_before), "not_after": rfc3339(self.not_after),
-                "days_left": self.days_left(now), "sha256": self.sha256}
+                "days_left": self.days_left(now), "sha256": self.sha256, "key_algorithm": self.key_algorithm}
+
+
+def key_algorithm_of(pub) -> str:
+    """``ECDSA P-256``, ``RSA 2048``, ``Ed25519``: a public key's algorithm as a person names it."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(pub, rsa.RSAPublicKey):
+        return f"RSA {pub.key_size}"
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ECDSA P-256", "secp384r1": "ECDSA P-384", "secp521r1": "ECDSA P-521"}.get(
+            pub.curve.name, f"ECDSA {pub.curve.name}")
+    return type(pub).__name__.replace("PublicKey", "").lstrip("_")
 
 
 @dataclass
@@ -111,6 +125,7 @@ class Report:
     ca: str
     client_certificate: str | None = None
     http_path: str | None = None
+    client_key_algorithm: str | None = None  # --key-algorithm: the only algorithm the client offered (TLS 1.2)
     checks: list[Check] = field(default_factory=list)
     reason: Reason | None = None
     message: str | None = None
@@ -158,6 +173,8 @@ class Report:
             "cipher": self.cipher,
             "alpn": self.alpn,
             "served_chain": [c.to_dict(self.checked_at) for c in self.served_chain],
+            "key_algorithm": self.leaf.key_algorithm if self.leaf else None,
+            "client_key_algorithm": self.client_key_algorithm,
             "http_path": self.http_path,
             "http_status": self.http_status,
             "http_body_bytes": self.http_body_bytes,

@@ -71,6 +71,7 @@ class Target:
     client_label: str | None = None
     tls_version: str | None = None  # "1.2"/"1.3": offer only this version (default: TLS 1.2 and 1.3)
     min_tls: str | None = None  # "1.2"/"1.3": also prove that a client offering only the version below is refused
+    key_algorithm: str | None = None  # "rsa" | "ecdsa": offer only that algorithm's TLS 1.2 cipher suites
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
