@@ -115,6 +115,10 @@ def _revoked_text(d: dict) -> str:
                          f"next update {r['next_update']})")
     elif d["already_revoked"]:
         lines[0] += "; nothing changed"
+    if d.get("pair"):
+        p = d["pair"]
+        verb = "was already revoked" if p["already_revoked"] else "revoked too"
+        lines.append(f"{p['name']} (serial {p['serial']}), the other half of its RSA+ECDSA pair: {verb}")
     return "\n".join(lines)
 
 

@@ -65,7 +65,7 @@ def command(ctx, name, namespace, manifests, new_ca, days, key_type, dry_run, fo
     kimpki.io/* annotations kimpki wrote on the Secret ('kimpki secret create').
     """
     from kimpki.ops.places import open_place
-    from kimpki.ops.rotation import rotate_credential
+    from kimpki.ops.rotation import rotate_with_pair
     from kimpki.pki.keys import parse_key_type
 
     if manifests is not None and (kubeconfig or context):
@@ -77,9 +77,14 @@ def command(ctx, name, namespace, manifests, new_ca, days, key_type, dry_run, fo
         namespace = DEFAULT_NAMESPACE
     with no_cluster_hint(MANIFESTS_HINT), open_place(manifests=manifests, kubeconfig=kubeconfig,
                                                       context=context) as place:
-        res = rotate_credential(store, place, name, namespace, now=now_utc(),
-                                passphrase=passphrase_source(passphrase_file), new_ca=new_ca, force=force,
-                                dry_run=dry_run, days=days, key_type=parse_key_type(key_type) if key_type else None)
-    for w in res.warnings:
-        note(f"kimpki: warning: {w}")
-    emit(res.to_dict(), as_json, _text)
+        results = rotate_with_pair(store, place, name, namespace, now=now_utc(),
+                                   passphrase=passphrase_source(passphrase_file), new_ca=new_ca, force=force,
+                                   dry_run=dry_run, days=days,
+                                   key_type=parse_key_type(key_type) if key_type else None)
+    for res in results:
+        for w in res.warnings:
+            note(f"kimpki: warning: {w}")
+    out = results[0].to_dict()
+    if len(results) > 1:  # half of an RSA+ECDSA pair: the other half was rotated with it
+        out["pair"] = results[1].to_dict()
+    emit(out, as_json, lambda d: _text(d) + ("\n" + _text(d["pair"]) if d.get("pair") else ""))

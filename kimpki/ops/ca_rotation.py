@@ -42,7 +42,8 @@ from cryptography.x509.oid import NameOID
 
 from kimpki.errors import KimpkiError, OperationError, UsageError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import ANN_CREDENTIAL, ANN_ROLE, ROLE_CA, default_ca_file_name
+from kimpki.istio.credential import (ANN_CA, ANN_CREDENTIAL, ANN_FORMAT, ANN_ROLE, ROLE_CA, ROLE_CA_ONLY,
+                                     default_ca_file_name)
 from kimpki.ops import authority, constraints
 from kimpki.ops.credentials import (ManagedCredential, deployment_record, managed_credential, prepare_record,
                                     publish)
@@ -103,7 +104,7 @@ def managed_credentials(target: Target, warnings: list[str]) -> list[Found]:
     found = []
     for s in secrets:
         meta = s.get("metadata") or {}
-        if (meta.get("annotations") or {}).get(ANN_ROLE) == ROLE_CA:
+        if (meta.get("annotations") or {}).get(ANN_ROLE) in (ROLE_CA, ROLE_CA_ONLY):
             continue
         name, ns = meta.get("name"), meta.get("namespace") or target.namespace or c.DEFAULT_NAMESPACE
         # Istio reads a MUTUAL server's CA from NAME-cacert first: keep using it if kimpki wrote one.
@@ -113,6 +114,35 @@ def managed_credentials(target: Target, warnings: list[str]) -> list[Found]:
         except KimpkiError as e:
             warnings.append(f"skipped Secret {ns}/{name} ({target.place.description}): {e}")
     return found
+
+
+def rewrite_ca_only(store: Store, targets: list[Target], ca: str, publish_ca: str, *, now: datetime,
+                    dry_run: bool) -> list[dict]:
+    """The CA-only Secrets (``secret create --ca-only``, read through ``caCertCredentialName``) that
+    publish CA ``ca``, written again with the bundle of ``publish_ca`` as every MUTUAL bundle is:
+    old + new while a rotation overlaps (``publish_ca`` = the old CA), the new one alone after
+    retirement (``publish_ca`` = the successor). Report items, like the credentials'."""
+    from kimpki.ops.credentials import prepare_ca_only
+
+    out = []
+    for t in targets:
+        for s in t.place.managed(t.namespace):
+            meta = s.get("metadata") or {}
+            ann = meta.get("annotations") or {}
+            if ann.get(ANN_ROLE) != ROLE_CA_ONLY or ann.get(ANN_CA) != ca:
+                continue
+            ns = meta.get("namespace") or t.namespace or c.DEFAULT_NAMESPACE
+            item = {"secret": meta.get("name"), "namespace": ns, "place": t.place.description, "ca": publish_ca}
+            if dry_run:
+                out.append({**item, "action": "would update"})
+                continue
+            _, obj = prepare_ca_only(store, meta["name"], namespace=ns, ca_name=publish_ca, now=now,
+                                     format=ann.get(ANN_FORMAT) or "generic")
+            if not meta.get("namespace"):
+                obj["metadata"].pop("namespace", None)
+            res = t.place.write(obj, current=s)
+            out.append({**item, "action": res.action})
+    return out
 
 
 def _all_credentials(targets: list[Target], warnings: list[str]) -> list[Found]:
@@ -363,6 +393,7 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
     step = "widen"
     try:
         _widen(store, report, found, old, old_cert, now=now, dry_run=dry_run, signing=signing)
+        report.widened += rewrite_ca_only(store, targets, old.name, old.name, now=now, dry_run=dry_run)
         if report.crls:  # credentials trusting a root above a new intermediate: its CRL joins theirs
             from kimpki.ops.revoking import republish_crls
 
@@ -536,4 +567,12 @@ def retire(store: Store, targets: list[Target], name: str, *, now: datetime, dry
             break
         report.rewritten.append(item)
         report.warnings += item.pop("warnings", [])
+    if report.failed is None:
+        try:
+            report.rewritten += rewrite_ca_only(store, targets, old.name, new.name, now=now, dry_run=dry_run)
+            # CA-only Secrets made for the successor during the overlap hold old + new too: narrow them.
+            report.rewritten += [i for i in rewrite_ca_only(store, targets, new.name, new.name, now=now,
+                                                            dry_run=dry_run) if i["action"] != "unchanged"]
+        except KimpkiError as e:
+            report.failed = {"step": "rewrite", "error": str(e)}
     return report

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from kimpki.errors import KimpkiError
 from kimpki.istio import contract as c
-from kimpki.istio.credential import ANN_CREDENTIAL, ANN_ROLE, ROLE_CA
+from kimpki.istio.credential import ANN_CREDENTIAL, ANN_ROLE, ROLE_CA, ROLE_CA_ONLY
 from kimpki.ops.authority import PassphraseSource
 from kimpki.pki import parse
 from kimpki.pki.renewal import Jitter, RenewBefore, renewal_time
@@ -365,6 +365,8 @@ def _meta(obj: dict) -> dict:
 def _ca_bundle_owner(secret: dict) -> str | None:
     """The credential a CA-only Secret belongs to (None when it is not one)."""
     ann = _meta(secret).get("annotations") or {}
+    if ann.get(ANN_ROLE) == ROLE_CA_ONLY:  # caCertCredentialName: 'kimpki ca rotate' rewrites it
+        return f"CA {ann.get(c.ANNOTATION_PREFIX + 'ca') or '?'} (caCertCredentialName)"
     if ann.get(ANN_ROLE) != ROLE_CA:
         return None
     return ann.get(ANN_CREDENTIAL) or "its credential"
@@ -631,12 +633,26 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
                 _refresh_crls(store, summary, targets, now=now, passphrase=passphrase)
             summary.results = survey(targets, settings, now, summary.errors)
             _refresh_staples(store, summary, now=now, passphrase=passphrase, dry_run=dry_run)
+            pairs_in_step(summary.results)
             _renew_due(store, summary.results, lock, now=now, passphrase=passphrase, dry_run=dry_run,
                        on_result=on_result)
     if lock is not None:
         summary.lock = lock.to_dict()  # after the release, which may have failed (the lease then expires)
     summary.requests = sum(p.requests for p in _unique_places(targets))
     return summary
+
+
+def pairs_in_step(results: list[CredentialResult]) -> None:
+    """The two halves of an RSA+ECDSA pair (``kimpki.io/pair``) are renewed together: when one is
+    due, a valid other half is made due with it, so one server never serves certificates of two
+    generations (they were issued together, and stay so)."""
+    by_ref = {(r.place, r.namespace, r.secret): r for r in results}
+    for r in results:
+        pair = r.cred.spec.pair if r.cred is not None else None
+        other = by_ref.get((r.place, r.namespace, pair)) if pair else None
+        if other is not None and r.due and other.state == VALID:
+            other.state = DUE
+            other.reason = f"renewed with {r.secret}, the other half of its RSA+ECDSA pair"
 
 
 def _refresh_crls(store: Store, summary: RenewalSummary, targets: list[SweepTarget], *, now: datetime,

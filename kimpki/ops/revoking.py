@@ -54,12 +54,14 @@ class RevokeResult:
     republished: list[dict] | None = None  # credentials given the new CRLs (None: no place given)
     place: str | None = None
     restapled: list[dict] | None = None  # stapled credentials of the certificate given a revoked staple
+    pair: "RevokeResult | None" = None  # the other half of an RSA+ECDSA pair, revoked with it
 
     def to_dict(self) -> dict:
         return {**self.revocation.to_dict(), "already_revoked": self.already,
                 "crl": self.crl.to_dict() if self.crl else None,
                 "tree_crls": [c.to_dict() for c in self.tree_crls],
-                "place": self.place, "republished": self.republished, "restapled": self.restapled}
+                "place": self.place, "republished": self.republished, "restapled": self.restapled,
+                "pair": self.pair.to_dict() if self.pair else None}
 
 
 def normalise_serial(text: str) -> str:
@@ -106,11 +108,19 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
     """Record the revocation and sign the CRLs; with ``place``, republish them there
     (:func:`republish_crls`) and rewrite the OCSP staple of every credential serving the
     certificate (:func:`kimpki.ops.stapling.republish_staples`), also when the certificate was
-    already revoked, so that running the command again finishes a republication that failed."""
+    already revoked, so that running the command again finishes a republication that failed.
+    Revoking the current version of one half of an RSA+ECDSA pair (by NAME) revokes the other
+    half too: they are one host's identity."""
+    from kimpki.ops import pairs
     from kimpki.ops.stapling import republish_staples
 
+    current = store.find_cert(name) if name is not None else None
+    partner = pairs.find_partner(store, current) if current is not None else None
     res = _revoke(store, name=name, serial=serial, ca=ca, reason=reason, now=now, passphrase=passphrase,
                   command=command)
+    if partner is not None:
+        res.pair = _revoke(store, name=partner.name, serial=None, ca=None, reason=reason, now=now,
+                           passphrase=passphrase, command=command)
     if place is not None:
         res.place = place.description
         res.republished = republish_crls(store, place, res.revocation.ca, now=now, namespace=namespace)

@@ -341,3 +341,17 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     publish_rotation(rot, force=force)
     promote(store, [rot])
     return rot.result
+
+
+def rotate_with_pair(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
+                     force: bool = False, key_type: keys.KeyType | None = None, **kw) -> list[RotationResult]:
+    """:func:`rotate_credential` for ``name`` and, when it is half of an RSA+ECDSA pair
+    (``kimpki.io/pair``, :mod:`kimpki.ops.pairs`), for the other half too: both certificates of
+    one server change together. ``key_type`` applies to ``name`` only (the other keeps its own)."""
+    cred = read_managed(place, name, namespace, force=force)
+    results = [rotate_credential(store, place, name, namespace, force=force, key_type=key_type, cred=cred, **kw)]
+    if cred.spec.pair:
+        partner = read_managed(place, cred.spec.pair, cred.namespace, force=force)
+        results.append(rotate_credential(store, place, partner.name, partner.namespace, force=force,
+                                         cred=partner, **kw))
+    return results
