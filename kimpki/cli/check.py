@@ -52,8 +52,10 @@ def _from_cluster(kubeconfig, context, namespace, gateway_namespace, warn_days, 
             secret_objs = [s for n in check.referenced_secret_names(gateways, mounts)
                            if (s := cluster.get("Secret", namespace, n)) is not None]
         secrets = [check.secret_from_api(s) for s in secret_objs]
+        config_maps = [check.config_map_from_api(m) for ns, n in check.referenced_config_maps(gateways)
+                       if (m := cluster.get("ConfigMap", ns, n)) is not None]
     return check.analyse(gateways, secrets, namespace=namespace, mounts=mounts, now=now, warn_days=warn_days,
-                         notes=notes)
+                         notes=notes, config_maps=config_maps)
 
 
 def _from_files(files, namespace, namespace_given, warn_days, now):
@@ -63,7 +65,7 @@ def _from_files(files, namespace, namespace_given, warn_days, now):
     m = load_manifests(files, validate=True)  # what the API server would refuse is a usage error
     ns = namespace if namespace_given or not m.namespace else m.namespace
     return check.analyse(m.gateways, m.secrets, namespace=ns, mounts=m.mounts, now=now, warn_days=warn_days,
-                         notes=m.warnings)
+                         notes=m.warnings, config_maps=m.config_maps)
 
 
 def _text(report) -> str:

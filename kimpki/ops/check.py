@@ -33,6 +33,13 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
 * ``KIM0030`` OptionalMutualRequiresCertificate: OPTIONAL_MUTUAL with ``subjectAltNames`` (or
   certificate hash/SPKI pins): Envoy then requires a client certificate, so the server behaves as
   MUTUAL (a warning).
+* ``KIM0037`` MultipleCertificateSources: a server sets more than one of ``credentialName``,
+  ``credentialNames``, ``tlsCertificates`` and ``serverCertificate``: Istio uses one and silently
+  ignores the others (``credentialNames`` wins).
+* ``KIM0038`` DuplicateKeyAlgorithm: ``credentialNames`` holds two certificates of one key
+  algorithm; Envoy takes one certificate per algorithm and rejects the server's TLS context.
+* ``KIM0039`` CaCertCredentialNotFound: ``caCertCredentialName`` names no Secret or ConfigMap,
+  or a Secret Istio would read as a certificate and key (a name not ending in ``-cacert``).
 """
 
 from __future__ import annotations
@@ -49,8 +56,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from kimpki.istio import contract as c
-from kimpki.localgw.manifests import (DEFAULT_MOUNTS, GatewayDoc, Mount, SecretDoc, SecretIndex, credential_names,
-                                      mount_for, parse_manifests)
+from kimpki.localgw.manifests import (CONFIGMAP_PREFIX, DEFAULT_MOUNTS, ConfigMapDoc, GatewayDoc, Mount, SecretDoc,
+                                      SecretIndex, ca_credential_source, config_map_doc, credential_names, mount_for,
+                                      parse_manifests)
 
 CODES = {
     "IST0101": "ReferencedResourceNotFound",
@@ -67,6 +75,9 @@ CODES = {
     "KIM0028": "OptionalMutualWithoutCa",
     "KIM0029": "ProtocolVersionRange",
     "KIM0030": "OptionalMutualRequiresCertificate",
+    "KIM0037": "MultipleCertificateSources",
+    "KIM0038": "DuplicateKeyAlgorithm",
+    "KIM0039": "CaCertCredentialNotFound",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -74,6 +85,7 @@ TERMINATING_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
 TLS_PROTOCOLS = ("HTTPS", "TLS")
 
 # check names (stable; the JSON "check" key)
+SOURCES, ALGORITHMS = "certificate_sources", "key_algorithms"
 FOUND, VALID, KEY, EXPIRY, HOST, CA, TLS = ("credential_found", "credential_valid", "key_matches", "expiry",
                                             "host_covered", "ca_present", "tls_settings")
 CA_CRL = "ca_crl"  # a file-mounted server's caCrl file
@@ -151,6 +163,24 @@ def secret_from_api(obj: dict, source: str = "cluster") -> SecretDoc:
     return SecretDoc(str(meta.get("name")), meta.get("namespace"), data, source)
 
 
+def config_map_from_api(obj: dict, source: str = "cluster") -> ConfigMapDoc:
+    return config_map_doc(obj, source)
+
+
+def referenced_config_maps(gateways: Iterable[GatewayDoc]) -> list[tuple[str, str]]:
+    """``(namespace, name)`` of every ConfigMap a ``caCertCredentialName`` names (``configmap://NS/NAME``)."""
+    out = []
+    for gw in gateways:
+        for server in gw.servers:
+            tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
+            ref = str(tls.get("caCertCredentialName") or "")
+            if ref.startswith(CONFIGMAP_PREFIX):
+                ns, _, name = ref[len(CONFIGMAP_PREFIX):].partition("/")
+                if ns and name:
+                    out.append((ns, name))
+    return list(dict.fromkeys(out))
+
+
 def gateway_from_api(obj: dict, source: str = "cluster") -> GatewayDoc:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
@@ -175,6 +205,10 @@ def referenced_secret_names(gateways: Iterable[GatewayDoc], mounts: Sequence[Mou
             tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
             for n in credential_names(tls):
                 names += [n, c.cacert_secret_name(n)]
+            ca_ref = str(tls.get("caCertCredentialName") or "")
+            if ca_ref and not ca_ref.startswith(CONFIGMAP_PREFIX):
+                bare = ca_ref.rpartition("/")[2]
+                names += [bare, bare.removesuffix(c.CACERT_SECRET_SUFFIX)]
             for key in ("serverCertificate", "privateKey", "caCertificates", "caCrl"):
                 if tls.get(key):
                     try:
@@ -395,7 +429,8 @@ def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> 
     s.add(label, CA, OK, f"{where}: {names}")
 
 
-def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: datetime, warn_days: int) -> None:
+def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: datetime, warn_days: int,
+               ca_ref: str | None = None) -> None:
     for name in names:
         sec = secrets.get(name)
         if sec is None:
@@ -413,6 +448,9 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
         _check_pair(s, name, sec.data[ck], sec.data[kk], f"{name}[{ck}]", f"{name}[{kk}]",
                     now, warn_days)
     if s.mode == "SIMPLE" or not names:
+        return
+    if ca_ref:
+        _check_ca_credential(s, ca_ref, secrets, now)
         return
     # MUTUAL / OPTIONAL_MUTUAL: Istio's CA precedence (first credential name only).
     name = names[0]
@@ -438,6 +476,65 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
                                f"has neither {c.GENERIC_CA} nor {c.TLS_CA}", _no_ca(s.mode))
         return
     _check_ca(s, name, sec.data[key], f"{name}[{key}]", now)
+
+
+def _check_sources(s: _Server, tls: dict) -> None:
+    """KIM0037: Istio takes one certificate source per server and ignores the others in silence."""
+    used = [f for f in ("credentialName", "credentialNames", "tlsCertificates", "serverCertificate") if tls.get(f)]
+    if len(used) > 1:
+        wins = credential_names(tls)
+        what = ("credentialNames " + ", ".join(wins)) if tls.get("credentialNames") else used[0]
+        s.add(", ".join(wins) or "(none)", SOURCES, ERROR,
+              f"{' and '.join(used)} are all set; Istio serves {what} and ignores the rest", "KIM0037")
+
+
+def _check_algorithms(s: _Server, names: tuple[str, ...], secrets: SecretIndex) -> None:
+    """KIM0038: two certificates of one key algorithm in credentialNames."""
+    if len(names) < 2:
+        return
+    seen: dict[str, str] = {}
+    for name in names:
+        sec = secrets.get(name)
+        raw = (sec.data.get(c.GENERIC_CERT) or sec.data.get(c.TLS_CERT)) if sec is not None else None
+        chain = _load_chain(raw) if raw else []
+        if not chain:
+            continue  # reported by the credential checks
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        pub = chain[0].public_key()
+        alg = "RSA" if isinstance(pub, rsa.RSAPublicKey) else "ECDSA" if isinstance(pub, ec.EllipticCurvePublicKey) \
+            else type(pub).__name__
+        if alg in seen:
+            s.add(f"{seen[alg]}, {name}", ALGORITHMS, ERROR,
+                  f"credentialNames {seen[alg]} and {name} both hold an {alg} certificate; Envoy takes one "
+                  f"certificate per key algorithm (an RSA and an ECDSA one) and rejects the server", "KIM0038")
+            return
+        seen[alg] = name
+    s.add(", ".join(names), ALGORITHMS, OK, "one certificate per key algorithm: " +
+          ", ".join(f"{a} {n}" for a, n in seen.items()))
+
+
+def _check_ca_credential(s: _Server, ref: str, secrets: SecretIndex, now: datetime) -> None:
+    """caCertCredentialName: the MUTUAL CA from its own Secret or ConfigMap (KIM0039 when missing)."""
+    kind, shown, _, doc = ca_credential_source(ref, secrets)
+    if kind == "invalid":
+        s.add(ref, CA, ERROR, f"caCertCredentialName {ref}: a ConfigMap is named configmap://NAMESPACE/NAME",
+              "KIM0039")
+        return
+    if kind == "not-ca":
+        s.add(ref, CA, ERROR, f"caCertCredentialName {ref}: Istio reads a Secret whose name does not end in "
+                              f"{c.CACERT_SECRET_SUFFIX} as a certificate and key, never as a CA bundle; name the "
+                              f"CA-only Secret {ref}{c.CACERT_SECRET_SUFFIX}", "KIM0039")
+        return
+    if doc is None:
+        s.add(ref, CA, ERROR, f"caCertCredentialName: {kind} {shown} not found", "KIM0039")
+        return
+    key = next((k for k in (c.GENERIC_CA, c.TLS_CA) if doc.data.get(k)), None)
+    if key is None:
+        s.add(ref, CA, ERROR, f"caCertCredentialName: {kind} {shown} has neither {c.GENERIC_CA} nor {c.TLS_CA}",
+              "KIM0003")
+        return
+    _check_ca(s, ref, doc.data[key], f"{kind} {doc.name}[{key}]", now)
 
 
 def _mounted(path: str, secrets: SecretIndex, mounts: tuple[Mount, ...]):
@@ -521,10 +618,10 @@ def _check_ca_crl(s: _Server, tls: dict, ca_path: str, secrets: SecretIndex, mou
 
 def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, namespace: str = c.DEFAULT_NAMESPACE,
             mounts: Sequence[Mount] = DEFAULT_MOUNTS, now: datetime, warn_days: int = 30,
-            notes: Sequence[str] = ()) -> Report:
+            notes: Sequence[str] = (), config_maps: Iterable[ConfigMapDoc] = ()) -> Report:
     """Every TLS-terminating server of ``gateways`` (protocol HTTPS/TLS, tls.mode SIMPLE, MUTUAL
     or OPTIONAL_MUTUAL), its credentials looked up among ``secrets`` in ``namespace``."""
-    index = SecretIndex(secrets, namespace)
+    index = SecretIndex(secrets, namespace, config_maps)
     mounts = tuple(mounts)
     findings: list[Finding] = []
     servers = 0
@@ -545,8 +642,10 @@ def analyse(gateways: Sequence[GatewayDoc], secrets: Iterable[SecretDoc], *, nam
             hosts = tuple(dict.fromkeys(_strip_ns(h).lower() for h in server.get("hosts") or []))
             s = _Server(gw_label, str(port.get("name") or f"#{i}"), number, hosts, mode, findings)
             names = credential_names(tls)
+            _check_sources(s, tls)
+            _check_algorithms(s, names, index)
             if names:
-                _check_sds(s, names, index, now, warn_days)
+                _check_sds(s, names, index, now, warn_days, str(tls.get("caCertCredentialName") or "") or None)
             else:
                 _check_files(s, tls, index, mounts, now, warn_days)
             _check_tls_params(s, tls, ", ".join(names) or str(tls.get("serverCertificate") or "(tls)"))
