@@ -54,7 +54,7 @@ def test_every_bash_block_is_covered():
                block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
                block("kimpki revoke stapled.example"), block("kimpki revoke mallory.example"),
                block("kimpki plan -f policies/"),
-               block("--mode OPTIONAL_MUTUAL")}
+               block("--mode OPTIONAL_MUTUAL"), block("kimpki issue dual.example.com --dual")}
     assert covered == set(BLOCKS)
 
 
@@ -151,6 +151,14 @@ def test_revoking_a_client_certificate_on_the_local_gateway(tmp_path):
     assert "secret/shop-credential (istio-system): CRLs updated" in after
     assert "client_certificate_revoked" in after and after.count("PASS") == 1  # mallory refused, alice accepted
     assert (tmp_path / "revoke-gw.log").read_text().count("Envoy pid") == 1  # one Envoy throughout
+
+
+def test_dual_block(tmp_path):
+    r = run(block("kimpki issue dual.example.com --dual"), tmp_path, tmp_path / "home")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "dual.example.com-rsa" in r.stdout and "all credentials OK" in r.stdout
+    gateway = (tmp_path / "dual" / "gateway.yaml").read_text()
+    assert "credentialNames:" in gateway and "caCertCredentialName: dual-clients-cacert" in gateway
 
 
 def test_policy_block(tmp_path):
