@@ -313,11 +313,12 @@ def test_json_keys_and_formats(pki):
         d = verify_json(*mutual_args(srv, pki), "--http-path", "/health", code=0, reason=None)
     assert list(d) == ["host", "address", "port", "mode", "ok", "reason", "message", "checks", "tls_version",
                        "cipher", "alpn", "served_chain", "http_path", "http_status", "http_body_bytes", "ca",
-                       "client_certificate", "checked_at", "duration_ms", "timeout_s", "attempts"]
+                       "client_certificate", "checked_at", "duration_ms", "timeout_s", "attempts", "key_algorithm",
+                       "client_key_algorithm"]
     assert all(list(c) == ["name", "ok", "detail"] for c in d["checks"])
     leaf = d["served_chain"][0]
     assert list(leaf) == ["subject", "issuer", "serial", "dns_names", "ip_addresses", "not_before", "not_after",
-                          "days_left", "sha256"]
+                          "days_left", "sha256", "key_algorithm"]
     rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
     assert rfc3339.match(d["checked_at"]) and rfc3339.match(leaf["not_after"])
     serial = openssl("x509", "-in", pki.server.cert, "-noout", "-serial").stdout.decode().strip().split("=")[1]

@@ -133,6 +133,18 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
             for g, m, p in zip(groups, mode_list, paths)]
 
 
+def _server_json(sv: dict) -> dict:
+    tls = sv["tls"]
+    out = {"hosts": sv["hosts"], "port": sv["port"]["name"], "mode": tls["mode"],
+           "credential": tls.get("credentialName")}
+    # The Istio >= 1.27/1.28 fields only when used, so the keys older scripts read stay as they were.
+    if tls.get("credentialNames"):
+        out["credentials"] = tls["credentialNames"]
+    if tls.get("caCertCredentialName"):
+        out["ca_credential"] = tls["caCertCredentialName"]
+    return out
+
+
 @click.command("render", epilog=EPILOG)
 @click.option("--host", "hosts", multiple=True, required=True, metavar="HOST[,HOST]",
               help="Host(s) of one server. Repeat for more servers.")
@@ -231,11 +243,7 @@ def command(hosts, credentials, ca_credentials, file_mounted, mount_paths, modes
                 note(f"kimpki: valid against Istio's {objs[0]['apiVersion']} schemas")
     if as_json:
         emit({"gateway": gw_name, "namespace": namespace, "api_version": gw["apiVersion"],
-              "servers": [{"hosts": sv["hosts"], "port": sv["port"]["name"], "mode": sv["tls"]["mode"],
-                           "credential": sv["tls"].get("credentialName"),
-                           "credentials": sv["tls"].get("credentialNames") or
-                           [n for n in [sv["tls"].get("credentialName")] if n],
-                           "ca_credential": sv["tls"].get("caCertCredentialName")} for sv in gw["spec"]["servers"]],
+              "servers": [_server_json(sv) for sv in gw["spec"]["servers"]],
               "objects": objs}, True)
         return
     click.echo(render_objects(objs, output or "yaml"))

@@ -173,8 +173,6 @@ class Report:
             "cipher": self.cipher,
             "alpn": self.alpn,
             "served_chain": [c.to_dict(self.checked_at) for c in self.served_chain],
-            "key_algorithm": self.leaf.key_algorithm if self.leaf else None,
-            "client_key_algorithm": self.client_key_algorithm,
             "http_path": self.http_path,
             "http_status": self.http_status,
             "http_body_bytes": self.http_body_bytes,
@@ -184,4 +182,6 @@ class Report:
             "duration_ms": round(self.duration_ms, 1),
             "timeout_s": self.timeout_s,
             "attempts": self.attempts,
+            "key_algorithm": self.leaf.key_algorithm if self.leaf else None,  # of the served leaf
+            "client_key_algorithm": self.client_key_algorithm,
         }
