@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from . import celrules, discovery, errors, fields, protobuf, rbac, validation
+from . import celrules, discovery, errors, fields, openapi, protobuf, rbac, validation
 from .errors import ApiError, FieldError, GoLiteral
 from .patch import (PatchApplyError, PatchFormatError, apply_json_patch, apply_merge_patch,
                     apply_strategic_merge_patch, decode_json_patch, deepcopy)
@@ -1084,8 +1084,14 @@ class KubeApiServer:
             errs = validation.validate_lease(obj)
         else:
             errs = validation.validate_object_meta(obj["metadata"])
-            if rt.group == ISTIO_GROUP:  # the CRD's CEL rules, as apiextensions-apiserver runs them
-                errs += celrules.validate(rt.kind, version, obj, old)
+            if rt.group == ISTIO_GROUP:
+                # The CRD's structural schema, then its CEL rules unless the schema found a blocking
+                # error, as apiextensions-apiserver's customResourceStrategy does.
+                errs += openapi.validate(rt.kind, version, obj)
+                if openapi.blocking(errs):
+                    errs.append(openapi.CEL_SKIPPED)
+                else:
+                    errs += celrules.validate(rt.kind, version, obj, old)
         if old is not None:
             om, nm = old["metadata"], obj["metadata"]
             if nm.get("uid") != om.get("uid"):
