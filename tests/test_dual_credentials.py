@@ -310,3 +310,69 @@ def test_check_findings(site, tmp_path):
     # The dual site passes the same checks.
     ok = k.json("check", "-f", site.folder)
     assert not [f for f in ok["findings"] if f["code"] in ("KIM0037", "KIM0038", "KIM0039")]
+
+
+POLICY = """\
+apiVersion: kimpki.io/v1alpha1
+kind: Target
+metadata: {name: local}
+spec: {manifests: out}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: pol.example}
+spec: {org: pol Inc.}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: shop.example.com}
+spec: {hosts: [shop.example.com], ca: pol.example, dual: %(dual)s}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Credential
+metadata: {name: shop-credential}
+spec: {certificate: shop.example.com, mode: MUTUAL, dual: true}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Credential
+metadata: {name: %(ca_name)s}
+spec: {caOnly: true, clientCA: pol.example}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Gateway
+metadata: {name: shop-gateway}
+spec:
+  servers:
+  - {credential: shop-credential, caCredential: shop-clients-cacert}
+"""
+
+
+def test_policy_dual_credential_and_ca_only(kimpki, tmp_path):
+    (tmp_path / "out").mkdir()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY % {"dual": "true", "ca_name": "shop-clients-cacert"})
+    d = kimpki.json("apply", "-f", policy)
+    made = {(a["kind"], a["name"]) for a in d["actions"]}
+    assert {("Certificate", "shop.example.com"), ("Certificate", "shop.example.com-rsa"),
+            ("Secret", "shop-credential"), ("Secret", "shop-credential-rsa"),
+            ("Secret", "shop-clients-cacert")} <= made
+    gw = yaml.safe_load((tmp_path / "out" / "shop-gateway.gateway.yaml").read_text())
+    assert gw["spec"]["servers"][0]["tls"] == {"mode": "MUTUAL", "credentialNames": ["shop-credential",
+                                                                                     "shop-credential-rsa"],
+                                               "caCertCredentialName": "shop-clients-cacert"}
+    ca = yaml.safe_load((tmp_path / "out" / "shop-clients-cacert.yaml").read_text())
+    assert ca["metadata"]["annotations"]["kimpki.io/role"] == "ca-only" and "key" not in ca["data"]
+    assert kimpki.json("apply", "-f", policy)["actions"] == []
+    assert kimpki.json("check", "-f", tmp_path / "out")["ok"]
+
+
+@pytest.mark.parametrize("dual,ca_name,needle", [
+    ("false", "shop-clients-cacert", "spec.dual needs certificate shop.example.com to be dual too"),
+    ("true", "shop-clients", "must end in -cacert"),
+])
+def test_policy_refuses_a_pair_without_a_dual_certificate_and_a_ca_only_name(kimpki, tmp_path, dual, ca_name,
+                                                                             needle):
+    (tmp_path / "out").mkdir()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY % {"dual": dual, "ca_name": ca_name})
+    assert_one_line_error(kimpki("plan", "-f", policy), 2, needle)

@@ -352,6 +352,9 @@ def _credentials(policy: m.Policy, store: Store, targets: _Targets, report: Repo
 def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report: Report, now: datetime,
                        execute: bool, reissued: set[str], force: bool, deployed: list[tuple[int, dict]]) -> None:
     for cred in policy.credentials:
+        if cred.ca_only:
+            _write_ca_only(store, targets, report, cred, now=now, execute=execute, force=force)
+            continue
         cert = policy.certificate(cred.certificate)
         spec = credential_spec(cred, cred.client_ca or cert.ca)
         what = f"Credential {cred.name}"
@@ -385,6 +388,24 @@ def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report
             deployed.extend((prepared.record.id, credentials.deployment_record(
                 s, context=t.context, kubeconfig=t.kubeconfig, manifests=str(t.manifests) if t.manifests else None))
                 for s in prepared.secrets)
+
+
+def _write_ca_only(store: Store, targets: _Targets, report: Report, cred: m.Credential, *, now: datetime,
+                   execute: bool, force: bool) -> None:
+    """A ``caOnly`` Credential: the client CA's bundle (with its CRLs) in a Secret of its own."""
+    what = f"Credential {cred.name}"
+    try:
+        place = targets.place(cred.target)
+        _, obj = credentials.prepare_ca_only(store, cred.name, namespace=cred.namespace,
+                                             ca_name=issuing_ca(store, cred.client_ca), now=now, format=cred.format)
+        res = place.write(obj, force=force, dry_run=not execute)
+    except KimpkiError as e:
+        raise _at(cred, e, what) from None
+    if res.action != "unchanged":
+        verb = "create" if res.action == "created" else "update"
+        report.actions.append(Action(verb, "Secret", cred.name, cred.namespace,
+                                     "missing" if verb == "create" else "differs from the policy",
+                                     place.description, str(cred.where)))
 
 
 def _record_deployments(store: Store, deployed: list[tuple[int, dict]]) -> None:

@@ -19,36 +19,9 @@ algorithm), which is how ``secret create --dual`` and ``revoke`` find it.
 from __future__ import annotations
 
 from kimpki.errors import UsageError
-from kimpki.pki import keys
+from kimpki.pki.pairs import (ECDSA, RSA, algorithm_of, other, partner_key_type,  # noqa: F401 (the rules, here too)
+                              partner_name)
 from kimpki.store import CertRecord, Store
-
-RSA, ECDSA = "rsa", "ecdsa"
-# The partner's key type when only the first one is chosen: the most widely accepted of each kind.
-PARTNER_KEY_TYPE = {RSA: keys.KeyType.EC_P256, ECDSA: keys.KeyType.RSA_2048}
-
-
-def algorithm_of(key_type: str | keys.KeyType | None) -> str | None:
-    """``rsa-2048`` → ``rsa``; ``ec-p256`` → ``ecdsa``; None when unknown."""
-    value = key_type.value if isinstance(key_type, keys.KeyType) else (key_type or "")
-    if value.startswith("rsa"):
-        return RSA
-    if value.startswith("ec"):
-        return ECDSA
-    return None
-
-
-def other(algorithm: str) -> str:
-    return ECDSA if algorithm == RSA else RSA
-
-
-def partner_key_type(key_type: keys.KeyType) -> keys.KeyType:
-    """The key type of the second certificate of a pair whose first has ``key_type``."""
-    return PARTNER_KEY_TYPE[algorithm_of(key_type)]
-
-
-def partner_name(name: str, algorithm: str) -> str:
-    """The partner's name (store entry or Secret): ``NAME-rsa`` or ``NAME-ecdsa``."""
-    return f"{name}-{algorithm}"
 
 
 def find_partner(store: Store, rec: CertRecord) -> CertRecord | None:

@@ -23,6 +23,7 @@ from kimpki import secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import CredentialSpec, default_ca_file_name
+from kimpki.pki import pairs
 from kimpki.pki.constraints import NameConstraints, violations
 from kimpki.pki.durations import DurationOutOfRange, check_lifetime, parse_duration
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
@@ -227,7 +228,7 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
 
 
 def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Certificate:
-    spec.allow("hosts", "usage", "ca", "org", "keyType", "duration", "renewBefore")
+    spec.allow("hosts", "usage", "ca", "org", "keyType", "duration", "renewBefore", "dual")
     hosts: dict[str, None] = {}  # ordered, and a linear duplicate check
     for text, node in spec.strings("hosts", required=True, non_empty=True):
         h = spec.check("hosts", node, lambda: parse_host(text))
@@ -251,7 +252,7 @@ def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.C
     refs["hosts"] = spec.where("hosts")
     return m.Certificate(name, where_of(doc.file, doc.node), hosts=tuple(hosts), ca=ca, usage=usage,
                          org=spec.string("org"), key_type=_key_type(spec), duration=_duration(spec, "duration", "90d"),
-                         renew_before=rb, renew_before_text=rb_text)
+                         renew_before=rb, renew_before_text=rb_text, dual=spec.boolean("dual", False))
 
 
 def _target_ref(spec: Fields, refs) -> str | None:
@@ -263,7 +264,9 @@ def _target_ref(spec: Fields, refs) -> str | None:
 
 def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
     spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target",
-               "maintenanceWindows", "ocspStaple")
+               "maintenanceWindows", "ocspStaple", "dual", "caOnly")
+    if spec.boolean("caOnly", False):
+        return _ca_only_credential(doc, name, namespace, spec, refs)
     certificate = spec.string("certificate", required=True)
     refs["certificate"] = spec.where("certificate")
     delivery = spec.string("delivery", default="sds")
@@ -302,12 +305,37 @@ def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) ->
         if "/" in ca_file_name or ca_file_name in (".", ".."):
             raise spec.error(spec.node_of("caFileName"), f"spec.caFileName must be a plain file name, "
                                                          f"not {ca_file_name!r}")
+    dual = spec.boolean("dual", False)
+    if dual and delivery != "sds":
+        raise spec.error(spec.node_of("dual"), "spec.dual (an RSA+ECDSA pair, credentialNames) is for credentials "
+                                               "delivered by SDS")
+    if dual:
+        refs["dual"] = spec.where("dual")
     cred = m.Credential(name, namespace, where_of(doc.file, doc.node), certificate=certificate,
                         target=_target_ref(spec, refs), format=fmt, mode=mode, ca_secret=ca_secret,
                         client_ca=client_ca, delivery=delivery, ca_file_name=ca_file_name,
-                        maintenance_windows=_windows(spec), ocsp_staple=ocsp_staple)
+                        maintenance_windows=_windows(spec), ocsp_staple=ocsp_staple, dual=dual)
     spec.check("", None, lambda: credential_spec(cred, "x"))  # any rule CredentialSpec adds later
     return cred
+
+
+def _ca_only_credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
+    """``caOnly: true``: a Secret holding only ``clientCA``'s bundle, for a Gateway server's
+    ``caCredential`` (caCertCredentialName). istiod reads a Secret as CA-only only when its name
+    ends in -cacert (pilot/pkg/xds/sds.go)."""
+    for key in ("certificate", "mode", "caSecret", "delivery", "caFileName", "dual", "maintenanceWindows"):
+        if spec.has(key):
+            raise spec.error(spec.node_of(key), f"spec.{key} does not go with caOnly: true (a CA bundle, no certificate)")
+    if not name.endswith(c.CACERT_SECRET_SUFFIX):
+        raise spec.error(doc.node, f"a caOnly credential's name must end in {c.CACERT_SECRET_SUFFIX} (Istio reads any other "
+                               f"Secret as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}")
+    client_ca = spec.string("clientCA", required=True)
+    refs["clientCA"] = spec.where("clientCA")
+    fmt = spec.string("format", default="generic")
+    if fmt not in ("generic", "tls"):
+        raise spec.error(spec.node_of("format"), f"spec.format must be generic or tls, not {fmt!r}")
+    return m.Credential(name, namespace, where_of(doc.file, doc.node), certificate="", target=_target_ref(spec, refs),
+                        format=fmt, mode="MUTUAL", client_ca=client_ca, ca_only=True, maintenance_windows=())
 
 
 def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
@@ -317,7 +345,7 @@ def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
         ca_file = cred.ca_file_name or default_ca_file_name(ca_name)
     return CredentialSpec(name=cred.name, namespace=cred.namespace, format=cred.format, mutual=cred.mutual,
                           ca_secret=cred.ca_secret, file_mounted=cred.file_mounted, ca_file_name=ca_file,
-                          ocsp_staple=cred.ocsp_staple)
+                          ocsp_staple=cred.ocsp_staple, pair=cred.pair)
 
 
 def _mount(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.GatewayMount:
@@ -340,11 +368,12 @@ def _gateway(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.
     spec.allow("servers", "virtualService", "selector", "istioApiVersion", "target")
     servers = []
     for sf in spec.mappings("servers", required=True):
-        sf.allow("credential", "hosts", "portName", *SERVER_TLS_FIELDS)
+        sf.allow("credential", "hosts", "portName", "caCredential", *SERVER_TLS_FIELDS)
         hosts = tuple(sf.check("hosts", node, lambda: parse_hosts([text])[0].value)
                       for text, node in sf.strings("hosts", non_empty=sf.has("hosts")))
         servers.append(m.GatewayServer(sf.string("credential", required=True), sf.where("credential"),
-                                       hosts=hosts, port_name=sf.string("portName"), **_server_tls(sf)))
+                                       hosts=hosts, port_name=sf.string("portName"),
+                                       ca_credential=sf.string("caCredential"), **_server_tls(sf)))
     version = spec.string("istioApiVersion", default="v1")
     if version not in API_VERSIONS:
         raise spec.error(spec.node_of("istioApiVersion"),
@@ -475,13 +504,34 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
                     raise _err(r.refs["hosts"], what, f"CA {a.name} does not allow it: {problems[0]}")
             a = authorities.get(a.parent) if a.parent else None
         certificates.append(cert)
-    certs_by_name = {x.name: x for x in certificates}
+        if cert.dual:
+            # The pair's second half: the same hosts, the other algorithm, named NAME-rsa / NAME-ecdsa.
+            kt = pairs.partner_key_type(cert.key_type)
+            certificates.append(replace(cert, name=pairs.partner_name(cert.name, pairs.algorithm_of(kt)),
+                                        key_type=kt, dual=False))
+    certs_by_name: dict[str, m.Certificate] = {}
+    for x in certificates:
+        if x.name in certs_by_name:
+            raise _err(x.where, f"Certificate {x.name}", "duplicate name (the second half of a dual Certificate "
+                                                          "is named NAME-rsa or NAME-ecdsa)")
+        certs_by_name[x.name] = x
 
     credentials: list[m.Credential] = []
     secret_names: dict[tuple, str] = {}
     for r in by_kind["Credential"]:
         cred: m.Credential = r.value
         what = f"Credential {cred.name}"
+        if cred.ca_only:
+            if cred.client_ca not in authorities:
+                raise _err(r.refs["clientCA"], what, f"spec.clientCA {cred.client_ca!r} is not a CertificateAuthority "
+                                                     f"in the policy{_known(cas)}")
+            cred = replace(cred, target=target_of(r))
+            key = (cred.target.name, cred.namespace, cred.name)
+            if key in secret_names:
+                raise _err(r.where, what, f"Secret {cred.namespace}/{cred.name} is also written by {secret_names[key]}")
+            secret_names[key] = what
+            credentials.append(cred)
+            continue
         cert = certs_by_name.get(cred.certificate)
         if cert is None:
             raise _err(r.refs["certificate"], what, f"spec.certificate {cred.certificate!r} is not a Certificate "
@@ -495,13 +545,26 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
         target = target_of(r)
         windows = target.maintenance_windows if cred.maintenance_windows is None else cred.maintenance_windows
         cred = replace(cred, target=target, maintenance_windows=windows)
-        spec = credential_spec(cred, cred.client_ca or cert.ca)
-        for secret in [spec.secret_name] + ([c.cacert_secret_name(spec.secret_name)] if spec.ca_secret else []):
-            key = (cred.target.name, cred.namespace, secret)
-            if key in secret_names and secret != c.FILE_MOUNTED_CA_SECRET:
-                raise _err(r.where, what, f"Secret {cred.namespace}/{secret} is also written by {secret_names[key]}")
-            secret_names[key] = what
-        credentials.append(cred)
+        halves = [cred]
+        if cred.dual:
+            if not cert.dual:
+                raise _err(r.refs["dual"], what, f"spec.dual needs certificate {cert.name} to be dual too "
+                                                 f"(dual: true on the Certificate)")
+            partner_cert = pairs.partner_name(cert.name, pairs.algorithm_of(pairs.partner_key_type(cert.key_type)))
+            partner = pairs.partner_name(cred.name, pairs.algorithm_of(certs_by_name[partner_cert].key_type))
+            # Istio reads a MUTUAL server's CA from the first credentialName: the second holds no CA.
+            halves = [replace(cred, pair=partner),
+                      replace(cred, name=partner, certificate=partner_cert, mode="SIMPLE", ca_secret=False,
+                              client_ca=None, dual=False, pair=cred.name)]
+        for half in halves:
+            spec = credential_spec(half, half.client_ca or cert.ca)
+            for secret in [spec.secret_name] + ([c.cacert_secret_name(spec.secret_name)] if spec.ca_secret else []):
+                key = (half.target.name, half.namespace, secret)
+                if key in secret_names and secret != c.FILE_MOUNTED_CA_SECRET:
+                    raise _err(r.where, what, f"Secret {half.namespace}/{secret} is also written by "
+                                              f"{secret_names[key]}")
+                secret_names[key] = what
+            credentials.append(half)
     creds_by_name = {x.name: x for x in credentials}
 
     mounts: list[m.GatewayMount] = []
@@ -543,6 +606,9 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
         cred = creds.get(s.credential)
         if cred is None:
             raise _err(s.where, what, f"credential {s.credential!r} is not a Credential in the policy{_known(creds)}")
+        if cred.ca_only:
+            raise _err(s.where, what, f"credential {cred.name} holds only a CA bundle: name it in caCredential, "
+                                      f"and a credential with a certificate in credential")
         if cred.target != gw.target:
             raise _err(s.where, what, f"credential {cred.name} goes to Target {cred.target.name}, the Gateway to "
                                       f"Target {gw.target.name}: a gateway reads credentials where it runs")
@@ -553,7 +619,7 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
                                           f"({', '.join(cert.hosts)})")
         hosts = s.hosts or cert.hosts
         mode = s.mode or cred.mode
-        if mode in MUTUAL_MODES and not cred.mutual:
+        if mode in MUTUAL_MODES and not cred.mutual and not s.ca_credential:
             article = "an" if mode[0] in "AEIOU" else "a"
             raise _err(s.where, what, f"{article} {mode} server checks client certificates against a CA: "
                                       f"credential {cred.name} has mode {cred.mode} (give it mode: MUTUAL, which "
@@ -564,7 +630,9 @@ def _link_gateway(r: _Raw, gw: m.Gateway, creds: dict[str, m.Credential], certs:
                 ca_file = credential_spec(cred, cred.client_ca or cert.ca).ca_file_name if mode != "SIMPLE" else None
                 spec = g.ServerSpec.file_mounted(hosts, mode, mount_path, ca_file_name=ca_file)
             else:
-                spec = g.ServerSpec.sds(hosts, cred.name, mode)
+                # A dual credential is served as credentialNames: itself first (it holds the CA), then its pair.
+                names = f"{cred.name},{cred.pair}" if cred.dual and cred.pair else cred.name
+                spec = g.ServerSpec.sds(hosts, names, mode, s.ca_credential)
             if s.port_name:
                 spec = replace(spec, port_name=s.port_name)
             spec = replace(spec, subject_alt_names=s.subject_alt_names, min_protocol_version=s.min_protocol_version,

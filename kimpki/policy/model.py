@@ -79,6 +79,7 @@ class Certificate:
     duration: timedelta = timedelta(days=90)
     renew_before: RenewBefore = field(default_factory=lambda: RenewBefore.parse(None))
     renew_before_text: str | None = None
+    dual: bool = False  # also the other algorithm's certificate, NAME-rsa or NAME-ecdsa (kimpki.pki.pairs)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Credential:
     delivery: str = "sds"  # sds | file-mounted
     ca_file_name: str | None = None  # file-mounted MUTUAL: the CA's file name
     ocsp_staple: bool = False  # an OCSP staple (tls.ocsp-staple) signed by the certificate's CA, kept fresh
+    dual: bool = False  # an RSA+ECDSA pair: this Secret and NAME-rsa/-ecdsa from a dual Certificate
+    pair: str | None = None  # the other Secret of the pair (set when the policy is linked)
+    ca_only: bool = False  # only client_ca's bundle, no key: a ...-cacert Secret for caCertCredentialName
     # When renew may rotate it: its own windows, else its Target's (resolved when the policy is
     # linked; None only before that, for "not given"). () = any time.
     maintenance_windows: tuple[MaintenanceWindow, ...] | None = None
@@ -136,6 +140,7 @@ class GatewayServer:
     max_protocol_version: str | None = None
     cipher_suites: tuple[str, ...] = ()
     ecdh_curves: tuple[str, ...] = ()
+    ca_credential: str | None = None  # MUTUAL: tls.caCertCredentialName (a ...-cacert Secret, configmap://NS/NAME)
 
 
 @dataclass(frozen=True)
