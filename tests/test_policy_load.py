@@ -172,7 +172,7 @@ ERRORS = [
     ("no-spec", H + "kind: Certificate\nmetadata: {name: x}\n", 1, "Certificate x: spec is required"),
     # unknown and missing fields
     ("unknown-spec-field", doc("Certificate", "x", "  hostss: [kim.example.com]\n  ca: example.com\n"), 6,
-     "Certificate x: unknown field spec.hostss (valid: hosts, usage, ca, org, keyType, duration, renewBefore)"),
+     "Certificate x: unknown field spec.hostss (valid: hosts, usage, ca, org, keyType, duration, renewBefore, dual)"),
     ("unknown-metadata-field", doc("Certificate", "x", "  ca: example.com\n", meta="  namespace: default\n"), 5,
      "Certificate: unknown field metadata.namespace (valid: name)"),
     ("unknown-constraint", doc("CertificateAuthority", "ca2", "  constraints:\n    allowWildcard: true\n"), 7,
