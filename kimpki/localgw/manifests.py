@@ -330,8 +330,8 @@ def _classify(docs: list[tuple[str, dict]]) -> Manifests:
                 namespace = ns
         else:
             ignored.append(f"{kind or '?'}/{name or '?'}")
-    return Manifests(tuple(secrets), tuple(gateways), tuple(mounts.values()), namespace, tuple(warnings), tuple(ignored),
-                     tuple(config_maps))
+    return Manifests(tuple(secrets), tuple(gateways), tuple(mounts.values()), namespace, tuple(warnings),
+                     tuple(ignored), tuple(config_maps))
 
 
 def config_map_doc(d: dict, source: str) -> ConfigMapDoc:

@@ -325,10 +325,11 @@ def _ca_only_credential(doc: Document, name: str, namespace: str, spec: Fields, 
     ends in -cacert (pilot/pkg/xds/sds.go)."""
     for key in ("certificate", "mode", "caSecret", "delivery", "caFileName", "dual", "maintenanceWindows"):
         if spec.has(key):
-            raise spec.error(spec.node_of(key), f"spec.{key} does not go with caOnly: true (a CA bundle, no certificate)")
+            raise spec.error(spec.node_of(key), f"spec.{key} does not go with caOnly: true (a CA bundle, "
+                                                f"no certificate)")
     if not name.endswith(c.CACERT_SECRET_SUFFIX):
-        raise spec.error(doc.node, f"a caOnly credential's name must end in {c.CACERT_SECRET_SUFFIX} (Istio reads any other "
-                               f"Secret as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}")
+        raise spec.error(doc.node, f"a caOnly credential's name must end in {c.CACERT_SECRET_SUFFIX} (Istio reads "
+                                   f"any other Secret as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}")
     client_ca = spec.string("clientCA", required=True)
     refs["clientCA"] = spec.where("clientCA")
     fmt = spec.string("format", default="generic")
