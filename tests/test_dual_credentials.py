@@ -22,54 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Kimpki, assert_one_line_error
+from tests.conftest import Kimpki, assert_one_line_error, wait_until
 from tests.test_verify_envoy import ServedGateway
 
-JAVA_CLIENT = r'''
-import java.io.FileInputStream;
-import java.security.KeyStore;
-import java.security.cert.CertificateFactory;
-import java.security.cert.X509Certificate;
-import java.util.List;
-import javax.net.ssl.*;
-
-public class DualClient {
-    public static void main(String[] a) throws Exception {
-        // args: port host ca.pem cipher-suite
-        KeyStore ts = KeyStore.getInstance(KeyStore.getDefaultType());
-        ts.load(null, null);
-        ts.setCertificateEntry("ca", CertificateFactory.getInstance("X.509").generateCertificate(new FileInputStream(a[2])));
-        TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
-        tmf.init(ts);
-        SSLContext ctx = SSLContext.getInstance("TLSv1.2");
-        ctx.init(null, tmf.getTrustManagers(), null);
-        try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket("127.0.0.1", Integer.parseInt(a[0]))) {
-            SSLParameters p = s.getSSLParameters();
-            p.setServerNames(List.of(new SNIHostName(a[1])));
-            p.setEndpointIdentificationAlgorithm("HTTPS");  // the host name is checked against the SANs
-            p.setProtocols(new String[] {"TLSv1.2"});
-            p.setCipherSuites(new String[] {a[3]});
-            s.setSSLParameters(p);
-            s.startHandshake();
-            X509Certificate leaf = (X509Certificate) s.getSession().getPeerCertificates()[0];
-            System.out.println(leaf.getPublicKey().getAlgorithm() + " " + leaf.getSerialNumber().toString(16));
-        }
-    }
-}
-'''
-
-NODE_CLIENT = r'''
-const tls = require("tls"), fs = require("fs");
-const [port, host, ca, ciphers] = process.argv.slice(1);
-const s = tls.connect({host: "127.0.0.1", port: +port, servername: host, ca: fs.readFileSync(ca), ciphers,
-                       maxVersion: "TLSv1.2", minVersion: "TLSv1.2"}, () => {
-  const c = s.getPeerCertificate();
-  // node names the key by its fields: an EC key has a curve, an RSA key a modulus
-  console.log((c.asn1Curve ? "EC" : c.modulus ? "RSA" : "?") + " " + c.serialNumber.toLowerCase());
-  s.end();
-});
-s.on("error", e => { console.error(e.message); process.exit(1); });
-'''
+PEERS = Path(__file__).resolve().parent / "peers"  # the Node and JDK clients the TLS tests share
 
 
 def _serial(d: dict) -> str:
@@ -104,8 +60,15 @@ def site(tmp_path_factory):
         "--host", "cm.example.com", "--credential", "cm-credential", "--mode", "MUTUAL",
         "--ca-credential", "", "--ca-credential", "mtls-clients-cacert",
         "--ca-credential", "configmap://istio-system/cm-clients").out)
-    gw = ServedGateway(k, folder, servers=3)
+    gw = ServedGateway(k, folder, servers=1)  # the port; the other servers' lines are checked below
+
+    def serving() -> int:
+        return sum(line.startswith("serving ") for line in gw.stdout)
+
     try:
+        # An unserved server (its warning is on stderr) would leave one line missing.
+        wait_until(lambda: serving() == 3 or gw.proc.poll() is not None, "gateway serve to list its 3 servers")
+        assert serving() == 3, "".join(gw.stdout + gw.stderr)
         yield type("Site", (), dict(k=k, folder=folder, gw=gw, port=gw.port, certs=certs, cm=cm, client=client,
                                     ca=str(k.home / "cas" / "example.com" / "ca.crt")))
     finally:
@@ -169,27 +132,28 @@ def test_configmap_ca_credential(site):
 @pytest.mark.parametrize("cipher,kind,half", [("ECDHE-ECDSA-AES128-GCM-SHA256", "EC", None),
                                               ("ECDHE-RSA-AES128-GCM-SHA256", "RSA", "pair")])
 def test_node_client_gets_its_algorithm(site, cipher, kind, half):
-    out = subprocess.run(["node", "-e", NODE_CLIENT, str(site.port), "kim.example.com", site.ca, cipher],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["node", str(PEERS / "tls_client.js"), "127.0.0.1", str(site.port), "kim.example.com",
+                          site.ca, "--ciphers", cipher], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     want = site.certs["kim.example.com"] if half is None else site.certs["kim.example.com"][half]
-    assert out.stdout.split() == [kind, _serial(want)]
+    assert json.loads(out.stdout) == {"ok": True, "status": 200, "version": "TLSv1.2", "key": kind,
+                                      "serial": _serial(want)}
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="java is not installed")
-def test_jdk_client_gets_its_algorithm(site, tmp_path):
-    src = tmp_path / "DualClient.java"
-    src.write_text(JAVA_CLIENT)
+def test_jdk_client_gets_its_algorithm(site):
     seen = {}
     # Envoy picks the ECDSA certificate for any client whose signature_algorithms list ECDSA, whatever
     # its cipher suites (the JDK lists them by default): an RSA-only JDK client says so there too.
     for suite, schemes in (("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", []),
                            ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
                             ["-Djdk.tls.client.SignatureSchemes=rsa_pss_rsae_sha256,rsa_pkcs1_sha256"])):
-        out = subprocess.run(["java", *schemes, str(src), str(site.port), "kim.example.com", site.ca, suite],
+        out = subprocess.run(["java", f"-Dkimpki.cipherSuite={suite}", *schemes, str(PEERS / "TlsClient.java"),
+                              "127.0.0.1", str(site.port), "kim.example.com", site.ca],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        kind, serial = out.stdout.split()
+        ok, status, version, kind, serial = out.stdout.split()
+        assert (ok, status, version) == ("ok", "200", "TLSv1.2"), out.stdout
         seen[kind] = serial
     cert = site.certs["kim.example.com"]
     assert seen == {"EC": _serial(cert), "RSA": _serial(cert["pair"])}

@@ -70,6 +70,13 @@ public class TlsClient {
             p.setEndpointIdentificationAlgorithm("HTTPS");  // the host name against the SANs
             p.setApplicationProtocols(new String[] {"http/1.1"});
             if (protocol != null) p.setProtocols(new String[] {protocol});
+            // -Dkimpki.cipherSuite=TLS_ECDHE_RSA_...: offer only this TLS 1.2 suite (the line then
+            // ends with the served key's algorithm, EC or RSA, and the leaf's serial in hex)
+            String suite = System.getProperty("kimpki.cipherSuite");
+            if (suite != null) {
+                p.setProtocols(new String[] {"TLSv1.2"});
+                p.setCipherSuites(new String[] {suite});
+            }
             s.setSSLParameters(p);
             s.startHandshake();
             // TLS 1.3: the server judges our certificate after our handshake completed; hear a
@@ -91,7 +98,12 @@ public class TlsClient {
             BufferedReader in = new BufferedReader(new InputStreamReader(raw, StandardCharsets.US_ASCII));
             String status = in.readLine();
             if (status == null) throw new EOFException("closed without a response");
-            System.out.println("ok " + status.split(" ")[1] + " " + s.getSession().getProtocol());
+            String served = "";
+            if (suite != null) {
+                X509Certificate leaf = (X509Certificate) s.getSession().getPeerCertificates()[0];
+                served = " " + leaf.getPublicKey().getAlgorithm() + " " + leaf.getSerialNumber().toString(16);
+            }
+            System.out.println("ok " + status.split(" ")[1] + " " + s.getSession().getProtocol() + served);
         } catch (IOException e) {
             System.out.println("refused " + e.getClass().getSimpleName() + ": " + e.getMessage());
         }
