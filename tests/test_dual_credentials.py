@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import Kimpki, assert_one_line_error, wait_until
+from tests.kubeapi.fixtures import *  # noqa: F401,F403  (kube_api, kube_env)
 from tests.test_verify_envoy import ServedGateway
 
 PEERS = Path(__file__).resolve().parent / "peers"  # the Node and JDK clients the TLS tests share
@@ -340,3 +341,35 @@ def test_policy_refuses_a_pair_without_a_dual_certificate_and_a_ca_only_name(kim
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY % {"dual": dual, "ca_name": ca_name})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, needle)
+
+
+def test_cluster_pair_configmap_ca_check_and_rotate(kube_env, kimpki, tmp_path):
+    """The same through the API stand-in: both Secrets and the CA ConfigMap written in place,
+    ``check`` reading the ConfigMap a Gateway names (KIM0039 when it is missing), and ``rotate``
+    of one half rotating both in the cluster."""
+    kimpki.ok("ca", "init", "example.com")
+    kimpki.ok("issue", "cl.example.com", "--dual")
+    d = kimpki.json("secret", "create", "cl-credential", "--cert", "cl.example.com", "--dual", "--mutual")
+    assert [s["name"] for s in d["secrets"]] == ["cl-credential", "cl-credential-rsa"]
+    assert d["credential_names"] == ["cl-credential", "cl-credential-rsa"]
+    cm = kimpki.json("secret", "create", "cl-clients", "--ca-only", "--config-map")
+    assert (cm["kind"], cm["action"], cm["ca_cert_credential_name"]) == \
+        ("ConfigMap", "created", "configmap://istio-system/cl-clients")
+    stored = kube_env.get_object("configmaps", "istio-system", "cl-clients")
+    assert "BEGIN CERTIFICATE" in stored["data"]["cacert"]
+    for name, ca in (("cl-gateway", "configmap://istio-system/cl-clients"),
+                     ("gone-gateway", "configmap://istio-system/gone")):
+        rendered = kimpki.ok("gateway", "render", "--name", name, "--no-virtual-service", "--host", "cl.example.com",
+                             "--credential", "cl-credential,cl-credential-rsa", "--mode", "MUTUAL",
+                             "--ca-credential", ca).out
+        kimpki.ok("gateway", "apply", "-f", "-", input=rendered)
+    res = kimpki("check", "--json")
+    codes = {(f["gateway"], f["code"]) for f in res.json["findings"] if f["code"]}
+    assert codes == {("istio-system/gone-gateway", "KIM0039")}, res.json["findings"]
+    before = {n: kube_env.get_object("secrets", "istio-system", n)["metadata"]["annotations"]["kimpki.io/serial"]
+              for n in ("cl-credential", "cl-credential-rsa")}
+    r = kimpki.json("rotate", "cl-credential-rsa")
+    after = {n: kube_env.get_object("secrets", "istio-system", n)["metadata"]["annotations"]["kimpki.io/serial"]
+             for n in ("cl-credential", "cl-credential-rsa")}
+    assert after == {"cl-credential-rsa": r["new_serial"], "cl-credential": r["pair"]["new_serial"]}
+    assert all(after[n] != before[n] for n in before)

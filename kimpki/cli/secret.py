@@ -153,9 +153,11 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
         results = [{"name": s["metadata"]["name"], "action": "would write", "object": s}
                    for half in halves for s in half.secrets]
     else:
-        # The partner first: a Gateway naming both never waits for the second.
-        results = [r for half in reversed(halves) for r in _write(store, half, force=force, kubeconfig=kubeconfig,
-                                                                  context=context)]
+        # The partner first: a Gateway naming both never waits for the second. Reported in
+        # credentialNames order.
+        written = [_write(store, half, force=force, kubeconfig=kubeconfig, context=context)
+                   for half in reversed(halves)]
+        results = [r for w in reversed(written) for r in w]
 
     if file_mounted:
         note("kimpki: note: older gateways read mounted certificate files only at start-up; if the new "
