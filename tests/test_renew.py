@@ -289,9 +289,8 @@ def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api)
 def test_json_summary_keys(kimpki, three_in_cluster):
     s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
     assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
-                       "skipped", "deferred", "next_due", "errors", "crls_signed", "crls_republished",
-                       "staples_refreshed", "warnings",
-                       "api_requests", "results"]
+                       "skipped", "deferred", "next_due", "errors", "crls_loaded", "crls_signed", "crls_republished",
+                       "staples_refreshed", "warnings", "api_requests", "results"]
     assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
     assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
     assert (s["due"], s["would_renew"], s["renewed"]) == (1, 1, 0)

@@ -26,7 +26,9 @@ FILE; --log - leaves the output to cron's mail). Renew locks itself: no flock wr
 \b
 --kubernetes: a ServiceAccount, Role, RoleBinding and CronJob (batch/v1) in -n NAMESPACE. The
 Role allows only what renew sends: secrets get/list/update, the Lease kimpki-renew get/update,
-and leases create (RBAC cannot limit create to one name). The pod imports the CAs from the
+leases create (RBAC cannot limit create to one name), and the ConfigMap kimpki-revocations
+get/update (the revoked list and CRL numbers, kept there by 'kimpki revoke -n NS'; loaded into
+the pod's home, a CRL number reserved there before each CRL is signed). The pod imports the CAs from the
 Secret kimpki-ca (--ca-secret-name) into a memory-backed home, then runs renew. Create that
 Secret with the kubectl line printed on stderr, or add --with-ca-secret to print it with the
 rest (it then contains the CA private key). --image is required: kimpki publishes no image; any

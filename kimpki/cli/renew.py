@@ -302,6 +302,9 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
     else:
         for w in summary.warnings:  # once per run, not once per credential
             log("warning", "renew_before_fallback", w)
+        if summary.crls_loaded:
+            log("info", "crl_state_loaded", f"revocation state of CA {', '.join(summary.crls_loaded)} loaded from "
+                                            f"the cluster", cas=summary.crls_loaded)
         for ca in summary.crls_signed:
             log("info", "crl_signed", f"CRL of CA {ca} re-signed (inside the last third of its validity)", ca=ca)
         for r in summary.crls_republished:

@@ -14,7 +14,10 @@ escaped, as crontab turns a bare ``%`` into a newline.
   Secrets and updates each one in place with a resourceVersion-guarded PUT; it never creates one
   (it only renews credentials that exist) and never patches — and the renewal Lease
   get/update by name, plus Lease create, which RBAC cannot restrict by name (the name of an
-  object being created is not known at authorization time). No wildcards.
+  object being created is not known at authorization time); and the revocation state, ConfigMap
+  ``kimpki-revocations``, get/update by name (:mod:`kimpki.ops.cluster_revocations`: renew loads
+  the revoked list and CRL numbers into its memory home, reserves a number there before it
+  re-signs a CRL, and publishes the CRL there; only ``kimpki revoke`` creates it). No wildcards.
 * CronJob ``kimpki-renew`` (batch/v1): ``concurrencyPolicy: Forbid`` (and the Lease besides),
   ``startingDeadlineSeconds`` so a run missed while the control plane was down still happens
   within the hour, a small ``backoffLimit`` (a re-run finishes what a failed run left pending),
@@ -58,6 +61,8 @@ POD_CA_DIR = "/etc/kimpki/ca"
 POD_UID = 65532  # the conventional "nonroot" UID of distroless images; any non-root UID works
 
 SECRET_VERBS = ("get", "list", "update")
+REVOCATIONS = "kimpki-revocations"  # kimpki.ops.cluster_revocations.CONFIGMAP (not imported: keep this module light)
+REVOCATION_VERBS = ("get", "update")  # restricted to resourceNames: [REVOCATIONS]; renew never creates it
 LEASE_VERBS = ("get", "update")  # restricted to resourceNames: [LEASE_NAME]
 LEASE_CREATE_VERBS = ("create",)  # RBAC cannot restrict create by resourceNames
 
@@ -284,6 +289,8 @@ def rbac_rules() -> list[dict]:
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEASE_NAME],
          "verbs": list(LEASE_VERBS)},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_CREATE_VERBS)},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [REVOCATIONS],
+         "verbs": list(REVOCATION_VERBS)},
     ]
 
 

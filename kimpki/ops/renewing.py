@@ -208,6 +208,7 @@ class RenewalSummary:
     errors: list[dict] = field(default_factory=list)  # places that could not be read: {place, reason}
     lock: dict | None = None
     requests: int = 0
+    crls_loaded: list[str] = field(default_factory=list)  # CAs whose state came from the cluster
     crls_signed: list[str] = field(default_factory=list)  # CAs whose CRL was due and re-signed
     crls_republished: list[dict] = field(default_factory=list)  # credentials given newer CRLs
     staples_refreshed: list[dict] = field(default_factory=list)  # credentials given a new OCSP staple
@@ -284,6 +285,7 @@ class RenewalSummary:
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
+            "crls_loaded": self.crls_loaded,
             "crls_signed": self.crls_signed,
             "crls_republished": self.crls_republished,
             "staples_refreshed": self.staples_refreshed,
@@ -661,11 +663,20 @@ def _refresh_crls(store: Store, summary: RenewalSummary, targets: list[SweepTarg
     every MUTUAL credential whose client trust uses revocation the store's current set, before
     the credentials are surveyed (what a rotation then writes is guarded by that fresh read)."""
     from kimpki.ops import revoking
+    from kimpki.ops.cluster_revocations import for_places
 
+    # A home that lives for one run (the CronJob's) gets the revocation state from the cluster.
+    mirror = for_places([(t.place, t.namespace) for t in targets])
+    try:
+        summary.crls_loaded = mirror.load_into(store)
+    except KimpkiError as e:
+        summary.errors.append({"place": "cluster revocation state", "reason": f"not read: {e}"})
+        return
     if not revoking.uses_revocation(store):
         return
     try:
-        summary.crls_signed = [c.ca for c in revoking.refresh_due_crls(store, now=now, passphrase=passphrase)]
+        summary.crls_signed = [c.ca for c in revoking.refresh_due_crls(store, now=now, passphrase=passphrase,
+                                                                      mirror=mirror or None)]
     except KimpkiError as e:
         summary.errors.append({"place": "store", "reason": f"CRLs not re-signed: {e}"})
     for t in targets:

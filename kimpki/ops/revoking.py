@@ -110,17 +110,27 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
     certificate (:func:`kimpki.ops.stapling.republish_staples`), also when the certificate was
     already revoked, so that running the command again finishes a republication that failed.
     Revoking the current version of one half of an RSA+ECDSA pair (by NAME) revokes the other
-    half too: they are one host's identity."""
+    half too: they are one host's identity. In a cluster, the revocation and the CRL numbers are
+    also kept in its revocation state (:mod:`kimpki.ops.cluster_revocations`), which is merged
+    into the home first."""
     from kimpki.ops import pairs
+    from kimpki.ops.cluster_revocations import for_places
     from kimpki.ops.stapling import republish_staples
 
+    mirror = for_places([(place, namespace)] if place is not None else [])
+    if mirror:
+        mirror.load_into(store)
     current = store.find_cert(name) if name is not None else None
     partner = pairs.find_partner(store, current) if current is not None else None
     res = _revoke(store, name=name, serial=serial, ca=ca, reason=reason, now=now, passphrase=passphrase,
-                  command=command)
+                  command=command, mirror=mirror or None)
+    if res.already and mirror and mirror.record(store, res.revocation.ca):
+        # revoked from this home before, without the cluster: its CRLs there lack the entry
+        res.crl = current_crl(store, res.revocation.ca, now=now, passphrase=passphrase, refresh=True,
+                              mirror=mirror)
     if partner is not None:
         res.pair = _revoke(store, name=partner.name, serial=None, ca=None, reason=reason, now=now,
-                           passphrase=passphrase, command=command)
+                           passphrase=passphrase, command=command, mirror=mirror or None)
     if place is not None:
         res.place = place.description
         res.republished = republish_crls(store, place, res.revocation.ca, now=now, namespace=namespace)
@@ -130,7 +140,7 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
 
 
 def _revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None, reason: str, now: datetime,
-            passphrase: PassphraseSource, command: str) -> RevokeResult:
+            passphrase: PassphraseSource, command: str, mirror=None) -> RevokeResult:
     target = find_target(store, name=name, serial=serial, ca=ca)
     reason = rv.reason_name(reason)
     existing = db.find(store, target.ca, target.serial)
@@ -146,8 +156,8 @@ def _revoke(store: Store, *, name: str | None, serial: str | None, ca: str | Non
     with store.locked():
         if db.find(store, rev.ca, rev.serial) is None:  # another process may have been faster
             db.record(store, rev)
-        crl = _sign_crl(store, issuer_ca.name, issuer, now)
-        tree_crls = [_sign_crl(store, ca.name, other, now) for ca, other in others]
+        crl = _sign_crl(store, issuer_ca.name, issuer, now, mirror)
+        tree_crls = [_sign_crl(store, ca.name, other, now, mirror) for ca, other in others]
     return RevokeResult(rev, False, crl, tree_crls)
 
 
@@ -298,15 +308,17 @@ def crl_holder(place: SecretPlace, cred: dict, prov: dict) -> tuple[dict, str, s
     return holder, ca_key, crl_key
 
 
-def refresh_due_crls(store: Store, *, now: datetime, passphrase: PassphraseSource) -> list[CrlResult]:
+def refresh_due_crls(store: Store, *, now: datetime, passphrase: PassphraseSource,
+                     mirror=None) -> list[CrlResult]:
     """Re-sign every CA's CRL that is inside the last third of its validity (``kimpki renew``:
-    the CRLs credentials carry must never pass nextUpdate). CAs that never had a CRL get none."""
+    the CRLs credentials carry must never pass nextUpdate). CAs that never had a CRL get none.
+    ``mirror``: the cluster revocation state the numbers are reserved in and the CRLs published to."""
     out = []
     for ca in store.list_cas():
         state = db.crl_state(store, ca.name)
         if state is not None and ca.retired_at is None and now >= rv.crl_refresh_due(state.this_update,
                                                                                       state.next_update):
-            out.append(current_crl(store, ca.name, now=now, passphrase=passphrase))
+            out.append(current_crl(store, ca.name, now=now, passphrase=passphrase, mirror=mirror))
     return out
 
 
@@ -328,7 +340,7 @@ def set_crl_validity(store: Store, ca: str, validity: timedelta) -> None:
 
 
 def current_crl(store: Store, ca_name: str, *, now: datetime, passphrase: PassphraseSource,
-                refresh: bool = False) -> CrlResult:
+                refresh: bool = False, mirror=None) -> CrlResult:
     """The CA's CRL: the stored one while it is fresh (before the last third of its validity),
     else (or with ``refresh``) a newly signed one."""
     ca = store.get_ca(ca_name)
@@ -341,11 +353,13 @@ def current_crl(store: Store, ca_name: str, *, now: datetime, passphrase: Passph
         return CrlResult(ca.name, state.number, state.this_update, state.next_update, entries, str(path), False, pem)
     issuer = load_issuer(store, ca, passphrase)
     with store.locked():
-        return _sign_crl(store, ca.name, issuer, now)
+        return _sign_crl(store, ca.name, issuer, now, mirror)
 
 
-def _sign_crl(store: Store, ca_name: str, issuer, now: datetime) -> CrlResult:
-    """Sign and save the CA's next CRL. Call inside ``store.locked()``."""
+def _sign_crl(store: Store, ca_name: str, issuer, now: datetime, mirror=None) -> CrlResult:
+    """Sign and save the CA's next CRL. Call inside ``store.locked()``. With ``mirror`` (a
+    cluster's revocation state), the number is reserved there first, and the CRL published there
+    after: no other run, from any home, signs a CRL with that number."""
     path = db.crl_path(store, ca_name)
     seen = 0
     if path.exists():  # a CRL the database may not know of (killed between file and commit)
@@ -354,6 +368,8 @@ def _sign_crl(store: Store, ca_name: str, issuer, now: datetime) -> CrlResult:
         except Exception:  # noqa: BLE001 - a damaged file: the database's number still counts
             seen = 0
     number = db.next_crl_number(store, ca_name, at_least=max(seen, 1))
+    if mirror is not None:
+        number = mirror.reserve(store, ca_name, number)  # also merges the revocations recorded there
     this_update = now.replace(microsecond=0)
     next_update = this_update + crl_validity(store, ca_name)
     entries = [rv.RevokedEntry(int(r.serial, 16), r.revoked_at, r.reason, r.not_after) for r in db.of_ca(store, ca_name)]
@@ -361,6 +377,8 @@ def _sign_crl(store: Store, ca_name: str, issuer, now: datetime) -> CrlResult:
                        next_update=next_update)
     pem = crl.public_bytes(Encoding.PEM)
     db.save_crl(store, ca_name, number, this_update, next_update, pem)
+    if mirror is not None:
+        mirror.publish(store, ca_name, number, this_update, next_update, pem)
     return CrlResult(ca_name, number, this_update, next_update, len(crl), str(path), True, pem)
 
 

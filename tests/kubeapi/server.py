@@ -107,6 +107,9 @@ _DROP = object()
 
 
 # --------------------------------------------------------------------------- faults
+HOLD_CEILING = 60.0  # seconds a "hold" fault keeps a request at most (a test that forgot to release it)
+
+
 @dataclass
 class FaultHandle:
     """Returned by :meth:`KubeApiServer.fail`. ``fired`` counts how often it struck."""
@@ -127,10 +130,15 @@ class FaultHandle:
     fired: int = 0
     requests: list = field(default_factory=list)
     _server: Any = field(default=None, repr=False)
+    _gate: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def exhausted(self) -> bool:
         return self.fired >= self.times
+
+    def release(self) -> None:
+        """Let the requests a ``"hold"`` fault is holding go on (served normally)."""
+        self._gate.set()
 
     def remove(self) -> None:
         if self._server is not None:
@@ -335,6 +343,7 @@ class KubeApiServer:
         self._log_lock = threading.Lock()
         self._fault_lock = threading.Lock()
         self._faults: list[FaultHandle] = []
+        self._holding: list[FaultHandle] = []  # "hold" faults that struck: released on stop()
         self._denials: list[DenyHandle] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -380,6 +389,9 @@ class KubeApiServer:
         return self
 
     def stop(self) -> None:
+        with self._fault_lock:
+            for f in self._faults + self._holding:
+                f.release()
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.shutdown()
@@ -518,6 +530,9 @@ class KubeApiServer:
         * ``"drop-after"``: apply the request, then close the connection without answering
           (the write *did* happen -- a lost response).
         * ``"delay"``: sleep ``delay`` seconds, then serve normally.
+        * ``"hold"``: hold the request until ``handle.release()`` (``fired`` says it arrived; at
+          most :data:`HOLD_CEILING` seconds, and :meth:`stop` releases it), then serve it as it
+          is then: an interleaving a test chooses, with no sleeps.
 
         Some codes are answered exactly as the layer of kube-apiserver that sends them does:
 
@@ -534,7 +549,7 @@ class KubeApiServer:
         ``name``, ``namespace`` and ``query`` (a parameter the request must carry); or on a
         ``path`` prefix for non-resource requests. A request triggers at most one fault.
         Faults are one-shot (``times``)."""
-        if not (isinstance(status, int) or status in ("drop", "drop-after", "delay")):
+        if not (isinstance(status, int) or status in ("drop", "drop-after", "delay", "hold")):
             raise ValueError(f"unsupported fault status {status!r}")
         if status == 429 and retry_after is None:
             retry_after = 1
@@ -689,12 +704,16 @@ class KubeApiServer:
                 entry.update(resource=ctx.rt.plural, namespace=ctx.namespace, name=ctx.name or None,
                              verb=ctx.verb)
                 fault = self._match_fault(method, path, ctx, query)
-                if fault is not None and fault.status not in ("drop-after", "delay"):
+                if fault is not None and fault.status not in ("drop-after", "delay", "hold"):
                     resp = self._fault_response(fault, ctx)
                     entry["code"] = resp.code if isinstance(resp, _Response) else None
                     return resp
                 if fault is not None and fault.status == "delay":
                     time.sleep(fault.delay)
+                if fault is not None and fault.status == "hold":
+                    with self._fault_lock:
+                        self._holding.append(fault)
+                    fault._gate.wait(HOLD_CEILING)
                 self._check_denied(ctx)
                 self._authorize(ctx, headers)
                 resp = self._execute(ctx, body)
