@@ -224,7 +224,13 @@ def test_the_role_grants_exactly_what_renew_needs_and_no_wildcard(home_with_ca):
          "verbs": ["get", "update"]},
         # RBAC cannot limit create to a name: the name is unknown when create is authorised
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        # the revocation state: read into the pod's home, a CRL number reserved there; never created
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kimpki-revocations"],
+         "verbs": ["get", "update"]},
     ]
+    from kimpki.ops.cluster_revocations import CONFIGMAP
+
+    assert cron.REVOCATIONS == CONFIGMAP  # cron.py names it without importing (it stays light)
     rb = objs["RoleBinding"]
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "kimpki-renew", "namespace": "gateways"}]
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kimpki-renew"}
@@ -344,9 +350,56 @@ def test_the_pod_steps_renew_as_the_service_account_with_exactly_the_roles_permi
     granted = {(v, res_) for r in rules for res_ in r["resources"] for v in r["verbs"]}
     # Nothing granted that renew did not use, except reading one Secret by name: this SIMPLE
     # renewal is guarded by the LIST's resourceVersion, but a 409 makes renew re-read the Secret,
-    # and a MUTUAL credential's NAME-cacert Secret is looked up by name.
-    assert sent <= granted and granted - sent <= {("get", "secrets")}, (sent, granted)
+    # and a MUTUAL credential's NAME-cacert Secret is looked up by name; and updating the
+    # revocation state, which only a run that re-signs a CRL does (the next test).
+    assert sent <= granted and granted - sent <= {("get", "secrets"), ("update", "configmaps")}, (sent, granted)
     assert ("update", "secrets") in sent  # the first run renewed the credential
+    assert ("get", "configmaps") in sent  # it looked for the revocation state (there is none)
+
+
+def test_the_pod_renews_a_crl_carrying_credential_with_the_clusters_revocation_state(
+        kimpki, kube_env, renewal_setup, tmp_path):
+    """A client was revoked against the cluster (its state is in kimpki-revocations) and the
+    credential carries the CRL: the pod, whose home holds only the imported CA, loads the state,
+    re-signs the CRL when due (a number reserved there first) and renews the credential with
+    the CRL, all within the rendered Role."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+
+    from kimpki.kube import Cluster
+    from kimpki.ops import revoking
+    from kimpki.ops.cluster_revocations import ClusterRevocations
+    from kimpki.store import Store
+
+    objs = renewal_setup
+    env = {"KUBECONFIG": kube_env.kubeconfig_path, "KIMPKI_CA_PASSPHRASE": PASSPHRASE}
+    kimpki.ok("issue", "--client", "lost.example.com", env=env)
+    kimpki.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", "--mutual", env=env)
+    revoked = kimpki.json("revoke", "lost.example.com", "-n", NS, env=env)["serial"]
+    store = Store.open(kimpki.home)
+    try:  # the CRL signed 5 days ago (valid 7): due for re-signing when the pod runs
+        with Cluster.connect(kubeconfig=kube_env.kubeconfig_path) as cluster:
+            old = revoking.current_crl(store, "example.com", now=datetime.now(timezone.utc) - timedelta(days=5),
+                                       passphrase=lambda ca: PASSPHRASE.encode(), refresh=True,
+                                       mirror=ClusterRevocations(cluster, NS))
+    finally:
+        store.close()
+    sa_kubeconfig = apply_rbac(objs, kube_env, tmp_path)
+    kube_env.clear_requests()
+    res = replay_pod(kimpki, objs, sa_kubeconfig, tmp_path)
+    assert res.code == 0, res.err
+    events = [json.loads(line) for line in res.err.splitlines()]
+    assert sorted(e["event"] for e in events) == ["crl_republished", "crl_signed", "crl_state_loaded", "renewed",
+                                                  "summary"], events
+    assert [r for r in kube_env.calls() if r["code"] == 403] == []
+    assert {(r["verb"], r["resource"]) for r in kube_env.calls()} >= {("get", "configmaps"), ("update", "configmaps")}
+    secret = kube_env.get_object("secrets", NS, "kim-credential")
+    crl = x509.load_pem_x509_crl(base64.b64decode(secret["data"]["crl"]))
+    assert crl.get_revoked_certificate_by_serial_number(int(revoked, 16)) is not None
+    state = json.loads(kube_env.get_object("configmaps", NS, "kimpki-revocations")["data"]["example.com.json"])
+    assert state["crl_number"] == state["reserved"] == old.number + 1
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == old.number + 1
 
 
 @pytest.mark.parametrize("verb,resource,needle", [
