@@ -111,6 +111,11 @@ def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_
       KIM0006  the certificate breaks RFC 5280, e.g. serial 0 (a warning)
       KIM0017  a file-mounted server's caCrl names a file its Secret lacks
       KIM0018  the CRL file is beside the CA file, but the server has no caCrl (a warning)
+    and, for a MUTUAL credential carrying CRLs (Envoy then needs one for every CA of a chain):
+      KIM0011  no readable CRL, or none of a CA of the chain: every client refused
+      KIM0012  CRLs for some CAs of the chain, none for others
+      KIM0013  a CRL past its nextUpdate: every client of that CA refused
+      KIM0014  a CRL in the last third of its validity, not re-signed (a warning)
     \b
     Credentials are read from --namespace (the gateway pods' namespace), as Istio does; file-
     mounted servers (serverCertificate) are mapped to Secrets through the gateway Deployment's

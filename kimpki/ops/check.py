@@ -40,6 +40,17 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
   algorithm; Envoy takes one certificate per algorithm and rejects the server's TLS context.
 * ``KIM0039`` CaCertCredentialNotFound: ``caCertCredentialName`` names no Secret or ConfigMap,
   or a Secret Istio would read as a certificate and key (a name not ending in ``-cacert``).
+
+A MUTUAL credential that carries CRLs (``crl`` / ``ca.crl`` beside its CA): Envoy then demands a
+CRL for every CA of a client's chain, and refuses every client of a CA whose CRL is missing or
+past nextUpdate. The chain's CAs, as far as the Secrets show them: the CA bundle, and the
+intermediates of the server's own chain that lead to it.
+
+* ``KIM0011`` CrlMissing: the CRL key holds no readable CRL, or no CRL of any CA of the chain.
+* ``KIM0012`` CrlPartial: some CAs of the chain have a CRL, others none.
+* ``KIM0013`` CrlExpired: a CRL is past its nextUpdate.
+* ``KIM0014`` CrlStale: a CRL is inside the last third of its validity, when ``kimpki renew``
+  re-signs it (a warning: renew has not run).
 """
 
 from __future__ import annotations
@@ -78,6 +89,10 @@ CODES = {
     "KIM0037": "MultipleCertificateSources",
     "KIM0038": "DuplicateKeyAlgorithm",
     "KIM0039": "CaCertCredentialNotFound",
+    "KIM0011": "CrlMissing",
+    "KIM0012": "CrlPartial",
+    "KIM0013": "CrlExpired",
+    "KIM0014": "CrlStale",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -89,6 +104,7 @@ SOURCES, ALGORITHMS = "certificate_sources", "key_algorithms"
 FOUND, VALID, KEY, EXPIRY, HOST, CA, TLS = ("credential_found", "credential_valid", "key_matches", "expiry",
                                             "host_covered", "ca_present", "tls_settings")
 CA_CRL = "ca_crl"  # a file-mounted server's caCrl file
+CRL_COMPLETE, CRL_FRESH = "crl_complete", "crl_fresh"
 
 
 @dataclass(frozen=True)
@@ -464,6 +480,7 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
                   _no_ca(s.mode))
             return
         _check_ca(s, ca_name, ca_sec.data[key], f"{ca_name}[{key}]", now)
+        _check_crls(s, ca_name, ca_sec, key, secrets.get(name), now)
         return
     sec = secrets.get(name)
     if sec is None:
@@ -476,6 +493,99 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
                                f"has neither {c.GENERIC_CA} nor {c.TLS_CA}", _no_ca(s.mode))
         return
     _check_ca(s, name, sec.data[key], f"{name}[{key}]", now)
+    _check_crls(s, name, sec, key, sec, now)
+
+
+def _split_crls(raw: bytes) -> list[x509.CertificateRevocationList]:
+    marker = b"-----BEGIN X509 CRL-----"
+    out = []
+    for part in raw.split(marker)[1:]:
+        try:
+            out.append(x509.load_pem_x509_crl(marker + part))
+        except ValueError:
+            return []  # one unreadable CRL: Istio hands Envoy the lot, and Envoy refuses it
+    return out
+
+
+def _chain_cas(bundle: list[x509.Certificate], served: SecretDoc | None) -> list[x509.Certificate]:
+    """The CAs of the client chain the Secrets show: the bundle, then the CA certificates of the
+    server's own chain that lead to it (kimpki's clients come from the same intermediates)."""
+    cas = list(bundle)
+    raw = (served.data.get(c.GENERIC_CERT) or served.data.get(c.TLS_CERT) or b"") if served else b""
+    below = [cert for cert in _load_chain(raw)[1:] if _is_ca(cert)]
+    grew = True
+    while grew:
+        subjects = {ca.subject for ca in cas}
+        found = [cert for cert in below if cert.issuer in subjects and cert not in cas]
+        cas += found
+        grew = bool(found)
+    return cas
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _check_crls(s: _Server, label: str, holder: SecretDoc, ca_key: str, served: SecretDoc | None,
+                now: datetime) -> None:
+    """crl_complete and crl_fresh for a MUTUAL credential whose CA Secret carries CRLs (Istio
+    reads them from beside the CA: ``crl`` with ``cacert``, ``ca.crl`` with ``ca.crt``)."""
+    from kimpki.pki.revocation import crl_refresh_due
+
+    crl_key = c.GENERIC_CRL if ca_key == c.GENERIC_CA else c.TLS_CRL
+    raw = holder.data.get(crl_key)
+    if crl_key not in holder.data:
+        return  # no revocation: Envoy checks no CRL
+    where = f"{holder.name}[{crl_key}]"
+    crls = _split_crls(raw or b"")
+    if not crls:
+        s.add(label, CRL_COMPLETE, ERROR, f"{where} holds no readable CRL: Envoy refuses the configuration, or "
+                                          f"every client", "KIM0011")
+        return
+    cas = _chain_cas(_load_chain(holder.data[ca_key]), served)
+
+    def name(ca: x509.Certificate) -> str:
+        return ca.subject.rfc4514_string() or "(empty subject)"
+
+    mine = {id(ca): next((crl for crl in crls if _signed_by(crl, ca)), None) for ca in cas}
+    have = [ca for ca in cas if mine[id(ca)] is not None]
+    lacking = [ca for ca in cas if mine[id(ca)] is None]
+    if not have:
+        s.add(label, CRL_COMPLETE, ERROR, f"{where} holds {len(crls)} CRL{'s' * (len(crls) != 1)}, none signed by a "
+                                          f"CA of the chain ({'; '.join(map(name, cas))}): Envoy refuses every "
+                                          f"client certificate", "KIM0011")
+        return
+    if lacking:
+        s.add(label, CRL_COMPLETE, ERROR, f"{where} has CRLs of {'; '.join(map(name, have))} but none of "
+                                          f"{'; '.join(map(name, lacking))}: Envoy refuses every client whose "
+                                          f"chain holds {'it' if len(lacking) == 1 else 'one of them'}", "KIM0012")
+    else:
+        s.add(label, CRL_COMPLETE, OK, f"{where}: a CRL for every CA of the chain ({'; '.join(map(name, have))})")
+    for ca in have:
+        crl = mine[id(ca)]
+        this, nxt = crl.last_update_utc, crl.next_update_utc
+        what = f"CRL of {name(ca)}"
+        if nxt is None:
+            s.add(label, CRL_FRESH, OK, f"{what} has no nextUpdate")
+        elif now >= nxt:
+            s.add(label, CRL_FRESH, ERROR, f"{what} expired on {_rfc3339(nxt)}: Envoy refuses every client of this "
+                                           f"CA; run 'kimpki renew' (or 'kimpki crl CA')", "KIM0013")
+        elif now >= crl_refresh_due(this, nxt):
+            s.add(label, CRL_FRESH, WARNING, f"{what} is in the last third of its validity (next update "
+                                             f"{_rfc3339(nxt)}) and was not re-signed: is 'kimpki renew' "
+                                             f"running?", "KIM0014")
+        else:
+            s.add(label, CRL_FRESH, OK, f"{what}: next update {_rfc3339(nxt)}")
 
 
 def _check_sources(s: _Server, tls: dict) -> None:
