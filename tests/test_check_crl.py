@@ -5,6 +5,7 @@ past nextUpdate. Real CLI on manifest files, certificates and CRLs made by kimpk
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -122,3 +123,29 @@ def test_check_help_lists_the_crl_codes(kimpki):
     out = kimpki.ok("check", "--help").out
     for code in ("KIM0011", "KIM0012", "KIM0013", "KIM0014"):
         assert code in out and code in check.CODES and code in check.__doc__
+
+
+def test_status_shows_each_crls_next_update(deploy):
+    """The store's CRL per CA, and the CRLs the Secrets carry (how many carry each), with their
+    next update and whether they expired; --json and text."""
+    k, folder = deploy
+    store = k.json("status")
+    assert [(r["ca"], r["state"], r["secrets"]) for r in store["crls"]] == [
+        ("issuing.example", "valid", 0), ("root.example", "valid", 0)]
+    root = next(r for r in store["crls"] if r["ca"] == "root.example")
+    from kimpki.pki.revocation import crl_number
+    from cryptography import x509
+
+    on_disk = x509.load_pem_x509_crl(crl_of(k, "root.example"))
+    assert root["crl_number"] == crl_number(on_disk)
+    assert root["next_update"] == on_disk.next_update_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = k.ok("status").out
+    day = root["next_update"][:16].replace("T", " ")
+    assert "CRLs:" in text and re.search(rf"^root\.example +{root['crl_number']} +{day} +valid$", text, re.M), text
+
+    set_crls(folder, signed_days_ago(k, "root.example", 8) + crl_of(k, "issuing.example"))
+    places = k.json("status", "--manifests", folder)
+    assert [(r["ca"], r["state"], r["secrets"]) for r in places["crls"]] == [
+        ("issuing.example", "valid", 1), ("root.example", "expired", 1)]
+    text = k.ok("status", "--manifests", folder).out
+    assert "CRLs:" in text and "expired" in text.split("CRLs:")[1]

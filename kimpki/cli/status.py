@@ -30,6 +30,9 @@ cannot be read: renew cannot renew it). With --policy, a due credential outside 
 policy's maintenance windows shows when its next window opens ("due, window ...";
 renew defers it until then), or "outside window" when renew would not wait.
 \b
+CRLs: each CA's CRL in the store, or the CRLs the Secrets carry (how many carry each),
+with its next update; an expired one makes Envoy refuse every client of its CA.
+\b
 Exit codes: 0, unless --fail-on: 'due' exits 1 when any credential is due, expired or
 broken, 'expired' only when any is expired or broken. 2 usage error.
 """
@@ -81,8 +84,10 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         store = open_store(ctx)
         warnings: list[str] = []
         rows = inventory_status(store, settings, now, warnings)
+        from kimpki.ops.metrics import store_crl_samples
+
         data = {"source": "store", "time": _t(now), "certificates": rows, "counts": _counts(rows),
-                "warnings": warnings}
+                "crls": _crls(store_crl_samples(store), now), "warnings": warnings}
         _warn(warnings)
         if prometheus or textfile:
             from kimpki.ops.metrics import store_samples
@@ -101,8 +106,11 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
                    for r in results if r.state == "ca-bundle"]
         rows = creds
         warnings = result_warnings(results)
+        from kimpki.ops.metrics import place_crl_samples
+
         data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
-                "credentials": creds, "skipped": skipped, "counts": _counts(creds), "warnings": warnings}
+                "credentials": creds, "skipped": skipped, "counts": _counts(creds),
+                "crls": _crls(place_crl_samples(results, existing_store(ctx)), now), "warnings": warnings}
         _warn(warnings)
         if prometheus or textfile:
             from kimpki.ops.metrics import place_samples
@@ -145,7 +153,30 @@ def _counts(rows: list[dict]) -> dict:
     return {s: sum(1 for r in rows if r["state"] == s) for s in states}
 
 
+def _crls(samples, now) -> list[dict]:
+    """Each distinct CRL (CA and number) with its next update, and how many Secrets carry it."""
+    out: dict[tuple[str, str], dict] = {}
+    for s in samples:
+        row = out.setdefault((s.name, s.ident), {
+            "ca": s.name, "crl_number": int(s.ident), "next_update": _t(s.next_update),
+            "state": "expired" if now >= s.next_update else "valid", "secrets": 0})
+        row["secrets"] += 1 if s.secret else 0
+    return sorted(out.values(), key=lambda r: (r["ca"], r["crl_number"]))
+
+
+def _crls_text(d: dict, carried: bool) -> str:
+    if not d["crls"]:
+        return ""
+    rows = [[r["ca"], r["crl_number"], _day(r["next_update"]), r["state"]] + ([r["secrets"]] if carried else [])
+            for r in d["crls"]]
+    return "\n\nCRLs:\n" + table(rows, ["CA", "CRL NUMBER", "NEXT UPDATE", "STATE"] + (["SECRETS"] if carried else []))
+
+
 def _places_text(d: dict) -> str:
+    return _credentials_text(d) + _crls_text(d, carried=True)
+
+
+def _credentials_text(d: dict) -> str:
     creds = d["credentials"]
     if not creds:
         return f"no managed credential Secrets in {', '.join(d['places'])}"
@@ -175,6 +206,10 @@ def _state_cell(r: dict) -> str:
 
 
 def _inventory_text(d: dict) -> str:
+    return _certificates_text(d) + _crls_text(d, carried=False)
+
+
+def _certificates_text(d: dict) -> str:
     rows = d["certificates"]
     if not rows:
         return "no server certificates in the store yet: run 'kimpki issue HOST'"

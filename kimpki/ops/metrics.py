@@ -238,12 +238,40 @@ def store_samples(store, rule, jitter, now: datetime) -> list:
         renew_at = renewal_time(rec.not_before, rec.not_after, rule, jitter=jitter, key=rec.serial)
         out.append(CertificateSample(rec.kind, rec.name, rec.ca, rec.serial, rec.not_before, rec.not_after,
                                      renew_at))
+    return out + store_crl_samples(store)
+
+
+def store_crl_samples(store) -> list[RevocationSample]:
+    """Each CA's CRL in the store (``status`` shows them too)."""
     from kimpki.store import revocations
 
+    out = []
     for ca in store.list_cas():
         state = revocations.crl_state(store, ca.name)
         if state is not None:
             out.append(RevocationSample("crl", ca.name, str(state.number), state.next_update))
+    return out
+
+
+def place_crl_samples(results, store=None) -> list[RevocationSample]:
+    """The CRLs the surveyed Secrets carry (Istio's ``crl``/``ca.crl`` keys), one per Secret and
+    CA: :func:`place_samples`' CRLs, without reading every certificate (``status`` shows them)."""
+    import base64
+
+    from kimpki.istio import contract as c
+
+    _, by_subject = _store_cas(store)
+    out: list[RevocationSample] = []
+    for r in results:
+        for key in (c.GENERIC_CRL, c.TLS_CRL):
+            value = ((r.source or {}).get("data") or {}).get(key)
+            if not value:
+                continue
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except ValueError:
+                continue
+            out += _revocation_samples(key, raw, r, by_subject)
     return out
 
 
