@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -272,6 +272,24 @@ def _authorities(policy: m.Policy, store: Store, report: Report, now: datetime, 
             if execute:
                 with store.locked():
                     ca_constraints.save(store, name, ca.constraints)
+        _crl_validity(ca, store, report, execute, exists=rec is not None)
+
+
+def _crl_validity(ca: m.CertificateAuthority, store: Store, report: Report, execute: bool, *, exists: bool) -> None:
+    """The policy's ``crlValidity`` for every generation of the CA: the validity ``revoke``,
+    ``renew`` and ``kimpki crl`` sign its next CRLs with (the current CRL stays until then)."""
+    from kimpki.ops import revoking
+
+    if ca.crl_validity is None:
+        return  # not given: the store's setting (kimpki crl --next-update), else 7 days
+    for name in generations(store, ca.name) if exists else [ca.name]:
+        if exists and revoking.stored_crl_validity(store, name) == ca.crl_validity:
+            continue
+        days = ca.crl_validity / timedelta(days=1)
+        report.actions.append(Action("set", "CrlValidity", name, None, f"CRLs valid {days:g} days", "store",
+                                     str(ca.where)))
+        if execute:
+            revoking.set_crl_validity(store, name, ca.crl_validity)
 
 
 def renewal_reason(cert: m.Certificate, store: Store, now: datetime) -> str | None:

@@ -327,14 +327,17 @@ def uses_revocation(store: Store) -> bool:
 
 
 def crl_validity(store: Store, ca: str) -> timedelta:
+    return stored_crl_validity(store, ca) or rv.DEFAULT_CRL_VALIDITY
+
+
+def stored_crl_validity(store: Store, ca: str) -> timedelta | None:
+    """The CA's CRL validity when one was set (``kimpki crl --next-update``, a policy's ``crlValidity``)."""
     value = store.get_setting(CRL_VALIDITY_KEY + ca)
-    return timedelta(seconds=int(value)) if value else rv.DEFAULT_CRL_VALIDITY
+    return timedelta(seconds=int(value)) if value else None
 
 
 def set_crl_validity(store: Store, ca: str, validity: timedelta) -> None:
-    if not timedelta(hours=1) <= validity <= timedelta(days=366):
-        raise UsageError("a CRL's validity must be between 1h and 366d (Envoy refuses every client of a CA "
-                         "whose CRL is past nextUpdate, so it is also the refresh deadline)")
+    rv.check_crl_validity(validity)
     with store.locked():
         store.set_setting(CRL_VALIDITY_KEY + ca, str(int(validity.total_seconds())))
 

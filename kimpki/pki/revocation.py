@@ -37,6 +37,15 @@ REASONS = {
 }
 
 
+def check_crl_validity(validity: timedelta) -> timedelta:
+    """A CRL's validity (thisUpdate to nextUpdate): 1h to 366d. It is also the deadline for the
+    refresh: Envoy refuses every client of a CA whose CRL is past nextUpdate."""
+    if not timedelta(hours=1) <= validity <= timedelta(days=366):
+        raise UsageError("a CRL's validity must be between 1h and 366d (Envoy refuses every client of a CA "
+                         "whose CRL is past nextUpdate, so it is also the refresh deadline)")
+    return validity
+
+
 def reason_name(text: str) -> str:
     """The canonical RFC 5280 name for ``text`` (case-insensitive; ``key-compromise`` too)."""
     wanted = text.replace("-", "").replace("_", "").lower()

@@ -178,9 +178,10 @@ def _windows(spec: Fields) -> tuple[MaintenanceWindow, ...] | None:
 
 
 def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.CertificateAuthority:
-    spec.allow("org", "commonName", "keyType", "duration", "parent", "passphrase", "constraints")
+    spec.allow("org", "commonName", "keyType", "duration", "parent", "passphrase", "constraints", "crlValidity")
     key_type = _key_type(spec)
     duration = _duration(spec, "duration", "3650d")
+    crl_validity = _crl_validity(spec)
     parent = spec.string("parent")
     if parent:
         refs["parent"] = spec.where("parent")
@@ -224,7 +225,18 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
             allowed_domains=tuple(dict.fromkeys(domains)), max_duration=max_duration, **flags))
     return m.CertificateAuthority(name, where_of(doc.file, doc.node), org=spec.string("org"),
                                   common_name=spec.string("commonName"), key_type=key_type, duration=duration,
-                                  parent=parent, passphrase=passphrase, constraints=constraints)
+                                  parent=parent, passphrase=passphrase, constraints=constraints,
+                                  crl_validity=crl_validity)
+
+
+def _crl_validity(spec: Fields):
+    """``crlValidity``: how long each CRL the CA signs is valid (1h to 366d), checked here."""
+    if not spec.has("crlValidity"):
+        return None
+    from kimpki.pki.revocation import check_crl_validity
+
+    text, node = spec.text_or_number("crlValidity")
+    return spec.check("crlValidity", node, lambda: check_crl_validity(parse_duration(text)))
 
 
 def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Certificate:

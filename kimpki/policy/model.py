@@ -65,6 +65,7 @@ class CertificateAuthority:
     parent: str | None = None
     passphrase: PassphraseRef | None = None
     constraints: NameConstraints | None = None
+    crl_validity: timedelta | None = None  # its CRLs' validity (None: whatever the store has, default 7d)
 
 
 @dataclass(frozen=True)
