@@ -187,7 +187,8 @@ finishes an interrupted rotation):
   3. servers: every credential serving a certificate from NAME gets a new key and
      certificate from NEW, updated in place (as 'kimpki rotate --new-ca NEW').
   4. clients: every current client certificate from NAME in the store is re-issued from
-     NEW. The old files stay on disk and valid; the new paths are reported: hand them out.
+     NEW (a revoked one is not: it is skipped, and does not keep NAME from retiring). The
+     old files stay on disk and valid; the new paths are reported: hand them out.
 \b
 Clients that trust only the old root keep working too. A new root is also certified by
 the old one (a cross certificate, RFC 4210's "newWithOld"), and while NAME is not retired

@@ -230,8 +230,11 @@ def dependents(store: Store, old: CaRecord, found: list[Found]) -> list[str]:
         if issued_by(f.cred.served, old_cert):
             out.append(f"{f.cred.name} ({f.cred.namespace}) still serves serial {f.cred.served_serial} from {old.name}")
             named.add((f.cred.store_name, f.cred.served_serial))
+    from kimpki.store import revocations
+
+    revoked = revocations.revoked_serials(store)  # a revoked certificate is shut out anyway
     for rec in store.list_certs():
-        if rec.ca == old.name and (rec.name, rec.serial) not in named:
+        if rec.ca == old.name and (rec.name, rec.serial) not in named and (rec.ca, rec.serial) not in revoked:
             out.append(f"{rec.kind} certificate {rec.name} is current and was issued by {old.name}")
     for ca in store.list_cas():
         if ca.parent == old.name and ca.retired_at is None:
@@ -464,8 +467,17 @@ def _rotate_servers(store: Store, report: RotationReport, found: list[Found], ol
 
 def _reissue_clients(store: Store, report: RotationReport, old: CaRecord, new: CaRecord | None, *,
                      now: datetime, signing: authority.PassphraseSource, dry_run: bool) -> None:
+    from kimpki.store import revocations
+
+    revoked = revocations.revoked_serials(store)
     for rec in store.list_certs():
         if rec.kind != "client" or rec.ca != old.name:
+            continue
+        rev = revoked.get((rec.ca, rec.serial))
+        if rev is not None:  # carrying it forward would let the revoked holder in through the new CA
+            report.clients.append({"name": rec.name, "action": "skipped", "old_serial": rec.serial,
+                                   "reason": f"revoked on {parse.rfc3339(rev.revoked_at)} ({rev.reason}): not "
+                                             f"re-issued from {report.successor}"})
             continue
         if not rec.has_key:
             report.clients.append({"name": rec.name, "action": "skipped", "old_serial": rec.serial,
