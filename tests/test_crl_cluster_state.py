@@ -184,10 +184,12 @@ def test_a_run_killed_between_reservation_and_publication_leaves_a_gap_not_a_reu
     k, pod, kc = setup
     k.ok("revoke", "a.example.com", "-n", NS, *kc)
     base = state(kube_api)[0]["crl_number"]
-    # GETs of the run: the state merged in (1), read for the reservation (2), read to publish (3)
-    hold = kube_api.fail("GET", "configmaps", nth=3, status="hold")
+    # GETs of the run: the state merged in (1), read for CRLs it lacks (2), read for the
+    # reservation (3), read to publish (4)
+    hold = kube_api.fail("GET", "configmaps", nth=4, status="hold")
     victim = _popen(k, "revoke", "b.example.com", "-n", NS, *kc)
     wait_until(lambda: hold.fired, "the run to reach its publication")
+    assert [c["method"] for c in kube_api.calls(resource="configmaps")][-2:] == ["PUT", "GET"]  # reserved
     victim.kill()
     victim.communicate(timeout=60)
     hold.release()
@@ -214,3 +216,24 @@ def test_a_state_kimpki_did_not_write_is_one_line(setup, kube_api):
                          "data": {f"{CA}.json": "{not json"}})
     assert_one_line_error(k("revoke", "a.example.com", "-n", NS, *kc), 1,
                           f"configmap {NS}/kimpki-revocations: key {CA}.json is not the JSON kimpki writes")
+
+
+def test_crls_signed_without_the_cluster_are_adopted_by_the_next_run_against_it(setup, kube_api):
+    """Revoked before the cluster kept state (or from a home with no cluster option): the next
+    renew against the cluster gives it the CA's state, so the CronJob's home can re-sign the CRL
+    the Secrets carry before it expires; and ca rotate there reserves its successor's first number."""
+    k, pod, kc = setup
+    local = k.json("revoke", "a.example.com")
+    k.ok("rotate", "kim-credential", "-n", NS, *kc)  # the credential now carries the CRL
+    assert kube_api.get_object("configmaps", NS, "kimpki-revocations") is None
+    d = k.json("renew", "-n", NS, *kc)
+    assert d["errors"] == []
+    st, crl = state(kube_api)
+    assert st["crl_number"] == st["reserved"] == local["crl"]["crl_number"] == crl_number(crl)
+    assert [e[0] for e in st["revoked"]] == [local["serial"]]
+    assert pod.json("renew", "-n", NS, *kc, "--renew-before", "99.9%")["renewed"] == 1  # the guard passes
+    r = k.json("ca", "rotate", CA, "-n", NS, *kc)
+    assert r["failed"] is None and r["crls_signed"] == [r["successor"]], r
+    cm = kube_api.get_object("configmaps", NS, "kimpki-revocations")
+    successor = json.loads(cm["data"][f"{r['successor']}.json"])
+    assert successor["crl_number"] == successor["reserved"] == 1

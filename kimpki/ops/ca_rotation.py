@@ -384,9 +384,14 @@ def rotate(store: Store, targets: list[Target], name: str, *, now: datetime, new
         report.successor, report.successor_action = new.name, "created"
     if new is not None and not dry_run:
         # The successor joins a tree whose MUTUAL credentials may carry CRLs: it needs one too.
+        from kimpki.ops.cluster_revocations import for_places
         from kimpki.ops.revoking import ensure_tree_crls
 
-        report.crls = [c.ca for c in ensure_tree_crls(store, new, now=now, passphrase=signing)]
+        mirror = for_places([(t.place, t.namespace) for t in targets])  # a cluster keeps the numbers
+        if mirror:
+            mirror.sync(store)
+        report.crls = [c.ca for c in ensure_tree_crls(store, new, now=now, passphrase=signing,
+                                                      mirror=mirror or None)]
     if new is not None:
         report.default = store.get_setting("default_ca")
         if new.cross_path.exists():

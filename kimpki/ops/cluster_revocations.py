@@ -108,6 +108,29 @@ class ClusterRevocations:
         """Record the home's revocations of ``ca`` that the cluster lacks; True when it lacked any."""
         return self._update(lambda states: _union(states.setdefault(ca, {}), store, ca))
 
+    def adopt(self, store: Store) -> list[str]:
+        """Give the cluster the home's CRL state for each CA it has none of (signed before the
+        cluster kept state, or without it): else a home that lives for one run could never
+        re-sign those CRLs, and they would expire in the gateways. Its number was never used
+        here, so it is reserved as it is."""
+        adopted: list[str] = []
+
+        def change(states: dict[str, dict]) -> bool:
+            adopted.clear()
+            for ca in store.list_cas():
+                mine, path = db.crl_state(store, ca.name), db.crl_path(store, ca.name)
+                if ca.name in states or ca.retired_at is not None or mine is None or not path.exists():
+                    continue
+                st = states.setdefault(ca.name, {})
+                _union(st, store, ca.name)
+                st.update(reserved=mine.number, crl_number=mine.number, this_update=_ts(mine.this_update),
+                          next_update=_ts(mine.next_update), crl=path.read_text("ascii"))
+                adopted.append(ca.name)
+            return bool(adopted)
+
+        self._update(change)
+        return adopted
+
     def _update(self, change) -> bool:
         """Read, apply ``change`` to the states (it returns whether anything changed), write back
         guarded by the resourceVersion read; a 409 (someone else wrote in between) reads again."""
@@ -160,6 +183,14 @@ class Mirrors:
 
     def record(self, store: Store, ca: str) -> bool:
         return any([m.record(store, ca) for m in self.mirrors])
+
+    def sync(self, store: Store) -> list[str]:
+        """Merge the clusters' state into the home, then give them the home's CRLs they lack
+        (:meth:`ClusterRevocations.adopt`). Returns the CAs loaded from a cluster."""
+        loaded = self.load_into(store)
+        for m in self.mirrors:
+            m.adopt(store)
+        return loaded
 
 
 def for_places(places) -> Mirrors:

@@ -668,7 +668,7 @@ def _refresh_crls(store: Store, summary: RenewalSummary, targets: list[SweepTarg
     # A home that lives for one run (the CronJob's) gets the revocation state from the cluster.
     mirror = for_places([(t.place, t.namespace) for t in targets])
     try:
-        summary.crls_loaded = mirror.load_into(store)
+        summary.crls_loaded = mirror.sync(store)
     except KimpkiError as e:
         summary.errors.append({"place": "cluster revocation state", "reason": f"not read: {e}"})
         return

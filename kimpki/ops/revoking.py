@@ -119,7 +119,7 @@ def revoke(store: Store, *, name: str | None, serial: str | None, ca: str | None
 
     mirror = for_places([(place, namespace)] if place is not None else [])
     if mirror:
-        mirror.load_into(store)
+        mirror.sync(store)
     current = store.find_cert(name) if name is not None else None
     partner = pairs.find_partner(store, current) if current is not None else None
     res = _revoke(store, name=name, serial=serial, ca=ca, reason=reason, now=now, passphrase=passphrase,
@@ -175,7 +175,8 @@ def _needing_crl(store: Store, ca: CaRecord, now: datetime) -> list[CaRecord]:
     return out
 
 
-def ensure_tree_crls(store: Store, ca: CaRecord, *, now: datetime, passphrase: PassphraseSource) -> list[CrlResult]:
+def ensure_tree_crls(store: Store, ca: CaRecord, *, now: datetime, passphrase: PassphraseSource,
+                     mirror=None) -> list[CrlResult]:
     """When ``ca``'s trust tree uses revocation, sign every CRL of it that is missing or due
     (``ca rotate``: a successor joins a tree whose MUTUAL credentials carry CRLs, and needs one)."""
     tree = trust_tree(store, generations(store, root_of(store, ca).name))
@@ -184,7 +185,7 @@ def ensure_tree_crls(store: Store, ca: CaRecord, *, now: datetime, passphrase: P
     todo = [t for t in tree if t.name == ca.name and db.crl_state(store, t.name) is None] + _needing_crl(store, ca, now)
     issuers = [(t, load_issuer(store, t, passphrase)) for t in todo]
     with store.locked():
-        return [_sign_crl(store, t.name, issuer, now) for t, issuer in issuers]
+        return [_sign_crl(store, t.name, issuer, now, mirror) for t, issuer in issuers]
 
 
 def trust_tree(store: Store, tops: list[CaRecord]) -> list[CaRecord]:
