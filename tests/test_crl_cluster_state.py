@@ -237,3 +237,43 @@ def test_crls_signed_without_the_cluster_are_adopted_by_the_next_run_against_it(
     cm = kube_api.get_object("configmaps", NS, "kimpki-revocations")
     successor = json.loads(cm["data"][f"{r['successor']}.json"])
     assert successor["crl_number"] == successor["reserved"] == 1
+
+
+def test_a_home_without_an_intermediate_does_not_drop_its_crl(kimpki, kube_api, tmp_path):
+    """The CronJob imports root CAs only. The credential trusts the root and carries the CRLs of
+    the root and of the intermediate below it: the root-only home must not rewrite the set
+    without the intermediate's CRL (Envoy would refuse every client of the intermediate)."""
+    k = kimpki
+    kc = ["--kubeconfig", kube_api.kubeconfig_path]
+    k.ok("ca", "init", "root.example")
+    k.ok("ca", "init", "issuing.example", "--parent", "root.example")
+    k.ok("issue", "kim.example.com", "--ca", "root.example", "--days", "1")  # the pod can renew it
+    k.ok("issue", "--client", "a.example.com", "--ca", "issuing.example")
+    k.ok("secret", "create", "kim-credential", "--cert", "kim.example.com", "--mutual", *kc)
+    k.ok("revoke", "a.example.com", "-n", NS, *kc)
+    pod = Kimpki(tmp_path / "pod-home", k.cwd)
+    shutil.copy(k.home / "cas" / "root.example" / "ca.key", tmp_path / "root.key")
+    pod.ok("ca", "import", "root.example", "--cert", k.home / "cas" / "root.example" / "ca.crt",
+           "--key", tmp_path / "root.key")
+    from kimpki.kube import Cluster
+    from kimpki.ops import revoking
+    from kimpki.ops.authority import no_passphrase
+    from kimpki.ops.cluster_revocations import ClusterRevocations
+    from kimpki.store import Store
+
+    store = Store.open(k.home)
+    try:  # the root's CRL due: the pod re-signs it and would republish the set
+        with Cluster.connect(kubeconfig=kube_api.kubeconfig_path) as cluster:
+            revoking.current_crl(store, "root.example", now=datetime.now(timezone.utc) - timedelta(days=5),
+                                 passphrase=no_passphrase, refresh=True, mirror=ClusterRevocations(cluster, NS))
+    finally:
+        store.close()
+    before = kube_api.get_object("secrets", NS, "kim-credential")
+    res = pod("renew", "-n", NS, *kc, "--renew-before", "99.9%", "--json")
+    assert res.code == 1 and "Traceback" not in res.err
+    (err,) = res.json["errors"]  # republishing the CRLs, then renewing the credential: both refused
+    (failed,) = [r for r in res.json["results"] if r["action"] == "failed"]
+    for reason in (err["reason"], failed["reason"]):
+        assert "carries the CRL of CN=issuing.example, a CA this kimpki home does not have" in reason
+    after = kube_api.get_object("secrets", NS, "kim-credential")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

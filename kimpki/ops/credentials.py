@@ -16,6 +16,7 @@ material is checked here, and refused with a one-line :class:`OperationError` wh
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,7 +30,7 @@ from kimpki.istio.credential import (ANN_ROLE, ROLE_CA, ROLE_CA_ONLY, Credential
 from kimpki.ops import stapling
 from kimpki.ops.authority import PassphraseSource, root_of, trust_bundle
 from kimpki.ops.places import SecretPlace
-from kimpki.ops.revoking import client_trust_crls
+from kimpki.ops.revoking import client_trust_crls, known_ca_subjects, refuse_dropping_unknown_crls
 from kimpki.pki import chain, keys, parse
 from kimpki.store import CertRecord, Store
 
@@ -39,6 +40,7 @@ class PreparedCredential:
     record: CertRecord
     ca_name: str  # the store CA whose certificate is published (or that issued the leaf, for SIMPLE)
     credential: SdsCredential
+    known_cas: frozenset[str] = frozenset()  # subjects of the home's CAs (which CRLs it may drop)
 
     @property
     def secrets(self) -> tuple[dict, ...]:
@@ -139,7 +141,8 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
     material = CredentialMaterial(chain_pem, key_pem, bundle, crls, staple)
     prov = Provenance(store_name=rec.name, hosts=tuple(rec.hosts), ca=published_ca, serial=rec.serial,
                       not_after=parse.rfc3339(rec.not_after))
-    return PreparedCredential(rec, published_ca, build_credential(spec, material, prov))
+    return PreparedCredential(rec, published_ca, build_credential(spec, material, prov),
+                              known_ca_subjects(store) if crls else frozenset())
 
 
 def prepare_pair(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime,
@@ -195,10 +198,10 @@ def publish(place: SecretPlace, prepared: PreparedCredential, *, force: bool = F
         meta = s["metadata"]
         if meta["name"] == c.FILE_MOUNTED_CA_SECRET:
             held = place.get(meta["namespace"], meta["name"])
-            _refuse_dropping_crls(held, s, prepared.ca_name, _crl_keys_of(spec, prepared))
+            _refuse_dropping_crls(held, s, prepared.ca_name, prepared.known_cas, _crl_keys_of(spec, prepared))
             s = _keep_other_ca_files(held, s)
         else:
-            _refuse_dropping_crls((read or {}).get(meta["name"]), s, prepared.ca_name)
+            _refuse_dropping_crls((read or {}).get(meta["name"]), s, prepared.ca_name, prepared.known_cas)
         try:
             res = place.write(s, force=force, dry_run=dry_run, current=(read or {}).get(meta["name"]))
         except KimpkiError as e:
@@ -224,19 +227,26 @@ def _crl_keys_of(spec: CredentialSpec, prepared: PreparedCredential) -> tuple[st
     return (crl_file_name(spec.ca_file_name or default_ca_file_name(prepared.ca_name)),)
 
 
-def _refuse_dropping_crls(current: dict | None, new: dict, ca: str,
+def _refuse_dropping_crls(current: dict | None, new: dict, ca: str, known: frozenset[str],
                           keys: tuple[str, ...] = (c.GENERIC_CRL, c.TLS_CRL)) -> None:
     """A Secret that carries CRLs must not be rewritten without them: the gateway would admit the
     revoked clients again. It happens when the home doing the write has no revocation state for
     the CA (another machine's home, or the CronJob's memory home). ``keys``: where the CRLs sit
     (istio-ingressgateway-ca-certs: the file beside this credential's CA file; other CA files
-    there belong to other credentials)."""
+    there belong to other credentials). Nor without the CRL of a CA not among ``known`` (the
+    home's CA subjects): :func:`kimpki.ops.revoking.refuse_dropping_unknown_crls`."""
     had = current is not None and any((current.get("data") or {}).get(k) for k in keys)
     if had and not any((new.get("data") or {}).get(k) for k in keys):
         meta = new["metadata"]
         raise OperationError(f"Secret {meta.get('namespace')}/{meta['name']} carries CRLs, but this kimpki home has "
                              f"no revocation state for CA {ca!r}: writing it would admit revoked client "
                              f"certificates again; run this from the home that revoked them")
+    for key in keys if had else ():
+        old_value, new_value = (current.get("data") or {}).get(key), (new.get("data") or {}).get(key)
+        if old_value and new_value:
+            meta = new["metadata"]
+            refuse_dropping_unknown_crls(base64.b64decode(old_value), base64.b64decode(new_value), known,
+                                         f"Secret {meta.get('namespace')}/{meta['name']}")
 
 
 def _keep_other_ca_files(current: dict | None, secret: dict) -> dict:

@@ -237,6 +237,36 @@ def client_trust_crls(store: Store, bundle_pem: bytes, now: datetime,
     return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
 
 
+def crl_issuers(pem: bytes) -> set[str]:
+    """The issuers (RFC 4514) of the PEM CRLs in ``pem``; unreadable blocks are left out."""
+    from cryptography import x509
+
+    marker = b"-----BEGIN X509 CRL-----"
+    out = set()
+    for part in pem.split(marker)[1:]:
+        try:
+            out.add(x509.load_pem_x509_crl(marker + part).issuer.rfc4514_string())
+        except ValueError:
+            continue
+    return out
+
+
+def known_ca_subjects(store: Store) -> frozenset[str]:
+    """The subjects of every CA of the home, retired ones included."""
+    return frozenset(read_ca_cert(ca).subject.rfc4514_string() for ca in store.list_cas())
+
+
+def refuse_dropping_unknown_crls(current: bytes, new: bytes, known: frozenset[str], where: str) -> None:
+    """A delivered CRL whose CA this home does not have must not be dropped: the home cannot tell
+    whether the CA is still trusted (an intermediate below a published root, which the CronJob's
+    home lacks: it imports roots only), and Envoy refuses every client of a CA without a CRL."""
+    lost = sorted(i for i in crl_issuers(current) - crl_issuers(new) if i not in known)
+    if lost:
+        raise OperationError(f"{where} carries the CRL of {lost[0]}, a CA this kimpki home does not have: writing "
+                             f"it without that CRL would make Envoy refuse every client of that CA; run this "
+                             f"from a home that has the CA")
+
+
 def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: datetime,
                    namespace: str | None = None) -> list[dict]:
     """Give every managed MUTUAL credential in ``place`` whose client trust holds CA ``ca`` (None:
@@ -274,6 +304,9 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
         crls = client_trust_crls(store, bundle, now, tree)
         if crls is None:  # the tree uses no revocation (cannot be, just after revoking in it)
             continue
+        if data.get(crl_key):
+            refuse_dropping_unknown_crls(base64.b64decode(data[crl_key]), crls, known_ca_subjects(store),
+                                         f"Secret {ns}/{holder['metadata']['name']}")
         desired = copy.deepcopy(holder)
         desired["data"] = {**data, crl_key: base64.b64encode(crls).decode("ascii")}
         try:
