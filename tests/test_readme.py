@@ -52,8 +52,8 @@ def test_every_bash_block_is_covered():
     covered = {block("scripts/demo"), block("kimpki ca init example-issuing"), block("mkdir -p deploy"),
                block("kimpki gateway serve -f deploy/"), block("kimpki rotate kim-credential --manifests"),
                block("kimpki status -o prometheus"), block("kimpki revoke leaked.example.com"),
-               block("kimpki revoke stapled.example"), block("kimpki revoke mallory.example"),
-               block("kimpki plan -f policies/"),
+               block("revoke-deploy/gateway.yaml"), block("kimpki revoke stapled.example"),
+               block("kimpki revoke mallory.example"), block("kimpki plan -f policies/"),
                block("--mode OPTIONAL_MUTUAL"), block("kimpki issue dual.example.com --dual")}
     assert covered == set(BLOCKS)
 
@@ -121,6 +121,10 @@ def test_revocation_block(tmp_path):
     assert "revoked" in r.stdout.split("leaked.example.com", 2)[-1]  # the list line's state
     assert "certificate revoked" in r.stdout  # openssl's verdict with the CRL
     assert "secret/revoke-credential (istio-system): CRLs updated" in r.stdout  # republished in the folder
+    r = run(block("revoke-deploy/gateway.yaml"), tmp_path, tmp_path / "home")  # check and status on it
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "crl_complete" in r.stdout and "crl_fresh" in r.stdout
+    assert re.search(r"^revoke-demo\.example +\d+ +\d{4}-\d\d-\d\d \d\d:\d\d +valid +1$", r.stdout, re.M), r.stdout
 
 
 def test_ocsp_staple_block(tmp_path):
