@@ -11,6 +11,7 @@ Against the API stand-in over real HTTP; the interleavings are chosen with its `
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import shutil
 import subprocess
@@ -54,12 +55,13 @@ def twin(setup, tmp_path):
     return Kimpki(tmp_path / "twin-home", k.cwd)
 
 
-def state(srv) -> tuple[dict, x509.CertificateRevocationList | None]:
+def state(srv, ca: str = CA) -> tuple[dict, x509.CertificateRevocationList | None]:
+    """The CA's state as the ConfigMap holds it: gzipped JSON, and the CRL as DER."""
     cm = srv.get_object("configmaps", NS, "kimpki-revocations")
     assert cm is not None, "no revocation state in the cluster"
-    st = json.loads(cm["data"][f"{CA}.json"])
-    pem = cm["data"].get(f"{CA}.crl")
-    return st, x509.load_pem_x509_crl(pem.encode()) if pem else None
+    st = json.loads(gzip.decompress(base64.b64decode(cm["binaryData"][f"{ca}.json.gz"])))
+    der = cm["binaryData"].get(f"{ca}.crl")
+    return st, x509.load_der_x509_crl(base64.b64decode(der)) if der else None
 
 
 def delivered(srv) -> x509.CertificateRevocationList:
@@ -213,9 +215,9 @@ def test_a_state_kimpki_did_not_write_is_one_line(setup, kube_api):
     k, pod, kc = setup
     kube_api.put_object({"apiVersion": "v1", "kind": "ConfigMap",
                          "metadata": {"name": "kimpki-revocations", "namespace": NS},
-                         "data": {f"{CA}.json": "{not json"}})
+                         "binaryData": {f"{CA}.json.gz": base64.b64encode(gzip.compress(b"{not json")).decode()}})
     assert_one_line_error(k("revoke", "a.example.com", "-n", NS, *kc), 1,
-                          f"configmap {NS}/kimpki-revocations: key {CA}.json is not the JSON kimpki writes")
+                          f"configmap {NS}/kimpki-revocations: key {CA}.json.gz is not the gzipped JSON kimpki writes")
 
 
 def test_crls_signed_without_the_cluster_are_adopted_by_the_next_run_against_it(setup, kube_api):
@@ -234,8 +236,7 @@ def test_crls_signed_without_the_cluster_are_adopted_by_the_next_run_against_it(
     assert pod.json("renew", "-n", NS, *kc, "--renew-before", "99.9%")["renewed"] == 1  # the guard passes
     r = k.json("ca", "rotate", CA, "-n", NS, *kc)
     assert r["failed"] is None and r["crls_signed"] == [r["successor"]], r
-    cm = kube_api.get_object("configmaps", NS, "kimpki-revocations")
-    successor = json.loads(cm["data"][f"{r['successor']}.json"])
+    successor = state(kube_api, r["successor"])[0]
     assert successor["crl_number"] == successor["reserved"] == 1
 
 
@@ -277,3 +278,31 @@ def test_a_home_without_an_intermediate_does_not_drop_its_crl(kimpki, kube_api, 
         assert "carries the CRL of CN=issuing.example, a CA this kimpki home does not have" in reason
     after = kube_api.get_object("secrets", NS, "kim-credential")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_ten_thousand_revocations_fit_in_the_configmap(setup, kube_api):
+    """10,000 revoked certificates: the state (gzipped JSON) and the CRL (DER) fit in a
+    ConfigMap's 1 MiB, which the stand-in enforces as the API server does; the pod's home loads
+    them all."""
+    from kimpki.store import Store
+    from kimpki.store import revocations as db
+
+    k, pod, kc = setup
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    store = Store.open(k.home)
+    try:
+        with store.locked():
+            for i in range(10_000):
+                db.record(store, db.Revocation(CA, format((i + 1) << 100, "x"), None, "client", now + timedelta(days=90),
+                                               now, "keyCompromise", "test"))
+    finally:
+        store.close()
+    d = k.json("revoke", "a.example.com", "-n", NS, *kc)
+    st, crl = state(kube_api)
+    assert len(st["revoked"]) == len(crl) == 10_001 and crl_number(crl) == d["crl"]["crl_number"]
+    cm = kube_api.get_object("configmaps", NS, "kimpki-revocations")
+    size = sum(len(base64.b64decode(v)) for v in cm["binaryData"].values())
+    assert size < 1024 * 1024, size
+    loaded = pod.json("renew", "-n", NS, *kc)
+    assert loaded["crls_loaded"] == [CA] and loaded["errors"] == []
+    assert len(delivered(kube_api)) == 10_001

@@ -397,7 +397,10 @@ def test_the_pod_renews_a_crl_carrying_credential_with_the_clusters_revocation_s
     secret = kube_env.get_object("secrets", NS, "kim-credential")
     crl = x509.load_pem_x509_crl(base64.b64decode(secret["data"]["crl"]))
     assert crl.get_revoked_certificate_by_serial_number(int(revoked, 16)) is not None
-    state = json.loads(kube_env.get_object("configmaps", NS, "kimpki-revocations")["data"]["example.com.json"])
+    import gzip
+
+    cm = kube_env.get_object("configmaps", NS, "kimpki-revocations")
+    state = json.loads(gzip.decompress(base64.b64decode(cm["binaryData"]["example.com.json.gz"])))
     assert state["crl_number"] == state["reserved"] == old.number + 1
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == old.number + 1
 

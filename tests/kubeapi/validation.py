@@ -246,6 +246,16 @@ def validate_configmap(obj: dict) -> list[FieldError]:
     for key in sorted(both):
         errs.append(FieldError("FieldValueInvalid", f"data[{key}]", key,
                                "duplicate of key present in binaryData"))
+    # ValidateConfigMap: data values by their length, binaryData by their decoded bytes; the
+    # error is on the whole object (path "")
+    total = sum(len(str(v).encode()) for v in (obj.get("data") or {}).values())
+    for v in (obj.get("binaryData") or {}).values():
+        try:
+            total += len(base64.b64decode(str(v)))
+        except ValueError:
+            total += len(str(v))
+    if total > MAX_SECRET_SIZE:
+        errs.append(FieldError("FieldValueTooLong", "", "", f"must have at most {MAX_SECRET_SIZE} bytes"))
     return errs
 
 
