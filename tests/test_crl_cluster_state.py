@@ -186,9 +186,8 @@ def test_a_run_killed_between_reservation_and_publication_leaves_a_gap_not_a_reu
     k, pod, kc = setup
     k.ok("revoke", "a.example.com", "-n", NS, *kc)
     base = state(kube_api)[0]["crl_number"]
-    # GETs of the run: the state merged in (1), read for CRLs it lacks (2), read for the
-    # reservation (3), read to publish (4)
-    hold = kube_api.fail("GET", "configmaps", nth=4, status="hold")
+    # GETs of the run: the state merged in (1), read for the reservation (2), read to publish (3)
+    hold = kube_api.fail("GET", "configmaps", nth=3, status="hold")
     victim = _popen(k, "revoke", "b.example.com", "-n", NS, *kc)
     wait_until(lambda: hold.fired, "the run to reach its publication")
     assert [c["method"] for c in kube_api.calls(resource="configmaps")][-2:] == ["PUT", "GET"]  # reserved

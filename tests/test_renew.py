@@ -471,7 +471,7 @@ def test_a_broken_secret_fails_with_its_reason_and_the_rest_is_renewed(kimpki, k
 
 def test_pagination_and_requests(kimpki, kube_api):
     """1,234 managed Secrets, 500 a page: 3 LIST requests. A real run adds the Lease: GET, create,
-    and the release."""
+    and the release; and one read of the cluster's revocation state (there is none)."""
     make_ca(kimpki.home)
     (template,) = credential(kimpki.home, "template", "t.example.com", age=DAY)
     objs = []
@@ -493,7 +493,8 @@ def test_pagination_and_requests(kimpki, kube_api):
     assert s["checked"] == 1234 and s["lock"]["acquired"]
     leases = [(c["method"], c["name"]) for c in kube_api.calls(resource="leases")]
     assert leases == [("GET", "kimpki-renew"), ("POST", None), ("PUT", "kimpki-renew")]
-    assert len(kube_api.requests) == 6
+    assert [(c["method"], c["name"]) for c in kube_api.calls(resource="configmaps")] == [("GET", "kimpki-revocations")]
+    assert len(kube_api.requests) == 7
     lease = kube_api.get_object("leases", NS, "kimpki-renew")
     assert lease["spec"]["holderIdentity"] == ""  # released: the next run need not wait
 

@@ -69,14 +69,6 @@ class ClusterRevocations:
         """``{CA: state}`` (state: the ``<CA>.json.gz`` dict plus ``"crl"``: its PEM or None)."""
         return _states(self.cluster.get("ConfigMap", self.namespace, self.name), self.where)
 
-    def load_into(self, store: Store) -> list[str]:
-        """Merge the cluster's state into ``store`` (revocations it lacks; a CRL newer than its
-        own; the CRL validity). CAs the home does not have are left out. Returns the CAs whose
-        state changed."""
-        states = self.read()
-        with store.locked():
-            return _merge(store, states, self.where)
-
     # ------------------------------------------------------------------ writing
     def reserve(self, store: Store, ca: str, at_least: int) -> int:
         """Reserve the CA's next CRL number (at least ``at_least``) here and return it, after
@@ -114,6 +106,18 @@ class ClusterRevocations:
         """Record the home's revocations of ``ca`` that the cluster lacks; True when it lacked any."""
         return self._update(lambda states: _union(states.setdefault(ca, {}), store, ca))
 
+    def sync(self, store: Store) -> list[str]:
+        """Merge the cluster's state into ``store`` (revocations it lacks; a CRL newer than its
+        own; the CRL validity; CAs the home does not have are left out), then :meth:`adopt` when
+        the home has a CRL the cluster lacks (one read when it has none). Returns the CAs whose
+        state changed."""
+        states = self.read()
+        with store.locked():
+            loaded = _merge(store, states, self.where)
+        if any(_adoptable(store, ca, states) for ca in store.list_cas()):
+            self.adopt(store)
+        return loaded
+
     def adopt(self, store: Store) -> list[str]:
         """Give the cluster the home's CRL state for each CA it has none of (signed before the
         cluster kept state, or without it): else a home that lives for one run could never
@@ -124,9 +128,9 @@ class ClusterRevocations:
         def change(states: dict[str, dict]) -> bool:
             adopted.clear()
             for ca in store.list_cas():
-                mine, path = db.crl_state(store, ca.name), db.crl_path(store, ca.name)
-                if ca.name in states or ca.retired_at is not None or mine is None or not path.exists():
+                if not _adoptable(store, ca, states):
                     continue
+                mine, path = db.crl_state(store, ca.name), db.crl_path(store, ca.name)
                 st = states.setdefault(ca.name, {})
                 _union(st, store, ca.name)
                 st.update(reserved=mine.number, crl_number=mine.number, this_update=_ts(mine.this_update),
@@ -173,9 +177,6 @@ class Mirrors:
     def __bool__(self) -> bool:
         return bool(self.mirrors)
 
-    def load_into(self, store: Store) -> list[str]:
-        return sorted({ca for m in self.mirrors for ca in m.load_into(store)})
-
     def reserve(self, store: Store, ca: str, at_least: int) -> int:
         got = {m: m.reserve(store, ca, at_least) for m in self.mirrors}
         while len(set(got.values())) > 1:  # gaps are harmless; one number for all is not optional
@@ -194,10 +195,7 @@ class Mirrors:
     def sync(self, store: Store) -> list[str]:
         """Merge the clusters' state into the home, then give them the home's CRLs they lack
         (:meth:`ClusterRevocations.adopt`). Returns the CAs loaded from a cluster."""
-        loaded = self.load_into(store)
-        for m in self.mirrors:
-            m.adopt(store)
-        return loaded
+        return sorted({ca for m in self.mirrors for ca in m.sync(store)})
 
 
 def for_places(places) -> Mirrors:
@@ -209,6 +207,12 @@ def for_places(places) -> Mirrors:
         if cluster is not None and id(cluster) not in seen:
             seen[id(cluster)] = ClusterRevocations(cluster, namespace)
     return Mirrors(list(seen.values()))
+
+
+def _adoptable(store: Store, ca, states: dict[str, dict]) -> bool:
+    """The home has a CRL of ``ca`` (not retired) and the cluster no state for it."""
+    return (ca.name not in states and ca.retired_at is None and db.crl_state(store, ca.name) is not None
+            and db.crl_path(store, ca.name).exists())
 
 
 def _states(obj: dict | None, where: str) -> dict[str, dict]:
