@@ -39,8 +39,6 @@ from kimpki.store.store import _dt, _ts
 CONFIGMAP = "kimpki-revocations"
 LABELS = {"app.kubernetes.io/name": "kimpki", "app.kubernetes.io/component": "revocations"}
 ATTEMPTS = 10  # guarded updates re-read after a 409 at most this often
-
-
 STATE_SUFFIX = ".json.gz"
 
 
