@@ -279,6 +279,7 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
     done = []
     seen: set[tuple[str, str, str]] = set()  # file-mounted credentials may share one CA file
     trusts: dict[bytes, list[CaRecord]] = {}  # by CA bundle: most credentials share a few
+    known: frozenset[str] | None = None
     for cred in list(place.managed(namespace)):
         prov = read_provenance(cred)
         if prov.get("role", ROLE_CREDENTIAL) != ROLE_CREDENTIAL or prov.get("mode") != "mutual":
@@ -305,7 +306,8 @@ def republish_crls(store: Store, place: SecretPlace, ca: str | None, *, now: dat
         if crls is None:  # the tree uses no revocation (cannot be, just after revoking in it)
             continue
         if data.get(crl_key):
-            refuse_dropping_unknown_crls(base64.b64decode(data[crl_key]), crls, known_ca_subjects(store),
+            known = known_ca_subjects(store) if known is None else known  # once, not once per Secret
+            refuse_dropping_unknown_crls(base64.b64decode(data[crl_key]), crls, known,
                                          f"Secret {ns}/{holder['metadata']['name']}")
         desired = copy.deepcopy(holder)
         desired["data"] = {**data, crl_key: base64.b64encode(crls).decode("ascii")}
