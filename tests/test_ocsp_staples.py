@@ -174,6 +174,34 @@ def test_policy_ocsp_staple_is_applied_once(kimpki, tmp_path):
     assert kimpki.ok("apply", "-f", pol).out.strip() == "no changes"
 
 
+def test_plan_calls_a_staple_refresh_by_its_name(kimpki, tmp_path):
+    """A Secret whose staple alone must be re-signed is "OCSP staple due for refresh" in `plan`
+    (text and --json); one that differs otherwise too still "differs from the policy"."""
+    pol = tmp_path / "policy"
+    pol.mkdir()
+    (pol / "all.yaml").write_text(POLICY)
+    kimpki.ok("apply", "-f", pol)
+    path = next(f for f in sorted((pol / "out").rglob("*.yaml")) if "kind: Secret" in f.read_text())
+    applied = yaml.safe_load(path.read_text())
+    stale = json.loads(json.dumps(applied))
+    stale["data"]["tls.ocsp-staple"] = base64.b64encode(expired_staple(kimpki, applied)).decode()
+    path.write_text(yaml.safe_dump(stale))
+
+    def secret_reasons() -> list[str]:
+        return [a["reason"] for a in kimpki.json("plan", "-f", pol)["actions"] if a["kind"] == "Secret"]
+
+    assert secret_reasons() == ["OCSP staple due for refresh"]
+    row = next(line for line in kimpki.ok("plan", "-f", pol).out.splitlines() if "kim-credential" in line)
+    assert row.split()[0] == "update" and row.endswith("OCSP staple due for refresh"), row
+    edited = json.loads(json.dumps(stale))
+    edited["metadata"]["annotations"]["kimpki.io/hosts"] = '["elsewhere.example.com"]'
+    path.write_text(yaml.safe_dump(edited))
+    assert secret_reasons() == ["differs from the policy"]
+    path.write_text(yaml.safe_dump(stale))
+    assert "OCSP staple due for refresh" in kimpki.ok("apply", "-f", pol).out
+    assert kimpki.ok("apply", "-f", pol).out.strip() == "no changes"
+
+
 def test_policy_ocsp_staple_with_the_generic_key_set_is_refused(kimpki, tmp_path):
     pol = tmp_path / "policy"
     pol.mkdir()
@@ -377,3 +405,31 @@ def test_in_a_cluster_revoke_rewrites_only_the_staple_and_secret_create_reports_
     assert one.revocation_reason == x509.ReasonFlags.superseded
     assert after["other-credential"]["metadata"]["resourceVersion"] == \
         before["other-credential"]["metadata"]["resourceVersion"]
+
+
+def test_secret_create_twice_keeps_a_staple_that_still_serves(home, kube_api):
+    """A second `secret create --ocsp-staple` is "unchanged" (same resourceVersion, same staple);
+    a staple that no longer serves (expired) is re-signed, as `renew` would."""
+    kc = ["--kubeconfig", kube_api.kubeconfig_path]
+    args = ("secret", "create", "kim-credential", "--cert", "kim.example.com", "--ocsp-staple", *kc)
+    first = home.json(*args)
+    assert [s["action"] for s in first["secrets"]] == ["created"]
+    before = kube_api.get_object("secrets", "istio-system", "kim-credential")
+    second = home.json(*args)
+    assert [s["action"] for s in second["secrets"]] == ["unchanged"]
+    assert second["ocsp_staple"] == first["ocsp_staple"]
+    after = kube_api.get_object("secrets", "istio-system", "kim-credential")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["data"] == before["data"]
+    assert "secret/kim-credential unchanged in namespace istio-system" in home.ok(*args).out
+    # An expired staple no longer serves: a new one, only that key changing.
+    stale = json.loads(json.dumps(after))
+    stale["data"]["tls.ocsp-staple"] = base64.b64encode(expired_staple(home, after)).decode()
+    kube_api.put_object(stale)
+    third = home.json(*args)
+    assert [s["action"] for s in third["secrets"]] == ["updated"]
+    renewed = kube_api.get_object("secrets", "istio-system", "kim-credential")
+    assert staple_of(renewed) not in (staple_of(stale), staple_of(before))
+    assert single(staple_of(renewed)).next_update_utc > datetime.now(timezone.utc)
+    assert {k: v for k, v in renewed["data"].items() if k != "tls.ocsp-staple"} == \
+        {k: v for k, v in before["data"].items() if k != "tls.ocsp-staple"}

@@ -115,6 +115,8 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     key; with --mutual also the CA bundle. It is labelled app.kubernetes.io/managed-by=kimpki
     and annotated (kimpki.io/*) with the store name, hosts, CA, serial and expiry.
     """
+    from dataclasses import replace
+
     from kimpki.istio.credential import CredentialSpec
     from kimpki.ops import credentials
     from kimpki.pki.parse import rfc3339
@@ -140,24 +142,26 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
                           ocsp_staple=ocsp_staple)
     store = open_store(ctx)
     passphrase = passphrase_source(passphrase_file)
-    if dual:
-        halves = credentials.prepare_pair(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
-                                          passphrase=passphrase)
-    else:
-        halves = [credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
-                                      passphrase=passphrase)]
-    prepared = halves[0]
-    rec = prepared.record
+
+    def prepare(spec, read=None):
+        if dual:
+            return credentials.prepare_pair(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
+                                            passphrase=passphrase, read=read)
+        return [credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name, passphrase=passphrase,
+                                    current=(read or {}).get(spec.secret_name))]
 
     if dry_run:
+        halves = prepare(spec)
         results = [{"name": s["metadata"]["name"], "action": "would write", "object": s}
                    for half in halves for s in half.secrets]
     else:
-        # The partner first: a Gateway naming both never waits for the second. Reported in
-        # credentialNames order.
-        written = [_write(store, half, force=force, kubeconfig=kubeconfig, context=context)
-                   for half in reversed(halves)]
-        results = [r for w in reversed(written) for r in w]
+        # The material is checked before connecting; an OCSP staple is signed once the Secrets
+        # in place are read, so a staple that still serves is kept (a second run is "unchanged").
+        halves = prepare(replace(spec, ocsp_staple=False) if ocsp_staple else spec)
+        halves, results = _write(store, halves, force=force, kubeconfig=kubeconfig, context=context,
+                                 restaple=(lambda read: prepare(spec, read)) if ocsp_staple else None)
+    prepared = halves[0]
+    rec = prepared.record
 
     if file_mounted:
         note("kimpki: note: older gateways read mounted certificate files only at start-up; if the new "
@@ -226,18 +230,34 @@ def _create_ca_only(ctx, name, namespace, fmt, ca_name, config_map, dry_run, out
                     f"{d['ca']}, no key\n  Gateway: tls.caCertCredentialName: {d['ca_cert_credential_name']}"))
 
 
-def _write(store, prepared, *, force: bool, kubeconfig: str | None, context: str | None) -> list[dict]:
-    """Write the Secrets in place and remember in the store where they went."""
+def _write(store, halves: list, *, force: bool, kubeconfig: str | None, context: str | None,
+           restaple=None) -> tuple[list, list[dict]]:
+    """Write the credential's Secrets in place (the partner of a pair first: a Gateway naming
+    both never waits for the second) and remember in the store where they went. ``restaple``:
+    given the credential Secrets as they are now (by name), the credential prepared again with
+    its OCSP staple (the current one kept while it serves). Returns the halves written and the
+    results in credentialNames order."""
     from kimpki.ops.credentials import deployment_record, publish
     from kimpki.ops.places import ClusterPlace
 
     with no_cluster_hint("or print the Secrets with --dry-run -o yaml"), \
             ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
-        results, warnings = publish(place, prepared, force=force)
-    for w in warnings:
-        note(f"kimpki: warning: {w}")
-    with store.locked():
-        for s in prepared.secrets:
-            store.record_deployment(prepared.record.id,
-                                    deployment_record(s, context=context, kubeconfig=kubeconfig))
-    return results
+        read = {}
+        if restaple is not None:
+            for half in halves:
+                spec = half.credential.spec
+                current = place.get(spec.namespace, spec.secret_name)
+                if current is not None:
+                    read[spec.secret_name] = current
+            halves = restaple(read)
+        written = []
+        for prepared in reversed(halves):
+            results, warnings = publish(place, prepared, force=force, read=read)
+            written.append(results)
+            for w in warnings:
+                note(f"kimpki: warning: {w}")
+            with store.locked():
+                for s in prepared.secrets:
+                    store.record_deployment(prepared.record.id,
+                                            deployment_record(s, context=context, kubeconfig=kubeconfig))
+    return halves, [r for w in reversed(written) for r in w]

@@ -35,7 +35,7 @@ from kimpki import secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.volumes import apply_json_patch, mount_ops
-from kimpki.ops import authority, credentials, issuing
+from kimpki.ops import authority, credentials, issuing, stapling
 from kimpki.ops import constraints as ca_constraints
 from kimpki.ops.manifest_objects import ManifestFolder, dump_yaml
 from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace, WriteResult
@@ -47,6 +47,9 @@ from kimpki.policy import model as m
 from kimpki.store import Store
 from kimpki.store.fs import ensure_private_dir
 from kimpki.secret_env import PASSPHRASE_ENV
+# A Secret whose OCSP staple alone is re-signed (inside the last half of its validity) is a refresh,
+# not a drift from the policy.
+STAPLE_DUE = "OCSP staple due for refresh"
 PAST = {"create": "created", "update": "updated", "issue": "issued", "patch": "patched", "set": "set",
         "clear": "cleared"}
 
@@ -398,7 +401,10 @@ def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report
         for r in changed:
             verb = "create" if r["action"] == "created" else "update"
             reason = ("new certificate" if cred.certificate in reissued
-                      else "missing" if verb == "create" else "differs from the policy")
+                      else "missing" if verb == "create"
+                      else STAPLE_DUE if current is not None and r["name"] == spec.secret_name
+                      and stapling.only_staple_differs(current, r["object"])
+                      else "differs from the policy")
             report.actions.append(Action(verb, "Secret", r["name"], cred.namespace, reason, place.description,
                                          str(cred.where), {"serial": prepared.record.serial}))
         if execute and changed:

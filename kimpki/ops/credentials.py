@@ -146,10 +146,12 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
 
 
 def prepare_pair(store: Store, cert_name: str, spec: CredentialSpec, *, now: datetime,
-                 ca_name: str | None = None, passphrase: PassphraseSource | None = None) -> list[PreparedCredential]:
+                 ca_name: str | None = None, passphrase: PassphraseSource | None = None,
+                 read: dict[str, dict] | None = None) -> list[PreparedCredential]:
     """An RSA+ECDSA pair (:mod:`kimpki.ops.pairs`): certificate ``cert_name`` as Secret ``spec.name``
     (with the CA, for MUTUAL: Istio reads it from the first credentialName), and its partner
-    certificate as Secret ``spec.name-rsa`` (or ``-ecdsa``), each annotated with the other's name."""
+    certificate as Secret ``spec.name-rsa`` (or ``-ecdsa``), each annotated with the other's name.
+    ``read``: the Secrets as they are now, by name (each keeps an OCSP staple that still serves)."""
     from dataclasses import replace
 
     from kimpki.ops import pairs
@@ -162,8 +164,11 @@ def prepare_pair(store: Store, cert_name: str, spec: CredentialSpec, *, now: dat
     partner = pairs.partner_name(spec.secret_name, pairs.algorithm_of(second.key_type))
     first_spec = replace(spec, pair=partner)
     second_spec = replace(spec, name=partner, mutual=False, ca_secret=False, pair=spec.secret_name)
-    return [prepare_record(store, first, first_spec, now=now, ca_name=ca_name, passphrase=passphrase),
-            prepare_record(store, second, second_spec, now=now, passphrase=passphrase)]
+    read = read or {}
+    return [prepare_record(store, first, first_spec, now=now, ca_name=ca_name, passphrase=passphrase,
+                           current=read.get(first_spec.secret_name)),
+            prepare_record(store, second, second_spec, now=now, passphrase=passphrase,
+                           current=read.get(second_spec.secret_name))]
 
 
 def prepare_ca_only(store: Store, name: str, *, namespace: str, ca_name: str | None, now: datetime,

@@ -111,6 +111,18 @@ def staple_for(store: Store, rec: CertRecord, *, now: datetime, passphrase: Pass
     return sign_staple(store, subject, now=now, passphrase=passphrase)
 
 
+def only_staple_differs(before: dict, after: dict) -> bool:
+    """True when Secret ``after`` differs from ``before`` in its OCSP staple alone (a refresh,
+    not a change of the credential)."""
+    from kimpki.kube import objects  # pure dict helpers; no kubernetes import
+
+    def without_staple(secret: dict) -> dict:
+        return {**secret, "data": {k: v for k, v in (secret.get("data") or {}).items() if k != c.OCSP_STAPLE}}
+
+    return (not objects.secret_unchanged(before, after)
+            and objects.secret_unchanged(without_staple(before), without_staple(after)))
+
+
 def secret_staple(secret: dict | None) -> bytes | None:
     """The DER staple a Secret holds (None when it holds none, or an undecodable value)."""
     value = ((secret or {}).get("data") or {}).get(c.OCSP_STAPLE)
