@@ -318,20 +318,16 @@ def _revocation_samples(key: str, raw: bytes, r, by_subject: dict[str, str]) -> 
     import re
 
     from cryptography import x509
-    from cryptography.x509 import ocsp
 
     from kimpki.istio import contract as c
-    from kimpki.pki.revocation import crl_number
+    from kimpki.pki.revocation import crl_number, read_ocsp_staple
 
     out = []
     if key == c.OCSP_STAPLE:
-        try:
-            resp = ocsp.load_der_ocsp_response(raw)
-            if resp.next_update_utc is not None:
-                out.append(RevocationSample("ocsp_staple", r.certificate or r.secret, format(resp.serial_number, "x"),
-                                            resp.next_update_utc, r.namespace, r.secret))
-        except (ValueError, TypeError):
-            pass
+        info = read_ocsp_staple(raw)
+        if info is not None and info.next_update is not None:
+            out.append(RevocationSample("ocsp_staple", r.certificate or r.secret, format(info.serial, "x"),
+                                        info.next_update, r.namespace, r.secret))
         return out
     for block in re.findall(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", raw, re.S):
         try:
