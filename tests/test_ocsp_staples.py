@@ -433,3 +433,54 @@ def test_secret_create_twice_keeps_a_staple_that_still_serves(home, kube_api):
     assert single(staple_of(renewed)).next_update_utc > datetime.now(timezone.utc)
     assert {k: v for k, v in renewed["data"].items() if k != "tls.ocsp-staple"} == \
         {k: v for k, v in before["data"].items() if k != "tls.ocsp-staple"}
+
+
+# -- kimpki check ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["good", "other_serial", "undecodable", "expired", "generic_keys"])
+def test_check_reports_a_staple_envoy_refuses_and_an_expired_one(home, case):
+    """What Envoy 1.40 does with the staple (confirmed on the venv's Envoy): another serial's
+    staple ("does not match its TLS certificate") or an undecodable one ("has no body") rejects
+    the whole secret: KIM0047, an error; an expired one is dropped (served unstapled): KIM0048, a
+    warning. The generic key set carries no staple for Istio, so nothing is checked there."""
+    home.ok("issue", "other.example.com")
+    s = stapled_secret(home, "kim-credential", "kim.example.com")
+    staple = {"good": staple_of(s), "other_serial": staple_of(stapled_secret(home, "o", "other.example.com")),
+              "undecodable": b"\x30\x03\x0a\x01\x00", "expired": expired_staple(home, s),
+              "generic_keys": b"not an OCSP response"}[case]
+    if case == "generic_keys":
+        s["data"] = {"cert": s["data"]["tls.crt"], "key": s["data"]["tls.key"], **s["data"]}
+    deploy = home.cwd / "deploy"
+    deploy.mkdir()
+    for name, text in _manifests(s, staple):
+        (deploy / name).write_text(text)
+    res = home("check", "-f", deploy, "--json")
+    d = json.loads(res.out)
+    staples = [f for f in d["findings"] if f["check"] == "ocsp_staple"]
+    if case == "generic_keys":
+        assert res.code == 0 and staples == [], res.out
+        return
+    (f,) = staples
+    assert f["credential"] == "kim-credential"
+    code, status, needle, exit_code = {
+        "good": (None, "ok", "good, next update", 0),
+        "other_serial": ("KIM0047", "error", "answers for serial", 1),
+        "undecodable": ("KIM0047", "error", "is not a successful OCSP response", 1),
+        "expired": ("KIM0048", "warning", "Envoy serves the certificate without a staple", 0),
+    }[case]
+    assert (f["code"], f["status"], res.code) == (code, status, exit_code), res.out
+    assert needle in f["detail"] and (code is None or f["reason"] in ("OcspStapleRefused", "OcspStapleExpired"))
+    if code == "KIM0047":
+        assert "Envoy rejects the whole secret" in f["detail"] and f["reason"] == "OcspStapleRefused"
+        text = home("check", "-f", deploy)
+        assert text.code == 1 and "KIM0047" in text.out
+    if code == "KIM0048":
+        assert f["reason"] == "OcspStapleExpired" and d["summary"]["warnings"] == 1
+
+
+def test_check_help_lists_the_staple_codes(kimpki):
+    from kimpki.ops import check
+
+    out = kimpki.ok("check", "--help").out
+    for code in ("KIM0047", "KIM0048"):
+        assert code in out and code in check.CODES and code in check.__doc__

@@ -116,6 +116,9 @@ def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_
       KIM0012  CRLs for some CAs of the chain, none for others
       KIM0013  a CRL past its nextUpdate: every client of that CA refused
       KIM0014  a CRL in the last third of its validity, not re-signed (a warning)
+    and, for a tls-format credential carrying an OCSP staple (tls.ocsp-staple):
+      KIM0047  not a successful OCSP response, or for another serial: Envoy rejects the secret
+      KIM0048  the staple is past its nextUpdate: served without a staple (a warning)
     \b
     Credentials are read from --namespace (the gateway pods' namespace), as Istio does; file-
     mounted servers (serverCertificate) are mapped to Secrets through the gateway Deployment's

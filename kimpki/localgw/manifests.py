@@ -890,15 +890,11 @@ def check_staple(raw: bytes, cert_pem: str, where: str) -> None:
     """Envoy refuses a secret whose OCSP staple is not a successful response for exactly its
     certificate ("OCSP response does not match its TLS certificate"): such a server is not
     served. An expired staple is no reason: Envoy's lenient policy then serves it unstapled."""
-    from kimpki.pki.revocation import read_ocsp_staple
+    from kimpki.pki.revocation import staple_refusal
 
-    info = read_ocsp_staple(raw)
-    if info is None:
-        raise _Unserved(f"{where} is not a successful OCSP response for one certificate (Envoy refuses it)")
-    leaf = x509.load_pem_x509_certificate(cert_pem.encode())
-    if info.serial != leaf.serial_number:
-        raise _Unserved(f"{where} answers for serial {info.serial:x}, not the certificate's {leaf.serial_number:x} "
-                        f"(Envoy refuses it)")
+    why = staple_refusal(raw, x509.load_pem_x509_certificate(cert_pem.encode()).serial_number)
+    if why is not None:
+        raise _Unserved(f"{where} {why} (Envoy refuses it)")
 
 
 def check_crl(raw: bytes, where: str) -> str:

@@ -51,6 +51,15 @@ intermediates of the server's own chain that lead to it.
 * ``KIM0013`` CrlExpired: a CRL is past its nextUpdate.
 * ``KIM0014`` CrlStale: a CRL is inside the last third of its validity, when ``kimpki renew``
   re-signs it (a warning: renew has not run).
+
+A tls-format credential's OCSP staple (``tls.ocsp-staple``, which Istio hands to Envoy only
+beside ``tls.crt``/``tls.key``):
+
+* ``KIM0047`` OcspStapleRefused: the staple is not a successful OCSP response, or answers for
+  another serial than its certificate's. Envoy rejects the whole secret ("OCSP response has no
+  body", "... does not match its TLS certificate"), so the server is not served: an error.
+* ``KIM0048`` OcspStapleExpired: the staple is past its nextUpdate. Envoy's lenient policy serves
+  the certificate without a staple (``kimpki renew`` re-signs it): a warning.
 """
 
 from __future__ import annotations
@@ -93,6 +102,8 @@ CODES = {
     "KIM0012": "CrlPartial",
     "KIM0013": "CrlExpired",
     "KIM0014": "CrlStale",
+    "KIM0047": "OcspStapleRefused",
+    "KIM0048": "OcspStapleExpired",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -105,6 +116,7 @@ FOUND, VALID, KEY, EXPIRY, HOST, CA, TLS = ("credential_found", "credential_vali
                                             "host_covered", "ca_present", "tls_settings")
 CA_CRL = "ca_crl"  # a file-mounted server's caCrl file
 CRL_COMPLETE, CRL_FRESH = "crl_complete", "crl_fresh"
+OCSP = "ocsp_staple"  # a tls-format credential's tls.ocsp-staple
 
 
 @dataclass(frozen=True)
@@ -463,6 +475,9 @@ def _check_sds(s: _Server, names: tuple[str, ...], secrets: SecretIndex, now: da
             continue
         _check_pair(s, name, sec.data[ck], sec.data[kk], f"{name}[{ck}]", f"{name}[{kk}]",
                     now, warn_days)
+        # Istio reads the staple only beside tls.crt/tls.key (the generic key set, when present, wins).
+        if ck == c.TLS_CERT and sec.data.get(c.OCSP_STAPLE):
+            _check_staple(s, name, sec.data[c.OCSP_STAPLE], sec.data[ck], now)
     if s.mode == "SIMPLE" or not names:
         return
     if ca_ref:
@@ -586,6 +601,30 @@ def _check_crls(s: _Server, label: str, holder: SecretDoc, ca_key: str, served: 
                                              f"running?", "KIM0014")
         else:
             s.add(label, CRL_FRESH, OK, f"{what}: next update {_rfc3339(nxt)}")
+
+
+def _check_staple(s: _Server, name: str, raw: bytes, cert_raw: bytes, now: datetime) -> None:
+    """KIM0047, KIM0048: the OCSP staple Istio hands to Envoy with the certificate (Envoy's rule,
+    as the local gateway applies it: :func:`kimpki.pki.revocation.staple_refusal`)."""
+    from kimpki.pki.revocation import read_ocsp_staple, staple_refusal
+
+    chain = _load_chain(cert_raw)
+    if not chain:
+        return  # no certificate to staple: already an IST0161
+    where = f"{name}[{c.OCSP_STAPLE}]"
+    why = staple_refusal(raw, chain[0].serial_number)
+    if why is not None:
+        s.add(name, OCSP, ERROR, f"{where} {why}: Envoy rejects the whole secret, so the server is not served",
+              "KIM0047")
+        return
+    info = read_ocsp_staple(raw)
+    said = info.status + (f" ({info.revocation_reason})" if info.revocation_reason else "")
+    if info.next_update is None or now >= info.next_update:
+        when = f"expired on {_rfc3339(info.next_update)}" if info.next_update else "has no nextUpdate"
+        s.add(name, OCSP, WARNING, f"{where} {when} ({said}): Envoy serves the certificate without a staple; "
+                                   f"'kimpki renew' re-signs it", "KIM0048")
+        return
+    s.add(name, OCSP, OK, f"{where}: {said}, next update {_rfc3339(info.next_update)}")
 
 
 def _check_sources(s: _Server, tls: dict) -> None:

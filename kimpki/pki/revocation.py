@@ -172,3 +172,16 @@ def read_ocsp_staple(der: bytes) -> StapleInfo | None:
         flag = one.revocation_reason
         reason = next((n for n, f in REASONS.items() if f == flag), "unspecified")
     return StapleInfo(one.serial_number, status, one.this_update_utc, one.next_update_utc, reason)
+
+
+def staple_refusal(der: bytes, serial: int) -> str | None:
+    """Why Envoy refuses ``der`` as the OCSP staple of the certificate with ``serial`` (and with it
+    the whole secret: "OCSP response has no body", "... does not match its TLS certificate"), or
+    None when it takes it. An expired staple is taken: the lenient policy serves the certificate
+    without it."""
+    info = read_ocsp_staple(der)
+    if info is None:
+        return "is not a successful OCSP response for one certificate"
+    if info.serial != serial:
+        return f"answers for serial {info.serial:x}, not the certificate's {serial:x}"
+    return None
