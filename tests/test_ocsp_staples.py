@@ -441,6 +441,24 @@ def test_secret_create_twice_keeps_a_staple_that_still_serves(home, kube_api):
         {k: v for k, v in before["data"].items() if k != "tls.ocsp-staple"}
 
 
+def test_a_stapled_pair_created_twice_is_unchanged(kimpki, kube_api):
+    """--dual: each Secret of the pair keeps its own staple while it serves."""
+    kc = ["--kubeconfig", kube_api.kubeconfig_path]
+    kimpki.ok("ca", "init", "example.com")
+    kimpki.ok("issue", "kim.example.com", "--dual")
+    args = ("secret", "create", "kim-credential", "--cert", "kim.example.com", "--dual", "--ocsp-staple", *kc)
+    first = kimpki.json(*args)
+    names = [s["name"] for s in first["secrets"]]
+    assert len(names) == 2 and [s["action"] for s in first["secrets"]] == ["created", "created"]
+    before = {n: kube_api.get_object("secrets", "istio-system", n) for n in names}
+    for n, secret in before.items():
+        assert single(staple_of(secret)).serial_number == leaf_of(secret).serial_number, n
+    assert [s["action"] for s in kimpki.json(*args)["secrets"]] == ["unchanged", "unchanged"]
+    after = {n: kube_api.get_object("secrets", "istio-system", n) for n in names}
+    assert {n: s["metadata"]["resourceVersion"] for n, s in after.items()} == \
+        {n: s["metadata"]["resourceVersion"] for n, s in before.items()}
+
+
 # -- kimpki check ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["good", "other_serial", "undecodable", "expired", "generic_keys"])
