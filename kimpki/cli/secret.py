@@ -143,12 +143,13 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     store = open_store(ctx)
     passphrase = passphrase_source(passphrase_file)
 
-    def prepare(spec, read=None):
+    def prepare(want: CredentialSpec, read: dict | None = None) -> list:
+        """The credential's halves (one, or a --dual pair); ``read``: its Secrets as they are now."""
         if dual:
-            return credentials.prepare_pair(store, cert_name, spec, now=now_utc(), ca_name=ca_name,
+            return credentials.prepare_pair(store, cert_name, want, now=now_utc(), ca_name=ca_name,
                                             passphrase=passphrase, read=read)
-        return [credentials.prepare(store, cert_name, spec, now=now_utc(), ca_name=ca_name, passphrase=passphrase,
-                                    current=(read or {}).get(spec.secret_name))]
+        return [credentials.prepare(store, cert_name, want, now=now_utc(), ca_name=ca_name, passphrase=passphrase,
+                                    current=(read or {}).get(want.secret_name))]
 
     if dry_run:
         halves = prepare(spec)
