@@ -95,6 +95,21 @@ def test_inspect_bad_input(kimpki, tmp_path):
     assert_one_line_error(kimpki("inspect", tmp_path / "missing.pem"), 2, "cannot read")
 
 
+@pytest.mark.parametrize("content,reason", [
+    (b"apiVersion: v1\nkind: Secret\n", "neither PEM (no -----BEGIN line) nor DER"),
+    (b"0\x82\x05\x00" + bytes(40), "DER that is malformed or cut short"),
+    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "a PEM block whose contents are not valid DER"),
+], ids=["yaml", "short-der", "bad-pem"])
+def test_unreadable_input_is_explained_in_plain_words(kimpki, tmp_path, content, reason):
+    """cryptography's own reasons are Rust debug strings (``ParseError { kind: ShortData ...``)."""
+    bad = tmp_path / "bad"
+    bad.write_bytes(content)
+    assert_one_line_error(kimpki("inspect", bad), 2, f"not a readable certificate ({reason})")
+    result = kimpki("sign", bad)  # a PEM file of another kind keeps cryptography's own (plain) words
+    assert_one_line_error(result, 2, "not a readable certificate signing request (")
+    assert "ParseError" not in result.err
+
+
 def test_sign_csr_adds_sans_and_refuses_a_bad_signature(kimpki, tmp_path):
     kimpki.ok("ca", "init", "root")
     openssl("req", "-out", "b.csr", "-newkey", "rsa:2048", "-nodes", "-keyout", "b.key",

@@ -9,6 +9,7 @@ from cryptography.x509.oid import NameOID
 
 from kimpki.errors import UsageError
 from kimpki.pki.names import HostName, parse_hosts
+from kimpki.pki.parse import why_unreadable
 
 
 _WEAK_DIGESTS = (hashes.SHA1, hashes.MD5)
@@ -21,7 +22,7 @@ def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest
         else:
             csr = x509.load_der_x509_csr(data)
     except ValueError as e:
-        raise UsageError(f"{source}: not a readable certificate signing request ({e})") from None
+        raise UsageError(f"{source}: not a readable certificate signing request ({why_unreadable(data, e)})") from None
     try:
         digest = csr.signature_hash_algorithm
     except UnsupportedAlgorithm:

@@ -24,7 +24,18 @@ def load_certificates(data: bytes, source: str = "input") -> list[x509.Certifica
             raise UsageError(f"{source}: no CERTIFICATE block in this PEM file")
         return [x509.load_der_x509_certificate(data)]
     except ValueError as e:
-        raise UsageError(f"{source}: not a readable certificate ({e})") from None
+        raise UsageError(f"{source}: not a readable certificate ({why_unreadable(data, e)})") from None
+
+
+def why_unreadable(data: bytes, error: ValueError) -> str:
+    """cryptography's reason in the user's words: its DER errors are Rust debug strings
+    (``ParseError { kind: ShortData { needed: 86 } }``) that tell a user nothing."""
+    text = str(error)
+    if b"-----BEGIN" in data:
+        return text if "ParseError" not in text else "a PEM block whose contents are not valid DER"
+    if not data.startswith(b"\x30"):  # every DER certificate or CSR is an ASN.1 SEQUENCE
+        return "neither PEM (no -----BEGIN line) nor DER"
+    return "DER that is malformed or cut short" if "ParseError" in text else text
 
 
 def certs_to_pem(certs: list[x509.Certificate]) -> bytes:
