@@ -233,7 +233,7 @@ def _step_lines(items: list[dict], render, empty: str = "nothing to do") -> list
 
 
 def _secret_line(i: dict) -> str:
-    line = f"secret/{i['secret']} ({i['namespace']}, {i['place']}): {i['action']}"
+    line = f"{i.get('kind', 'Secret').lower()}/{i['secret']} ({i['namespace']}, {i['place']}): {i['action']}"
     if i.get("old_serial") and i.get("new_serial"):
         line += f", serial {i['old_serial'][:16]} -> {i['new_serial'][:16]}"
     elif i.get("serial"):
