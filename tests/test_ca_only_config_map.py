@@ -112,7 +112,7 @@ def test_policy_ca_only_config_map(kimpki, tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY % {"name": "pol-clients", "config_map": "true"})
     d = kimpki.json("apply", "-f", policy)
-    assert ("create", "ConfigMap", "pol-clients") in {(a["verb"], a["kind"], a["name"]) for a in d["actions"]}
+    assert ("create", "ConfigMap", "pol-clients") in {(a["action"], a["kind"], a["name"]) for a in d["actions"]}
     cm = yaml.safe_load((tmp_path / "out" / "pol-clients.yaml").read_text())
     assert cm["kind"] == "ConfigMap" and "BEGIN CERTIFICATE" in cm["data"]["cacert"]
     assert cm["metadata"]["annotations"]["kimpki.io/role"] == "ca-only"
@@ -122,7 +122,7 @@ def test_policy_ca_only_config_map(kimpki, tmp_path):
 def test_policy_ca_only_config_map_refusals(kimpki, tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY % {"name": "pol-clients", "config_map": "maybe"})
-    assert_one_line_error(kimpki("plan", "-f", policy), 2, f"{policy}:16")
+    assert_one_line_error(kimpki("plan", "-f", policy), 2, f"{policy}:14: Credential pol-clients: spec.configMap must be true or false")
     policy.write_text(POLICY % {"name": "pol-clients", "config_map": "false"})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, "-cacert")
     policy.write_text(POLICY.replace("caOnly: true, ", "certificate: x, ") % {"name": "pol-credential",
