@@ -80,11 +80,14 @@ def test_cluster_ca_rotate_and_retire_rewrite_the_ca_only_config_map(kube_env, k
 
     assert bundle() == ("cl.example", 1)
     # Someone else writes between kimpki's list and its update: the guarded PUT gets 409, re-reads, retries.
+    kube_env.clear_requests()
     kube_env.fail("PUT", "configmaps", name="cl-clients", status=409)
     d = kimpki.json("ca", "rotate", "cl.example")
     assert [(w.get("kind"), w["secret"], w["action"]) for w in d["widened"]] == [("ConfigMap", "cl-clients", "updated")]
     assert bundle() == ("cl.example", 2)
     assert len(kube_env.calls("PUT", "configmaps", "cl-clients")) == 2
+    # The first PUT carried the resourceVersion of the list; only the retry read the ConfigMap again.
+    assert len(kube_env.calls("GET", "configmaps", "cl-clients")) == 1
     kimpki.ok("ca", "retire", "cl.example")
     assert bundle() == (d["successor"], 1)
 
