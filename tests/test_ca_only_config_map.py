@@ -131,3 +131,38 @@ def test_policy_ca_only_config_map_refusals(kimpki, tmp_path):
     policy.write_text(POLICY.replace("caOnly: true, ", "certificate: x, ") % {"name": "pol-credential",
                                                                                "config_map": "true"})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, "spec.configMap")
+
+
+CLUSTER_POLICY = """\
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: pol.example}
+spec: {}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Target
+metadata: {name: prod}
+spec: {cluster: {}}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Credential
+metadata: {name: pol-clients}
+spec: {caOnly: true, clientCA: pol.example, target: prod, configMap: true}
+"""
+
+
+def test_policy_ca_only_config_map_in_a_cluster(kube_env, kimpki, tmp_path):
+    """Written in place through the API stand-in; one kimpki does not manage is left alone."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(CLUSTER_POLICY)
+    kube_env.put_object({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "pol-clients", "namespace": "istio-system"}, "data": {"mine": "x"}})
+    assert_one_line_error(kimpki("apply", "-f", policy), 1, "ConfigMap istio-system/pol-clients exists and kimpki "
+                                                            "does not manage it")
+    assert kube_env.get_object("configmaps", "istio-system", "pol-clients")["data"] == {"mine": "x"}
+    kube_env.delete_object("configmaps", "istio-system", "pol-clients")
+    d = kimpki.json("apply", "-f", policy)
+    assert ("create", "ConfigMap", "pol-clients") in {(a["action"], a["kind"], a["name"]) for a in d["actions"]}
+    cm = kube_env.get_object("configmaps", "istio-system", "pol-clients")
+    assert "BEGIN CERTIFICATE" in cm["data"]["cacert"]
+    assert kimpki.json("apply", "-f", policy)["actions"] == []

@@ -135,9 +135,22 @@ class ClusterPlace(SecretPlace):
               current: dict | None = None, retries: int | None = None) -> WriteResult:
         more = {} if retries is None else {"retries": retries}
         if secret.get("kind") == "ConfigMap":
-            res = self.cluster.apply(secret, dry_run=dry_run, current=current, **more)
-            return WriteResult(res.action, res.object, res.previous)
+            return self._write_config_map(secret, force=force, dry_run=dry_run, current=current, **more)
         res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run, current=current, **more)
+        return WriteResult(res.action, res.object, res.previous)
+
+    def _write_config_map(self, obj: dict, *, force: bool, dry_run: bool, current: dict | None,
+                          **more) -> WriteResult:
+        """A CA-only ConfigMap, in place like a Secret: one kimpki does not manage is refused
+        unless ``force``; the update is guarded by the resourceVersion of ``current``."""
+        m = _meta(obj)
+        ns, name = m.get("namespace") or c.DEFAULT_NAMESPACE, m.get("name")
+        if current is None:
+            current = self.cluster.get("ConfigMap", ns, name)
+        if current is not None and not force and not is_managed(current):
+            raise OperationError(f"ConfigMap {ns}/{name} exists and kimpki does not manage it (no label "
+                                 f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}): give --force to update it in place")
+        res = self.cluster.apply(obj, dry_run=dry_run, current=current, **more)
         return WriteResult(res.action, res.object, res.previous)
 
     def close(self) -> None:
