@@ -160,6 +160,10 @@ def test_policy_ca_only_config_map_in_a_cluster(kube_env, kimpki, tmp_path):
     assert_one_line_error(kimpki("apply", "-f", policy), 1, "ConfigMap istio-system/pol-clients exists and kimpki "
                                                             "does not manage it")
     assert kube_env.get_object("configmaps", "istio-system", "pol-clients")["data"] == {"mine": "x"}
+    res = kimpki("secret", "create", "pol-clients", "--ca-only", "--config-map", "--ca", "pol.example")
+    assert_one_line_error(res, 1, "does not manage it", "--force")
+    assert kimpki.json("secret", "create", "pol-clients", "--ca-only", "--config-map", "--ca", "pol.example",
+                       "--force")["action"] == "updated"
     kube_env.delete_object("configmaps", "istio-system", "pol-clients")
     d = kimpki.json("apply", "-f", policy)
     assert ("create", "ConfigMap", "pol-clients") in {(a["action"], a["kind"], a["name"]) for a in d["actions"]}
