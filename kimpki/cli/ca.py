@@ -169,7 +169,8 @@ def place_options(f):
                           "is the only place).")(f)
     f = click.option("--manifests", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
                      help="A folder of manifests standing in for the cluster ('gateway serve' reads it): "
-                          "its Secrets are read and rewritten in place; repeatable.")(f)
+                          "its Secrets (and CA-only ConfigMaps) are read and rewritten in place; "
+                          "repeatable.")(f)
     f = click.option("-n", "--namespace", metavar="NS",
                      help="Only credentials in this namespace (cluster: default istio-system; "
                           "folders: every namespace).")(f)
@@ -183,7 +184,8 @@ finishes an interrupted rotation):
      a root stays a root, an intermediate gets a new intermediate under the same parent.
      It becomes the default CA if NAME was; NAME's name constraints carry over.
   2. widen: every MUTUAL credential checking clients against NAME gets the CA bundle
-     NAME + NEW, so client certificates from either CA are accepted.
+     NAME + NEW, so client certificates from either CA are accepted; so does every
+     CA-only Secret and ConfigMap of NAME ('secret create --ca-only [--config-map]').
   3. servers: every credential serving a certificate from NAME gets a new key and
      certificate from NEW, updated in place (as 'kimpki rotate --new-ca NEW').
   4. clients: every current client certificate from NAME in the store is re-issued from
@@ -217,8 +219,9 @@ Refuses (exit 1, one line naming each) while anything still depends on OLD: a cr
 in the places serving a certificate from OLD, a current certificate in the store issued
 by OLD, or an intermediate under it ('kimpki ca rotate OLD' moves them). Otherwise OLD is
 marked retired (it can no longer issue; 'kimpki ca list' shows it), its successor becomes
-the default CA if OLD was, and every MUTUAL credential's bundle is rewritten to the
-successor only: client certificates from OLD are refused from then on. New certificates
+the default CA if OLD was, and every MUTUAL credential's bundle (CA-only Secrets and
+ConfigMaps too) is rewritten to the successor only: client certificates from OLD are
+refused from then on. New certificates
 are no longer served with the cross certificate (those issued during the overlap keep it
 until they are renewed). Running it again finishes an interrupted rewrite.
 \b
@@ -233,7 +236,7 @@ def _step_lines(items: list[dict], render, empty: str = "nothing to do") -> list
 
 
 def _secret_line(i: dict) -> str:
-    line = f"secret/{i['secret']} ({i['namespace']}, {i['place']}): {i['action']}"
+    line = f"{i.get('kind', 'Secret').lower()}/{i['secret']} ({i['namespace']}, {i['place']}): {i['action']}"
     if i.get("old_serial") and i.get("new_serial"):
         line += f", serial {i['old_serial'][:16]} -> {i['new_serial'][:16]}"
     elif i.get("serial"):

@@ -133,15 +133,20 @@ def build(hosts: tuple[str, ...], credentials: tuple[str, ...], file_mounted: bo
             for g, m, p in zip(groups, mode_list, paths)]
 
 
+# The server's further tls fields in the JSON summary, each under the name 'secret create' uses
+# for the same thing (credential_names, ca_cert_credential_name) or Istio's field in snake_case.
+_TLS_SUMMARY = (("credentialNames", "credential_names"), ("caCertCredentialName", "ca_cert_credential_name"),
+                ("subjectAltNames", "subject_alt_names"), ("minProtocolVersion", "min_protocol_version"),
+                ("maxProtocolVersion", "max_protocol_version"), ("cipherSuites", "cipher_suites"),
+                ("ecdhCurves", "ecdh_curves"), ("caCrl", "ca_crl"))
+
+
 def _server_json(sv: dict) -> dict:
     tls = sv["tls"]
     out = {"hosts": sv["hosts"], "port": sv["port"]["name"], "mode": tls["mode"],
            "credential": tls.get("credentialName")}
-    # The Istio >= 1.27/1.28 fields only when used, so the keys older scripts read stay as they were.
-    if tls.get("credentialNames"):
-        out["credentials"] = tls["credentialNames"]
-    if tls.get("caCertCredentialName"):
-        out["ca_credential"] = tls["caCertCredentialName"]
+    # The further fields only when used, so the keys older scripts read stay as they were.
+    out.update({key: tls[field] for field, key in _TLS_SUMMARY if tls.get(field)})
     return out
 
 

@@ -215,12 +215,8 @@ def _create_ca_only(ctx, name, namespace, fmt, ca_name, config_map, dry_run, out
 
         with no_cluster_hint("or print it with --dry-run -o yaml"), \
                 ClusterPlace.connect(kubeconfig=kubeconfig, context=context) as place:
-            if config_map:
-                res = place.cluster.apply(obj)
-                action, written = res.action, res.object
-            else:
-                res = place.write(obj, force=force)
-                action, written = res.action, res.object
+            res = place.write(obj, force=force)  # a Secret or a ConfigMap, in place
+            action, written = res.action, res.object
     if output or (dry_run and not as_json):
         click.echo(render_objects([written], output or "yaml"))
         return

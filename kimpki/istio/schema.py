@@ -19,6 +19,14 @@ How the CRD's Kubernetes extensions are treated:
 * ``nullable: true`` (OpenAPI 3.0) becomes "or null".
 * ``apiVersion``, ``kind`` and ``metadata``, which every CRD schema leaves implicit, are checked
   loosely (``metadata.name`` must be a string).
+* ``format`` is checked for the string formats these CRDs use that the API server checks
+  (apiextensions-apiserver ``formats.go``): ``byte`` (standard base64, e.g. a VirtualService's
+  ``directResponse.body.bytes``) and ``date-time`` (RFC 3339); ``int32``/``double`` add nothing.
+* ``oneOf`` (VirtualService: one of ``exact``, ``prefix``, ``regex``...) is plain JSON Schema; its
+  message names the fields to choose from.
+
+The cases the test API stand-in (tests/kubeapi/openapi.py) and this module must both refuse or
+both accept are one table, tests/schema_cases.py.
 
 ``jsonschema`` (a runtime dependency) is imported only when validating, so commands that do
 not validate do not pay for it; :func:`available` still tells callers whether they can, for
@@ -27,8 +35,12 @@ installations that left it out.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
+import re
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -150,6 +162,41 @@ def _strict(node: Any) -> Any:
     return out
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _is_byte(value: object) -> bool:
+    """The API server's ``byte``: Go's standard base64 (padded) decodes it."""
+    if not isinstance(value, str):
+        return True
+    try:
+        base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _is_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.match(value):
+        return False
+    try:
+        datetime.fromisoformat(value.upper().replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
+def _format_checker():
+    import jsonschema
+
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("byte")(_is_byte)
+    checker.checks("date-time")(_is_date_time)
+    return checker
+
+
 @lru_cache(maxsize=None)
 def _validator(kind: str, version: str):
     import jsonschema
@@ -171,7 +218,7 @@ def _validator(kind: str, version: str):
     root["type"] = "object"
     root["additionalProperties"] = False
     jsonschema.Draft7Validator.check_schema(root)
-    return jsonschema.Draft7Validator(root)
+    return jsonschema.Draft7Validator(root, format_checker=_format_checker())
 
 
 def _where(path) -> str:
@@ -179,6 +226,17 @@ def _where(path) -> str:
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "(root)"
+
+
+def _message(e) -> str:
+    """jsonschema's message, except where the API server's words are clearer than a dump of the schema."""
+    if e.validator == "oneOf":
+        names = [n for alt in e.validator_value for n in (alt.get("required") or ())]
+        return (f"must validate one and only one schema (oneOf): set at most one of {', '.join(names)}"
+                if names else e.message)
+    if e.validator == "format":
+        return f"must be of type {e.validator_value}: {json.dumps(e.instance)}"
+    return e.message
 
 
 def validate(obj: dict) -> list[str]:
@@ -196,7 +254,7 @@ def validate(obj: dict) -> list[str]:
     kind = str(obj.get("kind"))
     v = _validator(kind, version)
     errors = sorted(v.iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    out = [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
+    out = [f"{_where(e.absolute_path)}: {_message(e)}" for e in errors]
     from kimpki.istio import celrules  # the CRD's CEL rules, as the API server runs them after the schema
 
     out += [str(e) for e in celrules.check(load_schemas()["kinds"][kind][version], obj)]

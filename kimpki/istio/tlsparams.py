@@ -37,6 +37,13 @@ CIPHER_SUITES = (
 # pkg/config/security/security.go ValidECDHCurves (BoringSSL's ssl_key_share.cc names).
 ECDH_CURVES = ("P-224", "P-256", "P-521", "P-384", "X25519", "X25519Kyber768Draft00", "X25519MLKEM768")
 
+# The names Envoy 1.40's BoringSSL takes in tls_params.ecdh_curves (ssl_key_share.cc kNamedGroups,
+# names and aliases, case-sensitive), tried one by one with 'envoy --mode validate'
+# (tests/test_ecdh_curves_envoy.py). Not P-224 nor X25519Kyber768Draft00, which ECDH_CURVES has:
+# BoringSSL dropped them.
+ENVOY_ECDH_CURVES = ("P-256", "P-384", "P-521", "X25519", "X25519MLKEM768", "MLKEM1024",
+                     "prime256v1", "secp384r1", "secp521r1", "x25519")
+
 MUTUAL_MODES = ("MUTUAL", "OPTIONAL_MUTUAL")  # the modes that check client certificates (need a CA)
 
 
@@ -52,6 +59,11 @@ def effective_versions(min_version: str | None, max_version: str | None) -> tupl
     lo = min_version if version_rank(min_version) is not None else DEFAULT_MIN
     hi = max_version if version_rank(max_version) is not None else DEFAULT_MAX
     return lo, hi
+
+
+def unknown_to_envoy(curves) -> list[str]:
+    """The ``ecdhCurves`` names Envoy would refuse (its listener then fails), in order."""
+    return [str(x) for x in curves or () if str(x) not in ENVOY_ECDH_CURVES]
 
 
 def is_valid_cipher_suite(name: str) -> bool:

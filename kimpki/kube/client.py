@@ -324,16 +324,19 @@ class Cluster:
                                         f"{attempt} attempts ({e})", code=409, reason=e.reason) from None
                 self._backoff(attempt)
 
-    def apply(self, obj: dict, *, dry_run: bool = False, retries: int = 5) -> UpsertResult:
+    def apply(self, obj: dict, *, dry_run: bool = False, retries: int = 5, current: dict | None = None) -> UpsertResult:
         """Create ``obj`` or replace the existing object's content with it, in place, guarded by
         the resourceVersion just read (bounded retry on 409). Labels and annotations are merged
         (``obj``'s win), the rest of the content is ``obj``'s. "unchanged" when nothing differs,
-        or when the server found the update to be a no-op."""
+        or when the server found the update to be a no-op. ``current``: the object as the caller
+        just read it (its resourceVersion guards the first attempt; saves a GET)."""
         k, version, ns, name = self._target(obj)
         attempt = 0
+        known = current
         while True:
             attempt += 1
-            current = self.get(k.kind, ns, name, api_version=k.api_version(version))
+            current, known = (known if known is not None
+                              else self.get(k.kind, ns, name, api_version=k.api_version(version))), None
             try:
                 if current is None:
                     return UpsertResult("created", self.create(obj, dry_run=dry_run), None, attempt)

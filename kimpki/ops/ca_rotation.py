@@ -118,26 +118,30 @@ def managed_credentials(target: Target, warnings: list[str]) -> list[Found]:
 
 def rewrite_ca_only(store: Store, targets: list[Target], ca: str, publish_ca: str, *, now: datetime,
                     dry_run: bool) -> list[dict]:
-    """The CA-only Secrets (``secret create --ca-only``, read through ``caCertCredentialName``) that
-    publish CA ``ca``, written again with the bundle of ``publish_ca`` as every MUTUAL bundle is:
+    """The CA-only Secrets and ConfigMaps (``secret create --ca-only [--config-map]``, read through
+    ``caCertCredentialName``) that publish CA ``ca``, written again in place (guarded as they were
+    read) with the bundle of ``publish_ca`` as every MUTUAL bundle is:
     old + new while a rotation overlaps (``publish_ca`` = the old CA), the new one alone after
     retirement (``publish_ca`` = the successor). Report items, like the credentials'."""
     from kimpki.ops.credentials import prepare_ca_only
 
     out = []
     for t in targets:
-        for s in t.place.managed(t.namespace):
+        for s in [*t.place.managed(t.namespace), *t.place.managed_config_maps(t.namespace)]:
             meta = s.get("metadata") or {}
             ann = meta.get("annotations") or {}
             if ann.get(ANN_ROLE) != ROLE_CA_ONLY or ann.get(ANN_CA) != ca:
                 continue
             ns = meta.get("namespace") or t.namespace or c.DEFAULT_NAMESPACE
+            config_map = s.get("kind") == "ConfigMap"
             item = {"secret": meta.get("name"), "namespace": ns, "place": t.place.description, "ca": publish_ca}
+            if config_map:
+                item["kind"] = "ConfigMap"
             if dry_run:
                 out.append({**item, "action": "would update"})
                 continue
             _, obj = prepare_ca_only(store, meta["name"], namespace=ns, ca_name=publish_ca, now=now,
-                                     format=ann.get(ANN_FORMAT) or "generic")
+                                     format=ann.get(ANN_FORMAT) or "generic", config_map=config_map)
             if not meta.get("namespace"):
                 obj["metadata"].pop("namespace", None)
             res = t.place.write(obj, current=s)

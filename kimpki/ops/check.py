@@ -40,6 +40,10 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
   algorithm; Envoy takes one certificate per algorithm and rejects the server's TLS context.
 * ``KIM0039`` CaCertCredentialNotFound: ``caCertCredentialName`` names no Secret or ConfigMap,
   or a Secret Istio would read as a certificate and key (a name not ending in ``-cacert``).
+* ``KIM0040`` EcdhCurveUnknownToEnvoy: an ``ecdhCurves`` name Envoy's BoringSSL does not know
+  (``P-224``, say, which Istio's list still has): Istio passes it on unchecked and Envoy rejects
+  the gateway's listener, so every server on that port stops serving (a warning: it depends on
+  the Envoy build, see :data:`kimpki.istio.tlsparams.ENVOY_ECDH_CURVES`).
 
 A MUTUAL credential that carries CRLs (``crl`` / ``ca.crl`` beside its CA): Envoy then demands a
 CRL for every CA of a client's chain, and refuses every client of a CA whose CRL is missing or
@@ -104,6 +108,7 @@ CODES = {
     "KIM0014": "CrlStale",
     "KIM0047": "OcspStapleRefused",
     "KIM0048": "OcspStapleExpired",
+    "KIM0040": "EcdhCurveUnknownToEnvoy",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -436,11 +441,23 @@ def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
     problem = range_problem(tls.get("minProtocolVersion"), tls.get("maxProtocolVersion"))
     if problem:
         s.add(label, TLS, ERROR, problem, "KIM0029")
+    _check_ecdh_curves(s, tls, label)
     pins = optional_mutual_pins(s.mode, tls)
     if pins:
         s.add(label, TLS, WARNING, f"{pins} on an OPTIONAL_MUTUAL server: Envoy then requires a client "
                                    f"certificate, so it behaves as MUTUAL (clients without one are refused)",
               "KIM0030")
+
+
+def _check_ecdh_curves(s: _Server, tls: dict, label: str) -> None:
+    """KIM0040: ecdhCurves go to Envoy unchecked; a name it does not know fails the whole listener."""
+    from kimpki.istio.tlsparams import ENVOY_ECDH_CURVES, unknown_to_envoy
+
+    bad = unknown_to_envoy(tls.get("ecdhCurves"))
+    if bad:
+        s.add(label, TLS, WARNING, f"ecdhCurves {', '.join(bad)}: not a curve Envoy knows (it rejects the gateway's "
+                                   f"listener, and every server on the port stops serving); Envoy knows "
+                                   f"{', '.join(ENVOY_ECDH_CURVES)}", "KIM0040")
 
 
 def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> None:

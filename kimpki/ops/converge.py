@@ -416,18 +416,19 @@ def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report
 
 def _write_ca_only(store: Store, targets: _Targets, report: Report, cred: m.Credential, *, now: datetime,
                    execute: bool, force: bool) -> None:
-    """A ``caOnly`` Credential: the client CA's bundle (with its CRLs) in a Secret of its own."""
+    """A ``caOnly`` Credential: the client CA's bundle (with its CRLs) in a Secret (or ConfigMap) of its own."""
     what = f"Credential {cred.name}"
     try:
         place = targets.place(cred.target)
         _, obj = credentials.prepare_ca_only(store, cred.name, namespace=cred.namespace,
-                                             ca_name=issuing_ca(store, cred.client_ca), now=now, format=cred.format)
+                                             ca_name=issuing_ca(store, cred.client_ca), now=now, format=cred.format,
+                                             config_map=cred.config_map)
         res = place.write(obj, force=force, dry_run=not execute)
     except KimpkiError as e:
         raise _at(cred, e, what) from None
     if res.action != "unchanged":
         verb = "create" if res.action == "created" else "update"
-        report.actions.append(Action(verb, "Secret", cred.name, cred.namespace,
+        report.actions.append(Action(verb, cred.kind, cred.name, cred.namespace,
                                      "missing" if verb == "create" else "differs from the policy",
                                      place.description, str(cred.where)))
 

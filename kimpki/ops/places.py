@@ -73,6 +73,11 @@ class SecretPlace:
     def managed(self, namespace: str | None = None) -> Iterator[dict]:
         raise NotImplementedError
 
+    def managed_config_maps(self, namespace: str | None = None) -> Iterator[dict]:
+        """The ConfigMaps kimpki manages (CA-only bundles for caCertCredentialName). write()
+        takes them back, guarded as Secrets are."""
+        return iter(())
+
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
               current: dict | None = None, retries: int | None = None) -> WriteResult:
         """Create or update ``secret`` in place. ``current``: the Secret as just read from this
@@ -123,10 +128,29 @@ class ClusterPlace(SecretPlace):
     def managed(self, namespace: str | None = None) -> Iterator[dict]:
         return self.cluster.list("Secret", namespace, label_selector=MANAGED_SELECTOR)
 
+    def managed_config_maps(self, namespace: str | None = None) -> Iterator[dict]:
+        return self.cluster.list("ConfigMap", namespace, label_selector=MANAGED_SELECTOR)
+
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
               current: dict | None = None, retries: int | None = None) -> WriteResult:
         more = {} if retries is None else {"retries": retries}
+        if secret.get("kind") == "ConfigMap":
+            return self._write_config_map(secret, force=force, dry_run=dry_run, current=current, **more)
         res = self.cluster.upsert_secret(secret, force=force, dry_run=dry_run, current=current, **more)
+        return WriteResult(res.action, res.object, res.previous)
+
+    def _write_config_map(self, obj: dict, *, force: bool, dry_run: bool, current: dict | None,
+                          **more) -> WriteResult:
+        """A CA-only ConfigMap, in place like a Secret: one kimpki does not manage is refused
+        unless ``force``; the update is guarded by the resourceVersion of ``current``."""
+        m = _meta(obj)
+        ns, name = m.get("namespace") or c.DEFAULT_NAMESPACE, m.get("name")
+        if current is None:
+            current = self.cluster.get("ConfigMap", ns, name)
+        if current is not None and not force and not is_managed(current):
+            raise OperationError(f"ConfigMap {ns}/{name} exists and kimpki does not manage it (no label "
+                                 f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}): give --force to update it in place")
+        res = self.cluster.apply(obj, dry_run=dry_run, current=current, **more)
         return WriteResult(res.action, res.object, res.previous)
 
     def close(self) -> None:
@@ -137,8 +161,8 @@ class ClusterPlace(SecretPlace):
 # A folder of manifests
 # ---------------------------------------------------------------------------------------------
 
-def _same_secret(obj: dict, namespace: str | None, name: str) -> bool:
-    if obj.get("kind") != "Secret" or str(obj.get("apiVersion") or "v1") != "v1":
+def _same_secret(obj: dict, namespace: str | None, name: str, kind: str = "Secret") -> bool:
+    if obj.get("kind") != kind or str(obj.get("apiVersion") or "v1") != "v1":
         return False
     m = _meta(obj)
     if m.get("name") != name:
@@ -165,8 +189,8 @@ class ManifestsPlace(SecretPlace):
         self._where: dict[str, set[Path]] | None = None
         self._where_mtime: int | None = None
 
-    def _scan(self, paths: list[Path] | None = None) -> Iterator[Found]:
-        return (f for f in self._folder.scan(paths) if f.object.get("kind") == "Secret")
+    def _scan(self, paths: list[Path] | None = None, kind: str = "Secret") -> Iterator[Found]:
+        return (f for f in self._folder.scan(paths) if f.object.get("kind") == kind)
 
     def _index(self) -> dict[str, set[Path]]:
         """The name → files index, rebuilt by a full scan when the folder's entries changed other
@@ -185,16 +209,17 @@ class ManifestsPlace(SecretPlace):
             self._where.setdefault(name, set()).add(path)
             self._where_mtime = self.folder.stat().st_mtime_ns
 
-    def _find(self, namespace: str | None, name: str) -> Found | None:
-        paths = sorted(self._index().get(name, ()))
-        found = [f for f in self._scan(paths) if _same_secret(f.object, namespace, name)]
+    def _find(self, namespace: str | None, name: str, kind: str = "Secret") -> Found | None:
+        # The index knows the Secrets; a ConfigMap (rare: CA-only bundles) is looked for in every file.
+        paths = sorted(self._index().get(name, ())) if kind == "Secret" else None
+        found = [f for f in self._scan(paths, kind) if _same_secret(f.object, namespace, name, kind)]
         if len(found) > 1:
             # With a namespace, the one copy that names it wins over namespace-less copies.
             exact = [f for f in found if namespace and _meta(f.object).get("namespace") == namespace]
             if len(exact) == 1:
                 return exact[0]
             where = ", ".join(f"{f.path.name}#{f.doc_index + 1}" for f in found)
-            raise UsageError(f"Secret {name} appears {len(found)} times in {self.folder} ({where}); "
+            raise UsageError(f"{kind} {name} appears {len(found)} times in {self.folder} ({where}); "
                              f"give its namespace (-n) or remove the copies")
         return found[0] if found else None
 
@@ -210,12 +235,15 @@ class ManifestsPlace(SecretPlace):
         self._seen[self._key(f)] = copy.deepcopy(f.object)
         return copy.deepcopy(f.object)
 
-    def managed(self, namespace: str | None = None) -> Iterator[dict]:
-        for f in self._scan():
+    def managed(self, namespace: str | None = None, kind: str = "Secret") -> Iterator[dict]:
+        for f in self._scan(kind=kind):
             ns = _meta(f.object).get("namespace")
             if is_managed(f.object) and (namespace is None or not ns or ns == namespace):
                 self._seen[self._key(f)] = copy.deepcopy(f.object)
                 yield copy.deepcopy(f.object)
+
+    def managed_config_maps(self, namespace: str | None = None) -> Iterator[dict]:
+        return self.managed(namespace, kind="ConfigMap")
 
     def write(self, secret: dict, *, force: bool = False, dry_run: bool = False,
               current: dict | None = None, retries: int | None = None) -> WriteResult:
@@ -223,15 +251,16 @@ class ManifestsPlace(SecretPlace):
         # get()/managed() returned, the folder's resourceVersion; a change is never retried.
         from kimpki.kube import objects  # pure dict helpers; no kubernetes import
 
-        desired = objects.normalize_secret(secret)
+        kind = "ConfigMap" if secret.get("kind") == "ConfigMap" else "Secret"
+        desired = objects.normalize_secret(secret) if kind == "Secret" else copy.deepcopy(secret)
         m = desired["metadata"]
-        ns, name = m["namespace"], m["name"]
+        ns, name = m.get("namespace") or c.DEFAULT_NAMESPACE, m["name"]
         with self._lock:
-            found = self._find(ns, name)
+            found = self._find(ns, name, kind)
             if found is None:
                 path = self.folder / f"{name}.yaml"
                 if path.exists():
-                    raise OperationError(f"{path} exists but holds no Secret {name}; refusing to overwrite it")
+                    raise OperationError(f"{path} exists but holds no {kind} {name}; refusing to overwrite it")
                 if not dry_run:
                     write_output(path, dump_yaml(desired).encode("utf-8"), PRIVATE_FILE)
                     self._wrote(name, path)
@@ -239,17 +268,22 @@ class ManifestsPlace(SecretPlace):
             current = found.object
             seen = self._seen.get(self._key(found))
             if seen is not None and seen != current:
-                raise OperationError(f"Secret {name} in {found.path} changed since kimpki read it; "
+                raise OperationError(f"{kind} {name} in {found.path} changed since kimpki read it; "
                                      f"nothing written, run again")
             if not force and not is_managed(current):
-                raise OperationError(f"Secret {name} in {found.path} is not managed by kimpki (no label "
+                raise OperationError(f"{kind} {name} in {found.path} is not managed by kimpki (no label "
                                      f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}): give --force to update it")
             # Keep the file's own form of the namespace (kubectl's dry-run output has none).
             if not _meta(current).get("namespace"):
                 desired["metadata"].pop("namespace", None)
-            new = objects.merge_secret(current, desired)
-            if objects.secret_unchanged(current, new):
-                return WriteResult("unchanged", current, current)
+            if kind == "ConfigMap":
+                new = objects.merge_object(current, desired)
+                if objects.object_unchanged(current, desired):
+                    return WriteResult("unchanged", current, current)
+            else:
+                new = objects.merge_secret(current, desired)
+                if objects.secret_unchanged(current, new):
+                    return WriteResult("unchanged", current, current)
             tightened = None
             if not dry_run:
                 if self._folder.rewrite(found, new, private=holds_private_key(new)):

@@ -276,9 +276,12 @@ def _target_ref(spec: Fields, refs) -> str | None:
 
 def _credential(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.Credential:
     spec.allow("certificate", "format", "mode", "caSecret", "clientCA", "delivery", "caFileName", "target",
-               "maintenanceWindows", "ocspStaple", "dual", "caOnly")
+               "maintenanceWindows", "ocspStaple", "dual", "caOnly", "configMap")
     if spec.boolean("caOnly", False):
         return _ca_only_credential(doc, name, namespace, spec, refs)
+    if spec.has("configMap"):
+        raise spec.error(spec.node_of("configMap"), "spec.configMap (the CA bundle in a ConfigMap) goes with "
+                                                    "caOnly: true")
     certificate = spec.string("certificate", required=True)
     refs["certificate"] = spec.where("certificate")
     delivery = spec.string("delivery", default="sds")
@@ -339,16 +342,19 @@ def _ca_only_credential(doc: Document, name: str, namespace: str, spec: Fields, 
         if spec.has(key):
             raise spec.error(spec.node_of(key), f"spec.{key} does not go with caOnly: true (a CA bundle, "
                                                 f"no certificate)")
-    if not name.endswith(c.CACERT_SECRET_SUFFIX):
+    config_map = spec.boolean("configMap", False)
+    if not config_map and not name.endswith(c.CACERT_SECRET_SUFFIX):
         raise spec.error(doc.node, f"a caOnly credential's name must end in {c.CACERT_SECRET_SUFFIX} (Istio reads "
-                                   f"any other Secret as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}")
+                                   f"any other Secret as a certificate and key): e.g. {name}{c.CACERT_SECRET_SUFFIX}, "
+                                   f"or write a ConfigMap with configMap: true")
     client_ca = spec.string("clientCA", required=True)
     refs["clientCA"] = spec.where("clientCA")
     fmt = spec.string("format", default="generic")
     if fmt not in ("generic", "tls"):
         raise spec.error(spec.node_of("format"), f"spec.format must be generic or tls, not {fmt!r}")
     return m.Credential(name, namespace, where_of(doc.file, doc.node), certificate="", target=_target_ref(spec, refs),
-                        format=fmt, mode="MUTUAL", client_ca=client_ca, ca_only=True, maintenance_windows=())
+                        format=fmt, mode="MUTUAL", client_ca=client_ca, ca_only=True, config_map=config_map,
+                        maintenance_windows=())
 
 
 def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
@@ -539,9 +545,10 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
                 raise _err(r.refs["clientCA"], what, f"spec.clientCA {cred.client_ca!r} is not a CertificateAuthority "
                                                      f"in the policy{_known(cas)}")
             cred = replace(cred, target=target_of(r))
-            key = (cred.target.name, cred.namespace, cred.name)
+            key = (cred.target.name, cred.namespace, cred.name, cred.kind)
             if key in secret_names:
-                raise _err(r.where, what, f"Secret {cred.namespace}/{cred.name} is also written by {secret_names[key]}")
+                raise _err(r.where, what, f"{cred.kind} {cred.namespace}/{cred.name} is also written by "
+                                          f"{secret_names[key]}")
             secret_names[key] = what
             credentials.append(cred)
             continue

@@ -102,6 +102,7 @@ class Credential:
     dual: bool = False  # an RSA+ECDSA pair: this Secret and NAME-rsa/-ecdsa from a dual Certificate
     pair: str | None = None  # the other Secret of the pair (set when the policy is linked)
     ca_only: bool = False  # only client_ca's bundle, no key: a ...-cacert Secret for caCertCredentialName
+    config_map: bool = False  # ca_only: a ConfigMap instead (caCertCredentialName configmap://NS/NAME)
     # When renew may rotate it: its own windows, else its Target's (resolved when the policy is
     # linked; None only before that, for "not given"). () = any time.
     maintenance_windows: tuple[MaintenanceWindow, ...] | None = None
@@ -109,6 +110,11 @@ class Credential:
     @property
     def mutual(self) -> bool:
         return self.mode == "MUTUAL"
+
+    @property
+    def kind(self) -> str:
+        """What it writes: a ConfigMap for a ``caOnly`` Credential with ``configMap: true``."""
+        return "ConfigMap" if self.config_map else "Secret"
 
     @property
     def file_mounted(self) -> bool:

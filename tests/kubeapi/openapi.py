@@ -13,18 +13,31 @@ port.number``):
 * a missing ``required`` field: ``field.Required`` -- ``spec.servers[0].port.name: Required value``;
 * more than ``maxItems``: ``field.TooMany`` -- ``Too many: 3: must have at most 2 items``;
 * anything else (``minItems``, ``minimum``, ``maximum``): ``field.Invalid(path, value, <kube-openapi
-  message>)`` -- ``... in body should have at least 1 items``, ``... should be less than or equal to N``.
+  message>)`` -- ``... in body should have at least 1 items``, ``... should be less than or equal to N``;
+* a string not of its ``format`` (``byte``: standard base64; ``date-time``: RFC 3339 -- the two string
+  formats of these CRDs that apiextensions-apiserver ``formats.go`` supports; ``int32``/``double``
+  are numbers' formats): kube-openapi ``FormatOf`` → ``errors.InvalidType`` → ``field.TypeInvalid``
+  -- ``Invalid value: "!!": spec.http[0].directResponse.body.bytes in body must be of type byte: "!!"``;
+* ``oneOf`` matched by no or several alternatives (VirtualService's "exact, prefix or regex"):
+  kube-openapi ``schema_props.go`` ``mustValidateOnlyOneSchemaMsg`` is no ``*errors.Validation``, so it
+  becomes ``field.Invalid(nil, "", msg)`` -- ``<nil>: Invalid value: "": "spec.http[0].match[0].uri"
+  must validate one and only one schema (oneOf). Found 2 valid alternatives``.
 
 ``pkg/registry/customresource/strategy.go``: when any of these is of type NotSupported, Required,
 TooLong, TooMany or TypeInvalid, the CEL rules are not run, and one more error says so
 (:data:`CEL_SKIPPED`). The schemas are the ones kimpki ships (:data:`fields.SCHEMA_FILE`); this
-walker is the stand-in's own. Not modelled: ``oneOf``/``anyOf`` beyond int-or-string, ``pattern``,
-``format``, ``maxLength`` (the Istio schemas kimpki writes use none of them for its fields).
+walker is the stand-in's own. Not modelled: ``anyOf`` beyond int-or-string and inside ``oneOf``,
+``pattern`` and ``maxLength`` (the Gateway and VirtualService schemas use neither; only DestinationRule's
+``workloadSelector`` has ``maxLength: 63``), the range of ``int32``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -76,6 +89,44 @@ def _number(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _is_byte(text: str) -> bool:
+    """strfmt's ``byte``: Go's ``base64.StdEncoding.DecodeString`` succeeds (padding required)."""
+    try:
+        base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _is_date_time(text: str) -> bool:
+    if not _RFC3339.match(text):
+        return False
+    try:
+        datetime.fromisoformat(text.upper().replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
+FORMATS = {"byte": _is_byte, "date-time": _is_date_time}
+
+
+def _satisfies(node: Any, value: Any) -> bool:
+    """Whether ``value`` validates against a ``oneOf`` alternative (``required``, ``not``, ``anyOf``)."""
+    if not isinstance(node, dict):
+        return True
+    errs: list[FieldError] = []
+    _walk(node, value, "", errs)
+    if errs:
+        return False
+    if "not" in node and _satisfies(node["not"], value):
+        return False
+    return "anyOf" not in node or any(_satisfies(alt, value) for alt in node["anyOf"])
+
+
 def _walk(node: Any, value: Any, path: str, errs: list[FieldError]) -> None:
     if not isinstance(node, dict):
         return
@@ -87,6 +138,15 @@ def _walk(node: Any, value: Any, path: str, errs: list[FieldError]) -> None:
         errs.append(FieldError("FieldValueTypeInvalid", path, actual,
                                f"{path} in body must be of type {','.join(types)}: {go_quote(actual)}"))
         return
+    if node.get("oneOf"):
+        matched = sum(_satisfies(alt, value) for alt in node["oneOf"])
+        if matched != 1:
+            found = "Found none valid" if matched == 0 else f"Found {matched} valid alternatives"
+            errs.append(FieldError("FieldValueInvalid", "<nil>", "",
+                                   f"{go_quote(path)} must validate one and only one schema (oneOf). {found}"))
+    if actual == "string" and node.get("format") in FORMATS and not FORMATS[node["format"]](value):
+        errs.append(FieldError("FieldValueTypeInvalid", path, value,
+                               f"{path} in body must be of type {node['format']}: {go_quote(value)}"))
     if "enum" in node and value not in node["enum"]:
         supported = ", ".join(go_quote(v) if isinstance(v, str) else json.dumps(v) for v in node["enum"])
         errs.append(FieldError("FieldValueNotSupported", path, value, f"supported values: {supported}"))
