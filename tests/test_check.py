@@ -400,3 +400,17 @@ def test_check_help_is_listed_without_importing_kubernetes():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "IST0101" in r.stdout and "--warn-days" in r.stdout
+
+
+def test_every_code_is_documented_once_in_order(kimpki):
+    """``check --help`` and the module's table list every code ``CODES`` names; numbers have no gaps."""
+    import re
+
+    from kimpki.ops import check
+
+    numbers = [int(code[3:]) for code in check.CODES if code.startswith("KIM")]
+    assert numbers == list(range(1, len(numbers) + 1))
+    help_text = kimpki("check", "--help").out
+    for code, reason in check.CODES.items():
+        assert len(re.findall(rf"^\s+{code}\s", help_text, re.M)) == 1, code
+        assert f"``{code}`` {reason}" in check.__doc__, code

@@ -1,4 +1,4 @@
-"""``kimpki check`` on a MUTUAL credential that carries CRLs (KIM0011-KIM0014): Envoy demands a
+"""``kimpki check`` on a MUTUAL credential that carries CRLs (KIM0007-KIM0010): Envoy demands a
 CRL for every CA of a client's chain and refuses every client of a CA whose CRL is missing or
 past nextUpdate. Real CLI on manifest files, certificates and CRLs made by kimpki."""
 
@@ -70,11 +70,11 @@ def test_a_complete_fresh_set_passes(deploy):
 
 
 @pytest.mark.parametrize("case,code,status,needle", [
-    ("unreadable", "KIM0011", "error", "holds no readable CRL"),
-    ("another CA's", "KIM0011", "error", "none signed by a CA of the chain"),
-    ("root only", "KIM0012", "error", "but none of CN=issuing.example"),
-    ("expired", "KIM0013", "error", "expired on"),
-    ("stale", "KIM0014", "warning", "last third of its validity"),
+    ("unreadable", "KIM0007", "error", "holds no readable CRL"),
+    ("another CA's", "KIM0007", "error", "none signed by a CA of the chain"),
+    ("root only", "KIM0008", "error", "but none of CN=issuing.example"),
+    ("expired", "KIM0009", "error", "expired on"),
+    ("stale", "KIM0010", "warning", "last third of its validity"),
 ])
 def test_each_crl_problem_has_its_code(deploy, case, code, status, needle):
     k, folder = deploy
@@ -121,7 +121,7 @@ def test_no_crl_no_finding(kimpki, tmp_path):
 
 def test_check_help_lists_the_crl_codes(kimpki):
     out = kimpki.ok("check", "--help").out
-    for code in ("KIM0011", "KIM0012", "KIM0013", "KIM0014"):
+    for code in ("KIM0007", "KIM0008", "KIM0009", "KIM0010"):
         assert code in out and code in check.CODES and code in check.__doc__
 
 

@@ -2,8 +2,8 @@
 CA file in ``istio-ingressgateway-ca-certs`` (``root.example.crt`` → ``root.example.crl``), renders
 ``tls.caCrl`` naming that file (Istio >= 1.22), republishes it on ``revoke`` and ``renew``, and
 ``kimpki gateway serve`` hands it to a real Envoy as Istio does: a ``filename`` data source in the
-default validation context. ``kimpki check`` reports a ``caCrl`` naming a missing file (KIM0017)
-and a CRL file no ``caCrl`` names (KIM0018).
+default validation context. ``kimpki check`` reports a ``caCrl`` naming a missing file (KIM0011)
+and a CRL file no ``caCrl`` names (KIM0012).
 
     root.example ─┬─ issuing.example ─┬─ kim.example.com, *.kim.example.com   (server)
                   │                   ├─ a.example.com   (client, revoked before the start)
@@ -294,7 +294,7 @@ def test_check_reports_a_missing_crl_file_and_an_unused_one(pki, tmp_path):
     res = k("check", "-f", folder, "--json")
     assert res.code == 1
     (finding,) = [f for f in res.json["findings"] if f["check"] == "ca_crl"]
-    assert finding["code"] == "KIM0017" and finding["reason"] == "CaCrlMissing" and finding["status"] == "error"
+    assert finding["code"] == "KIM0011" and finding["reason"] == "CaCrlMissing" and finding["status"] == "error"
     assert "has no key root.example.crl" in finding["detail"]
 
     ca_certs.write_text(text)  # the CRL file is back, but the Gateway does not name it
@@ -304,7 +304,7 @@ def test_check_reports_a_missing_crl_file_and_an_unused_one(pki, tmp_path):
     res = k("check", "-f", folder, "--json")
     assert res.code == 0
     (finding,) = [f for f in res.json["findings"] if f["check"] == "ca_crl"]
-    assert (finding["code"], finding["status"]) == ("KIM0018", "warning")
+    assert (finding["code"], finding["status"]) == ("KIM0012", "warning")
     assert "add caCrl: /etc/istio/ingressgateway-ca-certs/root.example.crl" in finding["detail"]
 
 

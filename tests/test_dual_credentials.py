@@ -269,12 +269,12 @@ def test_check_findings(site, tmp_path):
     res = k("check", "-f", folder, "--json")
     assert res.code == 1
     codes = {(f["server"], f["code"]) for f in res.json["findings"] if f["code"]}
-    assert ("https-two", "KIM0038") in codes
-    assert ("https-x", "KIM0039") in codes
-    assert ("https-three", "KIM0037") in codes
+    assert ("https-two", "KIM0020") in codes
+    assert ("https-x", "KIM0021") in codes
+    assert ("https-three", "KIM0019") in codes
     # The dual site passes the same checks.
     ok = k.json("check", "-f", site.folder)
-    assert not [f for f in ok["findings"] if f["code"] in ("KIM0037", "KIM0038", "KIM0039")]
+    assert not [f for f in ok["findings"] if f["code"] in ("KIM0019", "KIM0020", "KIM0021")]
 
 
 POLICY = """\
@@ -345,7 +345,7 @@ def test_policy_refuses_a_pair_without_a_dual_certificate_and_a_ca_only_name(kim
 
 def test_cluster_pair_configmap_ca_check_and_rotate(kube_env, kimpki, tmp_path):
     """The same through the API stand-in: both Secrets and the CA ConfigMap written in place,
-    ``check`` reading the ConfigMap a Gateway names (KIM0039 when it is missing), and ``rotate``
+    ``check`` reading the ConfigMap a Gateway names (KIM0021 when it is missing), and ``rotate``
     of one half rotating both in the cluster."""
     kimpki.ok("ca", "init", "example.com")
     kimpki.ok("issue", "cl.example.com", "--dual")
@@ -365,7 +365,7 @@ def test_cluster_pair_configmap_ca_check_and_rotate(kube_env, kimpki, tmp_path):
         kimpki.ok("gateway", "apply", "-f", "-", input=rendered)
     res = kimpki("check", "--json")
     codes = {(f["gateway"], f["code"]) for f in res.json["findings"] if f["code"]}
-    assert codes == {("istio-system/gone-gateway", "KIM0039")}, res.json["findings"]
+    assert codes == {("istio-system/gone-gateway", "KIM0021")}, res.json["findings"]
     before = {n: kube_env.get_object("secrets", "istio-system", n)["metadata"]["annotations"]["kimpki.io/serial"]
               for n in ("cl-credential", "cl-credential-rsa")}
     r = kimpki.json("rotate", "cl-credential-rsa")

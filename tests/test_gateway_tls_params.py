@@ -1,6 +1,6 @@
 """Istio's server TLS fields beyond SIMPLE/MUTUAL (issue 15): OPTIONAL_MUTUAL, subjectAltNames,
 min/maxProtocolVersion, cipherSuites, ecdhCurves, through ``gateway render`` (the real CLI),
-``policies/`` Gateways, ``check`` (KIM0027-KIM0029) and the Envoy configuration ``gateway serve``
+``policies/`` Gateways, ``check`` (KIM0015-KIM0017) and the Envoy configuration ``gateway serve``
 builds from them, pinned against Istio's own golden outputs (pilot/pkg/networking/core/
 gateway_test.go). What real Envoy and real clients make of them: tests/test_gateway_tls_params_envoy.py.
 """
@@ -221,18 +221,18 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
     assert res.code == 1, res.err
     found = {(f["server"], f["code"], f["status"], f["reason"]) for f in res.json["findings"] if f["code"]}
     assert found == {
-        ("no-ca", "KIM0028", "error", "OptionalMutualWithoutCa"),
-        ("sans-sds", "KIM0027", "error", "SubjectAltNamesWithoutClientCheck"),
-        ("sans-file", "KIM0027", "warning", "SubjectAltNamesWithoutClientCheck"),
-        ("range", "KIM0029", "error", "ProtocolVersionRange"),
-        ("optional-pinned", "KIM0030", "warning", "OptionalMutualRequiresCertificate"),
+        ("no-ca", "KIM0016", "error", "OptionalMutualWithoutCa"),
+        ("sans-sds", "KIM0015", "error", "SubjectAltNamesWithoutClientCheck"),
+        ("sans-file", "KIM0015", "warning", "SubjectAltNamesWithoutClientCheck"),
+        ("range", "KIM0017", "error", "ProtocolVersionRange"),
+        ("optional-pinned", "KIM0018", "warning", "OptionalMutualRequiresCertificate"),
         ("mutual-no-ca", "KIM0003", "error", "MutualWithoutCa"),  # MUTUAL keeps its own code
     }
     details = {f["server"]: f["detail"] for f in res.json["findings"] if f["code"]}
     assert "Envoy rejects" in details["sans-sds"] and "ignores them" in details["sans-file"]
     assert "checks the client certificates presented, so it needs a CA" in details["no-ca"]
     text = kimpki("check", "-f", tmp_path)
-    assert "ERROR KIM0028" in text.out and "WARNING KIM0027" in text.out
+    assert "ERROR KIM0016" in text.out and "WARNING KIM0015" in text.out
 
 
 # --------------------------------------------------------------------------- verify's usage errors
@@ -240,7 +240,7 @@ def test_check_findings_for_the_tls_fields(kimpki, pki, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["kim.example.com", "--tls-version", "1.2", "--min-tls", "1.3"], "--tls-version 1.2 is below --min-tls 1.3"),
     (["--all", "--min-tls", "1.3"], "give no HOST, --ca, --cacert, --client, --cert, --key, --mode, --tls-version"),
-    (["--all", "--tls-version", "1.2"], "or --min-tls with it"),
+    (["--all", "--tls-version", "1.2"], "--min-tls or --key-algorithm with it"),
     (["kim.example.com", "--mode", "optional"], "'optional' is not one of"),
 ])
 def test_verify_tls_options_usage_errors(kimpki, args, needle):

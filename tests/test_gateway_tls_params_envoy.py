@@ -11,9 +11,9 @@ with one server certificate for every host and credential ``tls-credential`` (``
                                            [ECDHE-ECDSA-AES256-GCM-SHA384], ecdhCurves [P-384]
     plain.example.com     SIMPLE           (Istio's defaults: TLS 1.2 floor)
     empty.example.com     SIMPLE           minProtocolVersion TLSV1_3 > maxProtocolVersion TLSV1_2
-                                           (hand-written: render refuses it; check says KIM0029)
+                                           (hand-written: render refuses it; check says KIM0017)
     optpinned.example.com OPTIONAL_MUTUAL  subjectAltNames [alice.example.com] (hand-written: render
-                                           refuses it, as Envoy then requires a certificate; KIM0030)
+                                           refuses it, as Envoy then requires a certificate; KIM0018)
 
 Clients: alice.example.com and bob.example.com from CA example.com, mallory.example.com from
 another CA.
@@ -144,7 +144,7 @@ def test_optional_mutual_admits_without_a_certificate_and_checks_one_presented(g
                code=1, reason="client_certificate_refused")
     assert "demands one (MUTUAL), not OPTIONAL_MUTUAL" in d["message"]
     verify(gw, "plain.example.com", "--mode", "optional-mutual", code=1, reason="client_certificate_not_requested")
-    # OPTIONAL_MUTUAL with subjectAltNames, as Istio maps it: Envoy requires a certificate (KIM0030).
+    # OPTIONAL_MUTUAL with subjectAltNames, as Istio maps it: Envoy requires a certificate (KIM0018).
     verify(gw, "optpinned.example.com", "--mode", "mutual", *client(gw, "alice"), code=0, reason=None)
     d = verify(gw, "optpinned.example.com", "--mode", "optional-mutual", code=1, reason="client_certificate_refused")
     assert "certificate required alert" in d["message"]
@@ -234,7 +234,7 @@ def test_minimum_above_maximum_fails_every_handshake_and_check_says_why(gw):
     res = gw.k("check", "-f", gw.folder, "--json")
     assert res.code == 1
     found = [(f["server"], f["code"]) for f in res.json["findings"] if f["code"] and f["code"] != "KIM0004"]
-    assert sorted(found) == [("https-empty", "KIM0029"), ("https-optpinned", "KIM0030")]
+    assert sorted(found) == [("https-empty", "KIM0017"), ("https-optpinned", "KIM0018")]
 
 
 # --------------------------------------------------------------------------- SIMPLE + subjectAltNames
@@ -251,7 +251,7 @@ def test_simple_server_with_subject_alt_names_is_refused_by_envoy(kimpki, tmp_pa
     (folder / "gw.yaml").write_text(gateway_yaml("gw", [https_server(
         "kim.example.com", "https", "SIMPLE", "kim-credential", subjectAltNames=["alice.example.com"])]))
     found = kimpki("check", "-f", folder, "--json")
-    assert found.code == 1 and [f["code"] for f in found.json["findings"] if f["code"]] == ["KIM0027"]
+    assert found.code == 1 and [f["code"] for f in found.json["findings"] if f["code"]] == ["KIM0015"]
     res = kimpki("gateway", "serve", "-f", folder, "--port", "0", timeout=120)
     assert_one_line_error(res, 1, "SAN-based verification of peer certificates without trusted CA is insecure "
                                   "and not allowed")

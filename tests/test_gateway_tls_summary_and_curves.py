@@ -1,5 +1,5 @@
 """``gateway render --json`` lists a server's further tls fields; ``check`` warns about an
-``ecdhCurves`` name Envoy does not know (KIM0040), with the list of names proved against the
+``ecdhCurves`` name Envoy does not know (KIM0022), with the list of names proved against the
 Envoy kimpki runs (``envoy --mode validate`` builds each TLS context)."""
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ def test_check_warns_on_an_ecdh_curve_envoy_does_not_know(kimpki, gateway_folder
     assert res.code == 0, res.err  # warnings only
     found = {(f["gateway"].split("/")[-1], f["server"], f["code"], f["status"], f["reason"])
              for f in res.json["findings"] if f["code"]}
-    assert found == {("old-curve", "https", "KIM0040", "warning", "EcdhCurveUnknownToEnvoy"),
-                     ("gw", "lower-case", "KIM0040", "warning", "EcdhCurveUnknownToEnvoy")}, res.json["findings"]
+    assert found == {("old-curve", "https", "KIM0022", "warning", "EcdhCurveUnknownToEnvoy"),
+                     ("gw", "lower-case", "KIM0022", "warning", "EcdhCurveUnknownToEnvoy")}, res.json["findings"]
     details = {f["server"]: f["detail"] for f in res.json["findings"] if f["code"]}
     assert details["https"].startswith("ecdhCurves P-224: not a curve Envoy knows")
-    assert "WARNING KIM0040" in kimpki("check", "-f", gateway_folder).out
+    assert "WARNING KIM0022" in kimpki("check", "-f", gateway_folder).out
 
 
 def _envoy_takes(envoy: str, tmp_path, leaf, curve: str) -> bool:

@@ -465,7 +465,7 @@ def test_a_stapled_pair_created_twice_is_unchanged(kimpki, kube_api):
 def test_check_reports_a_staple_envoy_refuses_and_an_expired_one(home, case):
     """What Envoy 1.40 does with the staple (confirmed on the venv's Envoy): another serial's
     staple ("does not match its TLS certificate") or an undecodable one ("has no body") rejects
-    the whole secret: KIM0047, an error; an expired one is dropped (served unstapled): KIM0048, a
+    the whole secret: KIM0013, an error; an expired one is dropped (served unstapled): KIM0014, a
     warning. The generic key set carries no staple for Istio, so nothing is checked there."""
     home.ok("issue", "other.example.com")
     s = stapled_secret(home, "kim-credential", "kim.example.com")
@@ -488,17 +488,17 @@ def test_check_reports_a_staple_envoy_refuses_and_an_expired_one(home, case):
     assert f["credential"] == "kim-credential"
     code, status, needle, exit_code = {
         "good": (None, "ok", "good, next update", 0),
-        "other_serial": ("KIM0047", "error", "answers for serial", 1),
-        "undecodable": ("KIM0047", "error", "is not a successful OCSP response", 1),
-        "expired": ("KIM0048", "warning", "Envoy serves the certificate without a staple", 0),
+        "other_serial": ("KIM0013", "error", "answers for serial", 1),
+        "undecodable": ("KIM0013", "error", "is not a successful OCSP response", 1),
+        "expired": ("KIM0014", "warning", "Envoy serves the certificate without a staple", 0),
     }[case]
     assert (f["code"], f["status"], res.code) == (code, status, exit_code), res.out
     assert needle in f["detail"] and (code is None or f["reason"] in ("OcspStapleRefused", "OcspStapleExpired"))
-    if code == "KIM0047":
+    if code == "KIM0013":
         assert "Envoy rejects the whole secret" in f["detail"] and f["reason"] == "OcspStapleRefused"
         text = home("check", "-f", deploy)
-        assert text.code == 1 and "KIM0047" in text.out
-    if code == "KIM0048":
+        assert text.code == 1 and "KIM0013" in text.out
+    if code == "KIM0014":
         assert f["reason"] == "OcspStapleExpired" and d["summary"]["warnings"] == 1
 
 
@@ -506,5 +506,5 @@ def test_check_help_lists_the_staple_codes(kimpki):
     from kimpki.ops import check
 
     out = kimpki.ok("check", "--help").out
-    for code in ("KIM0047", "KIM0048"):
+    for code in ("KIM0013", "KIM0014"):
         assert code in out and code in check.CODES and code in check.__doc__

@@ -109,16 +109,26 @@ def command(ctx, namespace, gateway_namespace, kubeconfig, context, files, warn_
       KIM0004  the certificate expires within --warn-days (a warning)
       KIM0005  the server's tls settings name no credential
       KIM0006  the certificate breaks RFC 5280, e.g. serial 0 (a warning)
-      KIM0017  a file-mounted server's caCrl names a file its Secret lacks
-      KIM0018  the CRL file is beside the CA file, but the server has no caCrl (a warning)
     and, for a MUTUAL credential carrying CRLs (Envoy then needs one for every CA of a chain):
-      KIM0011  no readable CRL, or none of a CA of the chain: every client refused
-      KIM0012  CRLs for some CAs of the chain, none for others
-      KIM0013  a CRL past its nextUpdate: every client of that CA refused
-      KIM0014  a CRL in the last third of its validity, not re-signed (a warning)
+      KIM0007  no readable CRL, or none of a CA of the chain: every client refused
+      KIM0008  CRLs for some CAs of the chain, none for others
+      KIM0009  a CRL past its nextUpdate: every client of that CA refused
+      KIM0010  a CRL in the last third of its validity, not re-signed (a warning)
+    and, for a file-mounted MUTUAL server:
+      KIM0011  a file-mounted server's caCrl names a file its Secret lacks
+      KIM0012  the CRL file is beside the CA file, but the server has no caCrl (a warning)
     and, for a tls-format credential carrying an OCSP staple (tls.ocsp-staple):
-      KIM0047  not a successful OCSP response, or for another serial: Envoy rejects the secret
-      KIM0048  the staple is past its nextUpdate: served without a staple (a warning)
+      KIM0013  not a successful OCSP response, or for another serial: Envoy rejects the secret
+      KIM0014  the staple is past its nextUpdate: served without a staple (a warning)
+    and, in a server's tls settings (what Istio or Envoy then do silently):
+      KIM0015  subjectAltNames on a SIMPLE server (with credentialName Envoy rejects the listener)
+      KIM0016  an OPTIONAL_MUTUAL server has no CA
+      KIM0017  minProtocolVersion above maxProtocolVersion: every handshake fails
+      KIM0018  OPTIONAL_MUTUAL with subjectAltNames acts as MUTUAL (a warning)
+      KIM0019  more than one certificate source (credentialName(s), tlsCertificates, files)
+      KIM0020  two certificates of one key algorithm in credentialNames
+      KIM0021  caCertCredentialName names no Secret or ConfigMap (or a Secret not named *-cacert)
+      KIM0022  an ecdhCurves name Envoy does not know: the port's listener is rejected (a warning)
     \b
     Credentials are read from --namespace (the gateway pods' namespace), as Istio does; file-
     mounted servers (serverCertificate) are mapped to Secrets through the gateway Deployment's

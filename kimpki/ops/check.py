@@ -16,31 +16,31 @@ Codes: what ``istioctl analyze`` reports for gateways, plus what it does not che
 * ``KIM0004`` CertificateExpiringSoon: fewer than ``warn_days`` left (a warning).
 * ``KIM0005`` TlsSettingsIncomplete: the server's ``tls`` names no credential kimpki can find.
 * ``KIM0006`` NonCompliantCertificate: served, but breaks RFC 5280 (a zero serial): a warning.
-* ``KIM0017`` CaCrlMissing: a file-mounted server's ``caCrl`` names a file its mounted Secret lacks
+* ``KIM0011`` CaCrlMissing: a file-mounted server's ``caCrl`` names a file its mounted Secret lacks
   (or no readable CRL): Envoy cannot build the listener, so Istio serves none of it.
-* ``KIM0018`` CaCrlNotUsed: the CA Secret holds the CRL file beside the server's CA file
+* ``KIM0012`` CaCrlNotUsed: the CA Secret holds the CRL file beside the server's CA file
   (``example.com.crl``), but the Gateway has no ``caCrl``: revoked client certificates are admitted
   (a warning).
-* ``KIM0027`` SubjectAltNamesWithoutClientCheck: ``subjectAltNames`` on a SIMPLE server. With
+* ``KIM0015`` SubjectAltNamesWithoutClientCheck: ``subjectAltNames`` on a SIMPLE server. With
   credentialName Istio still sends Envoy the SAN check, without a CA, and Envoy rejects the
   listener update carrying it (the gateway's other servers are not updated either): an error.
   A file-mounted SIMPLE server ignores them: a warning.
-* ``KIM0028`` OptionalMutualWithoutCa: an OPTIONAL_MUTUAL server has no usable CA. It needs one
+* ``KIM0016`` OptionalMutualWithoutCa: an OPTIONAL_MUTUAL server has no usable CA. It needs one
   exactly like MUTUAL (it checks the certificates clients do present); without it Istio cannot
   serve the server at all.
-* ``KIM0029`` ProtocolVersionRange: ``minProtocolVersion`` above ``maxProtocolVersion``: no version
+* ``KIM0017`` ProtocolVersionRange: ``minProtocolVersion`` above ``maxProtocolVersion``: no version
   is left and every handshake fails (Istio's validation lets it through).
-* ``KIM0030`` OptionalMutualRequiresCertificate: OPTIONAL_MUTUAL with ``subjectAltNames`` (or
+* ``KIM0018`` OptionalMutualRequiresCertificate: OPTIONAL_MUTUAL with ``subjectAltNames`` (or
   certificate hash/SPKI pins): Envoy then requires a client certificate, so the server behaves as
   MUTUAL (a warning).
-* ``KIM0037`` MultipleCertificateSources: a server sets more than one of ``credentialName``,
+* ``KIM0019`` MultipleCertificateSources: a server sets more than one of ``credentialName``,
   ``credentialNames``, ``tlsCertificates`` and ``serverCertificate``: Istio uses one and silently
   ignores the others (``credentialNames`` wins).
-* ``KIM0038`` DuplicateKeyAlgorithm: ``credentialNames`` holds two certificates of one key
+* ``KIM0020`` DuplicateKeyAlgorithm: ``credentialNames`` holds two certificates of one key
   algorithm; Envoy takes one certificate per algorithm and rejects the server's TLS context.
-* ``KIM0039`` CaCertCredentialNotFound: ``caCertCredentialName`` names no Secret or ConfigMap,
+* ``KIM0021`` CaCertCredentialNotFound: ``caCertCredentialName`` names no Secret or ConfigMap,
   or a Secret Istio would read as a certificate and key (a name not ending in ``-cacert``).
-* ``KIM0040`` EcdhCurveUnknownToEnvoy: an ``ecdhCurves`` name Envoy's BoringSSL does not know
+* ``KIM0022`` EcdhCurveUnknownToEnvoy: an ``ecdhCurves`` name Envoy's BoringSSL does not know
   (``P-224``, say, which Istio's list still has): Istio passes it on unchecked and Envoy rejects
   the gateway's listener, so every server on that port stops serving (a warning: it depends on
   the Envoy build, see :data:`kimpki.istio.tlsparams.ENVOY_ECDH_CURVES`).
@@ -50,19 +50,19 @@ CRL for every CA of a client's chain, and refuses every client of a CA whose CRL
 past nextUpdate. The chain's CAs, as far as the Secrets show them: the CA bundle, and the
 intermediates of the server's own chain that lead to it.
 
-* ``KIM0011`` CrlMissing: the CRL key holds no readable CRL, or no CRL of any CA of the chain.
-* ``KIM0012`` CrlPartial: some CAs of the chain have a CRL, others none.
-* ``KIM0013`` CrlExpired: a CRL is past its nextUpdate.
-* ``KIM0014`` CrlStale: a CRL is inside the last third of its validity, when ``kimpki renew``
+* ``KIM0007`` CrlMissing: the CRL key holds no readable CRL, or no CRL of any CA of the chain.
+* ``KIM0008`` CrlPartial: some CAs of the chain have a CRL, others none.
+* ``KIM0009`` CrlExpired: a CRL is past its nextUpdate.
+* ``KIM0010`` CrlStale: a CRL is inside the last third of its validity, when ``kimpki renew``
   re-signs it (a warning: renew has not run).
 
 A tls-format credential's OCSP staple (``tls.ocsp-staple``, which Istio hands to Envoy only
 beside ``tls.crt``/``tls.key``):
 
-* ``KIM0047`` OcspStapleRefused: the staple is not a successful OCSP response, or answers for
+* ``KIM0013`` OcspStapleRefused: the staple is not a successful OCSP response, or answers for
   another serial than its certificate's. Envoy rejects the whole secret ("OCSP response has no
   body", "... does not match its TLS certificate"), so the server is not served: an error.
-* ``KIM0048`` OcspStapleExpired: the staple is past its nextUpdate. Envoy's lenient policy serves
+* ``KIM0014`` OcspStapleExpired: the staple is past its nextUpdate. Envoy's lenient policy serves
   the certificate without a staple (``kimpki renew`` re-signs it): a warning.
 """
 
@@ -84,7 +84,7 @@ from kimpki.localgw.manifests import (CONFIGMAP_PREFIX, DEFAULT_MOUNTS, ConfigMa
                                       SecretIndex, ca_credential_source, config_map_doc, credential_names, mount_for,
                                       parse_manifests)
 
-CODES = {
+CODES = {  # in the order of their numbers
     "IST0101": "ReferencedResourceNotFound",
     "IST0161": "InvalidGatewayCredential",
     "KIM0001": "CredentialKeyMismatch",
@@ -93,22 +93,22 @@ CODES = {
     "KIM0004": "CertificateExpiringSoon",
     "KIM0005": "TlsSettingsIncomplete",
     "KIM0006": "NonCompliantCertificate",
-    "KIM0017": "CaCrlMissing",
-    "KIM0018": "CaCrlNotUsed",
-    "KIM0027": "SubjectAltNamesWithoutClientCheck",
-    "KIM0028": "OptionalMutualWithoutCa",
-    "KIM0029": "ProtocolVersionRange",
-    "KIM0030": "OptionalMutualRequiresCertificate",
-    "KIM0037": "MultipleCertificateSources",
-    "KIM0038": "DuplicateKeyAlgorithm",
-    "KIM0039": "CaCertCredentialNotFound",
-    "KIM0011": "CrlMissing",
-    "KIM0012": "CrlPartial",
-    "KIM0013": "CrlExpired",
-    "KIM0014": "CrlStale",
-    "KIM0047": "OcspStapleRefused",
-    "KIM0048": "OcspStapleExpired",
-    "KIM0040": "EcdhCurveUnknownToEnvoy",
+    "KIM0007": "CrlMissing",
+    "KIM0008": "CrlPartial",
+    "KIM0009": "CrlExpired",
+    "KIM0010": "CrlStale",
+    "KIM0011": "CaCrlMissing",
+    "KIM0012": "CaCrlNotUsed",
+    "KIM0013": "OcspStapleRefused",
+    "KIM0014": "OcspStapleExpired",
+    "KIM0015": "SubjectAltNamesWithoutClientCheck",
+    "KIM0016": "OptionalMutualWithoutCa",
+    "KIM0017": "ProtocolVersionRange",
+    "KIM0018": "OptionalMutualRequiresCertificate",
+    "KIM0019": "MultipleCertificateSources",
+    "KIM0020": "DuplicateKeyAlgorithm",
+    "KIM0021": "CaCertCredentialNotFound",
+    "KIM0022": "EcdhCurveUnknownToEnvoy",
 }
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -418,7 +418,7 @@ def _check_pair(s: _Server, label: str, cert_raw: bytes, key_raw: bytes, cert_wh
 def _no_ca(mode: str) -> str:
     """The code of a missing or unusable CA: OPTIONAL_MUTUAL has its own, as it is easily thought
     not to need one."""
-    return "KIM0028" if mode == "OPTIONAL_MUTUAL" else "KIM0003"
+    return "KIM0016" if mode == "OPTIONAL_MUTUAL" else "KIM0003"
 
 
 def _needs(mode: str) -> str:
@@ -429,7 +429,7 @@ def _needs(mode: str) -> str:
 
 
 def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
-    """KIM0027, KIM0029, KIM0030: tls fields Istio passes on to a server that cannot work with them."""
+    """KIM0015, KIM0017, KIM0018: tls fields Istio passes on to a server that cannot work with them."""
     from kimpki.istio.gateway import optional_mutual_pins, simple_sans_effect
     from kimpki.istio.tlsparams import MUTUAL_MODES, range_problem
 
@@ -437,27 +437,27 @@ def _check_tls_params(s: _Server, tls: dict, label: str) -> None:
         sds = bool(credential_names(tls))
         s.add(label, TLS, ERROR if sds else WARNING,
               f"subjectAltNames on a {s.mode} server: {simple_sans_effect(tls)}; use mode MUTUAL or "
-              f"OPTIONAL_MUTUAL to pin client certificates, or drop them", "KIM0027")
+              f"OPTIONAL_MUTUAL to pin client certificates, or drop them", "KIM0015")
     problem = range_problem(tls.get("minProtocolVersion"), tls.get("maxProtocolVersion"))
     if problem:
-        s.add(label, TLS, ERROR, problem, "KIM0029")
+        s.add(label, TLS, ERROR, problem, "KIM0017")
     _check_ecdh_curves(s, tls, label)
     pins = optional_mutual_pins(s.mode, tls)
     if pins:
         s.add(label, TLS, WARNING, f"{pins} on an OPTIONAL_MUTUAL server: Envoy then requires a client "
                                    f"certificate, so it behaves as MUTUAL (clients without one are refused)",
-              "KIM0030")
+              "KIM0018")
 
 
 def _check_ecdh_curves(s: _Server, tls: dict, label: str) -> None:
-    """KIM0040: ecdhCurves go to Envoy unchecked; a name it does not know fails the whole listener."""
+    """KIM0022: ecdhCurves go to Envoy unchecked; a name it does not know fails the whole listener."""
     from kimpki.istio.tlsparams import ENVOY_ECDH_CURVES, unknown_to_envoy
 
     bad = unknown_to_envoy(tls.get("ecdhCurves"))
     if bad:
         s.add(label, TLS, WARNING, f"ecdhCurves {', '.join(bad)}: not a curve Envoy knows (it rejects the gateway's "
                                    f"listener, and every server on the port stops serving); Envoy knows "
-                                   f"{', '.join(ENVOY_ECDH_CURVES)}", "KIM0040")
+                                   f"{', '.join(ENVOY_ECDH_CURVES)}", "KIM0022")
 
 
 def _check_ca(s: _Server, label: str, raw: bytes, where: str, now: datetime) -> None:
@@ -582,7 +582,7 @@ def _check_crls(s: _Server, label: str, holder: SecretDoc, ca_key: str, served: 
     crls = _split_crls(raw or b"")
     if not crls:
         s.add(label, CRL_COMPLETE, ERROR, f"{where} holds no readable CRL: Envoy refuses the configuration, or "
-                                          f"every client", "KIM0011")
+                                          f"every client", "KIM0007")
         return
     cas = _chain_cas(_load_chain(holder.data[ca_key]), served)
 
@@ -595,12 +595,12 @@ def _check_crls(s: _Server, label: str, holder: SecretDoc, ca_key: str, served: 
     if not have:
         s.add(label, CRL_COMPLETE, ERROR, f"{where} holds {len(crls)} CRL{'s' * (len(crls) != 1)}, none signed by a "
                                           f"CA of the chain ({'; '.join(map(name, cas))}): Envoy refuses every "
-                                          f"client certificate", "KIM0011")
+                                          f"client certificate", "KIM0007")
         return
     if lacking:
         s.add(label, CRL_COMPLETE, ERROR, f"{where} has CRLs of {'; '.join(map(name, have))} but none of "
                                           f"{'; '.join(map(name, lacking))}: Envoy refuses every client whose "
-                                          f"chain holds {'it' if len(lacking) == 1 else 'one of them'}", "KIM0012")
+                                          f"chain holds {'it' if len(lacking) == 1 else 'one of them'}", "KIM0008")
     else:
         s.add(label, CRL_COMPLETE, OK, f"{where}: a CRL for every CA of the chain ({'; '.join(map(name, have))})")
     for ca in have:
@@ -611,17 +611,17 @@ def _check_crls(s: _Server, label: str, holder: SecretDoc, ca_key: str, served: 
             s.add(label, CRL_FRESH, OK, f"{what} has no nextUpdate")
         elif now >= nxt:
             s.add(label, CRL_FRESH, ERROR, f"{what} expired on {_rfc3339(nxt)}: Envoy refuses every client of this "
-                                           f"CA; run 'kimpki renew' (or 'kimpki crl CA')", "KIM0013")
+                                           f"CA; run 'kimpki renew' (or 'kimpki crl CA')", "KIM0009")
         elif now >= crl_refresh_due(this, nxt):
             s.add(label, CRL_FRESH, WARNING, f"{what} is in the last third of its validity (next update "
                                              f"{_rfc3339(nxt)}) and was not re-signed: is 'kimpki renew' "
-                                             f"running?", "KIM0014")
+                                             f"running?", "KIM0010")
         else:
             s.add(label, CRL_FRESH, OK, f"{what}: next update {_rfc3339(nxt)}")
 
 
 def _check_staple(s: _Server, name: str, raw: bytes, cert_raw: bytes, now: datetime) -> None:
-    """KIM0047, KIM0048: the OCSP staple Istio hands to Envoy with the certificate (Envoy's rule,
+    """KIM0013, KIM0014: the OCSP staple Istio hands to Envoy with the certificate (Envoy's rule,
     as the local gateway applies it: :func:`kimpki.pki.revocation.staple_refusal`)."""
     from kimpki.pki.revocation import read_ocsp_staple, staple_refusal
 
@@ -632,30 +632,30 @@ def _check_staple(s: _Server, name: str, raw: bytes, cert_raw: bytes, now: datet
     why = staple_refusal(raw, chain[0].serial_number)
     if why is not None:
         s.add(name, OCSP, ERROR, f"{where} {why}: Envoy rejects the whole secret, so the server is not served",
-              "KIM0047")
+              "KIM0013")
         return
     info = read_ocsp_staple(raw)
     said = info.status + (f" ({info.revocation_reason})" if info.revocation_reason else "")
     if info.next_update is None or now >= info.next_update:
         when = f"expired on {_rfc3339(info.next_update)}" if info.next_update else "has no nextUpdate"
         s.add(name, OCSP, WARNING, f"{where} {when} ({said}): Envoy serves the certificate without a staple; "
-                                   f"'kimpki renew' re-signs it", "KIM0048")
+                                   f"'kimpki renew' re-signs it", "KIM0014")
         return
     s.add(name, OCSP, OK, f"{where}: {said}, next update {_rfc3339(info.next_update)}")
 
 
 def _check_sources(s: _Server, tls: dict) -> None:
-    """KIM0037: Istio takes one certificate source per server and ignores the others in silence."""
+    """KIM0019: Istio takes one certificate source per server and ignores the others in silence."""
     used = [f for f in ("credentialName", "credentialNames", "tlsCertificates", "serverCertificate") if tls.get(f)]
     if len(used) > 1:
         wins = credential_names(tls)
         what = ("credentialNames " + ", ".join(wins)) if tls.get("credentialNames") else used[0]
         s.add(", ".join(wins) or "(none)", SOURCES, ERROR,
-              f"{' and '.join(used)} are all set; Istio serves {what} and ignores the rest", "KIM0037")
+              f"{' and '.join(used)} are all set; Istio serves {what} and ignores the rest", "KIM0019")
 
 
 def _check_algorithms(s: _Server, names: tuple[str, ...], secrets: SecretIndex) -> None:
-    """KIM0038: two certificates of one key algorithm in credentialNames."""
+    """KIM0020: two certificates of one key algorithm in credentialNames."""
     if len(names) < 2:
         return
     seen: dict[str, str] = {}
@@ -673,7 +673,7 @@ def _check_algorithms(s: _Server, names: tuple[str, ...], secrets: SecretIndex) 
         if alg in seen:
             s.add(f"{seen[alg]}, {name}", ALGORITHMS, ERROR,
                   f"credentialNames {seen[alg]} and {name} both hold an {alg} certificate; Envoy takes one "
-                  f"certificate per key algorithm (an RSA and an ECDSA one) and rejects the server", "KIM0038")
+                  f"certificate per key algorithm (an RSA and an ECDSA one) and rejects the server", "KIM0020")
             return
         seen[alg] = name
     s.add(", ".join(names), ALGORITHMS, OK, "one certificate per key algorithm: " +
@@ -681,19 +681,19 @@ def _check_algorithms(s: _Server, names: tuple[str, ...], secrets: SecretIndex) 
 
 
 def _check_ca_credential(s: _Server, ref: str, secrets: SecretIndex, now: datetime) -> None:
-    """caCertCredentialName: the MUTUAL CA from its own Secret or ConfigMap (KIM0039 when missing)."""
+    """caCertCredentialName: the MUTUAL CA from its own Secret or ConfigMap (KIM0021 when missing)."""
     kind, shown, _, doc = ca_credential_source(ref, secrets)
     if kind == "invalid":
         s.add(ref, CA, ERROR, f"caCertCredentialName {ref}: a ConfigMap is named configmap://NAMESPACE/NAME",
-              "KIM0039")
+              "KIM0021")
         return
     if kind == "not-ca":
         s.add(ref, CA, ERROR, f"caCertCredentialName {ref}: Istio reads a Secret whose name does not end in "
                               f"{c.CACERT_SECRET_SUFFIX} as a certificate and key, never as a CA bundle; name the "
-                              f"CA-only Secret {ref}{c.CACERT_SECRET_SUFFIX}", "KIM0039")
+                              f"CA-only Secret {ref}{c.CACERT_SECRET_SUFFIX}", "KIM0021")
         return
     if doc is None:
-        s.add(ref, CA, ERROR, f"caCertCredentialName: {kind} {shown} not found", "KIM0039")
+        s.add(ref, CA, ERROR, f"caCertCredentialName: {kind} {shown} not found", "KIM0021")
         return
     key = next((k for k in (c.GENERIC_CA, c.TLS_CA) if doc.data.get(k)), None)
     if key is None:
@@ -752,8 +752,8 @@ def _check_files(s: _Server, tls: dict, secrets: SecretIndex, mounts: tuple[Moun
 
 
 def _check_ca_crl(s: _Server, tls: dict, ca_path: str, secrets: SecretIndex, mounts: tuple[Mount, ...]) -> None:
-    """A file-mounted MUTUAL server's ``caCrl``: the file must be there (KIM0017); and a CRL file
-    kimpki wrote beside the CA file should be named by it (KIM0018)."""
+    """A file-mounted MUTUAL server's ``caCrl``: the file must be there (KIM0011); and a CRL file
+    kimpki wrote beside the CA file should be named by it (KIM0012)."""
     import posixpath
 
     from kimpki.istio.credential import crl_file_name
@@ -765,18 +765,18 @@ def _check_ca_crl(s: _Server, tls: dict, ca_path: str, secrets: SecretIndex, mou
         if p is None:
             s.add(f"{secret} (mounted)", CA_CRL, WARNING, f"{where} holds the CRLs of {ca_path}, but the server has "
                                                           f"no caCrl: revoked client certificates are admitted "
-                                                          f"(add caCrl: {beside})", "KIM0018")
+                                                          f"(add caCrl: {beside})", "KIM0012")
         return
     raw, where, secret, p = _mounted(str(crl_path), secrets, mounts)
     label = f"{secret} (mounted)" if secret else str(crl_path)
     if p is not None:
         s.add(label, CA_CRL, ERROR, f"caCrl {p[2]}; Envoy cannot build this server's listener without it",
-              "KIM0017")
+              "KIM0011")
         return
     try:
         crls = x509.load_pem_x509_crl(raw)
     except ValueError:
-        s.add(label, CA_CRL, ERROR, f"caCrl {crl_path}: {where} holds no PEM CRL", "KIM0017")
+        s.add(label, CA_CRL, ERROR, f"caCrl {crl_path}: {where} holds no PEM CRL", "KIM0011")
         return
     s.add(label, CA_CRL, OK, f"{where}: CRL of {crls.issuer.rfc4514_string()}"
                              + (" and more" if raw.count(b"BEGIN X509 CRL") > 1 else ""))
