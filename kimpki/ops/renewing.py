@@ -599,7 +599,10 @@ def _rotate_batch(store: Store, batch: list[CredentialResult], lock, *, now: dat
             _fail(batch[i], e)
         return
     for i in published:
-        _done(batch[i], rots[i].result)
+        if rots[i].failure is not None:
+            _fail(batch[i], rots[i].failure)
+        else:
+            _done(batch[i], rots[i].result)
 
 
 def _lock_check(lock) -> None:

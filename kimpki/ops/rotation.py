@@ -208,7 +208,7 @@ class Rotation:
     pending: CertRecord | None = None  # the version the Secret gets (reused, or issued in step 2)
     issue_args: dict | None = None  # how to issue it when there is none yet
     key: keys.PrivateKey | None = None  # its key, made before the store is locked
-    failure: KimpkiError | None = None  # why step 2 failed; the old Secret is untouched
+    failure: KimpkiError | None = None  # why step 2 (the old Secret is untouched) or step 4 failed
     prepared: object = None
     written: list[dict] = field(default_factory=list)
 
@@ -306,18 +306,28 @@ def publish_rotation(rot: Rotation, *, force: bool = False) -> None:
 
 def promote(store: Store, rotations: list[Rotation]) -> None:
     """Step 4 for many, after their Secrets were written: the pending versions become current, and
-    the store records where they went. One store batch."""
+    the store records where they went. One store batch; a rotation that cannot be promoted (a
+    damaged store folder) gets ``failure`` and the others go on."""
     if not rotations:
         return
-    with store.batch() if len(rotations) > 1 else store.locked():
+    manifests: dict[int, str] = {}  # one resolve per folder, not per Secret
+    with store.batch() if len(rotations) > 1 else contextlib.nullcontext():
         for rot in rotations:
             cluster = getattr(rot.place, "cluster", None)
             folder = getattr(rot.place, "folder", None)
-            store.make_current(rot.pending.id)
-            for s in rot.prepared.secrets:
-                store.record_deployment(rot.pending.id, deployment_record(
-                    s, context=getattr(cluster, "context", None), kubeconfig=None,
-                    manifests=str(folder.resolve()) if folder is not None else None))
+            if folder is not None and id(folder) not in manifests:
+                manifests[id(folder)] = str(folder.resolve())
+            try:
+                with store.locked():  # inside the batch, a savepoint: a failure undoes this one only
+                    store.make_current(rot.pending.id, record=rot.pending)
+                    for s in rot.prepared.secrets:
+                        store.record_deployment(rot.pending.id, deployment_record(
+                            s, context=getattr(cluster, "context", None), kubeconfig=None,
+                            manifests=manifests.get(id(folder)) if folder is not None else None))
+            except KimpkiError as e:
+                rot.failure = OperationError(
+                    f"{e} (secret/{rot.cred.name} already serves the new certificate, serial "
+                    f"{rot.pending.serial}, which stays pending in the store until then)")
 
 
 def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
@@ -340,6 +350,8 @@ def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: st
     prepare_rotation(store, rot, now=now, passphrase=passphrase)
     publish_rotation(rot, force=force)
     promote(store, [rot])
+    if rot.failure is not None:
+        raise rot.failure
     return rot.result
 
 

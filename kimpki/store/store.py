@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -594,22 +595,33 @@ class Store:
             (name, kind, ca, serial, subject, json.dumps(dns_names), json.dumps(ip_addresses),
              _ts(not_before), _ts(not_after), key_type, key_fingerprint, int(key_pem is not None),
              "pending", _ts(now)))
-        record_id = cur.lastrowid
+        # The record as the row just inserted reads back (times as stored: whole microseconds,
+        # UTC), built here rather than selected again: a batch adds thousands.
+        rec = CertRecord(id=cur.lastrowid, name=name, kind=kind, ca=ca, serial=serial, subject=subject,
+                         dns_names=list(dns_names), ip_addresses=list(ip_addresses),
+                         not_before=_dt(_ts(not_before)), not_after=_dt(_ts(not_after)), key_type=key_type,
+                         key_fingerprint=key_fingerprint, has_key=key_pem is not None, state="pending",
+                         created_at=_dt(_ts(now)), deployed_to=[], dir=vdir)
         previous = None
         if state == "current":
-            previous = self.make_current(record_id)
-        return self.get_cert_by_id(record_id), previous
+            previous = self.make_current(rec.id, record=rec)
+            rec.state = "current"
+        return rec, previous
 
-    def make_current(self, record_id: int) -> CertRecord | None:
+    def make_current(self, record_id: int, *, record: CertRecord | None = None) -> CertRecord | None:
         """Promote a version to current (after its deployment); returns the version it replaced.
         Call inside ``locked()``: the ``current`` link moves once the inventory has committed
-        (a kill in between is repaired by the next run, see the module doc)."""
-        rec = self.get_cert_by_id(record_id)
+        (a kill in between is repaired by the next run, see the module doc). ``record``: the
+        version's record when the caller holds it (its name and serial never change), which
+        saves reading it again."""
+        rec = record if record is not None and record.id == record_id else self.get_cert_by_id(record_id)
+        link = self.cert_dir(rec.name) / "current"
+        self._check_current_link(link)
         previous = self.find_cert(rec.name)
         if previous is not None and previous.id != rec.id:
             self.db.execute("UPDATE certificates SET state='previous' WHERE id=?", (previous.id,))
-        self.db.execute("UPDATE certificates SET state='current' WHERE id=?", (rec.id,))
-        link = self.cert_dir(rec.name) / "current"
+        if self.db.execute("UPDATE certificates SET state='current' WHERE id=?", (rec.id,)).rowcount != 1:
+            raise NotFoundError(f"no inventory row {rec.id} ({rec.name}, serial {rec.serial})")
         # In a batch the links move unsynced: the inventory is the truth, and the next run's
         # collection points any link a crash left behind at the version it calls current.
         sync = not self._batch
@@ -653,9 +665,22 @@ class Store:
         return None
 
     def record_deployment(self, record_id: int, where: dict) -> None:
-        rec = self.get_cert_by_id(record_id)
-        places = [p for p in rec.deployed_to if p != where] + [where]
+        row = self.db.execute("SELECT deployed_to FROM certificates WHERE id=?", (record_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no inventory row {record_id}")
+        places = [p for p in json.loads(row["deployed_to"]) if p != where] + [where]
         self.db.execute("UPDATE certificates SET deployed_to=? WHERE id=?", (json.dumps(places), record_id))
+
+    def _check_current_link(self, link: Path) -> None:
+        """A ``current`` that is a real folder (not the link kimpki makes) is damage kimpki will
+        not repair by itself: the folder may hold someone's files. Said in one line, naming it."""
+        try:
+            st = os.lstat(link)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise damaged(self.home, link, "is a folder, not the symbolic link to versions/<serial> kimpki makes",
+                          f"move it away (mv {link} {link}.damaged) and run the command again")
 
     # -- leftovers of killed runs --------------------------------------------------------------
     def collect_garbage(self, *, now: datetime, pending_bound: timedelta | None = PENDING_BOUND,
@@ -712,6 +737,8 @@ class Store:
                 elif (name, v.name) not in known and v.is_dir(follow_symlinks=False):
                     orphans.append(v.path)
             link = Path(cert.path) / "current"
+            if link.is_dir() and not link.is_symlink():
+                continue  # not a link kimpki made: make_current refuses it, naming it (_check_current_link)
             want = f"versions/{current[name]}" if name in current else None
             have = os.readlink(link) if link.is_symlink() else None
             if have != want and (want is not None or os.path.lexists(link)):
