@@ -867,3 +867,39 @@ def test_outside_the_window_but_out_of_time_it_is_renewed_with_the_reason(capsys
     assert needle in r["window_reason"] and r["next_window"] is not None
     assert served_serial(folder_secret(out, "kim-credential")) == r["new_serial"] != before
     assert "renewing outside its maintenance windows: " in err and needle in err
+
+
+def test_a_current_folder_that_is_not_a_link_fails_that_credential_alone_in_one_line(kimpki, tmp_path):
+    """A store whose ``certs/NAME/current`` is a real folder (not kimpki's link) is damage kimpki does
+    not repair by itself (the folder may hold someone's files): renew reports it for that credential
+    in one line naming the path, renews the others, and leaves the folder as it was; once it is
+    moved away, rotate finishes with the certificate the Secret already serves."""
+    folder = tmp_path / "deploy"
+    make_ca(kimpki.home)
+    for i in range(3):
+        write_manifests(folder, credential(kimpki.home, f"cred-{i}", f"h{i}.example.com", age=70 * DAY))
+    current = kimpki.home / "certs" / "h1.example.com" / "current"
+    current.unlink()
+    current.mkdir()
+    (current / "note.txt").write_text("someone's file\n")
+    res = kimpki("renew", "--manifests", folder, "--json")
+    assert res.code == 1, res.err
+    s = res.json
+    assert (s["renewed"], s["failed"]) == (2, 1), s
+    by = {r["secret"]: r for r in s["results"]}
+    reason = by["cred-1"]["reason"]
+    assert f"{current} is a folder, not the symbolic link" in reason and "\n" not in reason, reason
+    assert "unexpected" not in reason and "Traceback" not in res.err
+    assert (current / "note.txt").read_text() == "someone's file\n"  # nothing of it removed
+    for i in (0, 2):
+        cur = next(v for v in versions(kimpki.home, f"h{i}.example.com") if v.state == "current")
+        assert served_serial(folder_secret(folder, f"cred-{i}")) == cur.serial
+    pending = next(v for v in versions(kimpki.home, "h1.example.com") if v.state == "pending")
+    assert served_serial(folder_secret(folder, "cred-1")) == pending.serial  # written, not promoted
+    # kimpki rotate of that one credential says the same in one line.
+    assert_one_line_error(kimpki("rotate", "cred-1", "--manifests", folder), 1, str(current), "is a folder")
+    current.rename(current.with_name("current.damaged"))
+    res = kimpki("rotate", "cred-1", "--manifests", folder, "--json")
+    assert res.code == 0, res.err
+    assert (res.json["action"], res.json["new_serial"]) == ("resumed", pending.serial)
+    assert (kimpki.home / "certs" / "h1.example.com" / "current").resolve().name == pending.serial

@@ -325,9 +325,11 @@ def promote(store: Store, rotations: list[Rotation]) -> None:
                             s, context=getattr(cluster, "context", None), kubeconfig=None,
                             manifests=manifests.get(id(folder)) if folder is not None else None))
             except KimpkiError as e:
+                # The Secret was written: say so, and how the pending version becomes current.
                 rot.failure = OperationError(
-                    f"{e} (secret/{rot.cred.name} already serves the new certificate, serial "
-                    f"{rot.pending.serial}, which stays pending in the store until then)")
+                    f"{e}; secret/{rot.cred.name} already serves the new certificate (serial "
+                    f"{rot.pending.serial}), kept as pending in the store: then 'kimpki rotate {rot.cred.name}' "
+                    f"finishes it")
 
 
 def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,
