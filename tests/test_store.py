@@ -170,3 +170,24 @@ def test_home_from_option_env_and_xdg(kimpki, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kimpki", "ca", "init", "root"], env=env, capture_output=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "xdg/kimpki/cas/root/ca.crt").exists()
+
+
+def test_a_batch_shares_one_ca_file_among_its_versions_and_a_single_issue_writes_its_own(kimpki, tmp_path):
+    """apply issues its certificates in one store batch: the versions' ca.crt files (the same root's
+    bytes) are hard links to the first one written, not a new file each; versions are never
+    rewritten, so readers see no difference. A lone `kimpki issue` writes its own."""
+    kimpki.ok("ca", "init", "root")
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "p.yaml").write_text("---\n".join(
+        ["apiVersion: kimpki.io/v1alpha1\nkind: CertificateAuthority\nmetadata: {name: root}\nspec: {}\n"] + [
+        f"apiVersion: kimpki.io/v1alpha1\nkind: Certificate\nmetadata: {{name: h{i}.example.com}}\n"
+        f"spec: {{hosts: [h{i}.example.com], ca: root}}\n" for i in range(3)]))
+    kimpki.ok("apply", "-f", pol)
+    root_pem = (kimpki.home / "cas/root/ca.crt").read_bytes()
+    cas = [kimpki.home / f"certs/h{i}.example.com/current/ca.crt" for i in range(3)]
+    assert {os.stat(p).st_ino for p in cas} == {os.stat(cas[0]).st_ino}
+    assert os.stat(cas[0]).st_nlink == 3 and mode(cas[0]) == 0o644
+    assert all(p.read_bytes() == root_pem for p in cas)
+    lone = Path(kimpki.json("issue", "lone.example.com")["cert"]).with_name("ca.crt")
+    assert os.stat(lone).st_nlink == 1 and lone.read_bytes() == root_pem

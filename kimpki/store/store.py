@@ -587,7 +587,7 @@ class Store:
         if key_pem is not None:
             write_new(vdir / "cert.key", key_pem, PRIVATE_FILE, sync=sync)
         write_atomic(vdir / "cert.crt", chain_pem, PUBLIC_FILE, sync=sync)
-        write_atomic(vdir / "ca.crt", ca_pem, PUBLIC_FILE, sync=sync)
+        self._write_ca_copy(vdir / "ca.crt", ca_pem, sync)
         cur = self.db.execute(
             "INSERT INTO certificates(name, kind, ca, serial, subject, dns_names, ip_addresses, not_before,"
             " not_after, key_type, key_fingerprint, has_key, state, created_at) VALUES"
@@ -607,6 +607,25 @@ class Store:
             previous = self.make_current(rec.id, record=rec)
             rec.state = "current"
         return rec, previous
+
+    def _write_ca_copy(self, path: Path, ca_pem: bytes, sync: bool) -> None:
+        """A version's ``ca.crt``. In a batch, the versions issued under one root hold the same
+        bytes: the first is written, the others are hard links to it (a new file costs this file
+        system ten times what a link does). Versions are never rewritten, so sharing the file is
+        invisible to readers; a link that cannot be made (link count) falls back to a write."""
+        first = self._memo.get(("ca.crt", ca_pem)) if self._batch else None
+        if first is not None:
+            try:
+                os.link(first, path)
+                kill_point("placed", path)
+                return
+            except FileExistsError:
+                raise OperationError(f"refusing to overwrite {path}") from None
+            except OSError:
+                pass
+        write_atomic(path, ca_pem, PUBLIC_FILE, sync=sync)
+        if self._batch:
+            self._memo[("ca.crt", ca_pem)] = path
 
     def make_current(self, record_id: int, *, record: CertRecord | None = None) -> CertRecord | None:
         """Promote a version to current (after its deployment); returns the version it replaced.
