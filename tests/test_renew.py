@@ -23,7 +23,7 @@ from kimpki.istio.credential import CredentialMaterial, CredentialSpec, Provenan
 from kimpki.pki import keys, parse
 from kimpki.pki.renewal import Jitter, RenewBefore, renewal_time
 from kimpki.store import Store
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, wait_until
 from tests.istio_helpers import decoded
 from tests.kubeapi.fixtures import *  # noqa: F401,F403
 
@@ -903,3 +903,38 @@ def test_a_current_folder_that_is_not_a_link_fails_that_credential_alone_in_one_
     assert res.code == 0, res.err
     assert (res.json["action"], res.json["new_serial"]) == ("resumed", pending.serial)
     assert (kimpki.home / "certs" / "h1.example.com" / "current").resolve().name == pending.serial
+
+
+def test_the_next_batch_is_issued_while_the_secrets_of_the_previous_one_are_written(kimpki, kube_api, tmp_path):
+    """Renew takes due credentials 100 at a time; batch 2's new versions go into the store while
+    batch 1's PUTs are still held by the API server (the first 8 are delayed), and every
+    credential is renewed, each Secret serving its new pending-then-current version."""
+    make_ca(kimpki.home)
+    n = 101
+    for i in range(n):
+        kube_api.put_objects(credential(kimpki.home, f"cred-{i:03d}", f"h{i:03d}.example.com", age=70 * DAY))
+    old = {i: served_serial(kube_api.get_object("secrets", NS, f"cred-{i:03d}")) for i in range(n)}
+    kube_api.clear_requests()
+    kube_api.fail(method="PUT", resource="secrets", nth=1, times=8, status="delay", delay=6)
+    out_file, err_file = tmp_path / "renew.json", tmp_path / "renew.log"
+    with out_file.open("w") as out, err_file.open("w") as err:  # files: a full pipe would stall it
+        proc = subprocess.Popen([sys.executable, "-m", "kimpki", "renew", "--json"], cwd=kimpki.cwd,
+                                env={**kimpki.env, **kube(kube_api)}, stdout=out, stderr=err)
+    try:
+        last = "h100.example.com"
+        wait_until(lambda: proc.poll() is not None or any(v.state == "pending" for v in versions(kimpki.home, last)),
+                   f"a pending version of {last} (batch 2)")
+        renewed_meanwhile = sum(served_serial(kube_api.get_object("secrets", NS, f"cred-{i:03d}")) != old[i]
+                                for i in range(n - 1))
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert renewed_meanwhile < n - 1, "batch 2 was issued only after every PUT of batch 1 had landed"
+    assert proc.returncode == 0, err_file.read_text()
+    s = json.loads(out_file.read_text())
+    assert (s["renewed"], s["failed"]) == (n, 0)
+    assert len(kube_api.calls(method="PUT", resource="secrets")) == n  # one guarded PUT each
+    for i in range(n):
+        (cur,) = [v for v in versions(kimpki.home, f"h{i:03d}.example.com") if v.state == "current"]
+        assert served_serial(kube_api.get_object("secrets", NS, f"cred-{i:03d}")) == cur.serial != old[i]

@@ -18,9 +18,10 @@ namespace, a folder of manifests, or the targets a policy names):
    it. The listing happens *after* the lock is taken, so a run that waited sees what the
    previous one renewed.
 3. **Rotate** the due credentials through the steps of :mod:`kimpki.ops.rotation`, a batch at a
-   time (:func:`_rotate_batch`): their new pending versions in one store batch (one commit, one
+   time (:func:`_renew_due`): their new pending versions in one store batch (one commit, one
    file-system sync), their Secrets written side by side (bounded), the Secrets already read
-   (no second GET), then one store batch to promote them. A failure is recorded and the others
+   (no second GET), while the next batch is issued, then one store batch to promote them. A
+   failure is recorded and the others
    go on; a credential whose write failed keeps its pending certificate, which the next run reuses.
    A credential whose policy gives it maintenance windows is rotated only inside one: outside,
    it is *deferred* to the next window's opening, unless that opens too late (the certificate
@@ -538,27 +539,38 @@ class _AllLocks:
 # Due credentials go through rotation's steps a batch at a time: one store batch for their pending
 # versions (one lock, one commit, one file-system sync, instead of ~9 fsyncs per credential), then
 # their Secret writes side by side (as many as the place allows: 8 PUTs for a cluster), then one
-# store batch to promote them.
+# store batch to promote them. While a batch's Secrets are being written, the next batch is issued
+# (the writes need no store; the API server works while kimpki signs).
 BATCH = 100
 
 
-def _rotate_batch(store: Store, batch: list[CredentialResult], lock, *, now: datetime,
-                  passphrase: PassphraseSource, dry_run: bool) -> None:
-    """Rotate the credentials of ``batch`` (see :mod:`kimpki.ops.rotation` for why a failure at
-    any step, a kill included, loses nothing: a Secret is written only after its new key and
-    certificate are committed to the store as pending, and promoted only after the write)."""
+@dataclass
+class _Batch:
+    """One batch between its issuance and its promotion: its rotations and their Secret writes."""
+
+    results: list[CredentialResult]
+    rots: dict = field(default_factory=dict)  # index in results -> rotation.Rotation
+    writes: dict = field(default_factory=dict)  # index -> the write's future
+    pool: ThreadPoolExecutor | None = None
+
+
+def _issue_batch(store: Store, batch: list[CredentialResult], *, now: datetime,
+                 passphrase: PassphraseSource, dry_run: bool) -> _Batch:
+    """Steps 1-2 of rotation for ``batch`` and the Secrets to write (see :mod:`kimpki.ops.rotation`
+    for why a failure at any step, a kill included, loses nothing: a Secret is written only after
+    its new key and certificate are committed to the store as pending, and promoted only after
+    the write)."""
     from kimpki.ops import rotation
 
-    rots: dict[int, rotation.Rotation] = {}
+    b = _Batch(batch)
+    rots = b.rots
     for i, r in enumerate(batch):
         try:
             rots[i] = rotation.plan_rotation(store, r.target.place, r.cred, now=now, dry_run=dry_run)
         except Exception as e:  # noqa: BLE001 - one credential's surprise must not stop the others
             _fail(r, e)
     if dry_run:
-        for i, rot in rots.items():
-            _done(batch[i], rot.result)
-        return
+        return b
     try:
         rotation.issue_pending(store, list(rots.values()), now=now, passphrase=passphrase)
     except Exception as e:  # noqa: BLE001 - the batch could not be committed: none of it is pending
@@ -577,32 +589,56 @@ def _rotate_batch(store: Store, batch: list[CredentialResult], lock, *, now: dat
         except Exception as e:  # noqa: BLE001
             _fail(batch[i], e)
             del rots[i]
+    return b
+
+
+def _start_writes(b: _Batch, lock) -> None:
+    """Step 3: the batch's Secret writes, side by side, in threads of their own (no store access)."""
+    from kimpki.ops import rotation
+
+    if not b.rots:
+        return
 
     def write(i: int) -> None:
         _lock_check(lock)
-        rotation.publish_rotation(rots[i])
+        rotation.publish_rotation(b.rots[i])
 
+    writers = min([r.target.place.parallel_writes for r in b.results] + [len(b.rots)])
+    b.pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="kimpki-renew")
+    b.writes = {i: b.pool.submit(write, i) for i in b.rots}
+
+
+def _finish_batch(store: Store, b: _Batch, *, dry_run: bool) -> None:
+    """Wait for the batch's writes, then step 4: promote what was written, in one store batch."""
+    from kimpki.ops import rotation
+
+    if dry_run:
+        for i, rot in b.rots.items():
+            _done(b.results[i], rot.result)
+        return
     published = []
-    writers = min([r.target.place.parallel_writes for r in batch] + [max(len(rots), 1)])
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="kimpki-renew") as pool:
-        for i, fut in [(i, pool.submit(write, i)) for i in rots]:
+    try:
+        for i, fut in b.writes.items():
             try:
                 fut.result()
             except Exception as e:  # noqa: BLE001 - the Secret is untouched (or either version): pending stays
-                _fail(batch[i], e)
+                _fail(b.results[i], e)
                 continue
             published.append(i)
+    finally:
+        if b.pool is not None:
+            b.pool.shutdown(wait=True)
     try:
-        rotation.promote(store, [rots[i] for i in published])
+        rotation.promote(store, [b.rots[i] for i in published])
     except Exception as e:  # noqa: BLE001 - written but not promoted: the next run promotes them
         for i in published:
-            _fail(batch[i], e)
+            _fail(b.results[i], e)
         return
     for i in published:
-        if rots[i].failure is not None:
-            _fail(batch[i], rots[i].failure)
+        if b.rots[i].failure is not None:
+            _fail(b.results[i], b.rots[i].failure)
         else:
-            _done(batch[i], rots[i].result)
+            _done(b.results[i], b.rots[i].result)
 
 
 def _lock_check(lock) -> None:
@@ -712,37 +748,57 @@ def _refresh_staples(store: Store, summary: RenewalSummary, *, now: datetime, pa
 
 def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: datetime,
                passphrase: PassphraseSource, dry_run: bool, on_result: ResultHook | None) -> None:
-    """Rotate the due credentials, a batch at a time (see :func:`_rotate_batch`). ``on_result``
+    """Rotate the due credentials, a batch at a time (see :func:`_issue_batch`): a batch is issued
+    while the previous one's Secrets are being written, then that one is promoted. ``on_result``
     still sees every credential in the listing's order."""
     lost = None  # why the lock was lost, once it was: every later renewal stops
-    for start in range(0, len(results), BATCH):
-        chunk = results[start:start + BATCH]
-        due = []
-        for r in chunk:
-            if r.action == SKIPPED:
-                continue
-            if r.state == BROKEN:
-                r.action = FAILED
-            elif not r.due:
-                r.action = NOT_DUE
-            elif r.deferred:  # outside its maintenance windows, and the next one opens in time
-                r.action, r.reason = DEFERRED, r.window.reason
-            else:
-                due.append(r)
-        if due and lost is None:
-            try:
-                _lock_check(lock)
-            except KimpkiError as e:
-                lost = str(e)
-        if lost is not None:
-            for r in due:
-                r.action, r.reason = FAILED, lost
-        elif due:
-            _rotate_batch(store, due, lock, now=now, passphrase=passphrase, dry_run=dry_run)
+    writing: tuple[list[CredentialResult], _Batch | None] | None = None  # the batch being written
+
+    def finish(item: tuple[list[CredentialResult], _Batch | None] | None) -> None:
+        if item is None:
+            return
+        chunk, b = item
+        if b is not None:
+            _finish_batch(store, b, dry_run=dry_run)
         if on_result is not None:
             for r in chunk:
                 if r.action not in (None, SKIPPED, NOT_DUE):
                     on_result(r)
+
+    try:
+        for start in range(0, len(results), BATCH):
+            chunk = results[start:start + BATCH]
+            due = []
+            for r in chunk:
+                if r.action == SKIPPED:
+                    continue
+                if r.state == BROKEN:
+                    r.action = FAILED
+                elif not r.due:
+                    r.action = NOT_DUE
+                elif r.deferred:  # outside its maintenance windows, and the next one opens in time
+                    r.action, r.reason = DEFERRED, r.window.reason
+                else:
+                    due.append(r)
+            if due and lost is None:
+                try:
+                    _lock_check(lock)
+                except KimpkiError as e:
+                    lost = str(e)
+            b = None
+            if lost is not None:
+                for r in due:
+                    r.action, r.reason = FAILED, lost
+            elif due:
+                b = _issue_batch(store, due, now=now, passphrase=passphrase, dry_run=dry_run)
+            previous, writing = writing, None
+            finish(previous)  # the previous batch: its writes went on while this one was issued
+            if b is not None and not dry_run:
+                _start_writes(b, lock)
+            writing = (chunk, b)
+    finally:
+        previous, writing = writing, None
+        finish(previous)
 
 
 def _unique_places(targets: list[SweepTarget]) -> list[SecretPlace]:
