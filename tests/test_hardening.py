@@ -357,8 +357,11 @@ def test_attack_gc_collects_temp_files_and_abandoned_pending_versions(kimpki):
         from kimpki.store import Store
         now = datetime.now(timezone.utc)
         store = Store.open(os.environ["KIMPKI_HOME"])
-        issue(store, ["old.example.com"], now=now - timedelta(days=8), passphrase=no_passphrase, state="pending")
+        issue(store, ["old.example.com"], now=now - timedelta(days=8), days=5, passphrase=no_passphrase,
+              state="pending")
         issue(store, ["new.example.com"], now=now - timedelta(hours=1), passphrase=no_passphrase, state="pending")
+        # Eight days old but valid: a Secret may serve it (a run killed before promoting it).
+        issue(store, ["valid.example.com"], now=now - timedelta(days=8), passphrase=no_passphrase, state="pending")
     """
     assert run_python(kimpki, code).returncode == 0
     tmp = kimpki.home / "cas/root/.tmp-abc123"
@@ -371,7 +374,8 @@ def test_attack_gc_collects_temp_files_and_abandoned_pending_versions(kimpki):
     assert [p["name"] for p in done["stale_pending"]] == ["old.example.com"]
     assert not tmp.exists()
     left = {r["name"]: r["version"] for r in kimpki.json("list", "--all")["items"]}
-    assert left == {"new.example.com": "pending"}  # an hour old: a run may still finish it
+    # an hour old: a run may still finish it; valid: a Secret may serve it (gc cannot see Secrets)
+    assert left == {"new.example.com": "pending", "valid.example.com": "pending"}
     assert not (kimpki.home / "certs/old.example.com/versions").exists() or \
         list((kimpki.home / "certs/old.example.com/versions").iterdir()) == []
     assert kimpki.ok("gc").out.strip() == "nothing to collect"

@@ -289,7 +289,7 @@ def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api)
 def test_json_summary_keys(kimpki, three_in_cluster):
     s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
     assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
-                       "skipped", "deferred", "next_due", "errors", "crls_loaded", "crls_signed", "crls_republished",
+                       "skipped", "deferred", "finished", "next_due", "errors", "crls_loaded", "crls_signed", "crls_republished",
                        "staples_refreshed", "warnings", "api_requests", "results"]
     assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
     assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
@@ -380,10 +380,10 @@ def test_a_kill_while_the_guarded_puts_run_side_by_side_loses_nothing(kimpki, ku
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
 
-    def check(expect_landed: bool) -> dict[str, str]:
+    def check(expect_landed: bool, state: str = "pending") -> dict[str, str]:
         pending = {}
         for i, name in enumerate(names):
-            (p,) = [v for v in versions(kimpki.home, f"h{i:02d}.example.com") if v.state == "pending"]
+            (p,) = [v for v in versions(kimpki.home, f"h{i:02d}.example.com") if v.state == state]
             # The new key is in the store, private, and belongs to its certificate: recoverable.
             assert stat.S_IMODE(p.key_path.stat().st_mode) == 0o600
             assert keys.key_matches(keys.load_key(p.key_path.read_bytes()),
@@ -404,12 +404,27 @@ def test_a_kill_while_the_guarded_puts_run_side_by_side_loses_nothing(kimpki, ku
         time.sleep(0.05)
     check(expect_landed=True)
 
-    # Nothing is due any more (each Secret serves a fresh certificate), and nothing was lost.
+    # gc keeps the pending versions the Secrets serve (it cannot see Secrets; they are valid).
+    assert kimpki.json("gc", "--pending-older-than", "0s")["stale_pending"] == []
+    assert check(expect_landed=True) == pending
+    # Nothing is due any more (each Secret serves a fresh certificate), and nothing was lost: the
+    # re-run promotes each served pending version ("finished"), writing no Secret.
+    versions_before = {n: kube_api.get_object("secrets", NS, n)["metadata"]["resourceVersion"] for n in names}
+    kube_api.clear_requests()
     expire_renewal_lease(kube_api)
     again = kimpki("renew", "--json", env=kube(kube_api))
     assert again.code == 0, again.err
     assert (again.json["checked"], again.json["due"], again.json["failed"]) == (len(names), 0, 0)
-    assert check(expect_landed=True) == pending
+    assert again.json["finished"] == len(names)
+    assert {r["secret"]: r["action"] for r in again.json["results"]} == {n: "finished" for n in names}
+    assert put_puts(kube_api) == []
+    assert {n: kube_api.get_object("secrets", NS, n)["metadata"]["resourceVersion"]
+            for n in names} == versions_before
+    assert check(expect_landed=True, state="current") == pending
+    listed = {r["name"]: r["serial"] for r in kimpki.json("list")["items"]}
+    assert {n: listed[f"h{i:02d}.example.com"] for i, n in enumerate(names)} == pending
+    assert kimpki.json("gc", "--pending-older-than", "0s")["stale_pending"] == []
+    assert check(expect_landed=True, state="current") == pending
 
 
 def test_a_kill_before_the_puts_land_leaves_old_secrets_and_the_rerun_uses_the_pending_keys(kimpki, kube_api):
@@ -446,6 +461,56 @@ def test_a_kill_before_the_puts_land_leaves_old_secrets_and_the_rerun_uses_the_p
         assert served_serial(kube_api.get_object("secrets", NS, name)) == pending[name]
         states = sorted(v.state for v in versions(kimpki.home, f"h{i:02d}.example.com"))
         assert states == ["current", "previous"]
+
+
+def test_a_kill_after_the_write_and_before_the_promotion_is_finished_by_the_next_renew(kimpki, tmp_path):
+    """Killed the moment the due credential's document is in place (its pending version not yet
+    promoted): the folder serves the new certificate, the store calls it pending. gc keeps it (a
+    Secret serves it, which gc cannot see), and the next renew promotes it without writing the
+    document again, reporting it as finished; gc afterwards keeps it too."""
+    folder = tmp_path / "deploy"
+    make_ca(kimpki.home)
+    write_manifests(folder, credential(kimpki.home, "cred-0", "h0.example.com", age=70 * DAY))
+    write_manifests(folder, credential(kimpki.home, "cred-1", "h1.example.com"))  # not due
+    marker = tmp_path / "killed-at"
+    killed = kimpki("renew", "--manifests", folder, env={"KIMPKI_TEST_KILL_AT": "placed deploy/cred-0.yaml",
+                                                          "KIMPKI_TEST_KILL_MARKER": str(marker)})
+    assert killed.code == -signal.SIGKILL and marker.read_text() == "placed deploy/cred-0.yaml\n", killed.err
+    (pending,) = [v for v in versions(kimpki.home, "h0.example.com") if v.state == "pending"]
+    assert served_serial(folder_secret(folder, "cred-0")) == pending.serial  # written, not promoted
+    written = (folder / "cred-0.yaml").stat()
+
+    def kept_by_gc() -> None:
+        assert kimpki.json("gc", "--pending-older-than", "0s")["stale_pending"] == []
+        assert pending.key_path.read_bytes() and pending.cert_path.read_bytes()
+        assert pending.serial in [v.serial for v in versions(kimpki.home, "h0.example.com")]
+
+    kept_by_gc()  # still pending, but valid: what the folder serves
+    # status only reads: it says so, and what will finish it.
+    st = kimpki.json("status", "--manifests", folder)
+    assert [(u["secret"], u["serial"]) for u in st["unfinished"]] == [("cred-0", pending.serial)]
+    assert "the next 'kimpki renew' promotes it" in {c["secret"]: c for c in st["credentials"]}["cred-0"]["reason"]
+    assert f"cred-0: serves serial {pending.serial}, still pending" in kimpki.ok("status", "--manifests", folder).out
+    assert [v.state for v in versions(kimpki.home, "h0.example.com")].count("pending") == 1
+    again = kimpki("renew", "--manifests", folder, "--json")
+    assert again.code == 0, again.err
+    s = again.json
+    assert (s["due"], s["renewed"], s["failed"], s["finished"]) == (0, 0, 0, 1), s
+    by = {r["secret"]: r for r in s["results"]}
+    assert (by["cred-0"]["action"], by["cred-0"]["serial"]) == ("finished", pending.serial)
+    assert by["cred-1"]["action"] == "not due"
+    assert f"finished istio-system/cred-0" in again.err and pending.serial in again.err
+    assert "finished 1" in again.err.splitlines()[-1]
+    after = (folder / "cred-0.yaml").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not written again
+    listed = {r["name"]: r for r in kimpki.json("list")["items"]}
+    assert listed["h0.example.com"]["serial"] == pending.serial
+    assert sorted(v.state for v in versions(kimpki.home, "h0.example.com")) == ["current", "previous"]
+    assert (kimpki.home / "certs/h0.example.com/current").resolve().name == pending.serial
+    kept_by_gc()
+    assert kimpki.json("status", "--manifests", folder)["unfinished"] == []
+    # Finished once: the next run has nothing left to finish.
+    assert kimpki.json("renew", "--manifests", folder)["finished"] == 0
 
 
 def test_a_broken_secret_fails_with_its_reason_and_the_rest_is_renewed(kimpki, kube_api):

@@ -16,7 +16,7 @@ def _text(d: dict) -> str:
         lines.append(f"{verb} {path} (an unfinished write)")
     for p in d["stale_pending"]:
         lines.append(f"{verb} pending version {p['name']} serial {p['serial'][:16]} (created {p['created_at']}, "
-                     "never finished)")
+                     "never finished, expired)")
     for path in d["repaired_links"]:
         lines.append(f"{'would point' if d['dry_run'] else 'pointed'} {path} at the inventory's current version")
     return "\n".join(lines) or "nothing to collect"
@@ -24,7 +24,8 @@ def _text(d: dict) -> str:
 
 @click.command("gc")
 @click.option("--pending-older-than", "bound", default="7d", show_default=True, metavar="DURATION",
-              help="Also drop pending versions (issued by rotate or renew, never deployed) created longer ago.")
+              help="Also drop pending versions (issued by rotate or renew, never promoted) created longer ago "
+                   "whose certificate has expired (a valid one may be what a Secret serves).")
 @click.option("--dry-run", is_flag=True, help="Say what would be collected; remove nothing.")
 @json_option
 @click.pass_context
@@ -33,7 +34,8 @@ def command(ctx, bound, dry_run, as_json):
 
     Version folders and CA folders that no inventory row names (a run killed between writing
     the files and committing the inventory), '.tmp-*' files of unfinished writes, pending
-    versions older than --pending-older-than that no run will finish, and 'current' links
+    versions older than --pending-older-than whose certificate has expired (a valid one may
+    be what a Secret already serves: 'kimpki renew' promotes it), and 'current' links
     that do not point at the inventory's current version. Holds the store's lock, so nothing
     a running command is writing is touched; the first change any command makes to the
     store collects the same leftovers but CA folders (a CA key goes only when asked) and

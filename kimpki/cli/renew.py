@@ -34,7 +34,8 @@ expire or come within a day (or a tenth of its lifetime) of notAfter: then it is
 renewed now, and the log says why.
 \b
 Output: the log goes to stderr, one line per action (renewed, failed, would renew,
-deferred)
+deferred, finished: a Secret already serving the new certificate a killed run wrote,
+whose pending version is now promoted in the store)
 and a final summary line ("nothing due; next renewal TIME (NAMESPACE/SECRET)" when
 nothing was due); --log-format json makes each line a JSON object (time, level,
 event, secret, namespace, place, serials, message) for log collectors. --json
@@ -110,6 +111,11 @@ class Log:
             self("info", "deferred", f"deferred {r.ref} ({r.place}): {r.state} since {_t(r.renewal_time)}, "
                                      f"valid until {_t(r.not_after)}; {r.reason}",
                  **who, next_window=_t(r.next_window), not_after=_t(r.not_after))
+            return
+        if r.action == rn.FINISHED:
+            self("info", "finished", f"finished {r.ref} ({r.place}): it already served serial {r.finished}, which an "
+                                     f"earlier run wrote and left pending in the store: promoted to current",
+                 **who, finished_serial=r.finished)
             return
         if r.window_override:  # before the renewal's own line: why it happens outside the windows
             doing = "would renew" if r.action == rn.WOULD_RENEW else "renewing"
@@ -209,6 +215,7 @@ def summary_line(s) -> str:
     counts = (f"checked {s.checked}, due {s.due}, "
               + (f"would renew {s.would_renew}" if s.dry_run else f"renewed {s.renewed}")
               + (f", deferred {s.deferred}" if s.deferred else "")
+              + (f", finished {len(s.finished)}" if s.finished else "")
               + f", failed {s.failed}, skipped {s.skipped}")
     if s.due == 0 and s.failed == 0 and not s.errors:
         return f"nothing due; {upcoming or 'no credentials'}; {counts}"
@@ -293,7 +300,7 @@ def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context,
         ctx.exit(e.exit_code)
     counts = dict(checked=summary.checked, due=summary.due, renewed=summary.renewed,
                   would_renew=summary.would_renew, failed=summary.failed, skipped=summary.skipped,
-                  deferred=summary.deferred)
+                  deferred=summary.deferred, finished=len(summary.finished))
     if report is not None:
         report.finish(summary)
     if summary.busy:

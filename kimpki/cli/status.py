@@ -66,7 +66,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     """Show every credential with hosts, notAfter, days left, renewal date and state."""
     import contextlib
 
-    from kimpki.ops.renewing import inventory_status, open_targets, result_warnings, survey
+    from kimpki.ops.renewing import inventory_status, open_targets, result_warnings, survey, unfinished
 
     if as_json and output not in (None, "json"):
         raise click.UsageError(f"--json and -o {output} contradict each other")
@@ -101,6 +101,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
                                    all_namespaces=all_namespaces, cluster=cluster, kubeconfig=kubeconfig,
                                    context=context)
             results = survey(targets, settings, now)
+        found_unfinished = unfinished(existing_store(ctx), results)
         creds = [r.to_dict(now) for r in results if r.state != "ca-bundle"]
         skipped = [{"secret": r.secret, "namespace": r.namespace, "place": r.place, "reason": r.reason}
                    for r in results if r.state == "ca-bundle"]
@@ -109,7 +110,7 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
         from kimpki.ops.metrics import place_crl_samples
 
         data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
-                "credentials": creds, "skipped": skipped, "counts": _counts(creds),
+                "credentials": creds, "skipped": skipped, "counts": _counts(creds), "unfinished": found_unfinished,
                 "crls": _crls(place_crl_samples(results, existing_store(ctx)), now), "warnings": warnings}
         _warn(warnings)
         if prometheus or textfile:
@@ -193,6 +194,10 @@ def _credentials_text(d: dict) -> str:
     broken = [f"  {r['namespace']}/{r['secret']}: {r['reason']}" for r in creds if r["state"] == "broken"]
     if broken:
         out += "\nbroken:\n" + "\n".join(broken)
+    late = [f"  {u['namespace']}/{u['secret']}: serves serial {u['serial']}, still pending in the store: "
+            f"the next 'kimpki renew' promotes it" for u in d.get("unfinished", ())]
+    if late:
+        out += "\nunfinished:\n" + "\n".join(late)
     return out
 
 

@@ -23,6 +23,9 @@ namespace, a folder of manifests, or the targets a policy names):
    (no second GET), while the next batch is issued, then one store batch to promote them. A
    failure is recorded and the others
    go on; a credential whose write failed keeps its pending certificate, which the next run reuses.
+   A Secret that already serves its pending version (a run killed after the write, before the
+   promotion) is *finished* first (:func:`_finish_landed`): that version is promoted, nothing is
+   written, and only then is due-ness decided (from the Secret, as always).
    A credential whose policy gives it maintenance windows is rotated only inside one: outside,
    it is *deferred* to the next window's opening, unless that opens too late (the certificate
    would expire, or come within the safety margin of notAfter, first; or has expired): then it is
@@ -61,6 +64,9 @@ RENEWABLE = (DUE, EXPIRED)
 # What renew did with a credential.
 NOT_DUE, RENEWED, RESUMED, WOULD_RENEW, FAILED, SKIPPED, DEFERRED = (
     "not due", "renewed", "resumed", "would renew", "failed", "skipped", "deferred")
+# Its Secret already served the store's pending version (a killed run wrote it, never promoted
+# it): promoted now, nothing written, and not due (it serves a new certificate).
+FINISHED = "finished"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ class CredentialResult:
     windows: tuple[MaintenanceWindow, ...] = ()  # the policy's maintenance windows; () = any time
     window: WindowDecision | None = None  # due (or expired) with windows: renew now, defer or override
     action: str | None = None  # renew only: not due | renewed | resumed | would renew | deferred | failed | skipped
+    #                                         | finished
+    finished: str | None = None  # renew: the pending serial its Secret served, promoted by this run
     reason: str | None = None
     new_serial: str | None = None
     new_not_after: str | None = None
@@ -246,6 +254,11 @@ class RenewalSummary:
         return self._count(DEFERRED)
 
     @property
+    def finished(self) -> list[CredentialResult]:
+        """Credentials whose Secret served a pending version an earlier run wrote: promoted."""
+        return [r for r in self.results if r.finished is not None]
+
+    @property
     def next_window(self) -> CredentialResult | None:
         """The deferred credential whose maintenance window opens first."""
         return min((r for r in self.results if r.action == DEFERRED), key=lambda r: r.next_window, default=None)
@@ -283,6 +296,7 @@ class RenewalSummary:
             "failed": self.failed,
             "skipped": self.skipped,
             "deferred": self.deferred,
+            "finished": len(self.finished),
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
@@ -630,7 +644,7 @@ def _finish_batch(store: Store, b: _Batch, *, dry_run: bool) -> None:
             b.pool.shutdown(wait=True)
     try:
         rotation.promote(store, [b.rots[i] for i in published])
-    except Exception as e:  # noqa: BLE001 - written but not promoted: the next run promotes them
+    except Exception as e:  # noqa: BLE001 - written but not promoted: the next run promotes them (_finish_landed)
         for i in published:
             _fail(b.results[i], e)
         return
@@ -673,6 +687,8 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
             if not dry_run:
                 _refresh_crls(store, summary, targets, now=now, passphrase=passphrase)
             summary.results = survey(targets, settings, now, summary.errors)
+            if not dry_run:  # before anything reads the store's current version of these
+                _finish_landed(store, summary.results, summary.errors)
             _refresh_staples(store, summary, now=now, passphrase=passphrase, dry_run=dry_run)
             pairs_in_step(summary.results)
             _renew_due(store, summary.results, lock, now=now, passphrase=passphrase, dry_run=dry_run,
@@ -681,6 +697,48 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
         summary.lock = lock.to_dict()  # after the release, which may have failed (the lease then expires)
     summary.requests = sum(p.requests for p in _unique_places(targets))
     return summary
+
+
+def _finish_landed(store: Store, results: list[CredentialResult], errors: list[dict]) -> None:
+    """A Secret that serves its certificate's *pending* version was written by a run killed (or
+    failed) before promoting it: promote it now, the step rotation would have taken, so that the
+    store's current version is what is served (and ``gc`` never takes it). Nothing is written to
+    the place; the decision that follows reads the Secret as before."""
+    from kimpki.ops import rotation
+
+    found = [r for r in results if r.cred is not None and r.state != BROKEN and r.action != SKIPPED]
+    try:
+        rots = rotation.finish_landed(store, [(r.target.place, r.cred) for r in found])
+    except KimpkiError as e:  # the store could not be read: the renewals go on, said once
+        errors.append({"place": "store", "reason": f"pending versions already served not promoted: {e}"})
+        return
+    by_cred = {id(r.cred): r for r in found}
+    for rot in rots:
+        r = by_cred[id(rot.cred)]
+        if rot.failure is not None:
+            _fail(r, rot.failure)
+        else:
+            r.finished = rot.pending.serial
+
+
+def unfinished(store: Store | None, results: list[CredentialResult]) -> list[dict]:
+    """``kimpki status``: the credentials whose Secret serves the store's *pending* version (a run
+    killed after the write, before the promotion), each given that as its reason. Status only
+    reads: the next ``kimpki renew`` promotes them (:func:`_finish_landed`)."""
+    from kimpki.ops import rotation
+
+    out = []
+    for r in results:
+        if store is None or r.cred is None or r.state == BROKEN:
+            continue
+        rec = rotation.landed_pending(store, r.cred)
+        if rec is None:
+            continue
+        r.reason = (f"serves serial {rec.serial}, still pending in the store (a run stopped before promoting it): "
+                    f"the next 'kimpki renew' promotes it")
+        out.append({"secret": r.secret, "namespace": r.namespace, "place": r.place, "serial": rec.serial,
+                    "certificate": rec.name})
+    return out
 
 
 def pairs_in_step(results: list[CredentialResult]) -> None:
@@ -770,12 +828,12 @@ def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: date
             chunk = results[start:start + BATCH]
             due = []
             for r in chunk:
-                if r.action == SKIPPED:
+                if r.action in (SKIPPED, FAILED):  # FAILED: its finishing promotion failed
                     continue
                 if r.state == BROKEN:
                     r.action = FAILED
                 elif not r.due:
-                    r.action = NOT_DUE
+                    r.action = FINISHED if r.finished is not None else NOT_DUE
                 elif r.deferred:  # outside its maintenance windows, and the next one opens in time
                     r.action, r.reason = DEFERRED, r.window.reason
                 else:

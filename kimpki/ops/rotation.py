@@ -178,7 +178,7 @@ def _usable_pending(store: Store, store_name: str, hosts: tuple[str, ...], ca: s
     return rec
 
 
-def _landed_pending(store: Store, cred: ManagedCredential) -> CertRecord | None:
+def landed_pending(store: Store, cred: ManagedCredential) -> CertRecord | None:
     """The pending version the Secret already serves: an earlier run's write landed but its
     answer was lost (dropped connection, timeout, kill) before the store was told."""
     rec = store.find_cert(cred.store_name, state="pending")
@@ -218,7 +218,7 @@ def plan_rotation(store: Store, place: SecretPlace, cred: ManagedCredential, *, 
                   key_type: keys.KeyType | None = None) -> Rotation:
     """Step 1 (the Secret is read): what to issue, from which CA, or which pending version to reuse."""
     current = store.find_cert(cred.store_name)
-    landed = _landed_pending(store, cred)
+    landed = landed_pending(store, cred)
     if landed is not None:
         # Finish what the earlier run wrote (its issuer, and the CA its Secret names), whatever asked now.
         issuer, published = landed.ca, cred.ca
@@ -320,7 +320,8 @@ def promote(store: Store, rotations: list[Rotation]) -> None:
             try:
                 with store.locked():  # inside the batch, a savepoint: a failure undoes this one only
                     store.make_current(rot.pending.id, record=rot.pending)
-                    for s in rot.prepared.secrets:
+                    # Finishing a landed write (finish_landed) prepared nothing: the Secret as read.
+                    for s in rot.prepared.secrets if rot.prepared is not None else [rot.cred.secret]:
                         store.record_deployment(rot.pending.id, deployment_record(
                             s, context=getattr(cluster, "context", None), kubeconfig=None,
                             manifests=manifests.get(id(folder)) if folder is not None else None))
@@ -328,8 +329,31 @@ def promote(store: Store, rotations: list[Rotation]) -> None:
                 # The Secret was written: say so, and how the pending version becomes current.
                 rot.failure = OperationError(
                     f"{e}; secret/{rot.cred.name} already serves the new certificate (serial "
-                    f"{rot.pending.serial}), kept as pending in the store: then 'kimpki rotate {rot.cred.name}' "
-                    f"finishes it")
+                    f"{rot.pending.serial}), kept as pending in the store: the next 'kimpki renew' or "
+                    f"'kimpki rotate {rot.cred.name}' finishes it")
+
+
+def finish_landed(store: Store, found: list[tuple[SecretPlace, ManagedCredential]]) -> list[Rotation]:
+    """Step 4 alone for each credential whose Secret already serves its pending version (a run
+    killed, or failed, after the write and before the promotion): that version becomes current,
+    nothing is written to the place. Returns those rotations (action "finished"); one that
+    cannot be promoted has ``failure``. The renewal decision that follows reads the Secret,
+    which serves the new certificate, so without this nothing would ever promote it."""
+    rots = []
+    for place, cred in found:
+        landed = landed_pending(store, cred)
+        if landed is None:
+            continue
+        current = store.find_cert(cred.store_name)
+        result = RotationResult(secret=cred.name, namespace=cred.namespace, place=place.description,
+                                store_name=cred.store_name, hosts=list(cred.hosts), ca=cred.ca,
+                                old_serial=current.serial if current is not None else None,
+                                old_not_after=parse.rfc3339(current.not_after) if current is not None else None,
+                                new_serial=landed.serial, new_not_after=parse.rfc3339(landed.not_after),
+                                action="finished")
+        rots.append(Rotation(place, cred, result, landed.ca, cred.ca, pending=landed))
+    promote(store, rots)
+    return rots
 
 
 def rotate_credential(store: Store, place: SecretPlace, name: str, namespace: str | None = None, *,

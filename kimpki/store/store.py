@@ -30,7 +30,8 @@ kill in between leaves it on the previous version). The first mutation of every 
 both (:meth:`Store.collect_garbage`): version folders and ``.tmp-*`` files no row names are
 removed and each ``current`` link is pointed again at the version the inventory calls current.
 ``kimpki gc`` does the same on demand, and also removes CA folders no row names (a CA key goes
-only when asked) and drops pending versions nobody will finish.
+only when asked) and drops pending versions nobody will finish (expired ones: a valid one may be
+what a Secret serves).
 
 Durability: a mutation in :meth:`Store.locked` fsyncs each file it writes; :meth:`Store.batch`
 (many issuances: ``apply``, ``renew``) writes them without, and syncs the file system once before
@@ -707,8 +708,10 @@ class Store:
         """Remove what killed runs left (see the module doc), under the store's lock: version
         and CA folders and ``.tmp-*`` files no inventory row names, and ``current`` links that do
         not point at the inventory's current version. With ``pending_bound``, also pending
-        versions created longer ago than that: a running rotate finishes its pending version
-        within seconds of creating it, so a bound of days never takes one a command still holds.
+        versions created longer ago than that *and* expired: a running rotate finishes its pending
+        version within seconds of creating it, so a bound of days never takes one a command still
+        holds; and a pending version still valid may be served by a Secret whose run was killed
+        before promoting it (the next ``renew`` or ``rotate`` promotes it), which the store cannot see.
         (The first ``locked()`` of every run does the same without the pending versions and
         the CA folders: a CA key is removed only when asked.)
         Do not call it inside ``locked()``."""
@@ -721,7 +724,7 @@ class Store:
         found = Garbage()
         if not (self.home / "inventory.db").exists():
             return found  # a new home: nothing can be left over
-        rows = self.db.execute("SELECT id, name, serial, state, created_at FROM certificates").fetchall()
+        rows = self.db.execute("SELECT id, name, serial, state, created_at, not_after FROM certificates").fetchall()
         known = {(r["name"], r["serial"]) for r in rows}
         cas = {r["name"] for r in self.db.execute("SELECT name FROM cas").fetchall()}
         current = {r["name"]: r["serial"] for r in rows if r["state"] == "current"}
@@ -771,7 +774,11 @@ class Store:
                 tmp.append(str(f))
         if pending_bound is not None:
             for r in rows:
-                if r["state"] == "pending" and now - _dt(r["created_at"]) > pending_bound:
+                # A pending version may already be what a gateway serves (its Secret was written,
+                # the run killed before promoting it), and the store cannot see Secrets: only one
+                # whose certificate has expired too is surely of no use to anyone.
+                if (r["state"] == "pending" and now - _dt(r["created_at"]) > pending_bound
+                        and now >= _dt(r["not_after"])):
                     found.stale_pending.append({"id": r["id"], "name": r["name"], "serial": r["serial"],
                                                 "created_at": r["created_at"]})
         if dry_run or found.empty:
