@@ -101,7 +101,8 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
                                    all_namespaces=all_namespaces, cluster=cluster, kubeconfig=kubeconfig,
                                    context=context)
             results = survey(targets, settings, now)
-        found_unfinished = unfinished(existing_store(ctx), results)
+        home_store = existing_store(ctx)  # None when there is no home: status never creates one
+        found_unfinished = unfinished(home_store, results)
         creds = [r.to_dict(now) for r in results if r.state != "ca-bundle"]
         skipped = [{"secret": r.secret, "namespace": r.namespace, "place": r.place, "reason": r.reason}
                    for r in results if r.state == "ca-bundle"]
@@ -111,12 +112,12 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
 
         data = {"source": "places", "time": _t(now), "places": [t.description for t in targets],
                 "credentials": creds, "skipped": skipped, "counts": _counts(creds), "unfinished": found_unfinished,
-                "crls": _crls(place_crl_samples(results, existing_store(ctx)), now), "warnings": warnings}
+                "crls": _crls(place_crl_samples(results, home_store), now), "warnings": warnings}
         _warn(warnings)
         if prometheus or textfile:
             from kimpki.ops.metrics import place_samples
 
-            _metrics(place_samples(results, existing_store(ctx)), now, prometheus, textfile)
+            _metrics(place_samples(results, home_store), now, prometheus, textfile)
         if not prometheus:
             emit(data, as_json, _places_text)
     if fail_on:
