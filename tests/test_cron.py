@@ -81,7 +81,7 @@ def test_the_crontab_line_names_everything_cron_lacks(home_with_ca, tmp_path):
         assert words[1:3] == ["-m", "kimpki"]
         words = [words[0]] + words[3:]
     assert words[1:] == ["--home", home, "renew", "--namespace", NS, "--kubeconfig", str(kubeconfig),
-                         ">>", f"{home}/renew.log", "2>&1"]
+                         "--log-file", f"{home}/renew.log"]
     data = kimpki.json("cron", "render", "--schedule", "@daily", env={"KUBECONFIG": str(kubeconfig)})
     assert data["schedule"] == "@daily" and data["line"].startswith("@daily ")
     assert data["log"] == f"{home}/renew.log" and data["home"] == home and "renew" in data["argv"]
@@ -99,7 +99,7 @@ def test_crontab_options_reach_renew(home_with_ca, tmp_path):
     argv = data["argv"]
     assert argv[argv.index("renew") + 1:] == ["--renew-before", "30d", "--jitter", "2h", "--manifests", str(deploy),
                                               "--log-format", "json", "--passphrase-file", str(pw)]
-    assert data["log"] is None and ">>" not in data["line"]  # output left to cron's mail
+    assert data["log"] is None and "--log-file" not in data["line"]  # output left to cron's mail
     assert data["schedule"] == "0 4 * * mon"
     # a % would end the command in a crontab: escaped
     line = kimpki.json("cron", "render", "--manifests", str(deploy), "--log", str(tmp_path / "renew-%Y.log"))["line"]

@@ -427,3 +427,33 @@ def test_gc_waits_for_the_store_lock(kimpki):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------------- renew's log file
+def test_attack_renew_log_file_symlink_is_refused(kimpki, tmp_path):
+    """The crontab line used to say '>> LOG 2>&1', which the shell opens through a planted link."""
+    kimpki.ok("ca", "init", "root")
+    deploy = kimpki.cwd / "deploy"
+    deploy.mkdir()
+    victim = _victim(tmp_path)
+    log = kimpki.cwd / "renew.log"  # say in a folder other users can write
+    log.symlink_to(victim)
+    assert_one_line_error(kimpki("renew", "--manifests", deploy, "--log-file", log), 1,
+                          "is a symbolic link: kimpki does not append its log through one")
+    assert victim.read_text() == "precious\n" and log.is_symlink()
+    fifo = kimpki.cwd / "renew.fifo"
+    os.mkfifo(fifo)
+    assert_one_line_error(kimpki("renew", "--manifests", deploy, "--log-file", fifo), 1, "is not a regular file")
+
+
+def test_renew_log_file_is_private_and_appended(kimpki):
+    kimpki.ok("ca", "init", "root")
+    deploy = kimpki.cwd / "deploy"
+    deploy.mkdir()
+    log = kimpki.cwd / "renew.log"
+    for _ in range(2):
+        res = kimpki.ok("renew", "--manifests", deploy, "--log-file", log, "--json")
+        assert res.out == res.err == ""  # everything went to the log
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    text = log.read_text()
+    assert text.count("checked 0, due 0") == 2 and text.count('"renewed": 0') == 2, text

@@ -33,7 +33,7 @@ deferred (logged with the next window's opening; exit 0), unless waiting would l
 expire or come within a day (or a tenth of its lifetime) of notAfter: then it is
 renewed now, and the log says why.
 \b
-Output: the log goes to stderr, one line per action (renewed, failed, would renew,
+Output: the log goes to stderr (or --log-file), one line per action (renewed, failed, would renew,
 deferred, finished: a Secret already serving the new certificate a killed run wrote,
 whose pending version is now promoted in the store)
 and a final summary line ("nothing due; next renewal TIME (NAMESPACE/SECRET)" when
@@ -234,6 +234,9 @@ def summary_line(s) -> str:
 @click.option("--dry-run", is_flag=True, help="Say what is due and would be renewed; issue and write nothing.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines on stderr as text or one JSON object per line.")
+@click.option("--log-file", metavar="FILE",
+              help="Append the log and the summary to FILE instead of stderr/stdout (created 0600; never "
+                   "through a symbolic link, unlike a shell's '>> FILE'). 'kimpki cron render' uses it.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
               help="How long to wait for another run's lock before giving up (exit 0, nothing done).")
 @click.option("--textfile", metavar="FILE.prom",
@@ -252,7 +255,7 @@ def summary_line(s) -> str:
 @json_option
 @click.pass_context
 def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, renew_before, jitter, dry_run,
-            log_format, lock_wait, textfile, pushgateway, job, qps, burst, passphrase_file, as_json):
+            log_format, log_file, lock_wait, textfile, pushgateway, job, qps, burst, passphrase_file, as_json):
     """Renew every managed credential inside its renewal window.
 
     Reads the Secrets kimpki manages (label app.kubernetes.io/managed-by=kimpki),
@@ -268,6 +271,8 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
 
         raise UsageError("--burst needs --qps (the client-side limit is off without it)")
     settings = rule_settings(renew_before, jitter)
+    if log_file:
+        _redirect_output(log_file)
     log = Log(log_format)
     client = dict(qps=qps, burst=burst or max(int(qps), 1),
                   notice=lambda text: log("warning", "api_pushback", text))
@@ -275,6 +280,21 @@ def command(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, conte
     with report if report is not None else contextlib.nullcontext():
         _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log,
              lock_wait, passphrase_file, as_json, report, client)
+
+
+def _redirect_output(log_file: str) -> None:
+    """Everything this run prints (log lines, summary, errors) goes to the log file from here on."""
+    import os
+    import sys
+
+    from kimpki.store.fs import append_log_nofollow
+
+    fd = append_log_nofollow(log_file)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _run(ctx, manifests, namespace, all_namespaces, policy, kubeconfig, context, settings, dry_run, log, lock_wait,

@@ -3,7 +3,8 @@
 **crontab** (:func:`crontab_entry`): one line that runs this very kimpki (the console script
 beside the running Python, else ``python -m kimpki``, by absolute path: cron's PATH is minimal)
 on this home (``--home``, absolute: cron does not set KIMPKI_HOME), appending its output to a
-log file (``>> LOG 2>&1``) or, with no log, leaving it to cron's mail. No ``flock`` wrapper:
+log file (``renew --log-file LOG``, which never follows a planted link as ``>> LOG`` would) or,
+with no log, leaving it to cron's mail. No ``flock`` wrapper:
 renew takes the home's renewal lock itself and a second run says so and exits 0. ``%`` is
 escaped, as crontab turns a bare ``%`` into a newline.
 
@@ -178,8 +179,6 @@ class CrontabEntry:
     def command(self) -> str:
         words = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()] + [shlex.quote(a) for a in self.argv]
         cmd = " ".join(words)
-        if self.log is not None:
-            cmd += f" >> {shlex.quote(str(self.log))} 2>&1"
         return cmd.replace("%", "\\%")  # crontab: an unescaped % ends the command
 
     @property
@@ -194,7 +193,9 @@ class CrontabEntry:
 def crontab_entry(*, schedule: str, home: Path, renew_args: list[str], log: Path | None) -> CrontabEntry:
     """The crontab line running ``kimpki --home HOME renew RENEW_ARGS``."""
     argv, env = kimpki_argv()
-    return CrontabEntry(check_schedule(schedule), argv + ["--home", str(home), "renew", *renew_args], env,
+    # renew opens the log itself (--log-file): a shell's '>> LOG' would follow a link planted there
+    logging = ["--log-file", str(log)] if log is not None else []
+    return CrontabEntry(check_schedule(schedule), argv + ["--home", str(home), "renew", *renew_args, *logging], env,
                         log, home)
 
 

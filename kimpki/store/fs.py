@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import ctypes
+import errno
 import os
 import signal
 import stat
@@ -226,6 +227,28 @@ def write_output(path: Path | str, data: bytes, mode: int = PUBLIC_FILE) -> None
         write_atomic(path, data, mode)
     except OSError as e:
         raise OperationError(f"cannot write {path}: {e.strerror}") from None
+
+
+def append_log_nofollow(path: Path | str) -> int:
+    """Open a log file at a path the user chose for appending: created 0600, never through a
+    symbolic link (a link planted at ``/tmp/renew.log`` would otherwise aim kimpki's appends at any
+    file its user can write, as a shell's ``>> FILE`` does). Returns the descriptor."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OperationError(f"{path} is a symbolic link: kimpki does not append its log through one; "
+                                 f"remove it or choose another file") from None
+        if e.errno == errno.ENXIO:  # a FIFO nobody reads (O_NONBLOCK: refused instead of hanging)
+            raise OperationError(f"{path} is not a regular file: the log must be one") from None
+        raise OperationError(f"cannot open the log {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or reach elsewhere
+        os.close(fd)
+        raise OperationError(f"{path} is not a regular file: the log must be one")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def tighten_stdout(what: str) -> str | None:
