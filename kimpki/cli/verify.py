@@ -194,7 +194,8 @@ def _write_verify_metrics(path: str, reports: list) -> None:
                    "checks that it is of that algorithm and verifies.")
 @click.option("--http-path", metavar="PATH", help="Also GET this path over HTTP/1.1 and expect 2xx, e.g. /health.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
-              help="Give up on the whole check after this long.")
+              help="Give up on the whole check after this long, name resolution included (a DNS server "
+                   "that does not answer fails with name_resolution at this bound).")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Repeat the check until it passes or SECONDS have passed, e.g. right after 'kimpki "
                    "rotate' while the gateway picks up the new certificate; a last attempt gets only "

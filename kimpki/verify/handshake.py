@@ -60,6 +60,7 @@ from typing import Iterable
 from kimpki import __version__
 from kimpki.verify.report import Reason, Report, ServedCert, rfc3339
 from kimpki.verify.target import Mode, Target
+from kimpki.verify.tcp import ResolveTimeout, open_tcp
 
 ALPN = ("h2", "http/1.1")
 ALPN_HTTP1 = ("http/1.1",)
@@ -414,7 +415,7 @@ def _connect(target: Target, ctx: ssl.SSLContext, deadline: float, *, http_path:
         att.error = TimeoutError("deadline")
         return att
     try:
-        raw = socket.create_connection((target.connect_address, target.port), timeout=left)
+        raw = open_tcp(target.connect_address, target.port, deadline)
     except OSError as e:
         att.error = e
         return att
@@ -535,6 +536,10 @@ def _tls_detail(err: BaseException, target: Target) -> str:
 
 def _connect_failure(report: Report, target: Target, err: BaseException | None) -> Report:
     ep = target.endpoint
+    if isinstance(err, ResolveTimeout):
+        hint = "" if target.address else "; give the gateway's address with --connect ADDR[:PORT]"
+        return report.failed("connect", Reason.NAME_RESOLUTION,
+                             f"cannot resolve {target.connect_address}: no answer within {target.timeout:g} s{hint}")
     if _is_timeout(err):
         return report.failed("connect", Reason.TIMEOUT, f"no TCP connection to {ep} within {target.timeout:g} s")
     if isinstance(err, ConnectionRefusedError):
