@@ -8,7 +8,9 @@ from typing import Callable
 
 from kimpki.errors import OperationError, UsageError
 from kimpki.ops.authority import read_ca_cert
-from kimpki.pki import chain, parse
+from cryptography import x509
+
+from kimpki.pki import chain, parse, revocation
 from kimpki.pki.renewal import lifecycle_state, renewal_time
 from kimpki.store import Store
 
@@ -53,8 +55,12 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
             raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
                              f"(see 'kimpki list')") from None
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    other = _revocation_data(data)
+    if other is not None:
+        return _inspect_revocation_data(source, other, ca_ref, open_store, now)
     certs = parse.load_certificates(data, str(source))
-    out = {"file": str(source.resolve()), "certificates": [parse.describe(c, now) for c in certs]}
+    out = {"file": str(source.resolve()), "kind": "certificates",
+           "certificates": [parse.describe(c, now) for c in certs]}
     if ca_ref:
         roots, inter, label = _ca_certs(ca_ref, open_store)
         try:
@@ -63,6 +69,38 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
                             "path": [c.subject.rfc4514_string() for c in built], "error": None}
         except OperationError as e:
             out["chain"] = {"ok": False, "against": label, "path": [], "error": str(e)}
+    return out
+
+
+def _revocation_data(data: bytes):
+    """A CRL or an OCSP response in ``data`` (what a ``<CA>.crl`` file, a Secret's ``ca.crl`` or
+    ``tls.ocsp-staple`` holds), or None: certificates, or nothing readable."""
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return None
+    crl = revocation.load_crl(data)
+    if crl is not None:
+        return crl
+    if b"-----BEGIN" not in data:
+        return revocation.load_ocsp_response(data)
+    return None
+
+
+def _inspect_revocation_data(source: Path, obj, ca_ref: str | None, open_store: Callable[[], Store],
+                             now: datetime) -> dict:
+    """``inspect`` of a CRL or an OCSP response; with ``--ca``, whether that CA signed it."""
+    if isinstance(obj, x509.CertificateRevocationList):
+        out = {"file": str(source.resolve()), "kind": "crl", "certificates": [],
+               "crl": revocation.describe_crl(obj, now)}
+    else:
+        out = {"file": str(source.resolve()), "kind": "ocsp_response", "certificates": [],
+               "ocsp_response": revocation.describe_ocsp_response(obj, now)}
+    if ca_ref:
+        roots, inter, label = _ca_certs(ca_ref, open_store)
+        signer = next((c for c in [*inter, *roots] if revocation.signed_by(obj, c)), None)
+        what = "CRL" if out["kind"] == "crl" else "OCSP response"
+        out["signature"] = {"ok": signer is not None, "against": label,
+                            "signer": signer.subject.rfc4514_string() if signer is not None else None,
+                            "error": None if signer is not None else f"the {what} is not signed by {label}"}
     return out
 
 

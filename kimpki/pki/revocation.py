@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
@@ -185,3 +187,91 @@ def staple_refusal(der: bytes, serial: int) -> str | None:
     if info.serial != serial:
         return f"answers for serial {info.serial:x}, not the certificate's {serial:x}"
     return None
+
+
+# ------------------------------------------------------------------ reading CRLs and responses
+_PEM_CRL = b"-----BEGIN X509 CRL-----"
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList | None:
+    """The CRL in ``data`` (PEM ``X509 CRL`` block or DER), or None when it holds none."""
+    try:
+        if _PEM_CRL in data:
+            return x509.load_pem_x509_crl(data[data.index(_PEM_CRL):])
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        return None
+
+
+def load_ocsp_response(data: bytes) -> ocsp.OCSPResponse | None:
+    """The DER OCSP response in ``data`` (a staple as ``tls.ocsp-staple`` holds it), or None."""
+    try:
+        resp = ocsp.load_der_ocsp_response(data)
+        resp.response_status  # noqa: B018 - parsed lazily: touch it so a bad body fails here
+        return resp
+    except ValueError:
+        return None
+
+
+def describe_crl(crl: x509.CertificateRevocationList, now: datetime) -> dict:
+    """What ``kimpki inspect`` shows of a CRL: issuer, number, validity and every entry."""
+    try:
+        number: int | None = crl_number(crl)
+    except x509.ExtensionNotFound:
+        number = None
+    entries = []
+    for r in crl:
+        try:
+            flag = r.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            reason = next((n for n, f in REASONS.items() if f == flag), flag.name)
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        entries.append({"serial": format(r.serial_number, "x"), "revoked_at": rfc3339(r.revocation_date_utc),
+                        "reason": reason})
+    nxt = crl.next_update_utc
+    return {"issuer": crl.issuer.rfc4514_string(), "number": number, "this_update": rfc3339(crl.last_update_utc),
+            "next_update": rfc3339(nxt) if nxt else None, "expired": nxt is not None and nxt < now,
+            "signature_hash": crl.signature_hash_algorithm.name if crl.signature_hash_algorithm else None,
+            "entries": entries}
+
+
+def describe_ocsp_response(resp: ocsp.OCSPResponse, now: datetime) -> dict:
+    """What ``kimpki inspect`` shows of an OCSP response (a staple)."""
+    status = resp.response_status.name.lower()
+    if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return {"response_status": status, "responses": []}
+    responses = []
+    for one in resp.responses:
+        info = StapleInfo(one.serial_number, {ocsp.OCSPCertStatus.GOOD: "good",
+                                              ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(one.certificate_status,
+                                                                                          "unknown"),
+                          one.this_update_utc, one.next_update_utc)
+        d = info.to_dict()
+        if info.status == "revoked":
+            flag = one.revocation_reason
+            d["revocation_reason"] = next((n for n, f in REASONS.items() if f == flag), "unspecified")
+            d["revoked_at"] = rfc3339(one.revocation_time_utc)
+        d["expired"] = info.next_update is not None and info.next_update < now
+        responses.append(d)
+    return {"response_status": status, "produced_at": rfc3339(resp.produced_at_utc),
+            "responder": (resp.responder_name.rfc4514_string() if resp.responder_name is not None
+                          else "key hash " + resp.responder_key_hash.hex()),
+            "signature_hash": resp.signature_hash_algorithm.name if resp.signature_hash_algorithm else None,
+            "responses": responses}
+
+
+def signed_by(obj: x509.CertificateRevocationList | ocsp.OCSPResponse, ca: x509.Certificate) -> bool:
+    """True when ``ca``'s key signed this CRL or OCSP response (names and signature)."""
+    if isinstance(obj, x509.CertificateRevocationList):
+        return obj.issuer == ca.subject and obj.is_signature_valid(ca.public_key())
+    pub = ca.public_key()
+    try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(obj.signature, obj.tbs_response_bytes, padding.PKCS1v15(), obj.signature_hash_algorithm)
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(obj.signature, obj.tbs_response_bytes, ec.ECDSA(obj.signature_hash_algorithm))
+        else:
+            pub.verify(obj.signature, obj.tbs_response_bytes)
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
