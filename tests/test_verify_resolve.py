@@ -40,16 +40,21 @@ def _namespaces_available() -> bool:
     return subprocess.run(["unshare", "-rmn", "true"], capture_output=True).returncode == 0
 
 
-def test_verify_gives_up_resolving_at_the_timeout(kimpki, tmp_path):
+def _verify_with_silent_dns(kimpki, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``kimpki verify ARGS`` in namespaces where the only DNS server never answers."""
     if not _namespaces_available():
         pytest.skip("needs unshare -rmn (user namespaces) and ip to stand up a silent DNS server")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
     inside = tmp_path / "inside.py"
     inside.write_text(INSIDE)
-    proc = subprocess.run(["unshare", "-rmn", sys.executable, str(inside), str(resolv),
-                           sys.executable, "-m", "kimpki", "verify", HOST, "--timeout", "1", "--json"],
+    return subprocess.run(["unshare", "-rmn", sys.executable, str(inside), str(resolv),
+                           sys.executable, "-m", "kimpki", "verify", *args],
                           capture_output=True, text=True, cwd=kimpki.cwd, env=kimpki.env, timeout=120)
+
+
+def test_verify_gives_up_resolving_at_the_timeout(kimpki, tmp_path):
+    proc = _verify_with_silent_dns(kimpki, tmp_path, HOST, "--timeout", "1", "--json")
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     report = json.loads(proc.stdout)
     assert report["reason"] == "name_resolution"
@@ -59,15 +64,7 @@ def test_verify_gives_up_resolving_at_the_timeout(kimpki, tmp_path):
 
 
 def test_verify_text_names_the_unanswered_lookup_in_one_line(kimpki, tmp_path):
-    if not _namespaces_available():
-        pytest.skip("needs unshare -rmn (user namespaces) and ip to stand up a silent DNS server")
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.1\n")
-    inside = tmp_path / "inside.py"
-    inside.write_text(INSIDE)
-    proc = subprocess.run(["unshare", "-rmn", sys.executable, str(inside), str(resolv),
-                           sys.executable, "-m", "kimpki", "verify", HOST, "--timeout", "0.5"],
-                          capture_output=True, text=True, cwd=kimpki.cwd, env=kimpki.env, timeout=120)
+    proc = _verify_with_silent_dns(kimpki, tmp_path, HOST, "--timeout", "0.5")
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 1
     assert "no answer within 0.5 s" in proc.stdout + proc.stderr
