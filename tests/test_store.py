@@ -7,6 +7,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,193 @@ def test_a_batch_shares_one_ca_file_among_its_versions_and_a_single_issue_writes
     assert all(p.read_bytes() == root_pem for p in cas)
     lone = Path(kimpki.json("issue", "lone.example.com")["cert"]).with_name("ca.crt")
     assert os.stat(lone).st_nlink == 1 and lone.read_bytes() == root_pem
+
+
+# -- a store batch (apply, renew): a new version's files are written in place ----------------------
+
+def _policy(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "p.yaml").write_text("---\n".join(
+        ["apiVersion: kimpki.io/v1alpha1\nkind: CertificateAuthority\nmetadata: {name: root}\nspec: {}\n"] + [
+            f"apiVersion: kimpki.io/v1alpha1\nkind: Certificate\nmetadata: {{name: {n}}}\n"
+            f"spec: {{hosts: [{n}], ca: root}}\n" for n in names]))
+    return folder
+
+
+def _versions_on_disk(home: Path) -> set[tuple[str, str]]:
+    return {(d.name, v.name) for d in (home / "certs").iterdir() for v in (d / "versions").iterdir()}
+
+
+def _assert_whole_store(kimpki) -> dict[str, str]:
+    """Every version folder on disk is one the inventory names, nothing is left for gc, each
+    name's `current` link points at the version the inventory calls current, and the modes
+    hold; returns {name: current serial}."""
+    rows = kimpki.json("list", "--all")["items"]
+    assert _versions_on_disk(kimpki.home) == {(r["name"], r["serial"]) for r in rows}
+    left = kimpki.json("gc", "--dry-run")
+    assert (left["orphans"], left["temporary_files"], left["repaired_links"]) == ([], [], []), left
+    current = {r["name"]: r["serial"] for r in rows if r["version"] == "current"}
+    for name, serial in current.items():
+        version = kimpki.home / "certs" / name / "versions" / serial
+        assert os.readlink(kimpki.home / "certs" / name / "current") == f"versions/{serial}"
+        assert mode(version) == 0o700 and mode(version.parent) == 0o700 and mode(version.parent.parent) == 0o700
+        assert mode(version / "cert.key") == 0o600 and (version / "cert.key").read_bytes().startswith(b"-----BEGIN")
+        assert mode(version / "cert.crt") == 0o644 and mode(version / "ca.crt") == 0o644
+    return current
+
+
+# (KIMPKI_TEST_KILL_AT pattern, KIMPKI_TEST_KILL_NTH: which match, whether the batch committed).
+# The batch issues three new names; the kill lands in the second one's write (or, for ca.crt
+# written rather than linked, in the first one's), or after the commit, at the second `current` link.
+BATCH_KILL_STEPS = [
+    ("mkdir versions/*", 2, False),
+    ("opened */cert.key", 2, False),  # the key file exists, empty: written in place, no temporary
+    ("placed */cert.key", 2, False),
+    ("opened */cert.crt", 2, False),
+    ("placed */cert.crt", 2, False),
+    ("opened */ca.crt", 1, False),  # the batch's one written ca.crt
+    ("placed */ca.crt", 2, False),  # a hard link to it
+    ("placed */current", 2, True),  # a new name's link, made with one symlink() after the commit
+]
+
+
+@pytest.mark.parametrize("kill_at,nth,committed", BATCH_KILL_STEPS, ids=[f"{s[0]}#{s[1]}" for s in BATCH_KILL_STEPS])
+def test_a_kill_mid_batch_leaves_no_orphan_after_the_next_run_and_loses_nothing(kimpki, kill_at, nth, committed):
+    kimpki.ok("ca", "init", "root")
+    old_names, new_names = ["a0.example.com", "a1.example.com"], ["a2.example.com", "a3.example.com", "a4.example.com"]
+    kimpki.ok("apply", "-f", _policy(kimpki.cwd / "pol", old_names))
+    before = _assert_whole_store(kimpki)
+    old_keys = {n: (kimpki.home / "certs" / n / "current/cert.key").read_bytes() for n in old_names}
+
+    marker = kimpki.cwd / "killed-at"
+    pol = _policy(kimpki.cwd / "pol", old_names + new_names)
+    res = kimpki("apply", "-f", pol, env={"KIMPKI_TEST_KILL_AT": kill_at, "KIMPKI_TEST_KILL_NTH": str(nth),
+                                          "KIMPKI_TEST_KILL_MARKER": str(marker)})
+    assert res.code == -signal.SIGKILL, (res.code, res.err)
+    (landed,) = marker.read_text().splitlines()
+    assert fnmatch.fnmatchcase(landed, kill_at), landed
+    rows = kimpki.json("list", "--all")["items"]
+    if committed:  # all three recorded; the links of the first two made, the third's not yet
+        assert sorted(r["name"] for r in rows) == old_names + new_names
+        assert [os.path.lexists(kimpki.home / "certs" / n / "current") for n in new_names] == [True, True, False]
+    else:  # nothing recorded, and no `current` link shows a reader the unrecorded files
+        assert {r["name"]: r["serial"] for r in rows} == before
+        assert not any(os.path.lexists(kimpki.home / "certs" / n / "current") for n in new_names)
+        orphans = _versions_on_disk(kimpki.home) - {(r["name"], r["serial"]) for r in rows}
+        assert sorted(n for n, _ in orphans) == new_names[:nth]  # killed in the nth version's write
+
+    kimpki.ok("apply", "-f", pol)  # the next run collects what the killed one left and finishes
+    after = _assert_whole_store(kimpki)
+    assert sorted(after) == old_names + new_names
+    assert {n: after[n] for n in old_names} == before  # nothing lost
+    assert {n: (kimpki.home / "certs" / n / "current/cert.key").read_bytes() for n in old_names} == old_keys
+
+
+def run_python(kimpki, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child Python with the test's kimpki environment."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=kimpki.env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+
+
+# A link planted in a batch's new version folder the moment it is made (as another process of the
+# user could): the write in place must refuse it and never follow it. (The file, which version of
+# the batch: the first writes ca.crt, the second links it.)
+PLANTED = [(f, nth) for f in ("cert.key", "cert.crt", "ca.crt") for nth in (1, 2)]
+
+
+@pytest.mark.parametrize("planted,nth", PLANTED, ids=[f"{f}#{n}" for f, n in PLANTED])
+def test_a_link_planted_at_a_version_file_of_a_batch_is_refused_not_followed(kimpki, planted, nth):
+    kimpki.ok("ca", "init", "root")
+    names = ["b0.example.com", "b1.example.com"]
+    pol = _policy(kimpki.cwd / "pol", names)
+    victim = kimpki.cwd / "victim"  # where the link points: nothing there, nothing may appear
+    proc = run_python(kimpki, f"""
+        import os
+        from kimpki.store import store as s
+        real = s.kill_point
+        def plant(step, path):
+            real(step, path)
+            if step == "mkdir" and {names[nth - 1]!r} in str(path):
+                os.symlink({str(victim)!r}, os.path.join(path, {planted!r}))
+        s.kill_point = plant
+        from kimpki.cli.main import main
+        main(["apply", "-f", {str(pol)!r}])
+    """)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to overwrite" in lines[0] and planted in lines[0], proc.stderr
+    assert not os.path.lexists(victim)
+    # What was issued before the refusal is kept; the refused version's folder is collected.
+    assert [r["name"] for r in kimpki.json("list")["items"]] == names[:nth - 1]
+    kimpki.ok("apply", "-f", pol)
+    assert sorted(_assert_whole_store(kimpki)) == names
+    assert not os.path.lexists(victim)
+
+
+def test_a_link_planted_at_current_of_a_new_name_in_a_batch_is_replaced_not_followed(kimpki):
+    kimpki.ok("ca", "init", "root")
+    names = ["c0.example.com", "c1.example.com"]
+    elsewhere = kimpki.cwd / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_python(kimpki, f"""
+        import os
+        from kimpki.store import store as s
+        real = s.kill_point
+        def plant(step, path):
+            real(step, path)
+            if step == "mkdir" and "c1.example.com" in str(path):
+                os.symlink({str(elsewhere)!r}, os.path.join(os.path.dirname(os.path.dirname(path)), "current"))
+        s.kill_point = plant
+        from kimpki.cli.main import main
+        main(["apply", "-f", {str(_policy(kimpki.cwd / "pol", names))!r}])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    current = _assert_whole_store(kimpki)  # c1's link points at its version, as the inventory says
+    assert sorted(current) == names
+
+
+OTHER_UID = 65534  # "another user" (tests run as root)
+# A folder of a batch's second name that existed before it: (which level, what it is).
+FOREIGN = [("name", "owned by uid 65534"), ("versions", "owned by uid 65534"), ("name", "is a symbolic link"),
+           ("versions", "is a symbolic link")]
+
+
+@pytest.mark.parametrize("level,problem", FOREIGN, ids=[f"{lv}-{p.split()[-1]}" for lv, p in FOREIGN])
+def test_a_batch_checks_the_folders_that_existed_and_refuses_another_users(kimpki, level, problem):
+    kimpki.ok("ca", "init", "root")
+    names = ["e0.example.com", "e1.example.com"]
+    (kimpki.home / "certs").mkdir(mode=0o700)
+    folder = kimpki.home / "certs" / names[1] / ("versions" if level == "versions" else "")
+    folder.parent.mkdir(mode=0o700, exist_ok=True)
+    elsewhere = kimpki.cwd / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if problem.endswith("link"):
+        folder.rmdir() if folder.exists() else None
+        folder.symlink_to(elsewhere)
+    else:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chown(folder, OTHER_UID, OTHER_UID)
+    res = kimpki("apply", "-f", _policy(kimpki.cwd / "pol", names))
+    assert_one_line_error(res, 1, problem, str(folder).rstrip("/"))
+    assert list(elsewhere.iterdir()) == []
+    assert [r["name"] for r in kimpki.json("list")["items"]] == names[:1]  # the first, issued before, is kept
+
+
+@pytest.mark.parametrize("umask", ["077", "277"])
+def test_a_batch_sets_the_modes_whatever_the_umask(kimpki, umask):
+    """A batch skips chmod when the umask cannot have taken a bit the mode needs; under 077 the
+    certificates still end up 0644 and under 277 (no owner write) the folders 0700 and keys 0600."""
+    kimpki.ok("ca", "init", "root")
+    names = ["u0.example.com", "u1.example.com"]
+    pol = _policy(kimpki.cwd / "pol", names)
+    proc = subprocess.run(["sh", "-c", f'umask {umask} && exec "$0" -m kimpki apply -f "$1"', sys.executable, pol],
+                          env=kimpki.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # Looked at before any other kimpki command (which would tighten a folder's mode it finds).
+    certs = kimpki.home / "certs"
+    folders = [certs, *certs.iterdir(), *certs.glob("*/versions"), *certs.glob("*/versions/*")]
+    assert len(folders) == 1 + 3 * len(names) and {mode(f) for f in folders} == {0o700}, folders
+    files = {f.name: mode(f) for f in certs.glob("*/versions/*/*")}
+    assert files == {"cert.key": 0o600, "cert.crt": 0o644, "ca.crt": 0o644}
+    assert sorted(_assert_whole_store(kimpki)) == names
