@@ -230,10 +230,10 @@ def write_in_new_folder(path: str, data: bytes, mode: int) -> None:
 
 
 def make_new_symlink(link: str, target: str) -> None:
-    """Make ``link`` point at ``target`` when nothing is there yet (a ``current`` link in a
-    folder a batch made): one symlink(), atomic, no temporary link and rename. Anything found
-    there is replaced as :func:`point_symlink` does, never followed. Not synced (a batch's links
-    follow the inventory, see the store)."""
+    """Make ``link`` point at ``target`` where no link was (a ``current`` a batch makes for a
+    name that had none): one symlink(), atomic, no temporary link and rename. Anything found
+    there after all is replaced as :func:`point_symlink` does, never followed. Not synced (a
+    batch's links follow the inventory, see the store)."""
     try:
         os.symlink(target, link)
     except FileExistsError:

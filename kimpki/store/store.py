@@ -669,11 +669,9 @@ class Store:
         saves reading it again."""
         rec = record if record is not None and record.id == record_id else self.get_cert_by_id(record_id)
         link = self.cert_dir(rec.name) / "current"
-        # A name whose folder this batch made has no link yet (nobody else writes in that folder):
-        # the link is made with one symlink(), not a temporary link and a rename.
-        new_name = self._batch and self._batch_folders.get(("certs", rec.name)) is True
-        if not new_name:
-            self._check_current_link(link)
+        # A name whose folder this batch made has no link yet (nobody else writes in that folder).
+        made_here = self._batch and self._batch_folders.get(("certs", rec.name)) is True
+        linked = False if made_here else self._check_current_link(link)
         previous = self.find_cert(rec.name)
         if previous is not None and previous.id != rec.id:
             self.db.execute("UPDATE certificates SET state='previous' WHERE id=?", (previous.id,))
@@ -683,7 +681,7 @@ class Store:
         # collection points any link a crash left behind at the version it calls current.
         sync = not self._batch
         target = f"versions/{rec.serial}"
-        if new_name:
+        if self._batch and not linked:  # one symlink(), not a temporary link and a rename
             self._after_commit.append(lambda: make_new_symlink(os.fspath(link), target))
         else:
             self._after_commit.append(lambda: point_symlink(link, target, sync=sync))
@@ -732,16 +730,18 @@ class Store:
         places = [p for p in json.loads(row["deployed_to"]) if p != where] + [where]
         self.db.execute("UPDATE certificates SET deployed_to=? WHERE id=?", (json.dumps(places), record_id))
 
-    def _check_current_link(self, link: Path) -> None:
-        """A ``current`` that is a real folder (not the link kimpki makes) is damage kimpki will
-        not repair by itself: the folder may hold someone's files. Said in one line, naming it."""
+    def _check_current_link(self, link: Path) -> bool:
+        """Whether ``current`` exists. A ``current`` that is a real folder (not the link kimpki
+        makes) is damage kimpki will not repair by itself: the folder may hold someone's files.
+        Said in one line, naming it."""
         try:
             st = os.lstat(link)
         except FileNotFoundError:
-            return
+            return False
         if stat.S_ISDIR(st.st_mode):
             raise damaged(self.home, link, "is a folder, not the symbolic link to versions/<serial> kimpki makes",
                           f"move it away (mv {link} {link}.damaged) and run the command again")
+        return True
 
     # -- leftovers of killed runs --------------------------------------------------------------
     def collect_garbage(self, *, now: datetime, pending_bound: timedelta | None = PENDING_BOUND,
