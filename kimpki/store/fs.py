@@ -212,9 +212,10 @@ def write_in_new_folder(path: str, data: bytes, mode: int) -> None:
     Only for a folder this process made and nothing records yet (a store batch's new version
     folder): a kill mid-write leaves a partial file in a folder no inventory row names, which the
     next run removes, and the batch syncs the file system before any row names it. ``O_EXCL``
-    refuses an existing file (a key is never overwritten) and, as ``O_NOFOLLOW`` says, a
-    symbolic link there, which is never followed. The file is created with ``mode`` (a key is
-    never readable by others, not even empty); fchmod only when the umask took some of its bits."""
+    refuses whatever is already there (a key is never overwritten), a symbolic link included,
+    which is never followed (``O_NOFOLLOW`` says so too). The file is created with ``mode`` (a
+    key is never readable by others, not even empty); fchmod only when the umask took some of
+    its bits."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except FileExistsError:
@@ -318,11 +319,11 @@ def private_subdir(base: Path, *parts: str, create: bool = True,
                 make_private_dir(path)
                 made = True
             except FileExistsError:  # created concurrently by another kimpki process
-                st = os.lstat(path)
-        if not made:
+                st = check_owned_dir(path, "the store folder")
+        else:
             _check_owned_stat(path, st, "the store folder")
-            if stat.S_IMODE(st.st_mode) != PRIVATE_DIR:
-                os.chmod(path, PRIVATE_DIR)  # ours, but readable by others (an old umask)
+        if st is not None and stat.S_IMODE(st.st_mode) != PRIVATE_DIR:
+            os.chmod(path, PRIVATE_DIR)  # ours, but readable by others (made under another umask)
         if known is not None:
             known[parts[:i + 1]] = made
     return Path(path)
