@@ -632,8 +632,8 @@ class Store:
         under one root share one ``ca.crt``: the first is written, the others are hard links to
         it (a new file costs this file system ten times what a link does; versions are never
         rewritten, so sharing the file is invisible to readers; when no link can be made, the
-        link count, it is written). Paths are strings here, not ``Path``: 1,000 issuances would
-        spend a tenth of a second joining them."""
+        link count, it is written). Paths are strings here, not ``Path``: a batch joins thousands
+        of them, and a pathlib join costs several times an f-string."""
         versions = os.fspath(private_subdir(self.home, "certs", name, "versions", known=self._batch_folders))
         vdir = f"{versions}/{serial}"
         try:
