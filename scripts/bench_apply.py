@@ -6,7 +6,8 @@ Two policies, generated in a temporary directory:
   credentials  the same plus one SIMPLE Credential per certificate and one Gateway naming them
                all, written to a manifests folder (what `kimpki gateway serve -f` reads).
 
-Each run starts from a fresh copy of the home that holds only the CA. With --against GIT_REF,
+Each run starts from a fresh copy of the home that holds only the CA, all made before the first
+timed run and removed after the last (see fresh_runs). With --against GIT_REF,
 kimpki as it was at that commit runs the same apply right after, run for run (the anchor).
 
   scripts/bench apply [--certs 1000] [--runs 3] [--against 1b44aa0] [--cases certs,credentials]
@@ -53,11 +54,23 @@ def policy(folder: Path, n: int, credentials: bool) -> Path:
     return folder
 
 
-def apply_once(cmd: list[str], template: Path, pol: Path, work: Path) -> tuple[float, float]:
-    home = work / "run-home"
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(pol / "out", ignore_errors=True)
-    shutil.copytree(template, home, symlinks=True)
+def fresh_runs(template: Path, pol: Path, work: Path, n: int) -> list[tuple[Path, Path]]:
+    """``n`` (home, policy folder) pairs, each a fresh copy, all made before the first timed run.
+
+    Nothing is deleted between timed runs: on ext4, creating inodes right after thousands were
+    deleted (the last run's 6,000) makes each creation scan past the freed ones, which would time
+    the benchmark's own clean-up rather than kimpki. The copies go with the temporary folder."""
+    runs = []
+    for i in range(n):
+        home, folder = work / f"run-{pol.name}-{i}" / "home", work / f"run-{pol.name}-{i}" / pol.name
+        shutil.copytree(template, home, symlinks=True)
+        folder.mkdir()
+        shutil.copy2(pol / "policy.yaml", folder / "policy.yaml")
+        runs.append((home, folder))
+    return runs
+
+
+def apply_once(cmd: list[str], home: Path, pol: Path) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMPKI_")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -90,9 +103,10 @@ def main() -> None:
             pol = policy(work / case, args.certs, case == "credentials")
             walls: dict[str, list[float]] = {n: [] for n, _ in sides}
             cpus: dict[str, list[float]] = {n: [] for n, _ in sides}
+            runs = iter(fresh_runs(template, pol, work, args.runs * len(sides)))
             for _ in range(args.runs):  # A B A B ...
                 for name, cmd in sides:
-                    w, c = apply_once(cmd, template, pol, work)
+                    w, c = apply_once(cmd, *next(runs))
                     walls[name].append(w)
                     cpus[name].append(c)
             for name, _ in sides:

@@ -162,14 +162,25 @@ def kimpki_at(ref: str, work: Path) -> list[str]:
             "from kimpki.cli.main import main; main()"]
 
 
-def renew_once(cmd: list[str], template_home: Path, secrets: list[dict], srv, work: Path, due: int) -> dict:
-    """One `renew` of DUE due Secrets from a fresh copy of the home: wall and CPU time, requests."""
-    import resource
+def fresh_homes(template_home: Path, work: Path, n: int) -> list[Path]:
+    """``n`` copies of the home, all made before the first timed run and removed with the
+    temporary folder after the last: on ext4, creating inodes right after thousands were deleted
+    (the last run's new versions) scans past the freed ones, which would time the benchmark's own
+    clean-up rather than kimpki."""
     import shutil
 
-    home = work / "run-home"
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.copytree(template_home, home, symlinks=True)  # the store's `current` links stay links
+    homes = []
+    for i in range(n):
+        home = work / f"run-{i}" / "home"
+        shutil.copytree(template_home, home, symlinks=True)  # the store's `current` links stay links
+        homes.append(home)
+    return homes
+
+
+def renew_once(cmd: list[str], home: Path, secrets: list[dict], srv, due: int) -> dict:
+    """One `renew` of DUE due Secrets from a fresh copy of the home: wall and CPU time, requests."""
+    import resource
+
     srv.put_objects(secrets)  # every Secret due again (the last run renewed them)
     env = env_for(home, srv)
     srv.clear_requests()
@@ -199,9 +210,10 @@ def renew_all(args, work: Path) -> None:
         if args.against:
             sides.append((f"kimpki@{args.against}", kimpki_at(args.against, work)))
         runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+        homes = iter(fresh_homes(template, work, args.runs * len(sides)))
         for _ in range(args.runs):  # A B A B ...: drift hits both alike
             for name, cmd in sides:
-                runs[name].append(renew_once(cmd, template, secrets, srv, work, args.due))
+                runs[name].append(renew_once(cmd, next(homes), secrets, srv, args.due))
         for name, rs in runs.items():
             print(f"{name:<24} renew {args.due} due: wall {fmt([r['wall'] for r in rs])}; "
                   f"CPU median {statistics.median(r['cpu'] for r in rs):.2f} s; "
