@@ -398,6 +398,38 @@ def test_in_cluster_service_account(kube_api, monkeypatch, tmp_path):
     assert cl.upsert_secret(secret()).action == "created"
 
 
+def test_an_exec_plugin_token_that_expired_is_fetched_again_for_every_request(kube_api, tmp_path):
+    """kimpki sends its requests straight to the client's connection pool, but through the
+    client's auth: the configuration's refresh hook runs the exec plugin again once its token
+    has expired (here: at once), so a token the plugin starts handing out is the one sent."""
+    token_file, runs = tmp_path / "token", tmp_path / "runs"
+    token_file.write_text(kube_api.token)
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, sys\n"
+        "open(sys.argv[2], 'a').write('run\\n')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1', 'kind': 'ExecCredential',\n"
+        "                  'status': {'token': open(sys.argv[1]).read().strip(),\n"
+        "                             'expirationTimestamp': '2000-01-01T00:00:00Z'}}))\n")
+    cfg = yaml.safe_load(Path(kube_api.kubeconfig_path).read_text())
+    cfg["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                        "command": sys.executable,
+                                        "args": [str(plugin), str(token_file), str(runs)],
+                                        "interactiveMode": "Never"}}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    cl = Cluster.connect(kubeconfig=str(path))
+    assert cl.upsert_secret(secret()).action == "created"  # a GET and a POST
+    assert cl.get("Secret", NS, "kim-credential") is not None
+    assert len(runs.read_text().splitlines()) == 1 + 3  # loading the kubeconfig, then once per request
+    token_file.write_text("a-token-the-server-does-not-know")
+    with pytest.raises(kerr.Unauthorized):
+        cl.get("Secret", NS, "kim-credential")
+    token_file.write_text(kube_api.token)
+    assert cl.get("Secret", NS, "kim-credential") is not None
+    cl.close()
+
+
 # --------------------------------------------------------------------------- list, apply, patch
 def test_list_follows_continue_tokens(cluster, kube_api):
     for i in range(1234):
