@@ -64,9 +64,22 @@ def _read(path, what: str) -> bytes:
         raise OperationError(f"cannot read the {what} {path}: {e.strerror}") from None
 
 
+def _parse_ca_certificates(ca_pem: bytes, ca_label: str) -> list[x509.Certificate]:
+    try:
+        return parse.load_certificates(ca_pem, ca_label)
+    except KimpkiError as e:
+        raise OperationError(f"cannot read the CA certificate {ca_label}: {e}") from None
+
+
+def ca_certificates(store: Store, ca_pem: bytes, ca_label: str) -> list[x509.Certificate]:
+    """``ca_pem`` parsed, once per store batch (a renewal checks 100 credentials of one CA in one)."""
+    return store.memo(("ca_certificates", ca_pem, ca_label), lambda: _parse_ca_certificates(ca_pem, ca_label))
+
+
 def check_server_material(rec: CertRecord, chain_pem: bytes, key_pem: bytes, ca_pem: bytes, ca_label: str,
-                          now: datetime) -> None:
-    """Raise a one-line OperationError unless the material is fit to serve (see the module doc)."""
+                          now: datetime, roots: list[x509.Certificate] | None = None) -> None:
+    """Raise a one-line OperationError unless the material is fit to serve (see the module doc).
+    ``roots``: ``ca_pem`` already parsed (:func:`ca_certificates`)."""
     name = rec.name
     try:
         certs = parse.load_certificates(chain_pem, str(rec.cert_path))
@@ -88,10 +101,8 @@ def check_server_material(rec: CertRecord, chain_pem: bytes, key_pem: bytes, ca_
         raise OperationError(f"{name}: the private key in {rec.key_path} does not match the certificate "
                              f"(serial {parse.serial_hex(leaf)}); refusing to publish a credential that cannot "
                              f"complete a handshake")
-    try:
-        roots = parse.load_certificates(ca_pem, ca_label)
-    except KimpkiError as e:
-        raise OperationError(f"cannot read the CA certificate {ca_label}: {e}") from None
+    if roots is None:
+        roots = _parse_ca_certificates(ca_pem, ca_label)
     try:
         chain.build_path(leaf, certs[1:], roots, now)
     except chain.ChainError as e:
@@ -133,7 +144,8 @@ def prepare_record(store: Store, rec: CertRecord, spec: CredentialSpec, *, now: 
         issuer = store.find_ca(rec.ca)
         published_ca = root_of(store, issuer).name if issuer is not None else rec.ca
         ca_label = f"{published_ca!r}"
-    check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now)
+    check_server_material(rec, chain_pem, key_pem, ca_pem, ca_label, now,
+                          roots=ca_certificates(store, ca_pem, ca_label))
     bundle = trust_bundle(store, published_ca, ca_pem) if spec.mutual else None
     crls = client_trust_crls(store, bundle, now) if spec.mutual else None
     staple = (stapling.staple_for(store, rec, now=now, passphrase=passphrase, current=stapling.secret_staple(current))

@@ -578,29 +578,33 @@ def _issue_batch(store: Store, batch: list[CredentialResult], *, now: datetime,
 
     b = _Batch(batch)
     rots = b.rots
-    for i, r in enumerate(batch):
-        try:
-            rots[i] = rotation.plan_rotation(store, r.target.place, r.cred, now=now, dry_run=dry_run)
-        except Exception as e:  # noqa: BLE001 - one credential's surprise must not stop the others
-            _fail(r, e)
-    if dry_run:
-        return b
     try:
-        rotation.issue_pending(store, list(rots.values()), now=now, passphrase=passphrase)
+        # One store batch for the three steps (issue_pending's joins it): what is the same for
+        # every credential of the batch (CA records, the loaded issuer, parsed CA certificates,
+        # trust bundles; Store.memo) is read once, not once per credential. Its commit makes the
+        # new versions pending; the Secrets are written after it (_start_writes).
+        with store.batch() if not dry_run else contextlib.nullcontext():
+            for i, r in enumerate(batch):
+                try:
+                    rots[i] = rotation.plan_rotation(store, r.target.place, r.cred, now=now, dry_run=dry_run)
+                except Exception as e:  # noqa: BLE001 - one credential's surprise must not stop the others
+                    _fail(r, e)
+            if dry_run:
+                return b
+            rotation.issue_pending(store, list(rots.values()), now=now, passphrase=passphrase)
+            for i, rot in list(rots.items()):
+                if rot.failure is not None:
+                    _fail(batch[i], rot.failure)
+                    del rots[i]
+            for i, rot in list(rots.items()):
+                try:
+                    # The store's connection is this thread's.
+                    rotation.prepare_rotation(store, rot, now=now, passphrase=passphrase)
+                except Exception as e:  # noqa: BLE001
+                    _fail(batch[i], e)
+                    del rots[i]
     except Exception as e:  # noqa: BLE001 - the batch could not be committed: none of it is pending
         for i in list(rots):
-            _fail(batch[i], e)
-            del rots[i]
-    for i, rot in list(rots.items()):
-        if rot.failure is not None:
-            _fail(batch[i], rot.failure)
-            del rots[i]
-
-    for i, rot in list(rots.items()):
-        try:
-            # The store's connection is this thread's.
-            rotation.prepare_rotation(store, rot, now=now, passphrase=passphrase)
-        except Exception as e:  # noqa: BLE001
             _fail(batch[i], e)
             del rots[i]
     return b
