@@ -52,7 +52,7 @@ def make_ca(home: Path, name: str = CA) -> None:
 
 def credential(home: Path, secret: str, host: str, *, age: timedelta = timedelta(0), days: float = 90,
                mutual: bool = False, ca_secret: bool = False, namespace: str = NS, fmt: str = "generic",
-               now: datetime | None = None) -> list[dict]:
+               now: datetime | None = None, ca: str = CA) -> list[dict]:
     """Issue a server certificate for ``host`` whose validity began ``age`` ago and lasts ``days``,
     and build its credential Secret(s) as ``kimpki secret create`` does (without its refusal of
     expired material, so that tests can hold expired credentials too)."""
@@ -62,7 +62,7 @@ def credential(home: Path, secret: str, host: str, *, age: timedelta = timedelta
     not_before = now - age - timedelta(minutes=5)
     store = Store.open(home)
     try:
-        rec = issuing.issue(store, [host], ca_name=CA, now=now, passphrase=lambda _: None,
+        rec = issuing.issue(store, [host], ca_name=ca, now=now, passphrase=lambda _: None,
                             not_before=not_before, not_after=not_before + days * DAY).record
         material = CredentialMaterial(rec.cert_path.read_bytes(), rec.key_path.read_bytes(),
                                       rec.ca_path.read_bytes() if mutual else None)
@@ -266,6 +266,32 @@ def test_a_mutual_credential_keeps_its_separate_ca_secret(kimpki, kube_api):
     assert set(main["data"]) == {"cert", "key"}  # the CA stays in NAME-cacert, where Istio reads it first
     assert set(cacert["data"]) == {"cacert"}
     assert cacert["metadata"]["annotations"]["kimpki.io/serial"] == served_serial(main)
+
+
+def test_credentials_of_two_cas_renewed_in_one_batch_each_chain_to_their_own(kimpki, tmp_path):
+    """A batch checks every new credential against its CA with what it parsed once for the batch
+    (the CA certificates, by content): credentials of two CAs, interleaved in one batch, are each
+    checked against their own CA, renewed, and published with it."""
+    make_ca(kimpki.home, "one.example")
+    make_ca(kimpki.home, "two.example")
+    folder = tmp_path / "deploy"
+    for i in range(4):
+        ca = ("one.example", "two.example")[i % 2]
+        write_manifests(folder, credential(kimpki.home, f"cred-{i}", f"h{i}.{ca}", age=70 * DAY, ca=ca))
+    r = kimpki("renew", "--manifests", folder, "--json")
+    assert r.code == 0, r.err
+    assert (r.json["renewed"], r.json["failed"]) == (4, 0), [x["reason"] for x in r.json["results"]]
+    store = Store.open(kimpki.home)
+    try:
+        ca_certs = {ca: parse.load_certificates(store.get_ca(ca).cert_path.read_bytes())[0]
+                    for ca in ("one.example", "two.example")}
+    finally:
+        store.close()
+    for i in range(4):
+        ca = ("one.example", "two.example")[i % 2]
+        secret = folder_secret(folder, f"cred-{i}")
+        assert secret["metadata"]["annotations"]["kimpki.io/ca"] == ca
+        parse.load_certificates(decoded(secret)["cert"])[0].verify_directly_issued_by(ca_certs[ca])
 
 
 def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api):
