@@ -430,6 +430,73 @@ def test_an_exec_plugin_token_that_expired_is_fetched_again_for_every_request(ku
     cl.close()
 
 
+class ConnectProxy:
+    """An HTTP proxy that tunnels (CONNECT), as a corporate proxy does for HTTPS; it records
+    the CONNECT lines it served."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connects: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                return client.close()
+            head += chunk
+        line = head.split(b"\r\n")[0].decode()
+        self.connects.append(line)
+        host, port = line.split(" ")[1].rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pump(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_requests_go_through_the_kubeconfig_proxy(kube_api, tmp_path, monkeypatch):
+    """kimpki sends through the client's own connection pools: a cluster's proxy-url is honoured."""
+    for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    proxy = ConnectProxy()
+    try:
+        cfg = yaml.safe_load(Path(kube_api.kubeconfig_path).read_text())
+        cfg["clusters"][0]["cluster"]["proxy-url"] = proxy.url
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(cfg))
+        cl = Cluster.connect(kubeconfig=str(path))
+        assert cl.upsert_secret(secret()).action == "created"
+        assert cl.get("Secret", NS, "kim-credential")["data"]["cert"] == b64("CERT-1")
+        cl.close()
+        host = cl.server.split("//")[1]
+        assert proxy.connects and all(c.startswith(f"CONNECT {host} HTTP/") for c in proxy.connects), proxy.connects
+    finally:
+        proxy.close()
+
+
 # --------------------------------------------------------------------------- list, apply, patch
 def test_list_follows_continue_tokens(cluster, kube_api):
     for i in range(1234):

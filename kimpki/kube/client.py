@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from kimpki.errors import UsageError
 from kimpki.istio import contract as c
@@ -65,12 +65,19 @@ class Cluster:
         self.pushback = pushback or Pushback(notice=_stderr_notice)
         self.requests = 0  # how many HTTP requests this Cluster sent
         self._counting = threading.Lock()  # renew writes from several threads
-        from urllib3 import Timeout  # imported with kubernetes, never by "import kimpki.kube"
+        from urllib3 import ProxyManager, Timeout  # imported with kubernetes, not by "import kimpki.kube"
 
-        # The client's connection pool (TLS, client certificates, proxy), used as its REST layer
-        # uses it, minus the retries and redirects kimpki never wants (see kube.config.load).
-        self._pool = api_client.rest_client.pool_manager
-        self._host = api_client.configuration.host.rstrip("/")
+        # Requests go to the client's own urllib3 pools (its TLS settings, client certificate,
+        # proxy, and no retries: see kube.config.load). One server per Cluster, so its connection
+        # pool is looked up once; the pool manager's urlopen would parse the URL and look it up
+        # again for every request. Through an HTTP proxy the manager's urlopen adds what the proxy
+        # needs (its headers, absolute URLs), so there it is used with the whole URL.
+        manager = api_client.rest_client.pool_manager
+        host = api_client.configuration.host.rstrip("/")
+        if isinstance(manager, ProxyManager):
+            self._urlopen, self._prefix = manager.urlopen, host
+        else:
+            self._urlopen, self._prefix = manager.connection_from_url(host).urlopen, urlsplit(host).path
         self._timeouts = Timeout(connect=timeout, read=timeout)
 
     # ------------------------------------------------------------------ construction
@@ -131,7 +138,7 @@ class Cluster:
             raise kerr.ConfigError(f"cannot get credentials for the Kubernetes API at {self.server}: "
                                    f"{kerr.one_line(str(e), 200)}") from None
         # The query as the client's parameters_to_url_query writes it (values quoted, "/" kept).
-        url = self._host + resource_path + ("?" + "&".join(f"{k}={quote(str(v))}" for k, v in query) if query else "")
+        url = self._prefix + resource_path + ("?" + "&".join(f"{k}={quote(str(v))}" for k, v in query) if query else "")
         pb = self.pushback
         waited = 0.0  # seconds spent honouring Retry-After for this request
         read_retries = 0
@@ -140,7 +147,8 @@ class Cluster:
             with self._counting:  # renew writes from several threads
                 self.requests += 1
             try:
-                resp = self._pool.urlopen(method, url, body=payload, headers=headers, timeout=self._timeouts)
+                resp = self._urlopen(method, url, body=payload, headers=headers, timeout=self._timeouts,
+                                     redirect=False)  # an API server answers, it does not redirect
                 data = resp.data
             except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
                 raise kerr.from_transport(call, e, self.timeout) from None
