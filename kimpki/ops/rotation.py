@@ -164,11 +164,10 @@ def _organization(cred: ManagedCredential, current: CertRecord | None) -> str | 
     return str(attrs[0].value) if attrs else None
 
 
-def _usable_pending(store: Store, store_name: str, hosts: tuple[str, ...], ca: str, now: datetime,
+def _usable_pending(rec: CertRecord | None, hosts: tuple[str, ...], ca: str, now: datetime,
                     key_type: keys.KeyType | None = None) -> CertRecord | None:
-    """The pending version an earlier run left, if it still fits: same hosts and CA (and key type,
-    when one is asked for), a key, valid."""
-    rec = store.find_cert(store_name, state="pending")
+    """``rec``, the pending version an earlier run left, if it still fits: same hosts and CA (and
+    key type, when one is asked for), a key, valid."""
     if rec is None or not rec.has_key or rec.ca != ca or rec.kind != "server":
         return None
     if sorted(rec.hosts) != sorted(hosts) or not rec.not_before <= now < rec.not_after:
@@ -181,9 +180,13 @@ def _usable_pending(store: Store, store_name: str, hosts: tuple[str, ...], ca: s
 def landed_pending(store: Store, cred: ManagedCredential) -> CertRecord | None:
     """The pending version the Secret already serves: an earlier run's write landed but its
     answer was lost (dropped connection, timeout, kill) before the store was told."""
-    rec = store.find_cert(cred.store_name, state="pending")
-    if rec is not None and cred.served_serial is not None and rec.serial == cred.served_serial:
-        return rec
+    return _served(store.find_cert(cred.store_name, state="pending"), cred)
+
+
+def _served(pending: CertRecord | None, cred: ManagedCredential) -> CertRecord | None:
+    """``pending`` when the Secret serves it (see :func:`landed_pending`)."""
+    if pending is not None and cred.served_serial is not None and pending.serial == cred.served_serial:
+        return pending
     return None
 
 
@@ -218,7 +221,8 @@ def plan_rotation(store: Store, place: SecretPlace, cred: ManagedCredential, *, 
                   key_type: keys.KeyType | None = None) -> Rotation:
     """Step 1 (the Secret is read): what to issue, from which CA, or which pending version to reuse."""
     current = store.find_cert(cred.store_name)
-    landed = landed_pending(store, cred)
+    pending = store.find_cert(cred.store_name, state="pending")  # read once: landed, or reusable
+    landed = _served(pending, cred)
     if landed is not None:
         # Finish what the earlier run wrote (its issuer, and the CA its Secret names), whatever asked now.
         issuer, published = landed.ca, cred.ca
@@ -238,7 +242,7 @@ def plan_rotation(store: Store, place: SecretPlace, cred: ManagedCredential, *, 
     rot = Rotation(place, cred, result, issuer, published)
     if dry_run:
         return rot
-    rot.pending = landed or _usable_pending(store, cred.store_name, cred.hosts, issuer, now, key_type)
+    rot.pending = landed or _usable_pending(pending, cred.hosts, issuer, now, key_type)
     if rot.pending is not None:
         result.action = "resumed"
     else:
