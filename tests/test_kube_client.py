@@ -497,6 +497,23 @@ def test_requests_go_through_the_kubeconfig_proxy(kube_api, tmp_path, monkeypatc
         proxy.close()
 
 
+def test_requests_go_through_the_environment_proxy_for_https(kube_api, monkeypatch):
+    """$HTTPS_PROXY is chosen for the server's scheme when the kubeconfig is loaded, and every
+    request (each one refreshes the token, which sets the host again) goes through it."""
+    for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    proxy = ConnectProxy()
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    try:
+        cl = Cluster.connect(kubeconfig=kube_api.kubeconfig_path)
+        assert cl.upsert_secret(secret()).action == "created"
+        assert cl.get("Secret", NS, "kim-credential") is not None
+        cl.close()
+        assert proxy.connects, "the requests did not go through $HTTPS_PROXY"
+    finally:
+        proxy.close()
+
+
 # --------------------------------------------------------------------------- list, apply, patch
 def test_list_follows_continue_tokens(cluster, kube_api):
     for i in range(1234):

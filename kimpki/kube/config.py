@@ -141,6 +141,11 @@ def load(kubeconfig: str | None, context: str | None):
     # Never retry behind our back: a retried PUT/POST could apply twice, and retries print
     # warnings. A failed request is reported as one line instead.
     cfg.retries = False
+    # The proxy (the kubeconfig's proxy-url, else $HTTPS_PROXY/$HTTP_PROXY for this server) is
+    # settled here: the client builds its connection pools with it, once, just below. Pinned,
+    # the token refresh hook, which sets the host again before every request, no longer reads
+    # the whole environment again each time to work it out anew (client-go reads it once too).
+    cfg.proxy = cfg.proxy
     client = ApiClient(configuration=cfg)
     from kimpki import __version__
 
