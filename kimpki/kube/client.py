@@ -1,9 +1,10 @@
 """``Cluster``: the few Kubernetes API calls kimpki makes, returning plain dicts.
 
-Every call goes through the official client's ``ApiClient`` (its configuration loading, TLS,
-auth and connection pool) as raw JSON: no model classes, so Istio custom resources and
-built-ins look the same and ``data`` values stay base64 strings, exactly as ``kubectl get -o
-json`` shows them. Errors become one-line :class:`kimpki.kube.errors.KubeError` values.
+Every call goes through the official client's ``ApiClient``: its configuration loading, TLS,
+auth (with its token refresh hook) and urllib3 connection pool, with raw JSON bodies: no model
+classes, so Istio custom resources and built-ins look the same and ``data`` values stay base64
+strings, exactly as ``kubectl get -o json`` shows them. Errors become one-line
+:class:`kimpki.kube.errors.KubeError` values.
 
 Writes are create-or-update *in place* guarded by ``metadata.resourceVersion``, never delete
 and re-create: istiod would otherwise see the credential vanish, and the gateway's listeners
@@ -121,9 +122,10 @@ class Cluster:
                          subresource)
         resource_path = path(k, version, namespace, name, subresource)
         # The client's own default headers (User-Agent), then ours; the body serialized once, here.
-        # The request goes straight to the client's urllib3 pool manager: the generated
-        # param_serialize/sanitize/call_api layers cost more CPU than the request itself in a
-        # renewal of 1,000 Secrets, and only re-did for plain JSON dicts what json.dumps does.
+        # The request goes straight to the client's urllib3 connection pool (see __init__): the
+        # generated param_serialize/sanitize/call_api layers cost about as much CPU as the request
+        # itself in a renewal of 1,000 Secrets, and only re-did for plain JSON dicts what
+        # json.dumps does.
         headers = {**self._api.default_headers, "Accept": JSON}
         payload = None
         if body is not None:
@@ -138,7 +140,9 @@ class Cluster:
             raise kerr.ConfigError(f"cannot get credentials for the Kubernetes API at {self.server}: "
                                    f"{kerr.one_line(str(e), 200)}") from None
         # The query as the client's parameters_to_url_query writes it (values quoted, "/" kept).
-        url = self._prefix + resource_path + ("?" + "&".join(f"{k}={quote(str(v))}" for k, v in query) if query else "")
+        url = self._prefix + resource_path
+        if query:
+            url += "?" + "&".join(f"{key}={quote(str(value))}" for key, value in query)
         pb = self.pushback
         waited = 0.0  # seconds spent honouring Retry-After for this request
         read_retries = 0
@@ -150,7 +154,7 @@ class Cluster:
                 resp = self._urlopen(method, url, body=payload, headers=headers, timeout=self._timeouts,
                                      redirect=False)  # an API server answers, it does not redirect
                 data = resp.data
-            except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors, ApiException(status=0)
+            except Exception as e:  # noqa: BLE001 - urllib3/ssl/socket errors
                 raise kerr.from_transport(call, e, self.timeout) from None
             if 200 <= resp.status < 300:
                 # e.g. the unknown fields the server dropped (fieldValidation defaults to Warn):
