@@ -3,7 +3,7 @@
 import pytest
 
 from kimpki.errors import UsageError
-from kimpki.pki.names import parse_host, safe_store_name
+from kimpki.pki.names import parse_host, parse_hosts, safe_store_name
 from tests.conftest import assert_one_line_error
 
 GOOD = [
@@ -36,6 +36,8 @@ BAD = [
     ("kim-.example.com", "hyphen"),
     ("kim example.com", "white space"),
     (" kim.example.com", "white space"),
+    ("kim\u2003example.com", "white space"),  # an em space: any character str.isspace() accepts
+    ("kim.example.com\u00a0", "white space"),
     ("kim/example.com", "'/'"),
     ("kim_1.example.com", "letters, digits and hyphens"),
     ("", "empty name"),
@@ -47,6 +49,13 @@ BAD = [
 def test_good_names(raw, value, is_ip):
     h = parse_host(raw)
     assert (h.value, h.is_ip) == (value, is_ip)
+
+
+def test_a_parsed_name_is_taken_as_it_is():
+    """A policy's hosts are parsed once, when it is loaded; issuing takes them as they are."""
+    h = parse_host("KIM.Example.COM")
+    assert parse_host(h) is h
+    assert parse_hosts([h, "kim.example.com", parse_host("10.0.0.7")]) == [h, parse_host("10.0.0.7")]
 
 
 @pytest.mark.parametrize("raw,why", BAD)

@@ -17,6 +17,10 @@ import idna
 from kimpki.errors import UsageError
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_SPACE = re.compile(r"\s")  # the characters str.isspace() accepts, found in one scan
+# What an IP literal can look like: IPv4 is digits and dots, IPv6 always holds ':'. Anything else
+# skips ipaddress, whose two failed parses (IPv4, then IPv6) cost more than the rest of a DNS name.
+_MAYBE_IPV4 = re.compile(r"[0-9.]+")
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,21 @@ def _ascii_label(raw: str, label: str) -> str:
     return out
 
 
-def parse_host(raw: str) -> HostName:
-    """Validate and canonicalise one host (DNS name, wildcard or IP literal)."""
+def parse_host(raw: str | HostName) -> HostName:
+    """Validate and canonicalise one host (DNS name, wildcard or IP literal). A :class:`HostName`
+    is parsed already (a policy's hosts are parsed once, when it is loaded): returned as it is."""
+    if isinstance(raw, HostName):
+        return raw
     if raw is None or raw.strip() == "":
         raise UsageError("invalid host name '': empty name")
-    if raw != raw.strip() or any(c.isspace() for c in raw):
+    if _SPACE.search(raw):
         raise _bad(raw, "contains white space")
     text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
-    try:
-        return HostName(str(ipaddress.ip_address(text)), True)
-    except ValueError:
-        pass
+    if ":" in text or _MAYBE_IPV4.fullmatch(text):
+        try:
+            return HostName(str(ipaddress.ip_address(text)), True)
+        except ValueError:
+            pass
     if "/" in raw:
         raise _bad(raw, "contains '/'")
     name = raw[:-1] if raw.endswith(".") else raw  # a fully qualified trailing dot is fine
@@ -80,7 +88,7 @@ def parse_host(raw: str) -> HostName:
         if "*" in label:
             raise _bad(raw, "a wildcard may only be the whole left-most label ('*.example.com')")
     ascii_labels = [_ascii_label(raw, label) for label in labels]
-    if all(label.isdigit() for label in ascii_labels[-1:]):
+    if ascii_labels[-1].isdigit():
         raise _bad(raw, "the last label is all digits (not an IP address nor a DNS name)")
     value = ".".join((["*"] if wildcard else []) + ascii_labels)
     if len(value) > 253:
@@ -100,7 +108,7 @@ def check_san_count(n: int) -> None:
                          f"'*.example.com' or several certificates)")
 
 
-def parse_hosts(raws: list[str] | tuple[str, ...]) -> list[HostName]:
+def parse_hosts(raws: list[str] | tuple[str, ...] | list[HostName] | tuple[HostName, ...]) -> list[HostName]:
     """Validate many hosts; keep order, drop duplicates; at most :data:`MAX_SANS`."""
     distinct = list(dict.fromkeys(raws))
     if len(distinct) > 2 * MAX_SANS:  # far too many, however they are spelt: refused before any parsing
