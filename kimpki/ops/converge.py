@@ -339,7 +339,7 @@ def _certificates(policy: m.Policy, store: Store, report: Report, now: datetime,
             reissued.add(cert.name)
             if execute:
                 try:
-                    res = issuing.issue(store, list(cert.hosts), kind=LeafKind(cert.usage),
+                    res = issuing.issue(store, list(cert.names), kind=LeafKind(cert.usage),
                                         ca_name=issuing_ca(store, cert.ca), org=cert.org,
                                         days=cert.duration.total_seconds() / 86400, key_type=cert.key_type,
                                         name=cert.name, now=now, passphrase=passphrase)

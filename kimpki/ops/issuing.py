@@ -76,13 +76,14 @@ def _sign_and_store(store: Store, *, name: str, hosts: list[HostName], kind: pro
     return IssueResult(rec, cert, previous, rec.ca_path, [])
 
 
-def issue(store: Store, raw_hosts: list[str], *, kind: profiles.LeafKind = profiles.LeafKind.SERVER,
+def issue(store: Store, raw_hosts: list[str] | list[HostName], *, kind: profiles.LeafKind = profiles.LeafKind.SERVER,
           ca_name: str | None = None, org: str | None = None, days: float = 90,
           key_type: keys.KeyType = keys.DEFAULT_KEY_TYPE, name: str | None = None,
           now: datetime, passphrase: PassphraseSource, state: str = "current",
           not_before: datetime | None = None, not_after: datetime | None = None,
           key: keys.PrivateKey | None = None) -> IssueResult:
     """Issue a certificate for ``raw_hosts`` (the first is the CN) and record it in the store.
+    ``raw_hosts``: names as typed, or HostNames parsed already (a policy's), taken as they are.
     ``key``: one made beforehand (of ``key_type``), e.g. before a store batch locks the home."""
     hosts = parse_hosts(raw_hosts)
     if not hosts:

@@ -27,7 +27,7 @@ from kimpki.pki import pairs
 from kimpki.pki.constraints import NameConstraints, violations
 from kimpki.pki.durations import DurationOutOfRange, check_lifetime, parse_duration
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
-from kimpki.pki.names import check_san_count, parse_host, parse_hosts, safe_store_name
+from kimpki.pki.names import HostName, check_san_count, parse_host, parse_hosts, safe_store_name
 from kimpki.pki.renewal import RenewBefore
 from kimpki.pki.windows import MaintenanceWindow, parse_time_of_day, parse_weekdays, parse_zone
 from kimpki.policy import model as m
@@ -241,10 +241,9 @@ def _crl_validity(spec: Fields):
 
 def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Certificate:
     spec.allow("hosts", "usage", "ca", "org", "keyType", "duration", "renewBefore", "dual")
-    hosts: dict[str, None] = {}  # ordered, and a linear duplicate check
+    hosts: dict[HostName, None] = {}  # ordered, and a linear duplicate check
     for text, node in spec.strings("hosts", required=True, non_empty=True):
-        h = spec.check("hosts", node, lambda: parse_host(text))
-        hosts[h.value] = None
+        hosts[spec.check("hosts", node, lambda: parse_host(text))] = None
     spec.check("hosts", spec.node_of("hosts"), lambda: check_san_count(len(hosts)))
     usage = spec.string("usage", default="server")
     if usage not in ("server", "client"):
@@ -262,7 +261,7 @@ def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.C
             raise spec.error(rb_node, f"spec.renewBefore must be a duration (30d, 12h) or a percentage of the "
                                       f"lifetime (25%), not {rb_text!r}") from None
     refs["hosts"] = spec.where("hosts")
-    return m.Certificate(name, where_of(doc.file, doc.node), hosts=tuple(hosts), ca=ca, usage=usage,
+    return m.Certificate(name, where_of(doc.file, doc.node), names=tuple(hosts), ca=ca, usage=usage,
                          org=spec.string("org"), key_type=_key_type(spec), duration=_duration(spec, "duration", "90d"),
                          renew_before=rb, renew_before_text=rb_text, dual=spec.boolean("dual", False))
 
@@ -514,11 +513,10 @@ def _link(raws: list[_Raw], files: tuple[str, ...]) -> m.Policy:
             raise _err(r.refs["ca"], what,
                        f"spec.ca {cert.ca!r} is not a CertificateAuthority in the policy{_known(cas)}")
         # Constraints of the CA and every CA above it, as issuance will apply them.
-        hosts = parse_hosts(list(cert.hosts))
         a: m.CertificateAuthority | None = authorities[cert.ca]
         while a is not None:
             if a.constraints is not None:
-                problems = violations(a.constraints, hosts, cert.duration)
+                problems = violations(a.constraints, list(cert.names), cert.duration)
                 if problems:
                     raise _err(r.refs["hosts"], what, f"CA {a.name} does not allow it: {problems[0]}")
             a = authorities.get(a.parent) if a.parent else None

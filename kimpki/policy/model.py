@@ -12,6 +12,7 @@ from pathlib import Path
 from kimpki.istio import contract as c
 from kimpki.pki.constraints import NameConstraints
 from kimpki.pki.keys import KeyType
+from kimpki.pki.names import HostName
 from kimpki.pki.renewal import RenewBefore
 from kimpki.pki.windows import MaintenanceWindow
 from kimpki.policy.source import Where
@@ -72,7 +73,9 @@ class CertificateAuthority:
 class Certificate:
     name: str  # the name in the store
     where: Where
-    hosts: tuple[str, ...]  # canonical (IDNA A-labels, lower case); the first is the CN
+    # Parsed and checked once, when the policy is loaded; the first is the CN. Issuing takes them
+    # as they are (kimpki.pki.names.parse_host returns a HostName unchanged).
+    names: tuple[HostName, ...]
     ca: str
     usage: str = "server"  # server | client
     org: str | None = None
@@ -81,6 +84,11 @@ class Certificate:
     renew_before: RenewBefore = field(default_factory=lambda: RenewBefore.parse(None))
     renew_before_text: str | None = None
     dual: bool = False  # also the other algorithm's certificate, NAME-rsa or NAME-ecdsa (kimpki.pki.pairs)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The names as written into the certificate: IDNA A-labels, lower case, canonical IPs."""
+        return tuple(h.value for h in self.names)
 
 
 @dataclass(frozen=True)
