@@ -534,3 +534,62 @@ spec: {hosts: [kim.example.com], ca: issuing}
     res = k("issue", "evil.com", "--ca", "issuing", env={"KIMPKI_CA_PASSPHRASE": "battery staple"})
     assert_one_line_error(res, 1, "CA 'root' (above CA 'issuing') refuses this certificate")
     assert k.ok("apply", "-f", policies, env=env).out.strip() == "no changes"
+
+
+def test_apply_records_what_each_certificate_carries(tmp_path):
+    """The inventory row apply writes for a certificate (SANs, subject, serial, validity, key
+    fingerprint) and its chain and CA files are worked out from the hosts and the issuer rather
+    than read back from the certificate just signed: each is checked against the certificate."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from kimpki.pki import keys, parse
+
+    policy = tmp_path / "pki.yaml"
+    policy.write_text("""\
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: root}
+spec: {org: example Inc.}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: issuing}
+spec: {parent: root, duration: 365d}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: mixed}
+spec:
+  hosts: [KIM.Example.com, 10.0.0.7, "bücher.example", "*.kim.example.com", "[2001:DB8::1]", kim.example.com.]
+  ca: issuing
+  org: kim organization
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: ip-client}
+spec: {hosts: [10.0.0.8, ip.example.com], ca: root, usage: client, keyType: rsa-2048}
+""")
+    k = Kimpki(tmp_path / "home", tmp_path)
+    k.ok("apply", "-f", policy)
+    store = Store.open(tmp_path / "home")
+    root = x509.load_pem_x509_certificate((tmp_path / "home/cas/root/ca.crt").read_bytes())
+    issuing = x509.load_pem_x509_certificate((tmp_path / "home/cas/issuing/ca.crt").read_bytes())
+    expected = {"mixed": (["kim.example.com", "xn--bcher-kva.example", "*.kim.example.com"], ["10.0.0.7", "2001:db8::1"],
+                          "CN=kim.example.com,O=kim organization", issuing, [issuing]),
+                "ip-client": (["ip.example.com"], ["10.0.0.8"], "CN=10.0.0.8", root, [])}
+    for name, (dns, ips, subject, issuer, intermediates) in expected.items():
+        rec = store.find_cert(name)
+        leaf, *chain = x509.load_pem_x509_certificates(rec.cert_path.read_bytes())
+        assert (rec.dns_names, rec.ip_addresses) == parse.sans_of(leaf) == (dns, ips), name
+        assert rec.subject == leaf.subject.rfc4514_string() == subject
+        assert rec.serial == parse.serial_hex(leaf)
+        assert (rec.not_before, rec.not_after) == (leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+        assert rec.key_fingerprint == keys.public_key_fingerprint(leaf.public_key())
+        assert chain == intermediates and x509.load_pem_x509_certificates(rec.ca_path.read_bytes()) == [root]
+        # Each issuer's own key identifier, whichever issuer signed last.
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        assert aki == issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment is (name == "ip-client")
+        assert isinstance(leaf.public_key(), rsa.RSAPublicKey) is (name == "ip-client")
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert [o._name for o in eku] == (["clientAuth"] if name == "ip-client" else ["serverAuth"])

@@ -62,8 +62,10 @@ def _sign_and_store(store: Store, *, name: str, hosts: list[HostName], kind: pro
         issuer = load_issuer(store, ca, passphrase)
         cert = profiles.issue_leaf(public_key, hosts, kind, issuer, not_before, not_after, org=org,
                                    serial=fresh_serial(store, ca.name))
-        chain_pem = parse.certs_to_pem([cert, *issuer.chain_below_root])
-        dns, ips = parse.sans_of(cert)
+        chain_pem = parse.certs_to_pem([cert]) + issuer.chain_below_root_pem
+        # The SANs are the hosts just written into it, in order (not read back from the certificate).
+        dns = [h.value for h in hosts if not h.is_ip]
+        ips = [h.value for h in hosts if h.is_ip]
         rec, previous = store.add_cert(
             name, kind=kind.value, ca=ca.name, serial=parse.serial_hex(cert),
             subject=cert.subject.rfc4514_string(), dns_names=dns, ip_addresses=ips,
@@ -71,7 +73,7 @@ def _sign_and_store(store: Store, *, name: str, hosts: list[HostName], kind: pro
             key_type=key_type, key_fingerprint=keys.public_key_fingerprint(public_key),
             chain_pem=chain_pem, key_pem=key_pem,
             # What the holder should trust: during a CA rotation's overlap, old and new roots.
-            ca_pem=trust_bundle(store, ca.name, parse.certs_to_pem([issuer.trust_anchor])),
+            ca_pem=trust_bundle(store, ca.name, issuer.trust_anchor_pem),
             now=now, state=state)
     return IssueResult(rec, cert, previous, rec.ca_path, [])
 

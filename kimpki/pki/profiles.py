@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 
@@ -20,6 +21,7 @@ from kimpki.errors import UsageError
 from kimpki.pki.durations import lifetime_days
 from kimpki.pki.keys import PrivateKey, signature_hash_for
 from kimpki.pki.names import HostName
+from kimpki.pki.parse import certs_to_pem
 
 BACKDATE = timedelta(minutes=5)
 MAX_CN_LENGTH = 64  # ub-common-name in RFC 5280
@@ -54,6 +56,22 @@ class Issuer:
         if self.root is None or self.cert == self.root:
             return list(self.cross)
         return [self.cert, *self.chain]
+
+    # Worked out once per Issuer rather than once per leaf: a store batch (apply, renew) loads
+    # its Issuer once and signs hundreds of leaves with it. (cached_property writes the
+    # instance's __dict__ directly, which a frozen dataclass allows.)
+    @cached_property
+    def chain_below_root_pem(self) -> bytes:
+        return certs_to_pem(self.chain_below_root)
+
+    @cached_property
+    def trust_anchor_pem(self) -> bytes:
+        return certs_to_pem([self.trust_anchor])
+
+    @cached_property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """The AKI of every certificate this issuer signs."""
+        return authority_key_identifier(self.cert)
 
 
 def utcnow() -> datetime:
@@ -91,6 +109,17 @@ def authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKey
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())
+
+
+# What every leaf of a kind carries, built once: cryptography's extension values are immutable.
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_KEY_USAGE = {  # by "is the key RSA": keyEncipherment only for RSA key transport
+    is_rsa: x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                          crl_sign=False, encipher_only=False, decipher_only=False)
+    for is_rsa in (False, True)}
+_LEAF_EXTENDED_KEY_USAGE = {LeafKind.SERVER: x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                            LeafKind.CLIENT: x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])}
 
 
 def _ca_key_usage() -> x509.KeyUsage:
@@ -172,11 +201,6 @@ def issue_leaf(public_key, hosts: list[HostName], kind: LeafKind, issuer: Issuer
     subject = build_name(first if len(first) <= MAX_CN_LENGTH else None, org)
     sans = [x509.IPAddress(ipaddress.ip_address(h.value)) if h.is_ip
             else x509.DNSName(h.value) for h in hosts]
-    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                          crl_sign=False, encipher_only=False, decipher_only=False)
-    eku = ExtendedKeyUsageOID.SERVER_AUTH if kind is LeafKind.SERVER else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (x509.CertificateBuilder()
                .subject_name(subject)
                .issuer_name(issuer.cert.subject)
@@ -185,9 +209,9 @@ def issue_leaf(public_key, hosts: list[HostName], kind: LeafKind, issuer: Issuer
                .not_valid_before(not_before).not_valid_after(not_after)
                # An empty subject makes the SAN the only identity: RFC 5280 then wants it critical.
                .add_extension(x509.SubjectAlternativeName(sans), critical=len(subject) == 0)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(usage, critical=True)
-               .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+               .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+               .add_extension(_LEAF_KEY_USAGE[isinstance(public_key, rsa.RSAPublicKey)], critical=True)
+               .add_extension(_LEAF_EXTENDED_KEY_USAGE[kind], critical=False)
                .add_extension(_ski(public_key), critical=False)
-               .add_extension(authority_key_identifier(issuer.cert), critical=False))
+               .add_extension(issuer.authority_key_identifier, critical=False))
     return builder.sign(issuer.key, signature_hash_for(issuer.key))
