@@ -97,6 +97,13 @@ def test_deep_nesting_is_refused_by_every_yaml_reader(reader, tmp_path):
         reader(f)
 
 
+def test_nesting_in_a_mapping_key_counts_too():
+    """A key is a node like any other (``{[[...]]: v}``): measured before anything is built."""
+    deep = "data: {" + "[" * 300 + "]" * 300 + ": v}\n"
+    with pytest.raises(KimpkiError, match=r"^deep.yaml:1: nested deeper than 200 levels; refused$"):
+        safe_yaml.compose_all(deep, "deep.yaml")
+
+
 @pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
 def test_oversized_file_is_refused_by_every_yaml_reader(reader, tmp_path, monkeypatch):
     monkeypatch.setattr(safe_yaml, "MAX_FILE_BYTES", 1024 * 1024)

@@ -108,7 +108,15 @@ def _describe(node: yaml.Node) -> str:
     return kind if value is None else f"{kind} ({node.value})"
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def scalar_value(node: yaml.ScalarNode) -> Any:
+    if node.tag == _STR_TAG and isinstance(node, yaml.ScalarNode):
+        # What the safe constructor makes of a string scalar is its text; most scalars of a
+        # policy are strings, and the constructor's bookkeeping costs more than the rest of
+        # reading one (it also remembers every node it has built, here for the whole run).
+        return node.value
     try:
         return _constructor.construct_object(node, deep=True)
     except ConstructorError:
