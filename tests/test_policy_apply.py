@@ -461,6 +461,33 @@ def test_a_manifests_target_never_imports_kubernetes(tmp_path):
     assert (policies / "out" / "kim-credential.yaml").exists()
 
 
+def test_an_apply_of_certificates_alone_imports_no_credential_modules(tmp_path):
+    """Start-up is part of every apply: what a policy without credentials, mounts or CRL settings
+    does not use (credentials, OCSP staples, revocation, the Deployment patch) is not imported."""
+    k = Kimpki(tmp_path / "home", tmp_path)
+    (tmp_path / "pki.yaml").write_text("""\
+apiVersion: kimpki.io/v1alpha1
+kind: CertificateAuthority
+metadata: {name: example.com}
+spec: {}
+---
+apiVersion: kimpki.io/v1alpha1
+kind: Certificate
+metadata: {name: kim.example.com}
+spec: {hosts: [kim.example.com], ca: example.com}
+""")
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['kimpki', 'apply', '-f', {str(tmp_path / 'pki.yaml')!r}]\n"
+            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print('IMPORTED', sorted(m for m in sys.modules if m in ('kimpki.ops.credentials', 'kimpki.ops.stapling', "
+            "'kimpki.ops.revoking', 'kimpki.ops.deployment_patch')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=k.env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED []" in proc.stdout, proc.stdout
+    assert k.json("list")["items"][0]["name"] == "kim.example.com"
+
+
 def test_a_rotated_ca_stands_for_the_policys_ca(tmp_path):
     """After 'kimpki ca rotate' (and 'retire'), the successor is the policy's CA: apply does not move
     certificates back to the old CA, keeps the constraints on every generation, and issues from the

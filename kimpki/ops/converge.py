@@ -35,7 +35,7 @@ from kimpki import secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.volumes import apply_json_patch, mount_ops
-from kimpki.ops import authority, credentials, issuing, stapling
+from kimpki.ops import authority, issuing
 from kimpki.ops import constraints as ca_constraints
 from kimpki.ops.manifest_objects import ManifestFolder, dump_yaml
 from kimpki.ops.places import ClusterPlace, ManifestsPlace, SecretPlace, WriteResult
@@ -281,10 +281,9 @@ def _authorities(policy: m.Policy, store: Store, report: Report, now: datetime, 
 def _crl_validity(ca: m.CertificateAuthority, store: Store, report: Report, execute: bool, *, exists: bool) -> None:
     """The policy's ``crlValidity`` for every generation of the CA: the validity ``revoke``,
     ``renew`` and ``kimpki crl`` sign its next CRLs with (the current CRL stays until then)."""
-    from kimpki.ops import revoking
-
     if ca.crl_validity is None:
         return  # not given: the store's setting (kimpki crl --next-update), else 7 days
+    from kimpki.ops import revoking  # imported only when needed, as the modules for credentials
     for name in generations(store, ca.name) if exists else [ca.name]:
         if exists and revoking.stored_crl_validity(store, name) == ca.crl_validity:
             continue
@@ -372,6 +371,12 @@ def _credentials(policy: m.Policy, store: Store, targets: _Targets, report: Repo
 
 def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report: Report, now: datetime,
                        execute: bool, reissued: set[str], force: bool, deployed: list[tuple[int, dict]]) -> None:
+    if not policy.credentials:
+        return
+    # Imported here: a policy of certificates alone needs neither (nor the revocation and OCSP
+    # modules they bring in).
+    from kimpki.ops import credentials, stapling
+
     for cred in policy.credentials:
         if cred.ca_only:
             _write_ca_only(store, targets, report, cred, now=now, execute=execute, force=force)
@@ -417,6 +422,8 @@ def _write_credentials(policy: m.Policy, store: Store, targets: _Targets, report
 def _write_ca_only(store: Store, targets: _Targets, report: Report, cred: m.Credential, *, now: datetime,
                    execute: bool, force: bool) -> None:
     """A ``caOnly`` Credential: the client CA's bundle (with its CRLs) in a Secret (or ConfigMap) of its own."""
+    from kimpki.ops import credentials
+
     what = f"Credential {cred.name}"
     try:
         place = targets.place(cred.target)
@@ -497,14 +504,14 @@ def volume_patch_file(deployment: str) -> str:
 
 
 def _mounts(policy: m.Policy, targets: _Targets, report: Report, execute: bool) -> None:
-    from kimpki.ops.deployment_patch import patch_deployment
-
     for (_, namespace, deployment), mounts in _mount_groups(policy).items():
         t = mounts[0].target
         source = str(mounts[0].where)
         ref = f"GatewayMount {mounts[0].name}"
         try:
             if t.is_cluster:
+                from kimpki.ops.deployment_patch import patch_deployment
+
                 cluster = targets.cluster(t)
                 outcome = patch_deployment(cluster, namespace, deployment, _compute(mounts), dry_run=not execute)
                 if outcome.ops:
