@@ -283,7 +283,7 @@ def _crl_validity(ca: m.CertificateAuthority, store: Store, report: Report, exec
     ``renew`` and ``kimpki crl`` sign its next CRLs with (the current CRL stays until then)."""
     if ca.crl_validity is None:
         return  # not given: the store's setting (kimpki crl --next-update), else 7 days
-    from kimpki.ops import revoking  # imported only when needed, as the modules for credentials
+    from kimpki.ops import revoking  # only for a policy that sets a CRL validity
     for name in generations(store, ca.name) if exists else [ca.name]:
         if exists and revoking.stored_crl_validity(store, name) == ca.crl_validity:
             continue
