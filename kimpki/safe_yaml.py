@@ -21,6 +21,8 @@ Secrets are long base64 lines, slow for the pure-Python scanner). Problems are
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from pathlib import Path
 from typing import IO, Any
@@ -93,7 +95,8 @@ def _decode(data: bytes, shown: str, newline: str | None) -> str:
 def load_all(text: str, source: str) -> list[Any]:
     """Every document of ``text`` as Python values (safe constructor), each composed and measured
     (:func:`_measure`) before anything is constructed from it."""
-    return [_loaded(loader, loader.construct_document, source, text) for loader in _documents(text, source)]
+    with collector_paused():
+        return [_loaded(loader, loader.construct_document, source, text) for loader in _documents(text, source)]
 
 
 def load(text: str, source: str) -> Any:
@@ -106,7 +109,8 @@ def load(text: str, source: str) -> Any:
 
 def compose_all(text: str, source: str) -> list[yaml.Node]:
     """Every document of ``text`` as nodes that keep their line (``start_mark``), each measured."""
-    return [_loaded(loader, lambda node: node, source, text) for loader in _documents(text, source)]
+    with collector_paused():
+        return [_loaded(loader, lambda node: node, source, text) for loader in _documents(text, source)]
 
 
 def load_file(path: str | Path, shown: str | None = None) -> list[Any]:
@@ -137,6 +141,23 @@ def _json_depth(doc: Any) -> int:
             deepest = max(deepest, depth)
             todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
     return deepest
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off while a file is composed (and constructed), back on
+    after, as it was. Composing builds tens of thousands of small objects that stay alive (a
+    node, its marks, its lists) and form no cycle, so every collection meanwhile would walk the
+    growing tree again for nothing: a fifth of the time of reading a 1,000-document policy.
+    Reference counting still frees whatever is dropped; the input's size is bounded anyway
+    (:data:`MAX_FILE_BYTES`); a cycle (a recursive alias, refused) is collected afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _documents(text: str, source: str):
@@ -277,5 +298,5 @@ def _first_alias_line(root: yaml.Node, expanded: dict[int, tuple[int, int]]) -> 
     return root.start_mark.line + 1
 
 
-__all__ = ["InputError", "LOADER", "MAX_ALIAS_EXPANSION", "MAX_DEPTH", "MAX_FILE_BYTES", "check", "compose_all",
-           "load", "load_all", "load_file", "load_json", "read_stream", "read_text"]
+__all__ = ["InputError", "LOADER", "MAX_ALIAS_EXPANSION", "MAX_DEPTH", "MAX_FILE_BYTES", "check", "collector_paused",
+           "compose_all", "load", "load_all", "load_file", "load_json", "read_stream", "read_text"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -324,6 +325,16 @@ def test_each_mistake_is_one_line_at_its_line(tmp_path, case, text, line, messag
     expected = f"{tmp_path / 'p' / 'case.yaml'}:{line}: {message.format(base=base)}"
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(expected), (str(e.value), expected)
+
+
+def test_loading_leaves_the_garbage_collector_on(tmp_path):
+    """load_policy pauses the cyclic collector while the documents' nodes live; it is on again
+    after a policy, and after a refused one."""
+    assert load(tmp_path, "").certificate("kim.example.com").hosts == ("kim.example.com",)
+    assert gc.isenabled()
+    with pytest.raises(PolicyError):
+        load(tmp_path, H + "kind: Nope\n")
+    assert gc.isenabled()
 
 
 def test_maintenance_windows_on_a_target_are_its_credentials_default(tmp_path):

@@ -3,6 +3,7 @@ recursive alias or an oversized file is one line ``FILE:LINE: message`` (exit 2)
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -95,6 +96,30 @@ def test_deep_nesting_is_refused_by_every_yaml_reader(reader, tmp_path):
     f.write_text("apiVersion: v1\nkind: ConfigMap\ndata: " + "[" * 300 + "]" * 300 + "\n")
     with pytest.raises(KimpkiError, match=rf"^{f}:3: nested deeper than 200 levels; refused$"):
         reader(f)
+
+
+def test_the_garbage_collector_is_paused_while_reading_and_back_after(monkeypatch):
+    """Reading pauses Python's cyclic collector (a large file's nodes form no cycle); it is on
+    again afterwards, after a refusal too, and left off when it was off."""
+    assert gc.isenabled()
+    assert safe_yaml.load_all("a: 1\n---\nb: [2]\n", "ok.yaml") == [{"a": 1}, {"b": [2]}]
+    assert gc.isenabled()
+    for bad in (laughs(), "a: [1\n"):
+        with pytest.raises(KimpkiError):
+            safe_yaml.compose_all(bad, "bad.yaml")
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        safe_yaml.compose_all("a: 1\n", "ok.yaml")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    # Off indeed while the documents are composed and measured.
+    seen = []
+    measure = safe_yaml._measure
+    monkeypatch.setattr(safe_yaml, "_measure", lambda node, source: (seen.append(gc.isenabled()), measure(node, source)))
+    assert len(safe_yaml.compose_all("a: 1\n---\nb: 2\n", "ok.yaml")) == 2 and seen == [False, False]
+    assert gc.isenabled()
 
 
 def test_nesting_in_a_mapping_key_counts_too():

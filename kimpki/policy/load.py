@@ -19,7 +19,7 @@ from typing import Iterable
 
 import yaml
 
-from kimpki import secret_env
+from kimpki import safe_yaml, secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.credential import CredentialSpec, default_ca_file_name
@@ -43,7 +43,14 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def load_policy(paths: Iterable[str | Path]) -> m.Policy:
     """Read and check every policy file under ``paths``; a PolicyError for the first problem."""
-    paths = list(paths)
+    # The documents' nodes live until the policy is built from them, and no longer: no collection
+    # meanwhile (safe_yaml.collector_paused says why); _load's locals, the nodes, are freed by
+    # reference counting when it returns, before the collector is back.
+    with safe_yaml.collector_paused():
+        return _load(list(paths))
+
+
+def _load(paths: list[str | Path]) -> m.Policy:
     docs = read_documents(paths)
     if not docs:
         raise UsageError(f"no policy documents in {', '.join(map(str, paths))}")
