@@ -32,10 +32,21 @@ def compare(name_a: str, run_a: Callable[[], float], name_b: str, run_b: Callabl
           f"  (min {min(ratios):.2f}, max {max(ratios):.2f})\n", flush=True)
 
 
+def compiled(tree: Path) -> Path:
+    """``tree``'s modules compiled to .pyc files now. Python skips writing them when
+    PYTHONDONTWRITEBYTECODE is set (some shells and CI set it): every timed run would then compile
+    the modules changed since the last .pyc was written, and the freshly unpacked anchor would be
+    compiled on every run, timing the compiler rather than kimpki."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree)], check=True, stdout=subprocess.DEVNULL)
+    return tree
+
+
 def kimpki_command(ref: str | None, work: Path) -> list[str]:
     """How to run kimpki: this tree's (``ref`` None), or the ``kimpki`` package as it was at git
-    ``ref``, unpacked once under ``work`` (the anchor of a before/after comparison)."""
+    ``ref``, unpacked once under ``work`` (the anchor of a before/after comparison); compiled
+    first either way (:func:`compiled`)."""
     if ref is None:
+        compiled(ROOT / "kimpki")
         return [sys.executable, "-m", "kimpki"]
     tree = work / f"kimpki-{ref}"
     if not tree.exists():
@@ -43,5 +54,6 @@ def kimpki_command(ref: str | None, work: Path) -> list[str]:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        compiled(tree)
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
             "from kimpki.cli.main import main; main()"]

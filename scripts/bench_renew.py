@@ -51,6 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.kubeapi: the API stand-in
+from bench_common import kimpki_command  # noqa: E402 - scripts/ is sys.path[0] when run as a script
 
 KIMPKI = str(Path(sys.executable).with_name("kimpki"))
 CA_NAME = "bench.example.com"
@@ -152,16 +153,6 @@ def sweep(args, work: Path) -> None:
         srv.stop()
 
 
-def kimpki_at(ref: str, work: Path) -> list[str]:
-    """A command running kimpki as it was at git ``ref`` (its package only, same venv)."""
-    tree = work / f"kimpki-{ref}"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "kimpki"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
-            "from kimpki.cli.main import main; main()"]
-
-
 def fresh_homes(template_home: Path, work: Path, n: int) -> list[Path]:
     """``n`` copies of the home, all made before the first timed run and removed with the
     temporary folder after the last: on ext4, creating inodes right after thousands were deleted
@@ -206,9 +197,9 @@ def renew_all(args, work: Path) -> None:
         if args.hold:
             hold(env_for(template, srv), [KIMPKI, "renew"])
             return
-        sides = [("kimpki", [sys.executable, "-m", "kimpki"])]
+        sides = [("kimpki", kimpki_command(None, work))]
         if args.against:
-            sides.append((f"kimpki@{args.against}", kimpki_at(args.against, work)))
+            sides.append((f"kimpki@{args.against}", kimpki_command(args.against, work)))
         runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
         homes = iter(fresh_homes(template, work, args.runs * len(sides)))
         for _ in range(args.runs):  # A B A B ...: drift hits both alike
