@@ -315,7 +315,7 @@ def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api)
 def test_json_summary_keys(kimpki, three_in_cluster):
     s = kimpki("renew", "--dry-run", "--json", env=kube(three_in_cluster)).json
     assert list(s) == ["dry_run", "time", "places", "lock", "checked", "due", "renewed", "would_renew", "failed",
-                       "skipped", "deferred", "finished", "next_due", "errors", "crls_loaded", "crls_signed", "crls_republished",
+                       "skipped", "deferred", "finished", "would_finish", "next_due", "errors", "crls_loaded", "crls_signed", "crls_republished",
                        "staples_refreshed", "warnings", "api_requests", "results"]
     assert s["dry_run"] is True and s["lock"] is None  # a dry run takes no lock
     assert s["places"] == [f"namespace {NS} of cluster {three_in_cluster.url}"]
@@ -518,10 +518,18 @@ def test_a_kill_after_the_write_and_before_the_promotion_is_finished_by_the_next
     assert "the next 'kimpki renew' promotes it" in {c["secret"]: c for c in st["credentials"]}["cred-0"]["reason"]
     assert f"cred-0: serves serial {pending.serial}, still pending" in kimpki.ok("status", "--manifests", folder).out
     assert [v.state for v in versions(kimpki.home, "h0.example.com")].count("pending") == 1
+    # A dry run says what the real one will do, and promotes nothing.
+    dry = kimpki("renew", "--manifests", folder, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert (dry.json["finished"], dry.json["would_finish"], dry.json["would_renew"]) == (0, 1, 0), dry.json
+    assert {r["secret"]: r["action"] for r in dry.json["results"]} == {"cred-0": "would finish", "cred-1": "not due"}
+    assert f"would finish istio-system/cred-0" in dry.err and pending.serial in dry.err
+    assert "would finish 1" in dry.err.splitlines()[-1]
+    assert [v.state for v in versions(kimpki.home, "h0.example.com")].count("pending") == 1
     again = kimpki("renew", "--manifests", folder, "--json")
     assert again.code == 0, again.err
     s = again.json
-    assert (s["due"], s["renewed"], s["failed"], s["finished"]) == (0, 0, 0, 1), s
+    assert (s["due"], s["renewed"], s["failed"], s["finished"], s["would_finish"]) == (0, 0, 0, 1, 0), s
     by = {r["secret"]: r for r in s["results"]}
     assert (by["cred-0"]["action"], by["cred-0"]["serial"]) == ("finished", pending.serial)
     assert by["cred-1"]["action"] == "not due"

@@ -35,7 +35,7 @@ renewed now, and the log says why.
 \b
 Output: the log goes to stderr (or --log-file), one line per action (renewed, failed, would renew,
 deferred, finished: a Secret already serving the new certificate a killed run wrote,
-whose pending version is now promoted in the store)
+whose pending version is now promoted in the store; "would finish" in a dry run)
 and a final summary line ("nothing due; next renewal TIME (NAMESPACE/SECRET)" when
 nothing was due); --log-format json makes each line a JSON object (time, level,
 event, secret, namespace, place, serials, message) for log collectors. --json
@@ -111,6 +111,12 @@ class Log:
             self("info", "deferred", f"deferred {r.ref} ({r.place}): {r.state} since {_t(r.renewal_time)}, "
                                      f"valid until {_t(r.not_after)}; {r.reason}",
                  **who, next_window=_t(r.next_window), not_after=_t(r.not_after))
+            return
+        if r.action == rn.WOULD_FINISH:
+            self("info", "would_finish", f"would finish {r.ref} ({r.place}): it already serves serial {r.finished}, "
+                                         f"which an earlier run wrote and left pending in the store: a real run "
+                                         f"promotes it to current, writing nothing",
+                 **who, finished_serial=r.finished)
             return
         if r.action == rn.FINISHED:
             self("info", "finished", f"finished {r.ref} ({r.place}): it already served serial {r.finished}, which an "
@@ -216,6 +222,7 @@ def summary_line(s) -> str:
               + (f"would renew {s.would_renew}" if s.dry_run else f"renewed {s.renewed}")
               + (f", deferred {s.deferred}" if s.deferred else "")
               + (f", finished {len(s.finished)}" if s.finished else "")
+              + (f", would finish {s.would_finish}" if s.would_finish else "")
               + f", failed {s.failed}, skipped {s.skipped}")
     if s.due == 0 and s.failed == 0 and not s.errors:
         return f"nothing due; {upcoming or 'no credentials'}; {counts}"

@@ -67,6 +67,8 @@ NOT_DUE, RENEWED, RESUMED, WOULD_RENEW, FAILED, SKIPPED, DEFERRED = (
 # Its Secret already served the store's pending version (a killed run wrote it, never promoted
 # it): promoted now, nothing written, and not due (it serves a new certificate).
 FINISHED = "finished"
+# The same seen by a dry run, which only reads: the next real run promotes it.
+WOULD_FINISH = "would finish"
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,12 @@ class RenewalSummary:
     @property
     def finished(self) -> list[CredentialResult]:
         """Credentials whose Secret served a pending version an earlier run wrote: promoted."""
-        return [r for r in self.results if r.finished is not None]
+        return [r for r in self.results if r.finished is not None and r.action != WOULD_FINISH]
+
+    @property
+    def would_finish(self) -> int:
+        """A dry run's count of those: the next real run promotes them."""
+        return self._count(WOULD_FINISH)
 
     @property
     def next_window(self) -> CredentialResult | None:
@@ -297,6 +304,7 @@ class RenewalSummary:
             "skipped": self.skipped,
             "deferred": self.deferred,
             "finished": len(self.finished),
+            "would_finish": self.would_finish,
             "next_due": ({"time": _t(nxt.renewal_time), "secret": nxt.secret, "namespace": nxt.namespace,
                           "place": nxt.place} if nxt else None),
             "errors": self.errors,
@@ -693,6 +701,8 @@ def renew(store: Store, targets: list[SweepTarget], *, now: datetime, passphrase
             summary.results = survey(targets, settings, now, summary.errors)
             if not dry_run:  # before anything reads the store's current version of these
                 _finish_landed(store, summary.results, summary.errors)
+            else:
+                _landed_unfinished(store, summary.results, summary.errors)
             _refresh_staples(store, summary, now=now, passphrase=passphrase, dry_run=dry_run)
             pairs_in_step(summary.results)
             _renew_due(store, summary.results, lock, now=now, passphrase=passphrase, dry_run=dry_run,
@@ -723,6 +733,20 @@ def _finish_landed(store: Store, results: list[CredentialResult], errors: list[d
             _fail(r, rot.failure)
         else:
             r.finished = rot.pending.serial
+
+
+def _landed_unfinished(store: Store, results: list[CredentialResult], errors: list[dict]) -> None:
+    """:func:`_finish_landed` for a dry run: finds the same credentials and promotes nothing."""
+    from kimpki.ops import rotation
+
+    try:
+        for r in results:
+            if r.cred is not None and r.state != BROKEN and r.action != SKIPPED:
+                rec = rotation.landed_pending(store, r.cred)
+                if rec is not None:
+                    r.finished = rec.serial
+    except KimpkiError as e:
+        errors.append({"place": "store", "reason": f"pending versions already served not found: {e}"})
 
 
 def unfinished(store: Store | None, results: list[CredentialResult]) -> list[dict]:
@@ -837,7 +861,7 @@ def _renew_due(store: Store, results: list[CredentialResult], lock, *, now: date
                 if r.state == BROKEN:
                     r.action = FAILED
                 elif not r.due:
-                    r.action = FINISHED if r.finished is not None else NOT_DUE
+                    r.action = NOT_DUE if r.finished is None else WOULD_FINISH if dry_run else FINISHED
                 elif r.deferred:  # outside its maintenance windows, and the next one opens in time
                     r.action, r.reason = DEFERRED, r.window.reason
                 else:
