@@ -447,17 +447,23 @@ def test_the_patch_file_is_what_kubectl_patch_takes(kube_env, tmp_path):
     assert ("patch", "Deployment", "istio-ingressgateway") not in actions(report)
 
 
+def imported_by_apply(k: Kimpki, policy: Path, which: str) -> str:
+    """The modules ``m`` for which the expression ``which`` holds that ``kimpki apply -f policy``
+    imported (the list as printed), after checking that the apply succeeded."""
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['kimpki', 'apply', '-f', {str(policy)!r}]\n"
+            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            f"print('IMPORTED', sorted(m for m in sys.modules if {which}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=k.env, capture_output=True, text=True, cwd=policy.parent)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("IMPORTED ", 1)[1].strip()
+
+
 def test_a_manifests_target_never_imports_kubernetes(tmp_path):
     k = Kimpki(tmp_path / "home", tmp_path)
     policies = copy_policies(tmp_path / "policies")
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['kimpki', 'apply', '-f', {str(policies)!r}]\n"
-            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=k.env, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "IMPORTED []" in proc.stdout, proc.stdout
+    assert imported_by_apply(k, policies, "m.split('.')[0] in ('kubernetes', 'urllib3')") == "[]"
     assert (policies / "out" / "kim-credential.yaml").exists()
 
 
@@ -476,15 +482,8 @@ kind: Certificate
 metadata: {name: kim.example.com}
 spec: {hosts: [kim.example.com], ca: example.com}
 """)
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['kimpki', 'apply', '-f', {str(tmp_path / 'pki.yaml')!r}]\n"
-            "try:\n    runpy.run_module('kimpki', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "print('IMPORTED', sorted(m for m in sys.modules if m in ('kimpki.ops.credentials', 'kimpki.ops.stapling', "
-            "'kimpki.ops.revoking', 'kimpki.ops.deployment_patch')))\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=k.env, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "IMPORTED []" in proc.stdout, proc.stdout
+    assert imported_by_apply(k, tmp_path / "pki.yaml", "m in ('kimpki.ops.credentials', 'kimpki.ops.stapling', "
+                                                        "'kimpki.ops.revoking', 'kimpki.ops.deployment_patch')") == "[]"
     assert k.json("list")["items"][0]["name"] == "kim.example.com"
 
 
