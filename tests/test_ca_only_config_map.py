@@ -100,20 +100,21 @@ spec: {}
 ---
 apiVersion: kimpki.io/v1alpha1
 kind: Target
-metadata: {name: out}
-spec: {manifests: out}
+metadata: {name: %(target)s}
+spec: %(where)s
 ---
 apiVersion: kimpki.io/v1alpha1
 kind: Credential
 metadata: {name: %(name)s}
-spec: {caOnly: true, clientCA: pol.example, target: out, configMap: %(config_map)s}
+spec: {caOnly: true, clientCA: pol.example, target: %(target)s, configMap: %(config_map)s}
 """
+LOCAL = {"target": "out", "where": "{manifests: out}"}
 
 
 def test_policy_ca_only_config_map(kimpki, tmp_path):
     (tmp_path / "out").mkdir()
     policy = tmp_path / "p.yaml"
-    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "true"})
+    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "true", **LOCAL})
     d = kimpki.json("apply", "-f", policy)
     assert ("create", "ConfigMap", "pol-clients") in {(a["action"], a["kind"], a["name"]) for a in d["actions"]}
     cm = yaml.safe_load((tmp_path / "out" / "pol-clients.yaml").read_text())
@@ -124,31 +125,16 @@ def test_policy_ca_only_config_map(kimpki, tmp_path):
 
 def test_policy_ca_only_config_map_refusals(kimpki, tmp_path):
     policy = tmp_path / "p.yaml"
-    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "maybe"})
+    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "maybe", **LOCAL})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, f"{policy}:14: Credential pol-clients: spec.configMap must be true or false")
-    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "false"})
+    policy.write_text(POLICY % {"name": "pol-clients", "config_map": "false", **LOCAL})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, "-cacert")
     policy.write_text(POLICY.replace("caOnly: true, ", "certificate: x, ") % {"name": "pol-credential",
-                                                                               "config_map": "true"})
+                                                                               "config_map": "true", **LOCAL})
     assert_one_line_error(kimpki("plan", "-f", policy), 2, "spec.configMap")
 
 
-CLUSTER_POLICY = """\
-apiVersion: kimpki.io/v1alpha1
-kind: CertificateAuthority
-metadata: {name: pol.example}
-spec: {}
----
-apiVersion: kimpki.io/v1alpha1
-kind: Target
-metadata: {name: prod}
-spec: {cluster: {}}
----
-apiVersion: kimpki.io/v1alpha1
-kind: Credential
-metadata: {name: pol-clients}
-spec: {caOnly: true, clientCA: pol.example, target: prod, configMap: true}
-"""
+CLUSTER_POLICY = POLICY % {"name": "pol-clients", "config_map": "true", "target": "prod", "where": "{cluster: {}}"}
 
 
 def test_policy_ca_only_config_map_in_a_cluster(kube_env, kimpki, tmp_path):

@@ -735,33 +735,35 @@ def _finish_landed(store: Store, results: list[CredentialResult], errors: list[d
             r.finished = rot.pending.serial
 
 
-def _landed_unfinished(store: Store, results: list[CredentialResult], errors: list[dict]) -> None:
-    """:func:`_finish_landed` for a dry run: finds the same credentials and promotes nothing."""
+def _landed(store: Store, results: list[CredentialResult]):
+    """``(result, pending version)`` for each credential whose Secret serves its certificate's
+    *pending* version (a run killed after the write, before the promotion). Only reads."""
     from kimpki.ops import rotation
 
+    for r in results:
+        if r.cred is not None and r.state != BROKEN and r.action != SKIPPED:
+            rec = rotation.landed_pending(store, r.cred)
+            if rec is not None:
+                yield r, rec
+
+
+def _landed_unfinished(store: Store, results: list[CredentialResult], errors: list[dict]) -> None:
+    """:func:`_finish_landed` for a dry run: finds the same credentials and promotes nothing."""
     try:
-        for r in results:
-            if r.cred is not None and r.state != BROKEN and r.action != SKIPPED:
-                rec = rotation.landed_pending(store, r.cred)
-                if rec is not None:
-                    r.finished = rec.serial
+        for r, rec in _landed(store, results):
+            r.finished = rec.serial
     except KimpkiError as e:
         errors.append({"place": "store", "reason": f"pending versions already served not found: {e}"})
 
 
 def unfinished(store: Store | None, results: list[CredentialResult]) -> list[dict]:
-    """``kimpki status``: the credentials whose Secret serves the store's *pending* version (a run
-    killed after the write, before the promotion), each given that as its reason. Status only
-    reads: the next ``kimpki renew`` promotes them (:func:`_finish_landed`)."""
-    from kimpki.ops import rotation
-
+    """``kimpki status``: the credentials whose Secret serves the store's *pending* version, each
+    given that as its reason. Status only reads: the next ``kimpki renew`` promotes them
+    (:func:`_finish_landed`)."""
+    if store is None:
+        return []
     out = []
-    for r in results:
-        if store is None or r.cred is None or r.state == BROKEN:
-            continue
-        rec = rotation.landed_pending(store, r.cred)
-        if rec is None:
-            continue
+    for r, rec in _landed(store, results):
         r.reason = (f"serves serial {rec.serial}, still pending in the store (a run stopped before promoting it): "
                     f"the next 'kimpki renew' promotes it")
         out.append({"secret": r.secret, "namespace": r.namespace, "place": r.place, "serial": rec.serial,

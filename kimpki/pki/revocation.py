@@ -166,13 +166,19 @@ def read_ocsp_staple(der: bytes) -> StapleInfo | None:
         return None
     if len(singles) != 1:
         return None
-    one = singles[0]
+    return _staple_info(singles[0])
+
+
+def _reason_of(flag: x509.ReasonFlags | None) -> str | None:
+    """A reason flag as RFC 5280 spells it (a REASONS key); None for one kimpki does not offer."""
+    return next((n for n, f in REASONS.items() if f == flag), None)
+
+
+def _staple_info(one) -> StapleInfo:
+    """One single response of an OCSP response, as :class:`StapleInfo`."""
     status = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(one.certificate_status,
                                                                                            "unknown")
-    reason = None
-    if status == "revoked":
-        flag = one.revocation_reason
-        reason = next((n for n, f in REASONS.items() if f == flag), "unspecified")
+    reason = (_reason_of(one.revocation_reason) or "unspecified") if status == "revoked" else None
     return StapleInfo(one.serial_number, status, one.this_update_utc, one.next_update_utc, reason)
 
 
@@ -223,7 +229,7 @@ def describe_crl(crl: x509.CertificateRevocationList, now: datetime) -> dict:
     for r in crl:
         try:
             flag = r.extensions.get_extension_for_class(x509.CRLReason).value.reason
-            reason = next((n for n, f in REASONS.items() if f == flag), flag.name)
+            reason = _reason_of(flag) or flag.name
         except x509.ExtensionNotFound:
             reason = "unspecified"
         entries.append({"serial": format(r.serial_number, "x"), "revoked_at": rfc3339(r.revocation_date_utc),
@@ -242,14 +248,9 @@ def describe_ocsp_response(resp: ocsp.OCSPResponse, now: datetime) -> dict:
         return {"response_status": status, "responses": []}
     responses = []
     for one in resp.responses:
-        info = StapleInfo(one.serial_number, {ocsp.OCSPCertStatus.GOOD: "good",
-                                              ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(one.certificate_status,
-                                                                                          "unknown"),
-                          one.this_update_utc, one.next_update_utc)
+        info = _staple_info(one)
         d = info.to_dict()
         if info.status == "revoked":
-            flag = one.revocation_reason
-            d["revocation_reason"] = next((n for n, f in REASONS.items() if f == flag), "unspecified")
             d["revoked_at"] = rfc3339(one.revocation_time_utc)
         d["expired"] = info.next_update is not None and info.next_update < now
         responses.append(d)
