@@ -294,6 +294,31 @@ def test_credentials_of_two_cas_renewed_in_one_batch_each_chain_to_their_own(kim
         parse.load_certificates(decoded(secret)["cert"])[0].verify_directly_issued_by(ca_certs[ca])
 
 
+def test_a_new_certificate_that_fails_its_check_is_never_published(kimpki, tmp_path):
+    """Every certificate a renewal just issued is checked before its Secret is written: with the
+    CA's key file swapped for another CA's key, each new signature fails to verify against the CA
+    certificate, so nothing is written, the old Secrets stay, and the run fails with the reason."""
+    make_ca(kimpki.home)
+    make_ca(kimpki.home, "other.example")
+    folder = tmp_path / "deploy"
+    for i in range(2):
+        write_manifests(folder, credential(kimpki.home, f"cred-{i}", f"h{i}.example.com", age=70 * DAY))
+    before = {i: (folder / f"cred-{i}.yaml").read_bytes() for i in range(2)}
+    store = Store.open(kimpki.home)
+    try:
+        ours, other = store.get_ca(CA).key_path, store.get_ca("other.example").key_path
+    finally:
+        store.close()
+    ours.write_bytes(other.read_bytes())
+    r = kimpki("renew", "--manifests", folder, "--json")
+    assert r.code == 1, r.err
+    assert (r.json["renewed"], r.json["failed"]) == (0, 2)
+    for x in r.json["results"]:
+        assert "does not chain to CA 'example.com'" in x["reason"], x["reason"]
+    assert {i: (folder / f"cred-{i}.yaml").read_bytes() for i in range(2)} == before
+    assert "Traceback" not in r.err
+
+
 def test_nothing_due_exits_0_and_says_when_the_next_renewal_is(kimpki, kube_api):
     make_ca(kimpki.home)
     kube_api.put_objects(credential(kimpki.home, "kim-credential", "kim.example.com", age=10 * DAY)
