@@ -10,7 +10,9 @@ Two cases (issue 5, "Performance"):
   renew   DUE managed credential Secrets (default 1,000), all due, EC P-256 keys. Timed: RUNS
           `kimpki renew` runs that each renew them all from a fresh copy of the home (target: at
           most 3 s for 1,000, with the same request count: one guarded PUT per Secret), wall and
-          CPU time; with --against REF, kimpki as it was at git REF too, run for run (the anchor).
+          CPU time; with --against REF, kimpki as it was at git REF too, run for run (the anchor);
+          with --floor, scripts/renew_floor.py too: the same work with nothing but the essentials,
+          in one process and in two (how close kimpki is to the floor, and how low the floor is).
           Checked: every one renewed, one PUT per Secret, a new serial in each Secret.
 
 Set-up (not timed), in a temporary directory: a kimpki home with one CA (kimpki's own use
@@ -24,7 +26,7 @@ Secret's own certificate, parses each one, and issues a distinct new certificate
 Secret, so sharing the old PEM changes nothing that is measured.
 
   scripts/bench renew sweep [--secrets 10000] [--runs 5]
-  scripts/bench renew renew [--due 1000] [--runs 3] [--against 1b44aa0]
+  scripts/bench renew renew [--due 1000] [--runs 3] [--against 1b44aa0] [--floor]
   scripts/bench renew sweep --hold   # set up, print the environment and command, serve until Ctrl-C
   scripts/bench renew status [--secrets 10000] [--runs 3]
           `kimpki status --cluster` and `kimpki check` over SECRETS managed Secrets (and Gateways
@@ -176,7 +178,7 @@ def renew_once(cmd: list[str], home: Path, secrets: list[dict], srv, due: int) -
     env = env_for(home, srv)
     srv.clear_requests()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    dt, proc = run([*cmd, "renew", "--json"], env)
+    dt, proc = run(cmd, env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"renew failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -197,9 +199,13 @@ def renew_all(args, work: Path) -> None:
         if args.hold:
             hold(env_for(template, srv), [KIMPKI, "renew"])
             return
-        sides = [("kimpki", kimpki_command(None, work))]
+        renew_json = ["renew", "--json"]
+        sides = [("kimpki", [*kimpki_command(None, work), *renew_json])]
         if args.against:
-            sides.append((f"kimpki@{args.against}", kimpki_command(args.against, work)))
+            sides.append((f"kimpki@{args.against}", [*kimpki_command(args.against, work), *renew_json]))
+        if args.floor:  # the essential work alone (scripts/renew_floor.py), in one process and in two
+            floor = [sys.executable, str(ROOT / "scripts" / "renew_floor.py")]
+            sides += [("floor", floor), ("floor, 2 processes", [*floor, "--workers", "2"])]
         runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
         homes = iter(fresh_homes(template, work, args.runs * len(sides)))
         for _ in range(args.runs):  # A B A B ...: drift hits both alike
@@ -209,10 +215,14 @@ def renew_all(args, work: Path) -> None:
             print(f"{name:<24} renew {args.due} due: wall {fmt([r['wall'] for r in rs])}; "
                   f"CPU median {statistics.median(r['cpu'] for r in rs):.2f} s; "
                   f"API requests {max(r['requests'] for r in rs)}")
-        if args.against:
-            new, old = runs["kimpki"], runs[f"kimpki@{args.against}"]
-            ratios = [a["wall"] / b["wall"] for a, b in zip(new, old)]
-            print(f"{'ratio':<24} wall kimpki/kimpki@{args.against} median {statistics.median(ratios):.2f} "
+        pairs = [("kimpki", f"kimpki@{args.against}")] if args.against else []
+        if args.floor:
+            pairs.append(("kimpki", "floor"))
+            if args.against:
+                pairs += [("floor", f"kimpki@{args.against}"), ("floor, 2 processes", f"kimpki@{args.against}")]
+        for a, b in pairs:
+            ratios = [x["wall"] / y["wall"] for x, y in zip(runs[a], runs[b])]
+            print(f"{'ratio':<24} wall {a} / {b} median {statistics.median(ratios):.2f} "
                   f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
     finally:
         srv.stop()
@@ -294,6 +304,8 @@ def main() -> None:
     r.add_argument("--runs", type=int, default=3)
     r.add_argument("--against", metavar="GIT_REF",
                    help="also time kimpki as it was at this commit, run for run (e.g. 1b44aa0, before batching)")
+    r.add_argument("--floor", action="store_true",
+                   help="also time scripts/renew_floor.py (the essential work alone), in 1 and 2 processes")
     r.add_argument("--hold", action="store_true")
     st = sub.add_parser("status", help="SECRETS managed Secrets: status and check, vs kubectl get")
     st.add_argument("--secrets", type=int, default=10_000)
