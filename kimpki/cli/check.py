@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kimpki.cli.common import MANIFESTS_HINT, emit, json_option, no_cluster_hint, note, now_utc, table
+from kimpki.cli.common import MANIFESTS_HINT, cluster_options, emit, json_option, no_cluster_hint, note, now_utc, table
 from kimpki.istio import contract as c
 
 GATEWAY_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -85,9 +85,7 @@ def _text(report) -> str:
               help="Namespace of the gateway pods: where Istio reads credential Secrets.")
 @click.option("--gateway-namespace", metavar="NS",
               help="Only Gateways in NS. Default: Gateways in all namespaces.")
-@click.option("--kubeconfig", metavar="FILE", help="kubeconfig file. Default: $KUBECONFIG, else ~/.kube/config, "
-                                                   "else the in-cluster service account.")
-@click.option("--context", metavar="NAME", help="kubeconfig context. Default: its current-context.")
+@cluster_options
 @click.option("-f", "--filename", "--manifests", "files", multiple=True, metavar="PATH",
               help="Analyse manifest files or folders (Gateways, Secrets, the gateway Deployment) offline "
                    "instead of a cluster. Repeatable; --manifests DIR is the same.")
