@@ -135,4 +135,6 @@ def public_key_fingerprint(pub) -> str:
 
 
 def key_matches(key: PrivateKey, pub) -> bool:
-    return public_key_fingerprint(key.public_key()) == public_key_fingerprint(pub)
+    """Whether ``pub`` (a certificate's, a CSR's) is ``key``'s public half; any other key, of
+    any type, is not."""
+    return key.public_key() == pub
