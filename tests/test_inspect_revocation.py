@@ -95,3 +95,23 @@ def test_inspect_junk_is_still_not_a_readable_certificate(kimpki):
     junk = kimpki.cwd / "junk.der"
     junk.write_bytes(b"\x30\x03\x02\x01\x05")  # a DER SEQUENCE holding one INTEGER: nothing we know
     assert_one_line_error(kimpki("inspect", junk), 2, "not a readable certificate")
+
+
+# ecdsa-with-SHA256, and the same OID with its last arc changed: an algorithm no library knows.
+ECDSA_SHA256_OID = bytes.fromhex("06082a8648ce3d040302")
+UNKNOWN_SIGNATURE_OID = bytes.fromhex("06082a8648ce3d04037f")
+
+
+def test_crl_and_ocsp_response_whose_parts_do_not_read_are_one_line(kimpki):
+    """Both load with their signature algorithm unread (cryptography parses it when first asked):
+    an unknown one is refused when the file is read, not later as an internal error."""
+    _home_with_revoked_client(kimpki)
+    crl = kimpki.cwd / "example.com.der"
+    kimpki.ok("crl", "example.com", "--der", "--out", crl)
+    crl.write_bytes(crl.read_bytes().replace(ECDSA_SHA256_OID, UNKNOWN_SIGNATURE_OID))
+    staple = kimpki.cwd / "staple.der"
+    staple.write_bytes(_staple(kimpki).replace(ECDSA_SHA256_OID, UNKNOWN_SIGNATURE_OID))
+    needle = "its signature algorithm cannot be read: Signature algorithm OID: 1.2.840.10045.4.3.127 not recognized"
+    for args in ([], ["--ca", "example.com"]):
+        assert_one_line_error(kimpki("inspect", crl, *args), 2, "example.com.der: not a readable CRL (" + needle)
+        assert_one_line_error(kimpki("inspect", staple, *args), 2, "staple.der: not a readable OCSP response (" + needle)

@@ -83,6 +83,7 @@ from kimpki.istio import contract as c
 from kimpki.localgw.manifests import (CONFIGMAP_PREFIX, DEFAULT_MOUNTS, ConfigMapDoc, GatewayDoc, Mount, SecretDoc,
                                       SecretIndex, ca_credential_source, config_map_doc, credential_names, mount_for,
                                       parse_manifests)
+from kimpki.pki import parse
 
 CODES = {  # in the order of their numbers
     "IST0101": "ReferencedResourceNotFound",
@@ -330,8 +331,10 @@ def _load_chain(raw: bytes, notes: list[str] | None = None) -> list[x509.Certifi
         warnings.simplefilter("always")
         try:
             chain = x509.load_pem_x509_certificates(raw)
-        except ValueError:
+        except parse.UNREADABLE:
             return []
+    if any(parse.unreadable_part(cert) for cert in chain):
+        return []  # a part that does not read (a corrupt key or name): no usable certificate either
     if notes is not None:
         for w in caught:
             text = str(w.message)

@@ -55,7 +55,7 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
             raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
                              f"(see 'kimpki list')") from None
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    other = _revocation_data(data)
+    other = _revocation_data(data, str(source))
     if other is not None:
         return _inspect_revocation_data(source, other, ca_ref, open_store, now)
     certs = parse.load_certificates(data, str(source))
@@ -72,16 +72,16 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
     return out
 
 
-def _revocation_data(data: bytes):
+def _revocation_data(data: bytes, source: str):
     """A CRL or an OCSP response in ``data`` (what a ``<CA>.crl`` file, a Secret's ``ca.crl`` or
     ``tls.ocsp-staple`` holds), or None: certificates, or nothing readable."""
     if b"-----BEGIN CERTIFICATE-----" in data:
         return None
-    crl = revocation.load_crl(data)
+    crl = revocation.load_crl(data, source)
     if crl is not None:
         return crl
     if b"-----BEGIN" not in data:
-        return revocation.load_ocsp_response(data)
+        return revocation.load_ocsp_response(data, source)
     return None
 
 

@@ -9,7 +9,7 @@ from cryptography.x509.oid import NameOID
 
 from kimpki.errors import UsageError
 from kimpki.pki.names import HostName, parse_hosts
-from kimpki.pki.parse import why_unreadable
+from kimpki.pki.parse import UNREADABLE, first_unreadable, why_unreadable
 
 
 _WEAK_DIGESTS = (hashes.SHA1, hashes.MD5)
@@ -21,7 +21,7 @@ def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest
             csr = x509.load_pem_x509_csr(data)
         else:
             csr = x509.load_der_x509_csr(data)
-    except ValueError as e:
+    except UNREADABLE as e:
         raise UsageError(f"{source}: not a readable certificate signing request ({why_unreadable(data, e)})") from None
     try:
         digest = csr.signature_hash_algorithm
@@ -31,9 +31,17 @@ def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest
         # OpenSSL 3 no longer verifies these signatures: without this check such a CSR reads as tampered.
         raise UsageError(f"{source}: the CSR is signed with {digest.name.upper().replace('SHA1', 'SHA-1')}, "
                          f"which kimpki does not accept: make it again with SHA-256 (openssl req -sha256)")
+    part = first_unreadable(csr, _LAZY_PARTS)
+    if part is not None:
+        raise UsageError(f"{source}: not a readable certificate signing request ({part})")
     if not csr.is_signature_valid:
         raise UsageError(f"{source}: the CSR's signature does not verify (tampered or corrupt)")
     return csr
+
+
+# The parts of a CSR that cryptography parses only when first read (see parse.unreadable_part).
+_LAZY_PARTS = (("subject", lambda c: c.subject), ("public key", lambda c: c.public_key()),
+               ("extensions", lambda c: c.extensions), ("signature", lambda c: c.is_signature_valid))
 
 
 # What the CSR may ask for; kimpki issues DNS names and IP addresses only (the certificate

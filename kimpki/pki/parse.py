@@ -6,10 +6,15 @@ import re
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 from kimpki.errors import UsageError
 from kimpki.pki.keys import describe_public_key
+
+# What cryptography raises for input it cannot read, when loading it or when reading a part of it
+# for the first time (most parts are parsed lazily).
+UNREADABLE = (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.InvalidVersion)
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -19,15 +24,53 @@ def load_certificates(data: bytes, source: str = "input") -> list[x509.Certifica
     blocks = _PEM_CERT.findall(data)
     try:
         if blocks:
-            return [x509.load_pem_x509_certificate(b) for b in blocks]
-        if b"-----BEGIN" in data:
+            certs = [x509.load_pem_x509_certificate(b) for b in blocks]
+        elif b"-----BEGIN" in data:
             raise UsageError(f"{source}: no CERTIFICATE block in this PEM file")
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError as e:
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except UNREADABLE as e:
         raise UsageError(f"{source}: not a readable certificate ({why_unreadable(data, e)})") from None
+    for cert in certs:
+        part = unreadable_part(cert)
+        if part is not None:
+            raise UsageError(f"{source}: not a readable certificate ({part})")
+    return certs
 
 
-def why_unreadable(data: bytes, error: ValueError) -> str:
+# The parts of a certificate that cryptography parses only when first read, as a user names them.
+_LAZY_PARTS = (("subject", lambda c: c.subject), ("issuer", lambda c: c.issuer),
+               ("public key", lambda c: c.public_key()), ("extensions", lambda c: c.extensions),
+               ("signature algorithm", lambda c: c.signature_hash_algorithm))
+
+
+def unreadable_part(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` cannot be read after all (``its public key cannot be read: ...``), or None.
+
+    Loading checks only the outer structure: a corrupt key, name or extension would otherwise
+    surface later, wherever it is first read, as an error no caller expects. Each part is read
+    once here (cryptography keeps what it parsed, so callers pay nothing twice)."""
+    return first_unreadable(cert, _LAZY_PARTS)
+
+
+def first_unreadable(obj, parts) -> str | None:
+    """``its PART cannot be read: why`` for the first of ``parts`` (``(name, reader)`` pairs) that cannot be
+    read from ``obj``, or None."""
+    for part, read in parts:
+        try:
+            read(obj)
+        except UNREADABLE as e:
+            return f"its {part} cannot be read: {plain_reason(e)}"
+    return None
+
+
+def plain_reason(error: Exception) -> str:
+    """cryptography's words, without its Rust debug strings (``ParseError { kind: ... }``)."""
+    text = " ".join(str(error).split())
+    return "malformed DER" if "ParseError" in text or not text else text
+
+
+def why_unreadable(data: bytes, error: Exception) -> str:
     """cryptography's reason in the user's words: its DER errors are Rust debug strings
     (``ParseError { kind: ShortData { needed: 86 } }``) that tell a user nothing."""
     text = str(error)

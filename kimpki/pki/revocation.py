@@ -19,7 +19,7 @@ from cryptography.x509 import ocsp
 
 from kimpki.errors import UsageError
 from kimpki.pki.keys import PrivateKey, signature_hash_for
-from kimpki.pki.parse import rfc3339
+from kimpki.pki.parse import UNREADABLE, first_unreadable, rfc3339
 from kimpki.pki.profiles import authority_key_identifier
 
 DEFAULT_CRL_VALIDITY = timedelta(days=7)
@@ -162,11 +162,9 @@ def read_ocsp_staple(der: bytes) -> StapleInfo | None:
         if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
             return None
         singles = list(resp.responses)
-    except ValueError:
+        return _staple_info(singles[0]) if len(singles) == 1 else None
+    except UNREADABLE:
         return None
-    if len(singles) != 1:
-        return None
-    return _staple_info(singles[0])
 
 
 def _reason_of(flag: x509.ReasonFlags | None) -> str | None:
@@ -199,24 +197,51 @@ def staple_refusal(der: bytes, serial: int) -> str | None:
 _PEM_CRL = b"-----BEGIN X509 CRL-----"
 
 
-def load_crl(data: bytes) -> x509.CertificateRevocationList | None:
+def _read_entries(crl: x509.CertificateRevocationList) -> None:
+    for entry in crl:  # each entry is parsed when reached
+        entry.serial_number, entry.revocation_date_utc, entry.extensions  # noqa: B018
+
+
+def _read_singles(resp: ocsp.OCSPResponse) -> None:
+    for one in resp.responses:
+        one.serial_number, one.certificate_status, one.this_update_utc, one.next_update_utc  # noqa: B018
+        if one.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+            one.revocation_time_utc, one.revocation_reason  # noqa: B018
+
+
+# The parts cryptography parses only when first read (as for certificates: parse.unreadable_part).
+_CRL_PARTS = (("issuer", lambda c: c.issuer), ("extensions", lambda c: c.extensions),
+              ("signature algorithm", lambda c: c.signature_hash_algorithm), ("entry", _read_entries))
+_OCSP_PARTS = (("responder", lambda r: r.responder_name), ("time", lambda r: r.produced_at_utc),
+               ("signature algorithm", lambda r: r.signature_hash_algorithm), ("response", _read_singles))
+
+
+def load_crl(data: bytes, source: str = "input") -> x509.CertificateRevocationList | None:
     """The CRL in ``data`` (PEM ``X509 CRL`` block or DER), or None when it holds none."""
     try:
         if _PEM_CRL in data:
-            return x509.load_pem_x509_crl(data[data.index(_PEM_CRL):])
-        return x509.load_der_x509_crl(data)
-    except ValueError:
+            crl = x509.load_pem_x509_crl(data[data.index(_PEM_CRL):])
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except UNREADABLE:
         return None
+    part = first_unreadable(crl, _CRL_PARTS)
+    if part is not None:
+        raise UsageError(f"{source}: not a readable CRL ({part})")
+    return crl
 
 
-def load_ocsp_response(data: bytes) -> ocsp.OCSPResponse | None:
+def load_ocsp_response(data: bytes, source: str = "input") -> ocsp.OCSPResponse | None:
     """The DER OCSP response in ``data`` (a staple as ``tls.ocsp-staple`` holds it), or None."""
     try:
         resp = ocsp.load_der_ocsp_response(data)
-        resp.response_status  # noqa: B018 - parsed lazily: touch it so a bad body fails here
-        return resp
-    except ValueError:
+        status = resp.response_status  # parsed lazily: touch it so a bad body fails here
+    except UNREADABLE:
         return None
+    part = first_unreadable(resp, _OCSP_PARTS) if status == ocsp.OCSPResponseStatus.SUCCESSFUL else None
+    if part is not None:
+        raise UsageError(f"{source}: not a readable OCSP response ({part})")
+    return resp
 
 
 def describe_crl(crl: x509.CertificateRevocationList, now: datetime) -> dict:
