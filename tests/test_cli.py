@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import assert_one_line_error, openssl
+from tests.conftest import Result, assert_one_line_error, openssl
 
 ISSUE_KEYS = {"name", "cert", "key", "ca", "serial", "not_before", "not_after", "dns_names", "ip_addresses",
               "subject", "issuer"}
@@ -108,6 +108,69 @@ def test_unreadable_input_is_explained_in_plain_words(kimpki, tmp_path, content,
     result = kimpki("sign", bad)  # a PEM file of another kind keeps cryptography's own (plain) words
     assert_one_line_error(result, 2, "not a readable certificate signing request (")
     assert "ParseError" not in result.err
+
+
+# ecdsa-with-SHA256, and the same OID with its last arc changed: an algorithm no library knows.
+ECDSA_SHA256_OID = bytes.fromhex("06082a8648ce3d040302")
+UNKNOWN_SIGNATURE_OID = bytes.fromhex("06082a8648ce3d04037f")
+
+
+def off_curve(der: bytes, public_key) -> bytes:
+    """``der`` with the EC point of ``public_key`` moved off its curve (the last bit of y flipped)."""
+    point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    assert der.count(point) == 1
+    return der.replace(point, point[:-1] + bytes([point[-1] ^ 1]))
+
+
+def test_certificate_whose_parts_do_not_read_is_a_usage_error(kimpki, tmp_path):
+    """cryptography loads a certificate's outer structure only; its key, names, extensions and
+    signature algorithm are parsed when first read. A corrupt one is refused where it is loaded,
+    naming the part, not later as an internal error."""
+    d = kimpki.json("issue", "kim.example.com")
+    cert = x509.load_pem_x509_certificate(Path(d["cert"]).read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    bad_key, bad_algorithm = tmp_path / "bad-key.der", tmp_path / "bad-algorithm.der"
+    bad_key.write_bytes(off_curve(der, cert.public_key()))
+    bad_algorithm.write_bytes(der.replace(ECDSA_SHA256_OID, UNKNOWN_SIGNATURE_OID))
+    for command in (["inspect"], ["inspect", d["cert"], "--ca"]):
+        assert_one_line_error(kimpki(*command, bad_key), 2, "not a readable certificate (its public key cannot be read")
+        assert_one_line_error(kimpki(*command, bad_algorithm), 2,
+                              "not a readable certificate (its signature algorithm cannot be read: Signature "
+                              "algorithm OID: 1.2.840.10045.4.3.127 not recognized)")
+    res = kimpki("ca", "import", "imported", "--cert", bad_key, "--key", d["key"])
+    assert_one_line_error(res, 2, "not a readable certificate (its public key cannot be read")
+    # A PEM chain whose second certificate is the bad one: refused too, whichever reads it.
+    chain = tmp_path / "chain.pem"
+    bad_pem = x509.load_der_x509_certificate(bad_key.read_bytes()).public_bytes(serialization.Encoding.PEM)
+    chain.write_bytes(Path(d["cert"]).read_bytes() + bad_pem)
+    assert_one_line_error(kimpki("inspect", chain), 2, "its public key cannot be read")
+
+
+def test_error_quoting_input_is_one_line(kimpki, tmp_path):
+    """Messages quote what the user gave (a file name, a certificate's subject): a newline in it
+    is shown escaped, so the error stays one line."""
+    res = kimpki("inspect", "a\nb.crt")
+    assert_one_line_error(res, 2, "cannot read a\\nb.crt: no such file")
+    # A subject with a newline in it (cryptography reads it), checked against a CA that did not sign it.
+    d = kimpki.json("issue", "kim.example.com")
+    der = x509.load_pem_x509_certificate(Path(d["cert"]).read_bytes()).public_bytes(serialization.Encoding.DER)
+    cert = tmp_path / "newline.der"
+    cert.write_bytes(der.replace(b"kim.example.com", b"kim.exampl\n.com"))
+    kimpki.ok("ca", "init", "other")
+    res = kimpki("inspect", cert, "--ca", "other")
+    assert_one_line_error(res, 1, "CN=kim.exampl\\n.com")
+
+
+def test_argument_that_is_not_utf8_is_a_usage_error(kimpki):
+    """Python keeps an argument's undecodable bytes as lone surrogates, which no name, host or
+    certificate field can hold: refused at the door, naming the argument."""
+    kimpki.ok("ca", "init", "example.com")
+    for args in (["ca", "init", "x", "--common-name", b"caf\xe9"], ["issue", "kim.example.com", "--org", b"caf\xe9"],
+                 ["revoke", b"caf\xe9"], ["inspect", b"caf\xe9.crt"]):
+        proc = subprocess.run([sys.executable, "-m", "kimpki", *args], capture_output=True, cwd=kimpki.cwd,
+                              env=kimpki.env, timeout=60)
+        res = Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+        assert_one_line_error(res, 2, "argument 'caf\\xe9", "is not UTF-8 text")
 
 
 def test_sign_csr_adds_sans_and_refuses_a_bad_signature(kimpki, tmp_path):

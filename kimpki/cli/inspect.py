@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kimpki.cli.common import emit, existing_store, json_option, now_utc, open_store
+from kimpki.errors import OperationError
 
 
 def _crl_text(c: dict) -> list[str]:
@@ -98,6 +99,6 @@ def command(ctx, file, ca_ref, as_json):
     verdict = d.get("chain") or d.get("signature")
     if verdict and not verdict["ok"]:
         if not as_json:
-            click.echo(f"kimpki: error: {verdict['error']}", err=True)
+            raise OperationError(verdict["error"])  # printed as every error is: one line, exit 1
         return 1
     return 0

@@ -65,8 +65,32 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj = {"home": home}
 
 
+def one_line(message: str) -> str:
+    """``message`` as one printable line: what it quotes from the user's input (a file name, a
+    YAML value, a certificate's subject) may hold newlines or other control characters."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
+def undecodable_argument(argv: list[str]) -> str | None:
+    """The first argument that is not UTF-8 (Python keeps its bytes as lone surrogates, which no
+    name, host or certificate field can hold), shown with those bytes escaped; else None."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     secret_env.hide(secret_env.PASSPHRASE_ENV)  # no child inherits it (kubeconfig exec plugins)
+    bad = undecodable_argument(sys.argv[1:] if argv is None else argv)
+    if bad is not None:
+        click.echo(f"kimpki: error: argument '{bad}' is not UTF-8 text; kimpki reads names, hosts and "
+                   f"paths as UTF-8", err=True)
+        sys.exit(2)
     try:
         rv = cli.main(args=argv, prog_name="kimpki", standalone_mode=False)
     except click.exceptions.Abort:
@@ -77,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except KimpkiError as e:
-        click.echo(f"kimpki: error: {e}", err=True)
+        click.echo(f"kimpki: error: {one_line(str(e))}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("kimpki: interrupted", err=True)
@@ -87,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
         if os.environ.get("KIMPKI_DEBUG"):
             raise
-        click.echo(f"kimpki: internal error: {type(e).__name__}: {e} (a bug in kimpki; run again with "
+        click.echo(f"kimpki: internal error: {type(e).__name__}: {one_line(str(e))} (a bug in kimpki; run again with "
                    f"KIMPKI_DEBUG=1 for the traceback and report it)", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
