@@ -188,6 +188,35 @@ def test_secret_data_of_the_wrong_type(kimpki, body, needle, command):
     assert_one_line_error(res, 2, needle)
 
 
+MANAGED = "  labels: {app.kubernetes.io/managed-by: kimpki}\n"
+
+
+@pytest.mark.parametrize("metadata,needle", [
+    (MANAGED + "  annotations:\n    kimpki.io/hosts:\n",
+     "secret.yaml:6: metadata.annotations.kimpki.io/hosts must be a string, not null"),
+    (MANAGED + "  annotations: [kimpki.io/hosts]\n",
+     "secret.yaml:6: metadata.annotations must be a mapping of keys to strings, not a list"),
+    ("  labels: true\n", "secret.yaml:5: metadata.labels must be a mapping of keys to strings, not True"),
+    ("  namespace: [istio-system]\n", "secret.yaml:4: metadata.namespace must be a string, not a list"),
+], ids=["annotation-null", "annotations-list", "labels-bool", "namespace-list"])
+@pytest.mark.parametrize("command", [["status", "--manifests"], ["rotate", "kim-credential", "--manifests"],
+                                     ["renew", "--dry-run", "--manifests"]])
+def test_folder_secret_metadata_of_the_wrong_type(kimpki, metadata, needle, command):
+    """What 'check' and 'gateway serve' refuse in a file (kubectl would too), commands that sweep a
+    folder refuse as well: it used to reach code that expects strings and mappings."""
+    folder = kimpki.cwd / "deploy"
+    folder.mkdir()
+    text = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kim-credential\n" + metadata + "data: {}\n"
+    (folder / "secret.yaml").write_text(text.replace("  name: kim-credential\n  namespace", "  namespace"))
+    res = kimpki(*command, folder)
+    if command[0] != "renew":
+        assert_one_line_error(res, 2, needle)
+        return
+    # renew logs a place it cannot read as a failure (exit 1) and goes on with the others.
+    assert res.code == 1 and f"error cannot read manifests {folder}: {folder}/{needle}" in res.err
+    assert "Traceback" not in res.err and "internal error" not in res.err
+
+
 @pytest.mark.parametrize("text,needle", [
     ("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: foo\nspec: {}\n",
      "gw.yaml:3: metadata must be a mapping (name: ..., namespace: ...), not the string 'foo'"),
@@ -247,6 +276,24 @@ def test_sign_csr_with_a_non_dns_non_ip_san_is_refused(signer, tmp_path, san, ne
 def test_sign_sha1_csr_says_sha1(signer, tmp_path):
     csr = make_csr(tmp_path, "old", ["DNS:h0.example.com"], digest="sha1")
     assert_one_line_error(signer("sign", csr), 2, "signed with SHA-1", "openssl req -sha256")
+
+
+def test_sign_csr_whose_key_or_version_does_not_read(signer, tmp_path):
+    """cryptography loads a CSR's outer structure only: a key off its curve surfaced when the
+    signature was checked, a version it does not know when the CSR was loaded; both were internal errors."""
+    csr = make_csr(tmp_path, "bent", ["DNS:h0.example.com"])
+    der = openssl("req", "-in", csr, "-outform", "DER").stdout
+    point = openssl("pkey", "-in", tmp_path / "bent.key", "-pubout", "-outform", "DER").stdout[-65:]  # 04 || x || y
+    assert der.count(point) == 1
+    off_curve, version_64 = tmp_path / "off-curve.csr", tmp_path / "version-64.csr"
+    off_curve.write_bytes(der.replace(point, point[:-1] + bytes([point[-1] ^ 1])))
+    # CertificationRequestInfo starts with its version, INTEGER 0 (02 01 00); 64 is no version.
+    header = der.index(b"\x02\x01\x00")
+    version_64.write_bytes(der[:header] + b"\x02\x01\x40" + der[header + 3:])
+    assert_one_line_error(signer("sign", off_curve), 2,
+                          "not a readable certificate signing request (its public key cannot be read")
+    assert_one_line_error(signer("sign", version_64), 2, "not a readable certificate signing request (")
+    assert signer.ok("list").out.count("h0.example.com") == 0
 
 
 def test_sign_days_below_an_hour(signer, tmp_path):

@@ -181,27 +181,56 @@ def parse_manifests(texts: Iterable[tuple[str, str]], cache: ParseCache | None =
 # ---------------------------------------------------------------------------------------------
 
 def _type_word(value: Any) -> str:
-    return {list: "a list", dict: "a mapping", str: f"the string {value!r}"}.get(type(value), f"{value!r}")
+    return {list: "a list", dict: "a mapping", str: f"the string {value!r}",
+            type(None): "null"}.get(type(value), f"{value!r}")
+
+
+def _not_strings(mapping: dict, values_may_be_null: bool) -> Any:
+    """The first key of ``mapping`` that is no string or whose value is no string, else None."""
+    return next((k for k, v in mapping.items()
+                 if not isinstance(k, str) or not (isinstance(v, str) or (v is None and values_may_be_null))), None)
 
 
 def shape_problem(obj: dict) -> tuple[str, str] | None:
-    """``(top-level key, message)`` for the first field of ``obj`` with the wrong type, else None."""
+    """``(field path, message)`` for the first field of ``obj`` with the wrong type, else None."""
     meta = obj.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         return "metadata", f"metadata must be a mapping (name: ..., namespace: ...), not {_type_word(meta)}"
+    meta = meta or {}
+    for key in ("name", "namespace"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"metadata.{key}", f"metadata.{key} must be a string, not {_type_word(meta[key])}"
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"metadata.{key}", f"metadata.{key} must be a mapping of keys to strings, not {_type_word(value)}"
+        bad = _not_strings(value, values_may_be_null=False)
+        if bad is not None:
+            return f"metadata.{key}", f"metadata.{key}.{bad} must be a string, not {_type_word(value[bad])}"
     if obj.get("kind") != "Secret":
         return None
-    name = (meta or {}).get("name")
+    name = meta.get("name")
     for key, values in (("data", "base64 strings"), ("stringData", "strings")):
         value = obj.get(key)
         if value is None:
             continue
         if not isinstance(value, dict):
             return key, f"Secret {name}: {key} must be a mapping of keys to {values}, not {_type_word(value)}"
-        bad = next((k for k, v in value.items() if isinstance(v, (dict, list))), None)
+        bad = _not_strings(value, values_may_be_null=True)
         if bad is not None:
             return key, f"Secret {name}: {key}.{bad} must be a string, not {_type_word(value[bad])}"
     return None
+
+
+def check_shapes(docs: list, source: str, text: str) -> None:
+    """:func:`check_shape` on every object of ``docs``, the documents of ``text``."""
+    n = 0
+    for doc in docs:
+        for d in _flatten(doc):
+            n += 1
+            check_shape(d, source, text, n)
 
 
 def check_shape(obj: dict, source: str, text: str, index: int) -> None:

@@ -91,11 +91,14 @@ class ManifestFolder:
         cached = self._parsed.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1], cached[2]
+        from kimpki.localgw.manifests import check_shapes
+
         text = read_text(path)
         if path.suffix.lower() == ".json":
             docs = [safe_yaml.load_json(text, str(path))]
         else:
             docs = safe_yaml.load_all(text, str(path))
+        check_shapes(docs, str(path), text)  # as 'check' and 'gateway serve' read the folder
         self._parsed[path] = (signature, text, docs)
         return text, docs
 
