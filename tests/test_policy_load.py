@@ -193,6 +193,19 @@ ERRORS = [
      "CertificateAuthority ca2: spec.constraints.allowIPs must be true or false, not a string (maybe)"),
     ("string-expected", doc("Certificate", "x", "  hosts: [a.example.com]\n  ca: example.com\n  org: [a, b]\n"), 8,
      "Certificate x: spec.org must be a string, not a list"),
+    # what YAML makes of a scalar besides strings and numbers, named as such and on one line
+    ("date-expected-string", doc("Certificate", "x", "  hosts: [a.example.com]\n  ca: example.com\n  org: 2024-01-01\n"),
+     8, "Certificate x: spec.org must be a string, not a date (2024-01-01)"),
+    ("timestamp-expected-string", doc("Certificate", "x", "  hosts: [a.example.com]\n  ca: 2024-01-01 02:03:00\n"), 7,
+     "Certificate x: spec.ca must be a string, not a timestamp (2024-01-01 02:03:00)"),
+    ("binary-expected-string", doc("Certificate", "x", "  hosts: [a.example.com]\n  ca: example.com\n"
+                                                       "  org: !!binary |\n    AP8=\n"), 8,
+     "Certificate x: spec.org must be a string, not binary data (AP8=)"),
+    ("block-scalar-expected-list", doc("Certificate", "x", "  hosts: |\n    a.example.com\n    b.example.com\n"
+                                                           "  ca: example.com\n"), 6,
+     "Certificate x: spec.hosts must be a list, not a string (a.example.com b.example.com)"),
+    ("long-value-shortened", doc("Certificate", "x", f"  hosts: {'a' * 100}\n  ca: example.com\n"), 6,
+     f"Certificate x: spec.hosts must be a list, not a string ({'a' * 57}...)"),
     ("mapping-expected", doc("Gateway", "gw", "  servers:\n  - kim-credential\n"), 7,
      "Gateway gw: spec.servers[0] must be a mapping, not a string (kim-credential)"),
     # values

@@ -9,6 +9,7 @@ duplicate keys included.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -98,14 +99,23 @@ _constructor = SafeConstructor()
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", list: "a list", dict: "a mapping"}
 
 
+# What YAML made of a scalar, in words. A date and a timestamp are YAML's own (2024-01-01);
+# binary data is ``!!binary``. Any other tag (``!foo``) leaves the text: a string.
+_KIND_WORDS = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null",
+               datetime.date: "a date", datetime.datetime: "a timestamp", bytes: "binary data"}
+
+
 def _describe(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     value = scalar_value(node)
-    kind = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}.get(type(value), "a string")
-    return kind if value is None else f"{kind} ({node.value})"
+    kind = _KIND_WORDS.get(type(value), "a string")
+    if value is None:
+        return kind
+    text = " ".join(node.value.split())  # a block scalar or !!binary spans lines; a message does not
+    return f"{kind} ({text if len(text) <= 60 else text[:57] + '...'})"
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
