@@ -145,11 +145,9 @@ def read_passphrase_file(path: str | None) -> bytes | None:
     from kimpki.errors import UsageError
 
     if path:
-        try:
-            with open(path, "rb") as f:
-                first = f.read().splitlines()
-        except OSError as e:
-            raise UsageError(f"cannot read --passphrase-file {path}: {e.strerror}") from None
+        from kimpki import safe_yaml
+
+        first = safe_yaml.read_bytes(path, f"--passphrase-file {path}").splitlines()
         if not first or not first[0]:
             raise UsageError(f"--passphrase-file {path} is empty")
         return first[0]

@@ -9,7 +9,6 @@ import click
 from kimpki.cli.common import (days_option, emit, json_option, now_utc, open_store, passphrase_file_option,
                                passphrase_source)
 from kimpki.cli.issue import issued_text
-from kimpki.errors import UsageError
 
 
 @click.command("sign")
@@ -36,14 +35,12 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
     becomes
       kimpki sign kim.example.com.csr --ca example.com --days 365 --out kim.example.com.crt
     """
+    from kimpki import safe_yaml
     from kimpki.ops import issuing
     from kimpki.pki.profiles import LeafKind
     from kimpki.store.fs import PUBLIC_FILE, write_output
 
-    try:
-        data = Path(csr_file).read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {csr_file}: {e.strerror}") from None
+    data = safe_yaml.read_bytes(csr_file)
     store = open_store(ctx)
     res = issuing.sign_csr(store, data, source=csr_file, extra_sans=list(sans),
                            kind=LeafKind.CLIENT if client else LeafKind.SERVER, ca_name=ca_name,

@@ -19,7 +19,9 @@ def _ca_certs(ca_ref: str, open_store: Callable[[], Store]) -> tuple[list, list,
     """(roots, intermediates, label) for --ca: a file of certificates, or a CA in the store."""
     p = Path(ca_ref)
     if p.is_file():
-        certs = parse.load_certificates(p.read_bytes(), ca_ref)
+        from kimpki import safe_yaml  # (imports yaml: only for a file)
+
+        certs = parse.load_certificates(safe_yaml.read_bytes(p, ca_ref), ca_ref)
         roots = [c for c in certs if c.issuer == c.subject] or certs
         return roots, [c for c in certs if c not in roots], ca_ref
     store = open_store()
@@ -48,13 +50,12 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
     source = Path(path)
     if not source.exists():
         source = _stored_certificate(path, existing_store) or source
-    try:
-        data = source.read_bytes()
-    except OSError as e:
-        if not source.exists():
-            raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
-                             f"(see 'kimpki list')") from None
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if not source.exists():
+        raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
+                         f"(see 'kimpki list')")
+    from kimpki import safe_yaml  # (imports yaml: not before a file is read)
+
+    data = safe_yaml.read_bytes(source, path)
     other = _revocation_data(data, str(source))
     if other is not None:
         return _inspect_revocation_data(source, other, ca_ref, open_store, now)

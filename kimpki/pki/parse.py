@@ -74,6 +74,8 @@ def why_unreadable(data: bytes, error: Exception) -> str:
     """cryptography's reason in the user's words: its DER errors are Rust debug strings
     (``ParseError { kind: ShortData { needed: 86 } }``) that tell a user nothing."""
     text = str(error)
+    if not data:
+        return "empty"
     if b"-----BEGIN" in data:
         return text if "ParseError" not in text else "a PEM block whose contents are not valid DER"
     if not data.startswith(b"\x30"):  # every DER certificate or CSR is an ASN.1 SEQUENCE
