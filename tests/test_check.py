@@ -324,6 +324,23 @@ def test_offline_manifests(kimpki, pki, tmp_path):
     assert res.code == 2
 
 
+def test_certificate_whose_key_does_not_read_is_an_invalid_credential(kimpki, pki, tmp_path):
+    """cryptography parses a certificate's key when it is first read: one off its curve (a bit of
+    y flipped) is a credential Istio cannot use, not an internal error when the key is compared."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(pki["kim"]["cert"])
+    point = cert.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    der = cert.public_bytes(serialization.Encoding.DER).replace(point, point[:-1] + bytes([point[-1] ^ 1]))
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    secrets = replace_secret(good_secrets(pki), generic_secret("kim-credential", pem, pki["kim"]["key"], ns=None))
+    res = kimpki("check", "-f", write_manifests(tmp_path / "bent", seed_gateways(), secrets), "--json")
+    assert res.code == 1 and "internal error" not in res.err, res.err
+    assert [(f["credential"], f["check"], f["code"]) for f in res.json["findings"] if f["status"] == "error"] == [
+        ("kim-credential", "credential_valid", "IST0161")]
+
+
 def test_offline_file_mounted_through_a_deployment_mount(pki, tmp_path):
     """The seed's bookinfo step: a third Secret mounted by patching the gateway Deployment."""
     from kimpki.localgw.manifests import load_manifests
