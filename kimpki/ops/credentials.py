@@ -353,7 +353,9 @@ def managed_credential(secret: dict, *, default_namespace: str = c.DEFAULT_NAMES
     pem = served_certificate_pem(secret)
     if pem:
         try:
-            served = parse.load_certificates(pem, f"Secret {namespace}/{name}")[0]
+            # A sweep (status, renew) of thousands reads only the serial and validity of most:
+            # the other parts are not parsed here (see parse.load_certificates).
+            served = parse.load_certificates(pem, f"Secret {namespace}/{name}", check_parts=False)[0]
         except KimpkiError:
             served = None
     return ManagedCredential(secret, str(prov["store_name"]), tuple(prov["hosts"]), str(prov["ca"]), spec, served)
