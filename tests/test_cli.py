@@ -171,6 +171,12 @@ def test_argument_that_is_not_utf8_is_a_usage_error(kimpki):
                               env=kimpki.env, timeout=60)
         res = Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
         assert_one_line_error(res, 2, "argument 'caf\\xe9", "is not UTF-8 text")
+    # ... on one line, whatever else the argument holds
+    proc = subprocess.run([sys.executable, "-m", "kimpki", "inspect", b"caf\xe9\nevil"], capture_output=True,
+                          cwd=kimpki.cwd, env=kimpki.env, timeout=60)
+    res = Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    assert_one_line_error(res, 2, "argument 'caf\\xe9\\nevil' is not UTF-8 text")
+    assert res.err.count("\n") == 1
 
 
 def test_sign_csr_adds_sans_and_refuses_a_bad_signature(kimpki, tmp_path):

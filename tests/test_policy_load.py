@@ -206,6 +206,8 @@ ERRORS = [
      "Certificate x: spec.hosts must be a list, not a string (a.example.com b.example.com)"),
     ("long-value-shortened", doc("Certificate", "x", f"  hosts: {'a' * 100}\n  ca: example.com\n"), 6,
      f"Certificate x: spec.hosts must be a list, not a string ({'a' * 57}...)"),
+    ("nul-in-path", doc("Target", "t2", '  manifests: "out\\0x"\n'), 6,
+     "Target t2: spec.manifests: a path must not contain a NUL character"),
     ("mapping-expected", doc("Gateway", "gw", "  servers:\n  - kim-credential\n"), 7,
      "Gateway gw: spec.servers[0] must be a mapping, not a string (kim-credential)"),
     # values

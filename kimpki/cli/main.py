@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     secret_env.hide(secret_env.PASSPHRASE_ENV)  # no child inherits it (kubeconfig exec plugins)
     bad = undecodable_argument(sys.argv[1:] if argv is None else argv)
     if bad is not None:
-        click.echo(f"kimpki: error: argument '{bad}' is not UTF-8 text; kimpki reads names, hosts and "
-                   f"paths as UTF-8", err=True)
+        click.echo(one_line(f"kimpki: error: argument '{bad}' is not UTF-8 text; kimpki reads names, hosts and "
+                            f"paths as UTF-8"), err=True)
         sys.exit(2)
     try:
         rv = cli.main(args=argv, prog_name="kimpki", standalone_mode=False)

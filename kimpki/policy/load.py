@@ -130,7 +130,17 @@ def _key_type(spec: Fields):
     return spec.check("keyType", spec.node_of("keyType"), lambda: parse_key_type(text))
 
 
-def _relative(doc: Document, text: str) -> Path:
+def _no_nul(text: str) -> None:
+    if "\0" in text:  # no file name holds one: the operating system refuses it
+        raise UsageError("a path must not contain a NUL character")
+
+
+def _relative(doc: Document, fields: Fields, key: str) -> Path | None:
+    """The path in ``fields[key]``, relative to the policy file (``~`` expanded); None when absent."""
+    text = fields.string(key)
+    if text is None:
+        return None
+    fields.check(key, fields.node_of(key), lambda: _no_nul(text))
     p = Path(os.path.expanduser(text))
     return p if p.is_absolute() else (doc.path.parent / p).resolve()
 
@@ -142,11 +152,11 @@ def _target(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Target
     where = where_of(doc.file, doc.node)
     windows = _windows(spec) or ()
     if spec.has("manifests"):
-        return m.Target(name, where, manifests=_relative(doc, spec.string("manifests")), maintenance_windows=windows)
+        return m.Target(name, where, manifests=_relative(doc, spec, "manifests"), maintenance_windows=windows)
     cluster = spec.mapping("cluster")
     cluster.allow("context", "kubeconfig")
-    kubeconfig = cluster.string("kubeconfig")
-    return m.Target(name, where, kubeconfig=str(_relative(doc, kubeconfig)) if kubeconfig else None,
+    kubeconfig = _relative(doc, cluster, "kubeconfig")
+    return m.Target(name, where, kubeconfig=str(kubeconfig) if kubeconfig else None,
                     context=cluster.string("context"), maintenance_windows=windows)
 
 
@@ -203,7 +213,7 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
         if p.has("file") == p.has("env"):
             raise p.error(pnode, "spec.passphrase needs exactly one of file or env")
         if p.has("file"):
-            passphrase = m.PassphraseRef(file=_relative(doc, p.string("file")))
+            passphrase = m.PassphraseRef(file=_relative(doc, p, "file"))
         else:
             env = p.string("env")
             if not _ENV_NAME.fullmatch(env):
