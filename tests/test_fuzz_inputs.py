@@ -358,6 +358,10 @@ ROWS = {
     "status -o prometheus": Row(manifests_input("status", "-o", "prometheus", "--manifests", "{}"), 10),
     "renew --dry-run": Row(manifests_input("renew", "--dry-run", "--manifests", "{}"), 15, reports=True),
     "check": Row(manifests_input("check", "-f", "{}"), 15, reports=True),
+    "gateway mount --local": Row(lambda rng, m, folder: _deployment(rng, folder, "mount", "--secret", "s",
+                                                                    "--mount-path", "/etc/s"), 40),
+    "gateway unmount --local": Row(lambda rng, m, folder: _deployment(rng, folder, "unmount", "--secret", "a"), 20),
+    "gateway apply (checks only)": Row(lambda rng, m, folder: _gateway_apply(rng, m, folder), 15),
     # option values
     "issue HOST...": Row(options(lambda rng: ["issue", *[pick(rng, HOSTS) for _ in range(rng.randrange(1, 4))]]), 20),
     "issue --days": Row(options(lambda rng: ["issue", "kim.example.com", "--days", pick(rng, DURATIONS)]), 10),
@@ -380,6 +384,29 @@ ROWS = {
     "secret create": Row(options(lambda rng: ["secret", "create", pick(rng, HOSTS), "--cert", "kim.example.com",
                                               "--dry-run", "-n", pick(rng, HOSTS)]), 8),
 }
+
+
+DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment",
+              "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+              "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}},
+                       "template": {"metadata": {"labels": {"istio": "ingressgateway"}},
+                                    "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2",
+                                                             "volumeMounts": [{"name": "a", "mountPath": "/a"}]}],
+                                             "volumes": [{"name": "a", "secret": {"secretName": "a"}}]}}}}
+
+
+def _deployment(rng, folder, *command):
+    """gateway (un)mount --local of a changed ingress gateway Deployment manifest."""
+    f = folder / "deployment.yaml"
+    f.write_text(yaml.safe_dump_all(mutate_documents(rng, [DEPLOYMENT])))
+    return ["gateway", *command, "--local", "-f", f]
+
+
+def _gateway_apply(rng, material, folder):
+    """gateway apply of a changed Gateway: refused or checked before the (absent) cluster is asked."""
+    f = folder / "gateway.yaml"
+    f.write_text(yaml.safe_dump_all(mutate_documents(rng, material.manifests["gateway.yaml"])))
+    return ["gateway", "apply", "-f", f, "--kubeconfig", folder / "no-kubeconfig"]
 
 
 def _import(rng, material, folder, damaged: str):

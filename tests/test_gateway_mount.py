@@ -247,6 +247,23 @@ def test_mount_and_unmount_cli_errors(kimpki, tmp_path):
                                  "-f", empty), 2, "holds no Deployment")
 
 
+@pytest.mark.parametrize("change,needle", [
+    (lambda d: d["spec"]["template"].update(spec="none"), "has no spec.template.spec"),
+    (lambda d: pod(d).update(volumes={"name": "x"}), "spec.template.spec.volumes must be a list of mappings"),
+    (lambda d: pod(d).update(containers=[{"name": {"a": 1}}]), "spec.template.spec.containers must be a list"),
+    (lambda d: proxy(d).update(volumeMounts=7), "volumeMounts must be a list of mappings with a string name"),
+    (lambda d: proxy(d).update(volumeMounts=[{"name": "x", "mountPath": ["/a"]}]), "string name and mountPath"),
+], ids=["spec-string", "volumes-mapping", "container-name-mapping", "mounts-number", "mount-path-list"])
+@pytest.mark.parametrize("command", [["mount", "--secret", SECRET, "--mount-path", PATH], ["unmount", "--secret", SECRET]])
+def test_local_deployment_of_the_wrong_shape_is_one_line(kimpki, deployment, change, needle, command):
+    """A manifest file can hold what the API server would refuse: the fields the patch is built
+    from are checked first (they reached code that expects lists and mappings)."""
+    change(deployment)
+    f = kimpki.cwd / "deployment.yaml"
+    f.write_text(yaml.safe_dump(deployment))
+    assert_one_line_error(kimpki("gateway", *command, "--local", "-f", f), 1, "deployment/istio-ingressgateway", needle)
+
+
 def test_dry_run_local_prints_the_ops_and_unmount_local_round_trips(kimpki, tmp_path):
     ops = json.loads(kimpki.ok("gateway", "mount", "--secret", SECRET, "--mount-path", PATH, "--local",
                                "-f", DEPLOYMENT_FILE, "--dry-run").out)

@@ -77,17 +77,45 @@ def _escape(token: str) -> str:
 # Reading the Deployment
 # ---------------------------------------------------------------------------------------------
 
+_CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+
+
 def _pod_spec(deployment: dict) -> dict:
-    spec = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec")
+    """The pod template's spec, its fields this module reads checked first: a manifest file can
+    hold anything (the API server would have refused what is refused here)."""
+    spec = deployment
+    for key in ("spec", "template", "spec"):
+        spec = spec.get(key) if isinstance(spec, dict) else None
     if not isinstance(spec, dict):
         raise OperationError(f"{_ref(deployment)} has no spec.template.spec (is it a Deployment?)")
+    problem = _pod_spec_problem(spec)
+    if problem is not None:
+        raise OperationError(f"{_ref(deployment)}: spec.template.spec.{problem}")
     return spec
 
 
+def _pod_spec_problem(pod: dict) -> str | None:
+    """The first field of ``pod`` read here whose type is wrong, as ``FIELD must be ...``, else None."""
+    def not_named_list(value) -> bool:
+        return value is not None and not (isinstance(value, list) and all(
+            isinstance(x, dict) and isinstance(x.get("name", ""), str) for x in value))
+
+    for key in ("volumes", *_CONTAINER_LISTS):
+        if not_named_list(pod.get(key)):
+            return f"{key} must be a list of mappings, each with a string name"
+    for key in _CONTAINER_LISTS:
+        for i, ctr in enumerate(pod.get(key) or []):
+            mounts = ctr.get("volumeMounts")
+            if not_named_list(mounts) or any(not isinstance(m.get("mountPath", ""), str) for m in mounts or []):
+                return f"{key}[{i}].volumeMounts must be a list of mappings with a string name and mountPath"
+    return None
+
+
 def _ref(deployment: dict) -> str:
-    meta = (deployment or {}).get("metadata") or {}
-    kind = ((deployment or {}).get("kind") or "Deployment").lower()
-    return f"{kind}/{meta.get('name', '?')}"
+    meta = deployment.get("metadata") if isinstance(deployment, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    kind = deployment.get("kind") if isinstance(deployment, dict) else None
+    return f"{str(kind or 'Deployment').lower()}/{meta.get('name', '?')}"
 
 
 def find_container(deployment: dict, container: str = c.GATEWAY_CONTAINER) -> tuple[int, dict]:
@@ -227,7 +255,7 @@ def unmount_ops(deployment: dict, *, secret_name: str | None = None, mount_path:
     # Remove the volumes nothing mounts any more (in any container, init containers included).
     removed_names = {mounts[i].get("name") for i in doomed}
     still_used = set()
-    for key in ("containers", "initContainers", "ephemeralContainers"):
+    for key in _CONTAINER_LISTS:
         for j, x in enumerate(pod.get(key) or []):
             for k, m in enumerate((x or {}).get("volumeMounts") or []):
                 if key == "containers" and j == idx and k in doomed:
