@@ -116,3 +116,19 @@ def test_rotate_days_key_type_and_passphrase_file(kimpki, tmp_path):
     kimpki.ok(*renew, "--passphrase-file", pw)
     renewed = yaml.safe_load((deploy / "kim.yaml").read_text())
     assert renewed["metadata"]["annotations"]["kimpki.io/serial"] != secret["metadata"]["annotations"]["kimpki.io/serial"]
+
+
+def test_an_org_over_64_characters_or_with_a_control_character_is_refused_before_anything_is_made(kimpki):
+    """RFC 5280 bounds O at 64 characters (pkilint flags more), and a newline in a subject breaks
+    every one-line report of it: both are refused, exit 2, with nothing made."""
+    too_long = "o" * 65
+    assert_one_line_error(kimpki("ca", "init", "example.com", "--org", too_long), 2,
+                          "is longer than 64 characters (RFC 5280's upper bound for O)")
+    assert_one_line_error(kimpki("ca", "init", "example.com", "--org", "example\nInc."), 2,
+                          "holds a control character")
+    assert "example.com" not in kimpki.ok("ca", "list").out
+    kimpki.ok("ca", "init", "example.com", "--org", "o" * 64)
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--org", too_long), 2, "longer than 64")
+    assert_one_line_error(kimpki("issue", "kim.example.com", "--org", "kim\torganization"), 2,
+                          "'kim\\torganization' holds a control character")
+    assert "kim.example.com" not in kimpki.ok("list").out

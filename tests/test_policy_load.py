@@ -184,6 +184,12 @@ ERRORS = [
      "Certificate x: duplicate field spec.hosts (first given at line 6)"),
     ("missing-field", doc("Certificate", "x", "  hosts: [kim.example.com]\n"), 6, "Certificate x: spec.ca is required"),
     ("missing-name", H + "kind: Certificate\nmetadata: {}\nspec: {}\n", 3, "Certificate: metadata.name is required"),
+    # an org as RFC 5280 bounds it, on one line (as --org; kimpki.pki.names.check_org)
+    ("org-too-long", doc("CertificateAuthority", "ca2", "  org: " + "o" * 65 + "\n"), 6,
+     "CertificateAuthority ca2: organisation 'oooooooooooooooooooo'... is longer than 64 characters"),
+    ("org-control-character", doc("Certificate", "x", "  hosts: [kim.example.com]\n  ca: example.com\n"
+                                                      "  org: \"kim\\norganization\"\n"), 8,
+     "Certificate x: organisation 'kim\\norganization' holds a control character"),
     # wrong types
     ("hosts-not-a-list", doc("Certificate", "x", "  hosts: kim.example.com\n  ca: example.com\n"), 6,
      "Certificate x: spec.hosts must be a list, not a string (kim.example.com)"),

@@ -102,6 +102,19 @@ def parse_host(raw: str | HostName) -> HostName:
 MAX_SANS = 100
 
 
+MAX_ORG_LENGTH = 64  # ub-organization-name in RFC 5280
+
+
+def check_org(org: str) -> None:
+    """A subject's organisation (O) as RFC 5280 bounds it, and on one line (every report of the
+    subject shows it): refused with a UsageError otherwise."""
+    if len(org) > MAX_ORG_LENGTH:
+        raise UsageError(f"organisation {org[:20]!r}... is longer than {MAX_ORG_LENGTH} characters "
+                         f"(RFC 5280's upper bound for O)")
+    if not org.isprintable():
+        raise UsageError(f"organisation {org!r} holds a control character")
+
+
 def check_san_count(n: int) -> None:
     if n > MAX_SANS:
         raise UsageError(f"{n} host names: a certificate holds at most {MAX_SANS} (use a wildcard "

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kimpki.errors import UsageError
 from kimpki.pki.durations import lifetime_days
 from kimpki.pki.keys import PrivateKey, signature_hash_for
-from kimpki.pki.names import HostName
+from kimpki.pki.names import HostName, check_org
 from kimpki.pki.parse import certs_to_pem
 
 BACKDATE = timedelta(minutes=5)
@@ -90,6 +90,7 @@ def validity(now: datetime, days: float) -> tuple[datetime, datetime]:
 def build_name(common_name: str | None, org: str | None) -> x509.Name:
     attrs = []
     if org:
+        check_org(org)  # here, where every subject is built: --org, a policy's org, a CSR's O
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
     if common_name:
         if len(common_name) > MAX_CN_LENGTH:

@@ -27,7 +27,7 @@ from kimpki.pki import pairs
 from kimpki.pki.constraints import NameConstraints, violations
 from kimpki.pki.durations import DurationOutOfRange, check_lifetime, parse_duration
 from kimpki.pki.keys import DEFAULT_KEY_TYPE, parse_key_type
-from kimpki.pki.names import HostName, check_san_count, parse_host, parse_hosts, safe_store_name
+from kimpki.pki.names import HostName, check_org, check_san_count, parse_host, parse_hosts, safe_store_name
 from kimpki.pki.renewal import RenewBefore
 from kimpki.pki.windows import MaintenanceWindow, parse_time_of_day, parse_weekdays, parse_zone
 from kimpki.policy import model as m
@@ -240,7 +240,7 @@ def _authority(doc: Document, name: str, namespace, spec: Fields, refs) -> m.Cer
                      allow_ips=cf.boolean("allowIPs", False))
         constraints = cf.check("constraints", None, lambda: NameConstraints(
             allowed_domains=tuple(dict.fromkeys(domains)), max_duration=max_duration, **flags))
-    return m.CertificateAuthority(name, where_of(doc.file, doc.node), org=spec.string("org"),
+    return m.CertificateAuthority(name, where_of(doc.file, doc.node), org=_org(spec),
                                   common_name=spec.string("commonName"), key_type=key_type, duration=duration,
                                   parent=parent, passphrase=passphrase, constraints=constraints,
                                   crl_validity=crl_validity)
@@ -279,7 +279,7 @@ def _certificate(doc: Document, name: str, namespace, spec: Fields, refs) -> m.C
                                       f"lifetime (25%), not {rb_text!r}") from None
     refs["hosts"] = spec.where("hosts")
     return m.Certificate(name, where_of(doc.file, doc.node), names=tuple(hosts), ca=ca, usage=usage,
-                         org=spec.string("org"), key_type=_key_type(spec), duration=_duration(spec, "duration", "90d"),
+                         org=_org(spec), key_type=_key_type(spec), duration=_duration(spec, "duration", "90d"),
                          renew_before=rb, renew_before_text=rb_text, dual=spec.boolean("dual", False))
 
 
@@ -460,6 +460,17 @@ def _server_tls(sf: Fields) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Pass 2: documents together
 # ---------------------------------------------------------------------------------------------
+
+def _org(spec: Fields) -> str | None:
+    """``org``, checked as ``--org`` is (:func:`check_org`), at its line."""
+    org = spec.string("org")
+    if org:
+        try:
+            check_org(org)
+        except UsageError as e:
+            raise spec.error(spec.node_of("org"), str(e)) from None
+    return org
+
 
 def _err(where: Where, what: str, message: str) -> PolicyError:
     return PolicyError(where, f"{what}: {message}")
