@@ -159,6 +159,14 @@ def test_unfit_certificates_are_refused_before_anything_is_written(kube_env, kim
     (["c", "--cert", "kim.example.com", "--ca-secret"], "--ca-secret only makes sense with --mutual"),
     (["c", "--cert", "kim.example.com", "--dry-run", "-o", "json", "--json"], "not both"),
     (["--file-mounted", "--cert", "kim.example.com", "--format", "generic"], "TLS form"),
+    # Names the API server refuses (the stand-in's test_kubeapi_standin checks its own refusal),
+    # refused before anything is read: also for a dry run, whose output would otherwise not apply.
+    (["Kim-Credential", "--cert", "kim.example.com", "--dry-run"],
+     "'Kim-Credential' is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"),
+    (["c" * 254, "--cert", "kim.example.com"], "is not a valid Secret name"),
+    (["c", "-n", "Istio_System", "--cert", "kim.example.com"],
+     "-n/--namespace 'Istio_System' is not a valid namespace (lower-case letters, digits and '-', at most 63)"),
+    (["bad name-cacert", "--ca-only", "--config-map", "--dry-run"], "'bad name-cacert' is not a valid ConfigMap name"),
 ])
 def test_usage_errors_exit_2(kimpki, args, needle):
     assert_one_line_error(kimpki("secret", "create", *args), 2, needle)

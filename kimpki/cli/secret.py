@@ -122,6 +122,7 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
     from kimpki.pki.parse import rfc3339
 
     check_output(output, as_json, "the Secrets")
+    _check_names(name, namespace, "ConfigMap" if config_map else "Secret")
     if config_map and not ca_only:
         raise UsageError("--config-map writes a CA-only ConfigMap: add --ca-only")
     if ca_only:
@@ -198,6 +199,15 @@ def create(ctx, name, cert_name, namespace, fmt, mutual, ca_secret, ca_name, fil
         summary["pair"] = [{"secret": h.credential.spec.secret_name, "certificate": h.record.name,
                             "serial": h.record.serial, "key_type": h.record.key_type} for h in halves]
     emit(summary, as_json, _summary_text)
+
+
+def _check_names(name: str | None, namespace: str, kind: str) -> None:
+    """What the API server would refuse, refused before anything is read or written (a dry run
+    and a folder of manifests included)."""
+    if name and (problem := c.object_name_problem(name)):
+        raise UsageError(f"{name!r} is not a valid {kind} name ({problem})")
+    if problem := c.namespace_problem(namespace):
+        raise UsageError(f"-n/--namespace {namespace!r} is not a valid namespace ({problem})")
 
 
 def _create_ca_only(ctx, name, namespace, fmt, ca_name, config_map, dry_run, output, force, kubeconfig, context,

@@ -20,6 +20,8 @@ Read from Istio 1.32 (pilot/pkg/credentials/kube/secrets.go, pilot/pkg/model/cre
   builds the listener, so a changed CRL file needs a pod restart too.
 """
 
+import re
+
 # Generic form keys (what `kubectl create secret generic --from-file=key=... ...` makes).
 GENERIC_KEY = "key"
 GENERIC_CERT = "cert"
@@ -54,6 +56,27 @@ GATEWAY_SELECTOR = {"istio": "ingressgateway"}
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "kimpki"
 ANNOTATION_PREFIX = "kimpki.io/"
+
+
+# Kubernetes object names, as the API server validates them (apimachinery's IsDNS1123Subdomain
+# for Secret and ConfigMap names, IsDNS1123Label for namespaces): checked before anything is
+# written, so that a folder of manifests or a dry run never shows a name a cluster would refuse.
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def object_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a Secret or ConfigMap, or None."""
+    if len(name) <= 253 and DNS1123_SUBDOMAIN.fullmatch(name):
+        return None
+    return "lower-case letters, digits, '-' and '.', at most 253"
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why ``namespace`` cannot name a namespace, or None."""
+    if len(namespace) <= 63 and DNS1123_LABEL.fullmatch(namespace):
+        return None
+    return "lower-case letters, digits and '-', at most 63"
 
 
 def cacert_secret_name(credential_name: str) -> str:

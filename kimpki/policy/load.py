@@ -36,8 +36,6 @@ from kimpki.policy.source import Document, Fields, PolicyError, Where, read_docu
 KINDS = ("Target", "CertificateAuthority", "Certificate", "Credential", "GatewayMount", "Gateway")
 NAMESPACED = ("Credential", "GatewayMount", "Gateway")
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -93,9 +91,10 @@ def _read(doc: Document) -> _Raw:
     namespace = None
     if kind in NAMESPACED:
         namespace = meta.string("namespace", default=c.DEFAULT_NAMESPACE)
-        if not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+        problem = c.namespace_problem(namespace)
+        if problem:
             raise meta.error(meta.node_of("namespace"), f"metadata.namespace {namespace!r} is not a valid namespace "
-                                                        "(lower-case letters, digits and '-', at most 63)")
+                                                        f"({problem})")
     spec_node = top.node_of("spec")
     if spec_node is None:
         raise top.error(doc.node, f"{what}: spec is required")
@@ -111,10 +110,9 @@ def _check_name(kind: str, name: str, meta: Fields) -> None:
     node = meta.node_of("name")
     if kind in ("CertificateAuthority", "Certificate"):
         meta.check("name", node, lambda: safe_store_name(name))
-    elif not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
-        raise meta.error(node, f"metadata.name {name!r} is not a valid Kubernetes name "
-                               "(lower-case letters, digits, '-' and '.', at most 253)")
-    if kind == "GatewayMount" and (not _DNS_LABEL.fullmatch(name) or len(name) > 63):
+    elif problem := c.object_name_problem(name):
+        raise meta.error(node, f"metadata.name {name!r} is not a valid Kubernetes name ({problem})")
+    if kind == "GatewayMount" and (not c.DNS1123_LABEL.fullmatch(name) or len(name) > 63):
         raise meta.error(node, f"metadata.name {name!r} is the volume's name: lower-case letters, digits and '-', "
                                "at most 63")
 
@@ -386,7 +384,7 @@ def credential_spec(cred: m.Credential, ca_name: str) -> CredentialSpec:
 def _mount(doc: Document, name: str, namespace: str, spec: Fields, refs) -> m.GatewayMount:
     spec.allow("secret", "mountPath", "deployment", "container", "target")
     secret = spec.string("secret", required=True)
-    if not _DNS_SUBDOMAIN.fullmatch(secret):
+    if c.object_name_problem(secret):
         raise spec.error(spec.node_of("secret"), f"spec.secret {secret!r} is not a valid Secret name")
     mount_path = spec.string("mountPath", required=True)
     if not mount_path.startswith("/"):
