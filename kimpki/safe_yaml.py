@@ -1,8 +1,8 @@
 """The one way kimpki reads YAML (and JSON) input: bounded, safe, errors as ``FILE:LINE: message``.
 
 Every reader of manifests, policies and kubeconfigs goes through here, so that a hostile or
-broken file costs at most a bounded amount of time and memory everywhere (and so do readers of
-certificate, key and passphrase files, through :func:`read_bytes`):
+broken file costs at most a bounded amount of time and memory everywhere (other input files are
+read the same bounded way by :mod:`kimpki.input_files`):
 
 * a file is at most :data:`MAX_FILE_BYTES` (read with a bounded ``read``, never whole first);
 * nesting is at most :data:`MAX_DEPTH` levels (the pure-Python loader would recurse until
@@ -25,17 +25,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from kimpki.errors import UsageError
+from kimpki.input_files import MAX_FILE_BYTES, read_at_most
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-MAX_FILE_BYTES = 32 * 1024 * 1024  # 1,000 credential Secrets take ~5 MB
 MAX_DEPTH = 200  # Kubernetes objects nest ~20 levels; CRD schemas perhaps 60
 MAX_ALIAS_EXPANSION = 4 * 1024 * 1024  # nodes + scalar characters that aliases may add
 
@@ -57,33 +56,7 @@ class InputError(UsageError):
 def read_text(path: str | Path, shown: str | None = None, *, newline: str | None = None) -> str:
     """A UTF-8 file of at most :data:`MAX_FILE_BYTES`; ``newline=""`` keeps CRLF as it is."""
     shown = str(path) if shown is None else shown
-    return _decode(_read_bounded(path, shown), shown, newline)
-
-
-def read_bytes(path: str | Path, shown: str | None = None) -> bytes:
-    """Any other input file (a certificate, CSR, CRL, key or passphrase file) the same bounded
-    way: at most :data:`MAX_FILE_BYTES`, else :class:`InputError`."""
-    shown = str(path) if shown is None else shown
-    data = _read_bounded(path, shown)
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(shown, None, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; refused")
-    return data
-
-
-def _read_bounded(path: str | Path, shown: str) -> bytes:
-    """At most :data:`MAX_FILE_BYTES` + 1 bytes of ``path`` (one more tells the caller it is too
-    large: /dev/zero is refused at the bound, not read until memory runs out). Opened without
-    waiting for a writer: a FIFO nobody writes to reads as empty instead of hanging."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise UsageError(f"cannot read {shown}: {e.strerror or e}") from None
-    try:
-        with open(fd, "rb") as f:
-            os.set_blocking(fd, True)  # a FIFO with a writer: wait for what it writes
-            return f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:  # a folder, an I/O error
-        raise UsageError(f"cannot read {shown}: {e.strerror or e}") from None
+    return _decode(read_at_most(path, shown, MAX_FILE_BYTES), shown, newline)
 
 
 def read_stream(stream: IO, shown: str = "<stdin>") -> str:

@@ -145,9 +145,9 @@ def read_passphrase_file(path: str | None) -> bytes | None:
     from kimpki.errors import UsageError
 
     if path:
-        from kimpki import safe_yaml
+        from kimpki import input_files
 
-        first = safe_yaml.read_bytes(path, f"--passphrase-file {path}").splitlines()
+        first = input_files.read_bytes(path, f"--passphrase-file {path}").splitlines()
         if not first or not first[0]:
             raise UsageError(f"--passphrase-file {path} is empty")
         return first[0]

@@ -35,12 +35,12 @@ def command(ctx, csr_file, sans, client, ca_name, days, name, out_file, passphra
     becomes
       kimpki sign kim.example.com.csr --ca example.com --days 365 --out kim.example.com.crt
     """
-    from kimpki import safe_yaml
+    from kimpki import input_files
     from kimpki.ops import issuing
     from kimpki.pki.profiles import LeafKind
     from kimpki.store.fs import PUBLIC_FILE, write_output
 
-    data = safe_yaml.read_bytes(csr_file)
+    data = input_files.read_bytes(csr_file)
     store = open_store(ctx)
     res = issuing.sign_csr(store, data, source=csr_file, extra_sans=list(sans),
                            kind=LeafKind.CLIENT if client else LeafKind.SERVER, ca_name=ca_name,

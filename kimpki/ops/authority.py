@@ -201,9 +201,9 @@ def import_ca(store: Store, name: str, cert_file: Path, key_file: Path, *,
     encrypted (with its own passphrase) unless ``unencrypted_key`` asks for it in the clear."""
     name = safe_store_name(name)
     _key_protection(name, passphrase, unencrypted_key, None)
-    from kimpki import safe_yaml  # (imports yaml: only here, not for every command that loads this module)
+    from kimpki import input_files
 
-    cert_data, key_data = safe_yaml.read_bytes(cert_file), safe_yaml.read_bytes(key_file)
+    cert_data, key_data = input_files.read_bytes(cert_file), input_files.read_bytes(key_file)
     if passphrase is None and not unencrypted_key and keys.key_is_encrypted(key_data):
         passphrase = key_passphrase  # (None: load_key below says the passphrase is missing)
     certs = parse.load_certificates(cert_data, str(cert_file))

@@ -31,7 +31,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from kimpki import safe_yaml, secret_env
+from kimpki import input_files, secret_env
 from kimpki.errors import KimpkiError, UsageError
 from kimpki.istio import contract as c
 from kimpki.istio.volumes import apply_json_patch, mount_ops
@@ -160,7 +160,7 @@ def _passphrase(ca: m.CertificateAuthority | None) -> bytes | None:
     ref = ca.passphrase if ca else None
     if ref is not None and ref.file is not None:
         try:
-            lines = safe_yaml.read_bytes(ref.file, f"the passphrase file {ref.file}").splitlines()
+            lines = input_files.read_bytes(ref.file, f"the passphrase file {ref.file}").splitlines()
         except UsageError as e:
             raise PolicyError(ca.where, f"CertificateAuthority {ca.name}: {e}") from None
         if not lines or not lines[0]:

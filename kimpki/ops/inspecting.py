@@ -6,10 +6,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from kimpki.errors import OperationError, UsageError
-from kimpki.ops.authority import read_ca_cert
 from cryptography import x509
 
+from kimpki import input_files
+from kimpki.errors import OperationError, UsageError
+from kimpki.ops.authority import read_ca_cert
 from kimpki.pki import chain, parse, revocation
 from kimpki.pki.renewal import lifecycle_state, renewal_time
 from kimpki.store import Store
@@ -19,9 +20,7 @@ def _ca_certs(ca_ref: str, open_store: Callable[[], Store]) -> tuple[list, list,
     """(roots, intermediates, label) for --ca: a file of certificates, or a CA in the store."""
     p = Path(ca_ref)
     if p.is_file():
-        from kimpki import safe_yaml  # (imports yaml: only for a file)
-
-        certs = parse.load_certificates(safe_yaml.read_bytes(p, ca_ref), ca_ref)
+        certs = parse.load_certificates(input_files.read_bytes(p, ca_ref), ca_ref)
         roots = [c for c in certs if c.issuer == c.subject] or certs
         return roots, [c for c in certs if c not in roots], ca_ref
     store = open_store()
@@ -53,9 +52,7 @@ def inspect_file(path: str, ca_ref: str | None, open_store: Callable[[], Store],
     if not source.exists():
         raise UsageError(f"cannot read {path}: no such file, and no certificate of that name in the store "
                          f"(see 'kimpki list')")
-    from kimpki import safe_yaml  # (imports yaml: not before a file is read)
-
-    data = safe_yaml.read_bytes(source, path)
+    data = input_files.read_bytes(source, path)
     other = _revocation_data(data, str(source))
     if other is not None:
         return _inspect_revocation_data(source, other, ca_ref, open_store, now)
