@@ -33,7 +33,28 @@ import yaml
 from kimpki.errors import UsageError
 from kimpki.input_files import MAX_FILE_BYTES, read_at_most
 
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """The safe loader (libyaml's parser when present), except that a scalar that looks like an
+    integer, a number or a date but cannot be one (``2024-13-45``; an integer of 5,000 digits,
+    past Python's int() limit) is its text, as Kubernetes' YAML reader (go-yaml) takes it, rather
+    than a ValueError deep inside the constructor."""
+
+
+def _or_text(construct):
+    def construct_or_text(loader, node):
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError):
+            return loader.construct_scalar(node)
+    return construct_or_text
+
+
+for _tag, _construct in (("int", yaml.SafeLoader.construct_yaml_int), ("float", yaml.SafeLoader.construct_yaml_float),
+                         ("timestamp", yaml.SafeLoader.construct_yaml_timestamp)):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _or_text(_construct))
+
+LOADER = _Loader
 
 MAX_DEPTH = 200  # Kubernetes objects nest ~20 levels; CRD schemas perhaps 60
 MAX_ALIAS_EXPANSION = 4 * 1024 * 1024  # nodes + scalar characters that aliases may add
@@ -115,12 +136,28 @@ def load_file(path: str | Path, shown: str | None = None) -> list[Any]:
     return load_all(read_text(path, shown), shown)
 
 
+class _LongNumber(Exception):
+    def __init__(self, digits: str):
+        self.digits = digits
+
+
+def _json_int(digits: str) -> int:
+    """int(), refusing what Python's int() limit refuses (thousands of digits) with its line."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise _LongNumber(digits) from None
+
+
 def load_json(text: str, source: str) -> Any:
     """A JSON document, with the same bounds (depth; no aliases in JSON) and error shape."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as e:
         raise InputError(source, e.lineno, f"not valid JSON: {e.msg}") from None
+    except _LongNumber as e:
+        line = text.count("\n", 0, max(text.find(e.digits), 0)) + 1
+        raise InputError(source, line, f"a number of {len(e.digits):,} digits; refused") from None
     except RecursionError:
         raise InputError(source, None, "JSON nested too deeply; refused") from None
     depth = _json_depth(doc)

@@ -198,7 +198,9 @@ MANAGED = "  labels: {app.kubernetes.io/managed-by: kimpki}\n"
      "secret.yaml:6: metadata.annotations must be a mapping of keys to strings, not a list"),
     ("  labels: true\n", "secret.yaml:5: metadata.labels must be a mapping of keys to strings, not True"),
     ("  namespace: [istio-system]\n", "secret.yaml:4: metadata.namespace must be a string, not a list"),
-], ids=["annotation-null", "annotations-list", "labels-bool", "namespace-list"])
+    # a long value is quoted short: 57 characters and "..."
+    ("  labels: {a: " + "9" * 100 + "}\n", "secret.yaml:5: metadata.labels.a must be a string, not " + "9" * 57 + "..."),
+], ids=["annotation-null", "annotations-list", "labels-bool", "namespace-list", "label-long-number"])
 @pytest.mark.parametrize("command", [["status", "--manifests"], ["rotate", "kim-credential", "--manifests"],
                                      ["renew", "--dry-run", "--manifests"]])
 def test_folder_secret_metadata_of_the_wrong_type(kimpki, metadata, needle, command):

@@ -138,6 +138,38 @@ def test_oversized_file_is_refused_by_every_yaml_reader(reader, tmp_path, monkey
         reader(f)
 
 
+def test_a_scalar_that_looks_like_a_number_or_date_but_is_none_is_its_text():
+    """What Kubernetes' YAML reader (go-yaml) does; PyYAML raised ValueError from its constructor
+    (an invalid date; an integer past Python's 4,300-digit int() limit): an internal error."""
+    import datetime
+
+    text = "a: 2024-13-45\nb: " + "9" * 5000 + "\nc: 2024-01-02\nd: 12\ne: 1.5\nf: 0x1F\n"
+    assert safe_yaml.load_all(text, "t.yaml") == [{"a": "2024-13-45", "b": "9" * 5000, "c": datetime.date(2024, 1, 2),
+                                                    "d": 12, "e": 1.5, "f": 31}]
+
+
+def test_a_json_number_past_the_int_limit_is_refused_at_its_line():
+    text = '{"kind": "Secret",\n "data": {"a": ' + "9" * 5000 + "}}\n"
+    with pytest.raises(KimpkiError, match=r"^x.json:2: a number of 5,000 digits; refused$"):
+        safe_yaml.load_json(text, "x.json")
+    assert safe_yaml.load_json('{"a": 12}', "x.json") == {"a": 12}
+
+
+@pytest.mark.parametrize("command", [["check", "-f"], ["gateway", "serve", "--port", "0", "-f"]])
+def test_a_manifest_with_an_impossible_date_is_read(kimpki, command):
+    (kimpki.cwd / "s.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: x\n"
+                                       "  labels: {since: 2024-13-45}\ndata: {}\n")
+    res = kimpki(*command, "s.yaml", timeout=60)
+    assert "internal error" not in res.err and "Traceback" not in res.err, res.err
+
+
+def test_a_policy_value_that_looks_like_an_impossible_date_is_its_text(kimpki):
+    (kimpki.cwd / "p.yaml").write_text("apiVersion: kimpki.io/v1alpha1\nkind: Certificate\nmetadata: {name: x}\n"
+                                       "spec:\n  hosts: [kim.example.com]\n  ca: 2024-13-45\n")
+    assert_one_line_error(kimpki("plan", "-f", "p.yaml"), 2,
+                          "p.yaml:6: Certificate x: spec.ca '2024-13-45' is not a CertificateAuthority in the policy")
+
+
 def test_ordinary_anchors_still_load(tmp_path):
     """A CA bundle written once and aliased in a few Secrets is well within the bound."""
     bundle = "LS0t" * 2000

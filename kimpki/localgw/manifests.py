@@ -181,8 +181,11 @@ def parse_manifests(texts: Iterable[tuple[str, str]], cache: ParseCache | None =
 # ---------------------------------------------------------------------------------------------
 
 def _type_word(value: Any) -> str:
-    return {list: "a list", dict: "a mapping", str: f"the string {value!r}",
-            type(None): "null"}.get(type(value), f"{value!r}")
+    if isinstance(value, (list, dict)) or value is None:
+        return {list: "a list", dict: "a mapping"}.get(type(value), "null")
+    shown = repr(value)  # one line (repr escapes newlines), and short: the value may be huge
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"the string {shown}" if isinstance(value, str) else shown
 
 
 def _not_strings(mapping: dict, values_may_be_null: bool) -> Any:

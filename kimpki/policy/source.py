@@ -129,7 +129,7 @@ def scalar_value(node: yaml.ScalarNode) -> Any:
         return node.value
     try:
         return _constructor.construct_object(node, deep=True)
-    except ConstructorError:
+    except (ConstructorError, ValueError, OverflowError):  # e.g. 2024-13-45: its text, as in manifests
         return node.value
 
 
