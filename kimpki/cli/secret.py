@@ -206,7 +206,7 @@ def _check_names(name: str | None, namespace: str, kind: str) -> None:
     and a folder of manifests included)."""
     if name and (problem := c.object_name_problem(name)):
         raise UsageError(f"{name!r} is not a valid {kind} name ({problem})")
-    if problem := c.namespace_problem(namespace):
+    if problem := c.label_problem(namespace):
         raise UsageError(f"-n/--namespace {namespace!r} is not a valid namespace ({problem})")
 
 

@@ -61,20 +61,20 @@ ANNOTATION_PREFIX = "kimpki.io/"
 # Kubernetes object names, as the API server validates them (apimachinery's IsDNS1123Subdomain
 # for Secret and ConfigMap names, IsDNS1123Label for namespaces): checked before anything is
 # written, so that a folder of manifests or a dry run never shows a name a cluster would refuse.
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def object_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a Secret or ConfigMap, or None."""
-    if len(name) <= 253 and DNS1123_SUBDOMAIN.fullmatch(name):
+    if len(name) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(name):
         return None
     return "lower-case letters, digits, '-' and '.', at most 253"
 
 
-def namespace_problem(namespace: str) -> str | None:
-    """Why ``namespace`` cannot name a namespace, or None."""
-    if len(namespace) <= 63 and DNS1123_LABEL.fullmatch(namespace):
+def label_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a namespace (or a pod volume), or None."""
+    if len(text) <= 63 and _DNS1123_LABEL.fullmatch(text):
         return None
     return "lower-case letters, digits and '-', at most 63"
 

@@ -91,8 +91,7 @@ def _read(doc: Document) -> _Raw:
     namespace = None
     if kind in NAMESPACED:
         namespace = meta.string("namespace", default=c.DEFAULT_NAMESPACE)
-        problem = c.namespace_problem(namespace)
-        if problem:
+        if problem := c.label_problem(namespace):
             raise meta.error(meta.node_of("namespace"), f"metadata.namespace {namespace!r} is not a valid namespace "
                                                         f"({problem})")
     spec_node = top.node_of("spec")
@@ -112,7 +111,7 @@ def _check_name(kind: str, name: str, meta: Fields) -> None:
         meta.check("name", node, lambda: safe_store_name(name))
     elif problem := c.object_name_problem(name):
         raise meta.error(node, f"metadata.name {name!r} is not a valid Kubernetes name ({problem})")
-    if kind == "GatewayMount" and (not c.DNS1123_LABEL.fullmatch(name) or len(name) > 63):
+    if kind == "GatewayMount" and c.label_problem(name):
         raise meta.error(node, f"metadata.name {name!r} is the volume's name: lower-case letters, digits and '-', "
                                "at most 63")
 
@@ -126,6 +125,17 @@ def _duration(spec: Fields, key: str, default: str):
 def _key_type(spec: Fields):
     text = spec.string("keyType", default=DEFAULT_KEY_TYPE.value)
     return spec.check("keyType", spec.node_of("keyType"), lambda: parse_key_type(text))
+
+
+def _org(spec: Fields) -> str | None:
+    """``org``, checked as ``--org`` is (:func:`check_org`), at its line."""
+    org = spec.string("org")
+    if org:
+        try:
+            check_org(org)
+        except UsageError as e:
+            raise spec.error(spec.node_of("org"), str(e)) from None
+    return org
 
 
 def _no_nul(text: str) -> None:
@@ -458,17 +468,6 @@ def _server_tls(sf: Fields) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Pass 2: documents together
 # ---------------------------------------------------------------------------------------------
-
-def _org(spec: Fields) -> str | None:
-    """``org``, checked as ``--org`` is (:func:`check_org`), at its line."""
-    org = spec.string("org")
-    if org:
-        try:
-            check_org(org)
-        except UsageError as e:
-            raise spec.error(spec.node_of("org"), str(e)) from None
-    return org
-
 
 def _err(where: Where, what: str, message: str) -> PolicyError:
     return PolicyError(where, f"{what}: {message}")
